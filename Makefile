@@ -1,0 +1,48 @@
+# annfleet — the two commands the README gives are `make up` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/annfleet/v1/*.proto)
+
+.PHONY: up test lint protos check-protos bench bench-10m clean install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps recbole==1.2.1
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start a local cluster (shard servers + router) on the default bundle and print a sample answer.
+up: $(STAMP)
+	$(BIN)/annfleet up $(ARGS)
+
+## Install everything the tests need, then lint, type-check, check generated code and run the suite.
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Regenerate the committed protobuf code.
+protos: $(STAMP)
+	$(BIN)/python -m annfleet.protogen
+
+bench: $(STAMP)
+	$(BIN)/annfleet bench recall-latency --quick
+
+bench-10m: $(STAMP)
+	$(BIN)/annfleet bench scale --items 10000000 --dim 64 --shards 4
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,66 @@
+"""numpy arrays <-> protobuf ``bytes`` fields (little-endian, row-major).
+
+Both sides of every RPC use these, so validation messages are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from annfleet.errors import InvalidArgument
+
+F32 = np.dtype("<f4")
+I64 = np.dtype("<i8")
+U8 = np.dtype("u1")
+
+
+def to_bytes(array: np.ndarray, dtype: np.dtype) -> bytes:
+    """Any array -> contiguous little-endian bytes of ``dtype``."""
+    return np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+def decode_matrix(
+    data: bytes, dim: int, *, name: str = "queries", max_rows: int | None = None
+) -> np.ndarray:
+    """bytes (float32 LE) -> (n, dim) float32, finite. Raises InvalidArgument with a precise message."""
+    if dim <= 0:
+        raise InvalidArgument(f"{name}: dim must be > 0, got {dim}")
+    if not data:
+        raise InvalidArgument(f"{name}: empty; expected n x {dim} float32 values")
+    row_bytes = dim * F32.itemsize
+    if len(data) % row_bytes:
+        raise InvalidArgument(
+            f"{name}: {len(data)} bytes is not a whole number of rows of dim {dim} float32 "
+            f"({row_bytes} bytes per row)"
+        )
+    rows = len(data) // row_bytes
+    if max_rows is not None and rows > max_rows:
+        raise InvalidArgument(f"{name}: batch of {rows} rows exceeds max_batch {max_rows}")
+    matrix = np.frombuffer(data, dtype=F32).reshape(rows, dim)
+    if not np.isfinite(matrix).all():
+        bad = int(np.argwhere(~np.isfinite(matrix))[0][0])
+        raise InvalidArgument(f"{name}: row {bad} contains NaN or Inf")
+    return matrix
+
+
+def decode_ids(data: bytes, *, name: str = "ids") -> np.ndarray:
+    """bytes (int64 LE) -> (n,) int64; empty bytes -> empty array."""
+    if len(data) % I64.itemsize:
+        raise InvalidArgument(f"{name}: {len(data)} bytes is not a whole number of int64 values")
+    return np.frombuffer(data, dtype=I64)
+
+
+def decode_rows(data: bytes, dtype: np.dtype, rows: int, cols: int, *, name: str) -> np.ndarray:
+    """bytes -> (rows, cols) array of ``dtype``; used for responses whose shape is sent beside them."""
+    expected = rows * cols * dtype.itemsize
+    if len(data) != expected:
+        raise InvalidArgument(f"{name}: {len(data)} bytes, expected {rows}x{cols} {dtype} values")
+    return np.frombuffer(data, dtype=dtype).reshape(rows, cols)
+
+
+def check_k(k: int, max_k: int) -> int:
+    if k <= 0:
+        raise InvalidArgument(f"k must be > 0, got {k}")
+    if k > max_k:
+        raise InvalidArgument(f"k={k} exceeds max_k {max_k}")
+    return k

@@ -1,0 +1,58 @@
+"""Server-side exceptions and the one place they become gRPC status codes.
+
+Library code raises these; the gRPC servicers (``annfleet.server.service``,
+``annfleet.router.service``) translate them with :func:`status_of`. The client has its own
+mirror hierarchy in ``annfleet.client.errors``.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class AnnfleetError(Exception):
+    """Base class; ``code`` is the gRPC status the caller sees."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class InvalidArgument(AnnfleetError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(AnnfleetError, KeyError):
+    code = grpc.StatusCode.NOT_FOUND
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class FailedPrecondition(AnnfleetError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(AnnfleetError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(AnnfleetError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class BundleError(AnnfleetError):
+    """A bundle that is missing, corrupt (checksum), or inconsistent (dim, shard count)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ConfigError(AnnfleetError, ValueError):
+    """A config file with an unknown key, a wrong type or an out-of-range value."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """Map an exception raised while serving to (status code, message)."""
+    if isinstance(exc, AnnfleetError):
+        return exc.code, str(exc)
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"

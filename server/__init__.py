@@ -1,0 +1,1 @@
+"""Index-shard server: serves one shard of a retrieval bundle over gRPC."""

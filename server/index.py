@@ -1,0 +1,218 @@
+"""The only module that calls faiss: build, save, load and search one shard's index.
+
+Scores are in the metric's own units: inner product for ``ip`` (higher is better),
+squared L2 distance for ``l2`` (lower is better). Rows with fewer than k hits are padded
+with id -1 and the worst possible score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from annfleet.errors import BundleError, InvalidArgument
+
+# faiss switches from its own kernels to BLAS above this many queries x items; the default
+# (128000) makes batched exact search ~9x slower at our sizes.
+faiss.cvar.distance_compute_blas_threshold = 20
+
+INDEX_TYPES = ("flat", "hnsw", "ivfpq")
+METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
+
+DEFAULT_PARAMS: dict[str, dict[str, int]] = {
+    "flat": {},
+    "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
+    "ivfpq": {"nlist": 1024, "pq_m": 16, "nbits": 8, "nprobe": 32, "rerank": 256},
+}
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric == "ip"
+
+
+def worst_score(metric: str) -> float:
+    return -math.inf if higher_is_better(metric) else math.inf
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which index a shard gets and its parameters (build and default search)."""
+
+    type: str = "hnsw"
+    params: dict[str, int] = field(default_factory=dict)
+
+    def resolved(self, num_items: int, dim: int) -> IndexSpec:
+        """Fill defaults and adapt size-dependent parameters to a shard of ``num_items``."""
+        if self.type not in INDEX_TYPES:
+            raise InvalidArgument(f"index type {self.type!r} unknown; choose one of {INDEX_TYPES}")
+        unknown = set(self.params) - set(DEFAULT_PARAMS[self.type])
+        if unknown:
+            raise InvalidArgument(
+                f"unknown {self.type} index parameter(s) {sorted(unknown)}; "
+                f"known: {sorted(DEFAULT_PARAMS[self.type])}"
+            )
+        params = {**DEFAULT_PARAMS[self.type], **self.params}
+        if self.type == "ivfpq":
+            # k-means wants >= 39 points per centroid; keep small shards trainable.
+            params["nlist"] = max(1, min(params["nlist"], num_items // 39))
+            # PQ codebooks want >= 39 points per centroid too: fewer bits for small shards.
+            params["nbits"] = max(4, min(params["nbits"], int(math.log2(max(num_items // 39, 16)))))
+            if dim % params["pq_m"]:
+                raise InvalidArgument(f"ivfpq pq_m={params['pq_m']} must divide dim {dim}")
+        return IndexSpec(self.type, params)
+
+    def factory_string(self, dim: int) -> str:
+        p = self.params
+        if self.type == "hnsw":
+            return f"HNSW{p['m']},Flat"
+        if self.type == "ivfpq":
+            return f"IVF{p['nlist']},PQ{p['pq_m']}x{p['nbits']}"
+        return "Flat"
+
+
+def build_index(vectors: np.ndarray, spec: IndexSpec, metric: str, seed: int = 0) -> faiss.Index:
+    """vectors (n, d) float32 -> a trained, populated faiss index (positions 0..n-1)."""
+    n, dim = vectors.shape
+    spec = spec.resolved(n, dim)
+    p = spec.params
+    faiss_metric = METRICS[metric]
+    index: faiss.Index
+    if spec.type == "flat":
+        index = faiss.IndexFlat(dim, faiss_metric)
+    elif spec.type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, p["m"], faiss_metric)
+        index.hnsw.efConstruction = p["ef_construction"]
+        index.hnsw.efSearch = p["ef_search"]
+    else:
+        quantizer = faiss.IndexFlat(dim, faiss_metric)
+        index = faiss.IndexIVFPQ(quantizer, dim, p["nlist"], p["pq_m"], p["nbits"], faiss_metric)
+        index.cp.seed = seed
+        index.pq.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        train_n = min(n, max(256 * p["nlist"], 1 << 16))
+        sample = vectors[np.sort(rng.choice(n, size=train_n, replace=False))]
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        index.nprobe = p["nprobe"]
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def set_threads(n: int) -> None:
+    """Threads faiss may use for one search or build in this process."""
+    faiss.omp_set_num_threads(max(1, n))
+
+
+class ShardIndex:
+    """One shard's faiss index + its item ids and stored vectors (for exact re-rank)."""
+
+    def __init__(
+        self,
+        index: faiss.Index,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        spec: IndexSpec,
+    ) -> None:
+        if index.ntotal != len(ids) or len(ids) != len(vectors):
+            raise BundleError(
+                f"shard is inconsistent: index has {index.ntotal} vectors, ids.npy {len(ids)}, "
+                f"vectors.npy {len(vectors)}"
+            )
+        if index.d != vectors.shape[1]:
+            raise BundleError(f"index dim {index.d} != vectors.npy dim {vectors.shape[1]}")
+        self.index = index
+        self.ids = ids
+        self.vectors = vectors
+        self.metric = metric
+        self.spec = spec
+        self.dim = int(index.d)
+
+    @classmethod
+    def load(cls, shard_dir: Path, metric: str, spec: IndexSpec) -> ShardIndex:
+        ids = np.load(shard_dir / "ids.npy", allow_pickle=False)
+        vectors = np.load(shard_dir / "vectors.npy", allow_pickle=False, mmap_mode="r")
+        try:
+            index = faiss.read_index(str(shard_dir / "index.faiss"))
+        except RuntimeError as exc:
+            raise BundleError(f"{shard_dir / 'index.faiss'}: not a readable faiss index") from exc
+        return cls(index, ids, vectors, metric, spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {"type": self.spec.type, "params": self.spec.params, "num_items": len(self.ids)}
+
+    def search(
+        self, queries: np.ndarray, k: int, *, ef_search: int = 0, nprobe: int = 0, rerank: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """queries (nq, d) float32 -> ids (nq, k) int64, scores (nq, k) float32, best first."""
+        if queries.shape[1] != self.dim:
+            raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
+        p = self.spec.params
+        fetch = k
+        params: faiss.SearchParameters | None = None
+        if self.spec.type == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or p["ef_search"], k))
+        elif self.spec.type == "ivfpq":
+            params = faiss.SearchParametersIVF(nprobe=min(nprobe or p["nprobe"], p["nlist"]))
+            fetch = max(k, rerank or p["rerank"])
+        fetch = min(fetch, len(self.ids)) if len(self.ids) else 1
+        x = np.ascontiguousarray(queries, dtype=np.float32)
+        scores, positions = self.index.search(x, fetch, params=params)
+        if self.spec.type == "ivfpq":
+            scores, positions = self._rerank(x, positions, k)
+        return self._to_ids(positions, scores, k)
+
+    def _rerank(
+        self, queries: np.ndarray, positions: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores from the stored vectors for the approximate candidates, best k kept."""
+        valid = positions >= 0
+        cand = self.vectors[np.where(valid, positions, 0)]  # (nq, fetch, d)
+        if self.metric == "ip":
+            exact = np.einsum("qd,qfd->qf", queries, cand)
+            exact[~valid] = -np.inf
+            order = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        else:
+            exact = ((cand - queries[:, None, :]) ** 2).sum(axis=2)
+            exact[~valid] = np.inf
+            order = np.argsort(exact, axis=1, kind="stable")[:, :k]
+        return (
+            np.take_along_axis(exact, order, axis=1).astype(np.float32),
+            np.take_along_axis(positions, order, axis=1),
+        )
+
+    def _to_ids(
+        self, positions: np.ndarray, scores: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        nq = positions.shape[0]
+        out_ids = np.full((nq, k), -1, dtype=np.int64)
+        out_scores = np.full((nq, k), worst_score(self.metric), dtype=np.float32)
+        width = min(k, positions.shape[1])
+        pos = positions[:, :width]
+        valid = pos >= 0
+        out_ids[:, :width] = np.where(valid, self.ids[np.where(valid, pos, 0)], -1)
+        out_scores[:, :width] = np.where(valid, scores[:, :width], worst_score(self.metric))
+        return out_ids, out_scores
+
+
+def exact_search(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force ground truth: positions (nq, k) int64 and scores (nq, k) float32."""
+    index = faiss.IndexFlat(vectors.shape[1], METRICS[metric])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return positions, scores
+
+
+def spec_to_json(spec: IndexSpec) -> str:
+    return json.dumps({"type": spec.type, "params": spec.params}, sort_keys=True)
