@@ -1,1 +1,37 @@
-"""annfleet.client"""
+"""What ranking services import: sync and async clients, results, typed errors.
+
+    from annfleet.client import Client
+    with Client("127.0.0.1:50051", timeout=0.05) as client:
+        result = client.retrieve(user_id=1, k=500)
+        result.ids, result.scores, result.source_names, result.coverage
+"""
+
+from annfleet.client.aio import AsyncClient, AsyncScatterClient
+from annfleet.client.errors import (
+    AnnfleetError,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from annfleet.client.results import Coverage, RetrieveResult, SearchResult
+from annfleet.client.sync import Client, ScatterClient
+
+__all__ = [
+    "AnnfleetError",
+    "AsyncClient",
+    "AsyncScatterClient",
+    "Client",
+    "Coverage",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "NotFound",
+    "ResourceExhausted",
+    "RetrieveResult",
+    "ScatterClient",
+    "SearchResult",
+    "Unavailable",
+]

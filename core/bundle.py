@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +89,7 @@ def _check_vectors(name: str, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.
 def _build_shard_index(
     shard_dir: str, index_type: str, params: dict[str, int], metric: str, seed: int
 ) -> dict[str, int]:
-    """Worker: build shard_dir/index.faiss from shard_dir/vectors.npy. Runs in its own process."""
+    """Worker: build shard_dir/index.faiss from shard_dir/vectors.npy (faiss releases the GIL)."""
     from annfleet.server.index import IndexSpec, build_index, set_threads, write_index
 
     set_threads(1)  # one build per core, and a deterministic HNSW graph
@@ -227,13 +226,13 @@ def _build_indexes(
     root: Path, num_shards: int, index_type: str, params: dict[str, int], metric: str,
     seed: int, workers: int | None, progress: bool,
 ) -> list[dict[str, int]]:
-    """Build every shard's index, one process per shard at a time; returns resolved params."""
+    """Build every shard's index, ``workers`` shards at a time; returns resolved params."""
     workers = max(1, min(workers or os.cpu_count() or 1, num_shards))
     resolved: list[dict[str, int]] = [{} for _ in range(num_shards)]
     bar = _progress(num_shards, f"building {num_shards} {index_type} shard indexes", progress)
-    # spawn, not fork: a forked child of a process that used OpenMP can deadlock in faiss.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    # Threads, not processes: faiss releases the GIL, and nothing re-imports the caller's
+    # __main__ (as a spawned process pool would).
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
         futures = {
             pool.submit(_build_shard_index, str(root / shard_dirname(s)), index_type, params,
                         metric, seed + s): s

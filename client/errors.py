@@ -1,0 +1,56 @@
+"""Exceptions a caller of annfleet sees, mapped from gRPC status codes in one place."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class AnnfleetError(Exception):
+    """Any failed annfleet call. ``code`` is the gRPC status, ``details`` the server's message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+    def __init__(self, details: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(details)
+        self.details = details
+        if code is not None:
+            self.code = code
+
+
+class InvalidArgument(AnnfleetError, ValueError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(AnnfleetError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(AnnfleetError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(AnnfleetError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(AnnfleetError, TimeoutError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(AnnfleetError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+_BY_CODE: dict[grpc.StatusCode, type[AnnfleetError]] = {
+    cls.code: cls
+    for cls in (InvalidArgument, NotFound, FailedPrecondition, Unavailable, DeadlineExceeded,
+                ResourceExhausted)
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> AnnfleetError:
+    """The annfleet exception for a failed RPC (``AnnfleetError`` for unmapped codes)."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = (error.details() if hasattr(error, "details") else None) or str(error)
+    cls = _BY_CODE.get(code, AnnfleetError)
+    return cls(details, code)

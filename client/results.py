@@ -1,0 +1,134 @@
+"""Result types and the protobuf <-> numpy translation shared by every client."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from annfleet.arrays import F32, I64, U8, decode_rows, to_bytes
+from annfleet.v1 import common_pb2, retrieval_pb2, shard_pb2
+
+SOURCE_NAMES = {
+    value.number: value.name.removeprefix("SOURCE_").lower()
+    for value in retrieval_pb2.DESCRIPTOR.enum_types_by_name["Source"].values
+}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    shards_answered: int
+    shards_asked: int
+    answered_shard_ids: tuple[int, ...]
+    degraded: bool
+
+    @property
+    def fraction(self) -> float:
+        return self.shards_answered / self.shards_asked if self.shards_asked else 0.0
+
+    @classmethod
+    def from_proto(cls, c: common_pb2.Coverage) -> Coverage:
+        return cls(c.shards_answered, c.shards_asked, tuple(c.answered_shard_ids), c.degraded)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    ids: np.ndarray  # (nq, k) int64, -1 where a row has fewer than k hits
+    scores: np.ndarray  # (nq, k) float32, metric units ("ip": higher is better)
+    bundle_id: str
+    coverage: Coverage
+    metric: str
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    ids: np.ndarray  # (n,) int64, best first, n <= k
+    scores: np.ndarray  # (n,) float32; comparable within one source only
+    sources: np.ndarray  # (n,) uint8 Source codes
+    bundle_id: str
+    coverage: Coverage
+    titles: tuple[str, ...] = ()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    source_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def source_names(self) -> list[str]:
+        return [SOURCE_NAMES.get(int(s), "unknown") for s in self.sources]
+
+
+def as_queries(vectors: np.ndarray | Sequence[float]) -> np.ndarray:
+    """(d,) or (nq, d) -> (nq, d) float32."""
+    queries = np.asarray(vectors, dtype=np.float32)
+    if queries.ndim == 1:
+        queries = queries[None, :]
+    if queries.ndim != 2:
+        raise ValueError(f"vectors must be (d,) or (nq, d), got shape {queries.shape}")
+    return queries
+
+
+def search_params(ef_search: int, nprobe: int, rerank: int) -> common_pb2.SearchParams:
+    return common_pb2.SearchParams(ef_search=ef_search, nprobe=nprobe, rerank=rerank)
+
+
+def search_request(queries: np.ndarray, k: int, params: common_pb2.SearchParams
+                   ) -> retrieval_pb2.SearchRequest:
+    return retrieval_pb2.SearchRequest(queries=to_bytes(queries, F32), dim=queries.shape[1], k=k,
+                                       params=params)
+
+
+def shard_request(queries: np.ndarray, k: int, params: common_pb2.SearchParams
+                  ) -> shard_pb2.ShardSearchRequest:
+    return shard_pb2.ShardSearchRequest(queries=to_bytes(queries, F32), dim=queries.shape[1],
+                                        k=k, params=params)
+
+
+def retrieve_request(
+    user_id: int, k: int, *, recent_items: Iterable[int] = (), timestamp: int = 0,
+    exclude: Iterable[int] = (), include_titles: bool = False, country: str = "",
+    device: str = "", params: common_pb2.SearchParams | None = None,
+) -> retrieval_pb2.RetrieveRequest:
+    return retrieval_pb2.RetrieveRequest(
+        user_id=user_id, k=k,
+        context=retrieval_pb2.Context(recent_item_ids=list(recent_items), timestamp=timestamp,
+                                      country=country, device=device),
+        exclude_ids=to_bytes(np.fromiter(exclude, dtype=np.int64), I64),
+        include_titles=include_titles, params=params,
+    )
+
+
+def search_result(r: retrieval_pb2.SearchResponse) -> SearchResult:
+    return SearchResult(
+        ids=decode_rows(r.ids, I64, r.num_queries, r.k, name="ids"),
+        scores=decode_rows(r.scores, F32, r.num_queries, r.k, name="scores"),
+        bundle_id=r.bundle_id, coverage=Coverage.from_proto(r.coverage), metric=r.metric,
+    )
+
+
+def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
+    ids = np.frombuffer(r.ids, dtype=I64)
+    return RetrieveResult(
+        ids=ids, scores=np.frombuffer(r.scores, dtype=F32), sources=np.frombuffer(r.sources, U8),
+        bundle_id=r.bundle_id, coverage=Coverage.from_proto(r.coverage), titles=tuple(r.titles),
+        timings_ms=dict(r.timings_ms), source_counts=dict(r.source_counts),
+    )
+
+
+def merge_shard_responses(
+    responses: Sequence[shard_pb2.ShardSearchResponse | BaseException], k: int
+) -> SearchResult:
+    """Client-side scatter: merge the shards that answered; coverage says which did."""
+    from annfleet.router.merge import merge_rows  # numpy-only
+
+    ok = [r for r in responses if isinstance(r, shard_pb2.ShardSearchResponse)]
+    if not ok:
+        raise next(r for r in responses if isinstance(r, BaseException))
+    nq = ok[0].num_queries
+    ids = np.concatenate([decode_rows(r.ids, I64, nq, r.k, name="ids") for r in ok], axis=1)
+    scores = np.concatenate([decode_rows(r.scores, F32, nq, r.k, name="scores") for r in ok],
+                            axis=1)
+    metric = ok[0].metric
+    merged_ids, merged_scores = merge_rows(ids, scores, k, higher_is_better=metric == "ip")
+    coverage = Coverage(len(ok), len(responses), tuple(sorted(r.shard_id for r in ok)),
+                        len(ok) < len(responses))
+    return SearchResult(merged_ids, merged_scores, ok[0].bundle_id, coverage, metric)

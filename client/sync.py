@@ -1,0 +1,122 @@
+"""Blocking clients: ``Client`` (the router) and ``ScatterClient`` (shards directly)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from annfleet.client import results as r
+from annfleet.client.errors import from_rpc_error
+from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+T = TypeVar("T")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+]
+RETRY_BACKOFF_S = 0.05
+
+
+def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) -> T:
+    """Run ``call(remaining_timeout)``; retry on UNAVAILABLE only, at most ``retries`` times,
+    never past ``timeout``. Other failures raise the mapped annfleet exception at once."""
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            return call(max(deadline - time.monotonic(), 0.001))
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            backoff = RETRY_BACKOFF_S * 2**attempt
+            if (error.code != grpc.StatusCode.UNAVAILABLE or attempt >= retries
+                    or time.monotonic() + backoff >= deadline):
+                raise error from None
+            time.sleep(backoff)
+            attempt += 1
+
+
+class Client:
+    """Calls the router. ``timeout`` (seconds) applies to each call unless overridden."""
+
+    def __init__(self, target: str, *, timeout: float = 1.0, retries: int = 2) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
+
+    def search(
+        self, vectors: np.ndarray | Sequence[float], k: int, *, ef_search: int = 0,
+        nprobe: int = 0, rerank: int = 0, timeout: float | None = None,
+    ) -> r.SearchResult:
+        """vectors (d,) or (nq, d) float32 -> merged top-k per query over all shards."""
+        request = r.search_request(r.as_queries(vectors), k, r.search_params(ef_search, nprobe,
+                                                                             rerank))
+        response = call_with_retry(lambda t: self._stub.Search(request, timeout=t),
+                                   timeout or self.timeout, self.retries)
+        return r.search_result(response)
+
+    def retrieve(
+        self, user_id: int, k: int, *, recent_items: Iterable[int] = (), timestamp: int = 0,
+        exclude: Iterable[int] = (), include_titles: bool = False, timeout: float | None = None,
+        **context: Any,
+    ) -> r.RetrieveResult:
+        """Candidates for a user: ids, scores and the source of each."""
+        request = r.retrieve_request(user_id, k, recent_items=recent_items, timestamp=timestamp,
+                                     exclude=exclude, include_titles=include_titles, **context)
+        response = call_with_retry(lambda t: self._stub.Retrieve(request, timeout=t),
+                                   timeout or self.timeout, self.retries)
+        return r.retrieve_result(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ScatterClient:
+    """Searches the shards directly and merges client-side (what the router does, without it).
+
+    Each shard is asked for k hits, so the merge is exact with respect to the shards' answers.
+    Shards that fail are left out and reported in ``coverage``; all failing raises.
+    """
+
+    def __init__(self, shard_targets: Sequence[str], *, timeout: float = 1.0) -> None:
+        self.timeout = timeout
+        self._channels = [grpc.insecure_channel(t, options=CHANNEL_OPTIONS) for t in shard_targets]
+        self._stubs = [shard_pb2_grpc.IndexShardStub(c) for c in self._channels]
+
+    def search(
+        self, vectors: np.ndarray | Sequence[float], k: int, *, ef_search: int = 0,
+        nprobe: int = 0, rerank: int = 0, timeout: float | None = None,
+    ) -> r.SearchResult:
+        request = r.shard_request(r.as_queries(vectors), k, r.search_params(ef_search, nprobe,
+                                                                            rerank))
+        futures = [stub.Search.future(request, timeout=timeout or self.timeout)
+                   for stub in self._stubs]
+        responses: list[shard_pb2.ShardSearchResponse | BaseException] = []
+        for future in futures:
+            try:
+                responses.append(future.result())
+            except grpc.RpcError as exc:
+                responses.append(from_rpc_error(exc))
+        return r.merge_shard_responses(responses, k)
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> ScatterClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,158 @@
+"""Cluster configuration: one YAML file -> frozen dataclasses. Every default is here.
+
+An unknown key, a wrong type or an out-of-range value is a ConfigError naming the key and
+the file. CLI flags override fields with ``dataclasses.replace``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from annfleet.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What the default bundle is built from when ``bundle`` is not given."""
+
+    kind: str = "synthetic"  # synthetic | movielens
+    items: int = 200_000  # synthetic only
+    dim: int = 64  # synthetic only
+    clusters: int = 256  # synthetic only; 0 = uniform on the sphere (a stress point)
+    users: int = 10_000  # synthetic only
+    seed: int = 0
+    path: str = ""  # movielens: directory with ml-100k.{inter,item,user}; "" = recbole wheel
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Index type, build parameters and per-shard search defaults."""
+
+    type: str = "hnsw"  # hnsw | ivfpq | flat
+    m: int = 32  # hnsw: graph degree
+    ef_construction: int = 200  # hnsw
+    ef_search: int = 128  # hnsw: default when a request sets 0
+    nlist: int = 1024  # ivfpq: inverted lists per shard (capped by shard size)
+    pq_m: int = 16  # ivfpq: sub-quantizers (must divide dim)
+    nbits: int = 8  # ivfpq: bits per sub-quantizer code
+    nprobe: int = 32  # ivfpq: default lists visited
+    rerank: int = 256  # ivfpq: candidates re-ranked exactly from stored vectors
+
+    def params(self) -> dict[str, int]:
+        """The parameters that apply to ``type`` (the bundle's index params)."""
+        keys = {
+            "flat": (),
+            "hnsw": ("m", "ef_construction", "ef_search"),
+            "ivfpq": ("nlist", "pq_m", "nbits", "nprobe", "rerank"),
+        }[self.type]
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    count: int = 4  # shards in the default bundle
+    host: str = "127.0.0.1"
+    base_port: int = 50061  # shard i listens on base_port + i; 0 = free ports
+    metrics_base_port: int = 9161  # shard i's /metrics on this + i; 0 = free, -1 = off
+    max_k: int = 4096
+    max_batch: int = 1024  # queries per request
+    search_threads: int = 1  # faiss threads per shard process
+    grace_s: float = 5.0  # drain time on SIGTERM
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9150  # 0 = free port, -1 = off
+    min_coverage: float = 0.5  # fraction of shards that must answer, else UNAVAILABLE
+    oversample: float = 2.0  # per-shard k = ceil(k * share * oversample), capped at k
+    max_k: int = 4096
+    max_batch: int = 1024
+    default_timeout_s: float = 1.0  # deadline when the caller sets none
+    shard_timeout_s: float = 0.5  # cap on one shard RPC
+    deadline_margin_s: float = 0.002  # kept back from the caller's deadline to merge and reply
+    connect_timeout_s: float = 30.0  # wait for shards at start-up
+    user_cache_size: int = 100_000
+    user_cache_ttl_s: float = 3600.0
+    grace_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    bundle: str = ""  # a bundle directory; "" = build/reuse the default from `dataset`
+    data_dir: str = "~/.cache/annfleet"  # $ANNFLEET_DATA overrides
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    shards: ShardsConfig = field(default_factory=ShardsConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+
+    def data_path(self) -> Path:
+        return Path(os.environ.get("ANNFLEET_DATA") or self.data_dir).expanduser()
+
+    def validate(self, source: str = "<config>") -> ClusterConfig:
+        checks = [
+            (self.dataset.kind in ("synthetic", "movielens"), "dataset.kind",
+             "synthetic or movielens"),
+            (self.index.type in ("hnsw", "ivfpq", "flat"), "index.type", "hnsw, ivfpq or flat"),
+            (self.shards.count >= 1, "shards.count", ">= 1"),
+            (0.0 < self.router.min_coverage <= 1.0, "router.min_coverage", "in (0, 1]"),
+            (self.router.oversample >= 1.0, "router.oversample", ">= 1"),
+            (self.router.max_k >= 1 and self.shards.max_k >= 1, "max_k", ">= 1"),
+            (self.router.default_timeout_s > 0, "router.default_timeout_s", "> 0"),
+        ]
+        for ok, key, expected in checks:
+            if not ok:
+                raise ConfigError(f"{source}: {key} must be {expected}")
+        return self
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], data: Any, source: str, prefix: str) -> T:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping")
+    hints = get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(fields))})"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, source, f"{prefix}{key}.")  # type: ignore[arg-type]
+        elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+        elif not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(
+                f"{source}: '{prefix}{key}' must be {hint.__name__}, got {value!r}"
+            )
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: Path | str | None = None) -> ClusterConfig:
+    """Defaults, or the YAML file at ``path`` over them."""
+    if path is None:
+        return ClusterConfig().validate()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    config = _build(ClusterConfig, data, str(path), "")
+    if config.bundle and not Path(config.bundle).is_absolute():
+        config = dataclasses.replace(config, bundle=str((path.parent / config.bundle).resolve()))
+    return config.validate(str(path))

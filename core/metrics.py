@@ -1,0 +1,40 @@
+"""Prometheus metrics shared by every annfleet process (one registry per process)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (
+    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+    0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+)
+
+REQUESTS = Counter(
+    "annfleet_requests", "RPCs handled, by final status code", ["service", "method", "code"]
+)
+LATENCY = Histogram(
+    "annfleet_request_seconds", "RPC latency in seconds", ["service", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+SHARD_FAILURES = Counter(
+    "annfleet_router_shard_failures", "Shard RPCs that failed or timed out, seen by the router",
+    ["shard", "code"],
+)
+DEGRADED = Counter(
+    "annfleet_router_degraded", "Router responses missing at least one shard", ["method"]
+)
+USER_CACHE = Counter("annfleet_router_user_cache", "User-embedding cache lookups", ["result"])
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:
+    """Start /metrics on ``port`` (0 = a free port, < 0 = off); return the port or None."""
+    if port < 0:
+        return None
+    server, _thread = start_http_server(port, addr=host)
+    bound = int(server.server_port)
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return bound

@@ -1,0 +1,131 @@
+"""Start a router: bind, load the bundle's router files, confirm the shards, go SERVING."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from annfleet.bundle import Bundle
+from annfleet.config import RouterConfig
+from annfleet.errors import BundleError
+from annfleet.router.scatter import Scatter, ShardEndpoint
+from annfleet.router.service import RetrievalService, RouterState
+from annfleet.router.users import load_embedder
+from annfleet.serving import GrpcServer, start_server, wait_for_signal
+from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc, shard_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name]
+
+
+def load_router_bundle(bundle_path: Path) -> Bundle:
+    """Open the bundle and verify every file the router uses (all but the shards')."""
+    bundle = Bundle.open(bundle_path, verify=False)
+    shard_dirs = tuple(s["dir"] + "/" for s in bundle.manifest["shards"])
+    bundle.verify(only=[rel for rel in bundle.manifest["files"] if not rel.startswith(shard_dirs)])
+    return bundle
+
+
+async def confirm_shards(endpoints: Sequence[ShardEndpoint], bundle: Bundle,
+                         timeout: float) -> list[int]:
+    """Wait (up to ``timeout``) until each shard describes the bundle; return confirmed ids."""
+    deadline = time.monotonic() + timeout
+    pending = {ep.shard_id: ep for ep in endpoints}
+    confirmed: list[int] = []
+    while pending and time.monotonic() < deadline:
+        for shard_id, ep in list(pending.items()):
+            try:
+                info = await ep.admin.Describe(shard_pb2.DescribeRequest(), timeout=1.0)
+            except grpc.aio.AioRpcError:
+                continue
+            if info.bundle_id != bundle.id or info.shard_id != shard_id:
+                raise BundleError(
+                    f"shard at {ep.target} serves shard {info.shard_id} of bundle {info.bundle_id}, "
+                    f"expected shard {shard_id} of {bundle.id}"
+                )
+            confirmed.append(shard_id)
+            del pending[shard_id]
+        if pending:
+            await asyncio.sleep(0.1)
+    if pending:
+        log.warning("shards %s not answering yet; serving with partial coverage",
+                    sorted(pending))
+    return sorted(confirmed)
+
+
+@dataclass
+class RouterServer:
+    grpc: GrpcServer
+    service: RetrievalService
+    executor: ThreadPoolExecutor
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.grpc.stop(grace)
+        if self.service.state is not None:
+            await self.service.state.scatter.close()
+        self.executor.shutdown(wait=False)
+
+
+async def start_router(
+    bundle_path: Path, shard_targets: Sequence[str], config: RouterConfig | None = None, *,
+    host: str = "127.0.0.1", port: int = 0, metrics_port: int = -1,
+) -> RouterServer:
+    """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING."""
+    config = config or RouterConfig()
+    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="router")
+    service = RetrievalService(config, executor)
+    server = await start_server(
+        [(retrieval_pb2_grpc.add_RetrievalServicer_to_server, service)], SERVICE_NAMES,
+        host=host, port=port, metrics_port=metrics_port,
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        bundle = await loop.run_in_executor(executor, load_router_bundle, Path(bundle_path))
+        if len(shard_targets) != bundle.num_shards:
+            raise BundleError(
+                f"bundle {bundle.id} has {bundle.num_shards} shards, {len(shard_targets)} "
+                "shard addresses were given"
+            )
+        total = int(bundle.manifest.get("num_items") or sum(
+            s["num_items"] for s in bundle.manifest["shards"]))
+        endpoints = [
+            ShardEndpoint.connect(i, target, bundle.shard(i)["num_items"] / total)
+            for i, target in enumerate(shard_targets)
+        ]
+        embedder = await loop.run_in_executor(executor, load_embedder, bundle)
+        scatter = Scatter(endpoints, bundle.id, bundle.metric, config.oversample)
+        await confirm_shards(endpoints, bundle, config.connect_timeout_s)
+        service.state = RouterState.load(bundle, scatter, embedder)
+    except BaseException:
+        await server.stop(0)
+        executor.shutdown(wait=False)
+        raise
+    await server.set_serving(True)
+    log.info("router serving bundle %s on %s:%d over %d shards", bundle.id, host, server.port,
+             len(endpoints))
+    return RouterServer(server, service, executor)
+
+
+async def serve_router(
+    bundle_path: Path, shard_targets: Sequence[str], config: RouterConfig, *, host: str,
+    port: int, metrics_port: int,
+) -> None:
+    server = await start_router(bundle_path, shard_targets, config, host=host, port=port,
+                                metrics_port=metrics_port)
+    print(f"router listening on {host}:{server.port}", flush=True)
+    await wait_for_signal()
+    log.info("router draining")
+    await server.stop(config.grace_s)

@@ -1,0 +1,181 @@
+"""The Retrieval service: Search (vectors -> merged top-k) and Retrieve (user -> candidates)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from cachetools import TTLCache
+
+from annfleet.arrays import F32, I64, U8, check_k, decode_ids, decode_matrix, to_bytes
+from annfleet.bundle import TABLE_ITEM_TITLES, TABLE_POPULAR_IDS, Bundle
+from annfleet.config import RouterConfig
+from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from annfleet.metrics import DEGRADED, USER_CACHE
+from annfleet.router.scatter import Scatter, ScatterResult
+from annfleet.router.users import RequestContext, UserEmbedder
+from annfleet.serving import rpc
+from annfleet.server.service import check_params
+from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SOURCE_NAMES = {
+    retrieval_pb2.SOURCE_ANN: "ann",
+    retrieval_pb2.SOURCE_POPULAR: "popular",
+    retrieval_pb2.SOURCE_CO_ENGAGEMENT: "co_engagement",
+    retrieval_pb2.SOURCE_CONTENT: "content",
+    retrieval_pb2.SOURCE_EXPLORATION: "exploration",
+}
+
+
+@dataclass
+class RouterState:
+    """Everything the router serves from one bundle. Replaced as a whole, never mutated."""
+
+    bundle: Bundle
+    scatter: Scatter
+    embedder: UserEmbedder
+    popular_ids: np.ndarray  # (p,) int64, most popular first; may be empty
+    titles: dict[int, str]
+
+    @classmethod
+    def load(cls, bundle: Bundle, scatter: Scatter, embedder: UserEmbedder) -> RouterState:
+        popular = bundle.table(TABLE_POPULAR_IDS)
+        titles_table = bundle.table(TABLE_ITEM_TITLES) or {"ids": [], "titles": []}
+        titles = dict(zip((int(i) for i in titles_table["ids"]), titles_table["titles"],
+                          strict=True))
+        popular_ids = (np.asarray(popular, dtype=np.int64) if popular is not None
+                       else np.empty(0, np.int64))
+        return cls(bundle, scatter, embedder, popular_ids, titles)
+
+
+def _context(request: retrieval_pb2.RetrieveRequest) -> RequestContext:
+    ctx = request.context
+    return RequestContext(tuple(int(i) for i in ctx.recent_item_ids), int(ctx.timestamp),
+                          ctx.country, ctx.device)
+
+
+class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
+    def __init__(self, config: RouterConfig, executor: Executor) -> None:
+        self.config = config
+        self.executor = executor
+        self.state: RouterState | None = None
+        self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
+            maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
+        )
+
+    def _state(self) -> RouterState:
+        if self.state is None:
+            raise Unavailable("router is starting: no bundle loaded yet")
+        return self.state
+
+    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
+        """Seconds the shard RPCs may take: the caller's deadline less a margin, capped."""
+        remaining = context.time_remaining()
+        if remaining is None:
+            return min(self.config.default_timeout_s, self.config.shard_timeout_s)
+        budget = remaining - self.config.deadline_margin_s
+        if budget <= 0:
+            raise DeadlineExceeded("deadline exceeded before the shards could be asked")
+        return min(budget, self.config.shard_timeout_s)
+
+    def _coverage(self, result: ScatterResult, method: str) -> common_pb2.Coverage:
+        asked = result.asked
+        answered = len(result.answered)
+        if answered == 0 or answered / asked < self.config.min_coverage:
+            reasons = "; ".join(f"shard {s}: {r}" for s, r in sorted(result.failures.items()))
+            raise Unavailable(
+                f"only {answered} of {asked} shards answered (min_coverage "
+                f"{self.config.min_coverage}): {reasons}"
+            )
+        if result.failures:
+            DEGRADED.labels(method).inc()
+        return common_pb2.Coverage(
+            shards_answered=answered, shards_asked=asked, answered_shard_ids=result.answered,
+            degraded=bool(result.failures),
+        )
+
+    @rpc("Retrieval")
+    async def Search(
+        self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.SearchResponse:
+        state = self._state()
+        if request.dim != state.bundle.dim:
+            raise InvalidArgument(f"dim {request.dim} does not match the bundle dim {state.bundle.dim}")
+        queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
+        k = check_k(request.k, self.config.max_k)
+        check_params(request.params, k)
+        result = await state.scatter.search(queries, k, request.params, self._timeout(context))
+        coverage = self._coverage(result, "Search")
+        return retrieval_pb2.SearchResponse(
+            ids=to_bytes(result.ids, I64), scores=to_bytes(result.scores, F32),
+            num_queries=len(queries), k=k, bundle_id=state.bundle.id, coverage=coverage,
+            metric=state.bundle.metric,
+        )
+
+    async def _embed(self, state: RouterState, user_id: int, ctx: RequestContext) -> np.ndarray:
+        key = (state.bundle.id, user_id, ctx.recent_item_ids, ctx.timestamp // 3600, ctx.country,
+               ctx.device)
+        vector = self.user_cache.get(key)
+        if vector is not None:
+            USER_CACHE.labels("hit").inc()
+            return vector
+        USER_CACHE.labels("miss").inc()
+        if state.embedder.blocking:
+            loop = asyncio.get_running_loop()
+            vector = await loop.run_in_executor(self.executor, state.embedder.embed, user_id, ctx)
+        else:
+            vector = state.embedder.embed(user_id, ctx)
+        self.user_cache[key] = vector
+        return vector
+
+    @rpc("Retrieval")
+    async def Retrieve(
+        self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.RetrieveResponse:
+        started = time.perf_counter()
+        state = self._state()
+        k = check_k(request.k, self.config.max_k)
+        check_params(request.params, k)
+        exclude = decode_ids(request.exclude_ids, name="exclude_ids")
+        ctx = _context(request)
+        timeout = self._timeout(context)
+        vector = await self._embed(state, request.user_id, ctx)
+        embedded = time.perf_counter()
+
+        fetch = min(k + len(exclude), self.config.max_k)
+        result = await state.scatter.search(vector[None, :], fetch, request.params, timeout)
+        coverage = self._coverage(result, "Retrieve")
+        searched = time.perf_counter()
+
+        ids, scores = result.ids[0], result.scores[0]
+        keep = (ids >= 0) & ~np.isin(ids, exclude)
+        ids, scores = ids[keep][:k], scores[keep][:k]
+        sources = np.full(len(ids), retrieval_pb2.SOURCE_ANN, dtype=np.uint8)
+        if len(ids) < k and len(state.popular_ids):
+            # Backfill keeps k full when shards are missing or exclusions ate the ANN hits.
+            fill = state.popular_ids[~np.isin(state.popular_ids, np.concatenate([ids, exclude]))]
+            fill = fill[: k - len(ids)]
+            ids = np.concatenate([ids, fill])
+            scores = np.concatenate([scores, np.zeros(len(fill), np.float32)])
+            sources = np.concatenate(
+                [sources, np.full(len(fill), retrieval_pb2.SOURCE_POPULAR, np.uint8)]
+            )
+        codes, counts = np.unique(sources, return_counts=True)
+        response = retrieval_pb2.RetrieveResponse(
+            ids=to_bytes(ids, I64), scores=to_bytes(scores, F32), sources=to_bytes(sources, U8),
+            bundle_id=state.bundle.id, coverage=coverage,
+            source_counts={SOURCE_NAMES[int(c)]: int(n) for c, n in zip(codes, counts,
+                                                                         strict=True)},
+            timings_ms={"embed": (embedded - started) * 1e3, "ann": (searched - embedded) * 1e3,
+                        "total": (time.perf_counter() - started) * 1e3},
+        )
+        if request.include_titles:
+            response.titles.extend(state.titles.get(int(i), "") for i in ids)
+        return response

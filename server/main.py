@@ -1,0 +1,96 @@
+"""Start a shard server: bind, load and verify the shard, then go SERVING; drain on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from annfleet.bundle import Bundle
+from annfleet.config import ShardsConfig
+from annfleet.errors import BundleError
+from annfleet.serving import GrpcServer, start_server, wait_for_signal
+from annfleet.server.index import IndexSpec, ShardIndex, set_threads
+from annfleet.server.service import LoadedShard, ShardService
+from annfleet.v1 import shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    shard_pb2.DESCRIPTOR.services_by_name["IndexShard"].full_name,
+    shard_pb2.DESCRIPTOR.services_by_name["ShardAdmin"].full_name,
+]
+
+
+def load_shard(bundle_path: Path, shard_id: int) -> LoadedShard:
+    """Open the bundle, verify this shard's files (sha256) and load its index."""
+    bundle = Bundle.open(bundle_path, verify=False)
+    shard = bundle.shard(shard_id)
+    bundle.verify(only=[shard["dir"] + "/"])
+    spec = IndexSpec(shard["index"]["type"], shard["index"]["params"])
+    index = ShardIndex.load(bundle.shard_dir(shard_id), bundle.metric, spec)
+    if index.dim != bundle.dim:
+        raise BundleError(f"shard {shard_id} index has dim {index.dim}, manifest says {bundle.dim}")
+    return LoadedShard(bundle, shard_id, index)
+
+
+@dataclass
+class ShardServer:
+    grpc: GrpcServer
+    service: ShardService
+    executor: ThreadPoolExecutor
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.grpc.stop(grace)
+        self.executor.shutdown(wait=False)
+
+
+async def start_shard_server(
+    bundle_path: Path, shard_id: int, config: ShardsConfig | None = None, *,
+    host: str = "127.0.0.1", port: int = 0, metrics_port: int = -1,
+) -> ShardServer:
+    """Bind first (health NOT_SERVING), then load; SERVING once the shard is verified.
+
+    Raises BundleError (after stopping the server) when the shard cannot be loaded.
+    """
+    config = config or ShardsConfig()
+    set_threads(config.search_threads)
+    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="faiss")
+    service = ShardService(config, executor)
+    server = await start_server(
+        [(shard_pb2_grpc.add_IndexShardServicer_to_server, service),
+         (shard_pb2_grpc.add_ShardAdminServicer_to_server, service)],
+        SERVICE_NAMES, host=host, port=port, metrics_port=metrics_port,
+    )
+    try:
+        service.shard = await asyncio.get_running_loop().run_in_executor(
+            executor, load_shard, Path(bundle_path), shard_id
+        )
+    except BaseException:
+        await server.stop(0)
+        executor.shutdown(wait=False)
+        raise
+    await server.set_serving(True)
+    log.info("shard %d of bundle %s serving on %s:%d (%d items)", shard_id, service.shard.bundle.id,
+             host, server.port, len(service.shard.index.ids))
+    return ShardServer(server, service, executor)
+
+
+async def serve_shard(
+    bundle_path: Path, shard_id: int, config: ShardsConfig, *, host: str, port: int,
+    metrics_port: int,
+) -> None:
+    """Run a shard server until SIGTERM/SIGINT, then drain for ``config.grace_s``."""
+    server = await start_shard_server(bundle_path, shard_id, config, host=host, port=port,
+                                      metrics_port=metrics_port)
+    print(f"shard {shard_id} listening on {host}:{server.port}", flush=True)
+    await wait_for_signal()
+    log.info("shard %d draining", shard_id)
+    await server.stop(config.grace_s)
