@@ -32,57 +32,94 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     bench = subparsers.add_parser("bench", help="benchmarks: recall vs latency, load, scale")
     sub = bench.add_subparsers(dest="bench_command", required=True)
 
-    rl = sub.add_parser("recall-latency", help="recall@k vs latency: in-process faiss, direct "
-                        "scatter, router and peers, one query at a time")
+    rl = sub.add_parser(
+        "recall-latency",
+        help="recall@k vs latency: in-process faiss, direct "
+        "scatter, router and peers, one query at a time",
+    )
     data = rl.add_argument_group("dataset (default: synthetic clustered 200000 x 64)")
     data.add_argument("--items", type=int, default=200_000)
     data.add_argument("--dim", type=int, default=64)
-    data.add_argument("--kind", choices=("clustered", "uniform"), default="clustered",
-                      help="uniform random vectors are a stress point, not for choosing defaults")
+    data.add_argument(
+        "--kind",
+        choices=("clustered", "uniform"),
+        default="clustered",
+        help="uniform random vectors are a stress point, not for choosing defaults",
+    )
     data.add_argument("--clusters", type=int, default=0, help="0: the catalogue's default (256)")
     data.add_argument("--queries", type=int, default=1000, help="number of queries")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--vectors", type=Path, help="your item vectors (n, d) .npy")
-    data.add_argument("--query-vectors", "--queries-file", dest="query_vectors", type=Path,
-                      help="your query vectors (nq, d) .npy (with --vectors)")
+    data.add_argument(
+        "--query-vectors",
+        "--queries-file",
+        dest="query_vectors",
+        type=Path,
+        help="your query vectors (nq, d) .npy (with --vectors)",
+    )
     data.add_argument("--ids", type=Path, help="item ids (n,) .npy (with --vectors)")
     data.add_argument("--metric", choices=("ip", "l2"), default="ip", help="for --vectors")
     data.add_argument("--bundle", type=Path, help="an existing bundle; queries = its users")
     idx = rl.add_argument_group("index and sweep")
     idx.add_argument("--index", choices=("hnsw", "ivfpq", "flat"), default="hnsw")
-    idx.add_argument("--build", type=_kv, default={},
-                     help="build params, e.g. m=32,ef_construction=200 or nlist=1024,pq_m=16")
+    idx.add_argument(
+        "--build",
+        type=_kv,
+        default={},
+        help="build params, e.g. m=32,ef_construction=200 or nlist=1024,pq_m=16",
+    )
     idx.add_argument("--ef", type=_ints, help="HNSW efSearch values, e.g. 100,200,400")
     idx.add_argument("--nprobe", type=_ints, help="IVF-PQ nprobe values")
     idx.add_argument("--rerank", type=_ints, help="IVF-PQ re-rank depths")
     idx.add_argument("--shards", type=_ints, default=[4], help="shard counts, e.g. 1,2,4")
     idx.add_argument("-k", "--k", type=int, default=100)
-    idx.add_argument("--systems", default="faiss,scatter,router",
-                     help="subset of faiss,scatter,router")
-    idx.add_argument("--peers", default="auto",
-                     help="comma list of hnswlib,usearch,qdrant-edge,milvus; 'auto' = all in "
-                     "full mode, hnswlib,usearch in --quick; 'none'")
-    idx.add_argument("--max-seconds-per-point", type=float, default=20.0,
-                     help="stop a point early after this long (min 100 queries)")
-    idx.add_argument("--throughput", action="store_true",
-                     help="also measure closed-loop cluster QPS vs in-process faiss at the "
-                     "cheapest point with recall >= --throughput-recall (target P2)")
+    idx.add_argument(
+        "--systems", default="faiss,scatter,router", help="subset of faiss,scatter,router"
+    )
+    idx.add_argument(
+        "--peers",
+        default="auto",
+        help="comma list of hnswlib,usearch,qdrant-edge,milvus; 'auto' = all in "
+        "full mode, hnswlib,usearch in --quick; 'none'",
+    )
+    idx.add_argument(
+        "--max-seconds-per-point",
+        type=float,
+        default=20.0,
+        help="stop a point early after this long (min 100 queries)",
+    )
+    idx.add_argument(
+        "--throughput",
+        action="store_true",
+        help="also measure closed-loop cluster QPS vs in-process faiss at the "
+        "cheapest point with recall >= --throughput-recall (target P2)",
+    )
     idx.add_argument("--throughput-recall", type=float, default=0.95)
     idx.add_argument("--throughput-seconds", type=float, default=10.0)
     out = rl.add_argument_group("output")
     out.add_argument("--name", help="result directory name under benchmarks/results/")
     out.add_argument("--out", type=Path, help="results root (default benchmarks/results)")
-    out.add_argument("--data-dir", type=Path, help="cache for datasets, bundles, ground truth "
-                     "(default $ANNFLEET_BENCH_DATA or ~/.cache/annfleet/bench)")
+    out.add_argument(
+        "--data-dir",
+        type=Path,
+        help="cache for datasets, bundles, ground truth "
+        "(default $ANNFLEET_BENCH_DATA or ~/.cache/annfleet/bench)",
+    )
     out.add_argument("--save-ids", action="store_true", help="also write found_ids.npz")
-    out.add_argument("--quick", action="store_true",
-                     help="<= 2 minutes: 50000 x 64, 300 queries, 2 shards, 4 points")
+    out.add_argument(
+        "--quick",
+        action="store_true",
+        help="<= 2 minutes: 50000 x 64, 300 queries, 2 shards, 4 points",
+    )
     out.add_argument("--no-progress", action="store_true")
     rl.set_defaults(func=cmd_recall_latency)
 
     ld = sub.add_parser("load", help="closed/open-loop load on Search or Retrieve")
-    ld.add_argument("--target", help="router HOST:PORT (loopback); default: start a local "
-                    "cluster on --bundle or the default synthetic catalogue")
+    ld.add_argument(
+        "--target",
+        help="router HOST:PORT (loopback); default: start a local "
+        "cluster on --bundle or the default synthetic catalogue",
+    )
     ld.add_argument("--bundle", type=Path)
     ld.add_argument("--items", type=int, default=200_000)
     ld.add_argument("--dim", type=int, default=64)
@@ -139,11 +176,23 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         if not args.query_vectors:
             print("--vectors needs --query-vectors Q.npy", file=sys.stderr)
             return 2
-        ds = datasets.from_files(args.vectors, args.query_vectors, ids=args.ids,
-                                 metric=args.metric, limit_queries=args.queries)
+        ds = datasets.from_files(
+            args.vectors,
+            args.query_vectors,
+            ids=args.ids,
+            metric=args.metric,
+            limit_queries=args.queries,
+        )
     else:
-        ds = datasets.synthetic(args.items, args.dim, queries=args.queries, kind=args.kind,
-                                clusters=args.clusters, seed=args.seed, data_dir=data_dir)
+        ds = datasets.synthetic(
+            args.items,
+            args.dim,
+            queries=args.queries,
+            kind=args.kind,
+            clusters=args.clusters,
+            seed=args.seed,
+            data_dir=data_dir,
+        )
     points = default_points(args.index, args.k, quick=args.quick)
     if args.index == "hnsw" and args.ef:
         points = [{"ef_search": e} for e in args.ef]
@@ -152,24 +201,41 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         reranks = args.rerank or sorted({p["rerank"] for p in points})
         points = [{"nprobe": n, "rerank": r} for n in nprobes for r in reranks]
     if args.peers == "auto":
-        peers = ["hnswlib", "usearch"] if args.quick else ["hnswlib", "usearch", "qdrant-edge",
-                                                            "milvus"]
+        peers = (
+            ["hnswlib", "usearch"]
+            if args.quick
+            else ["hnswlib", "usearch", "qdrant-edge", "milvus"]
+        )
     elif args.peers == "none":
         peers = []
     else:
         peers = [p for p in args.peers.split(",") if p]
-    cfg = SweepConfig(index_type=args.index, build_params=args.build, search_points=points,
-                      shard_counts=args.shards, k=args.k,
-                      systems=[s for s in args.systems.split(",") if s], peers=peers,
-                      max_seconds_per_point=args.max_seconds_per_point, save_ids=args.save_ids)
+    cfg = SweepConfig(
+        index_type=args.index,
+        build_params=args.build,
+        search_points=points,
+        shard_counts=args.shards,
+        k=args.k,
+        systems=[s for s in args.systems.split(",") if s],
+        peers=peers,
+        max_seconds_per_point=args.max_seconds_per_point,
+        save_ids=args.save_ids,
+    )
     name = args.name or ("quick" if args.quick else f"{ds.name}-{args.index}")
     throughput = None
     if args.throughput:
         from annfleet.benchmarks.throughput import make_throughput
 
         throughput = make_throughput(args.throughput_recall, args.throughput_seconds)
-    result = run(ds, cfg, name=name, out_root=args.out, data_dir=data_dir,
-                 progress=not args.no_progress, throughput=throughput)
+    result = run(
+        ds,
+        cfg,
+        name=name,
+        out_root=args.out,
+        data_dir=data_dir,
+        progress=not args.no_progress,
+        throughput=throughput,
+    )
     print(table(result))
     from annfleet.benchmarks.recall_latency import summary_lines
 
@@ -200,8 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     register(subparsers)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     func: Any = args.func
     return int(func(args))
 

@@ -97,15 +97,28 @@ def synthetic(
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} unknown; choose one of {KINDS}")
     clusters = clusters or 256  # annfleet.synthetic's default catalogue
-    desc = {"source": "synthetic", "kind": kind, "items": items, "dim": dim,
-            "queries": queries, "clusters": clusters if kind == "clustered" else 0,
-            "seed": seed, "metric": "ip"}
+    desc = {
+        "source": "synthetic",
+        "kind": kind,
+        "items": items,
+        "dim": dim,
+        "queries": queries,
+        "clusters": clusters if kind == "clustered" else 0,
+        "seed": seed,
+        "metric": "ip",
+    }
     cache = (data_dir or default_data_dir()) / "datasets" / params_key(desc)
     name = f"synthetic-{kind}-{items}x{dim}"
     if (cache / "query_ids.npy").is_file():
-        return Dataset(name, np.load(cache / "ids.npy"), np.load(cache / "vectors.npy"),
-                       np.load(cache / "queries.npy"), "ip", desc,
-                       query_ids=np.load(cache / "query_ids.npy"))
+        return Dataset(
+            name,
+            np.load(cache / "ids.npy"),
+            np.load(cache / "vectors.npy"),
+            np.load(cache / "queries.npy"),
+            "ip",
+            desc,
+            query_ids=np.load(cache / "query_ids.npy"),
+        )
     rng = np.random.default_rng(seed)
     qids = np.arange(1, queries + 1, dtype=np.int64)
     if kind == "uniform":
@@ -122,12 +135,16 @@ def synthetic(
             desc["generator"] = "annfleet.synthetic.make_catalogue"
         else:
             ids = np.arange(items, dtype=np.int64)
-            vectors, centres = _clustered(items, dim, clusters, rng)
+            vectors, _centres = _clustered(items, dim, clusters, rng)
             qs, _ = _clustered(queries, dim, clusters, rng)
             desc["generator"] = "annfleet.benchmarks.datasets (gaussian blobs)"
     cache.mkdir(parents=True, exist_ok=True)
-    for fname, arr in (("ids.npy", ids), ("vectors.npy", vectors), ("queries.npy", qs),
-                       ("query_ids.npy", qids)):
+    for fname, arr in (
+        ("ids.npy", ids),
+        ("vectors.npy", vectors),
+        ("queries.npy", qs),
+        ("query_ids.npy", qids),
+    ):
         np.save(cache / f".{fname}", arr, allow_pickle=False)
         os.replace(cache / f".{fname}", cache / fname)
     (cache / "description.json").write_text(json.dumps(desc, indent=2))
@@ -146,26 +163,44 @@ def _make_catalogue(
     except TypeError as exc:  # signature drift: fall back rather than fail the benchmark
         log.warning("annfleet.synthetic.make_catalogue unusable (%s); using local generator", exc)
         return None
-    return (np.asarray(cat.ids, dtype=np.int64),
-            np.ascontiguousarray(cat.vectors, dtype=np.float32),
-            np.ascontiguousarray(cat.user_vectors[:queries], dtype=np.float32),
-            np.asarray(cat.user_ids[:queries], dtype=np.int64))
+    return (
+        np.asarray(cat.ids, dtype=np.int64),
+        np.ascontiguousarray(cat.vectors, dtype=np.float32),
+        np.ascontiguousarray(cat.user_vectors[:queries], dtype=np.float32),
+        np.asarray(cat.user_ids[:queries], dtype=np.int64),
+    )
 
 
-def from_files(vectors: Path, queries: Path, *, ids: Path | None = None,
-               metric: str = "ip", limit_queries: int = 0) -> Dataset:
+def from_files(
+    vectors: Path,
+    queries: Path,
+    *,
+    ids: Path | None = None,
+    metric: str = "ip",
+    limit_queries: int = 0,
+) -> Dataset:
     """User data: vectors (n, d) and queries (nq, d) .npy float32 (no pickle)."""
     vecs = np.ascontiguousarray(np.load(vectors, allow_pickle=False), dtype=np.float32)
     qs = np.ascontiguousarray(np.load(queries, allow_pickle=False), dtype=np.float32)
     if vecs.ndim != 2 or qs.ndim != 2 or vecs.shape[1] != qs.shape[1]:
         raise ValueError(f"vectors {vecs.shape} and queries {qs.shape} must be 2-d with one dim")
-    item_ids = (np.load(ids, allow_pickle=False).astype(np.int64) if ids
-                else np.arange(len(vecs), dtype=np.int64))
+    item_ids = (
+        np.load(ids, allow_pickle=False).astype(np.int64)
+        if ids
+        else np.arange(len(vecs), dtype=np.int64)
+    )
     if limit_queries:
         qs = qs[:limit_queries]
     st = vectors.stat()
-    desc = {"source": "files", "vectors": str(vectors.resolve()), "queries": str(queries),
-            "size": st.st_size, "mtime": int(st.st_mtime), "nq": len(qs), "metric": metric}
+    desc = {
+        "source": "files",
+        "vectors": str(vectors.resolve()),
+        "queries": str(queries),
+        "size": st.st_size,
+        "mtime": int(st.st_mtime),
+        "nq": len(qs),
+        "metric": metric,
+    }
     return Dataset(vectors.stem, item_ids, vecs, qs, metric, desc)
 
 
@@ -174,20 +209,38 @@ def from_bundle(path: Path, *, limit_queries: int = 1000, seed: int = 0) -> Data
     from annfleet.bundle import Bundle
 
     bundle = Bundle.open(path, verify=False)
-    ids = np.concatenate([bundle.load_array(f"{bundle.shard(s)['dir']}/ids.npy")
-                          for s in range(bundle.num_shards)])
-    vectors = np.concatenate([bundle.load_array(f"{bundle.shard(s)['dir']}/vectors.npy")
-                              for s in range(bundle.num_shards)])
+    ids = np.concatenate(
+        [bundle.load_array(f"{bundle.shard(s)['dir']}/ids.npy") for s in range(bundle.num_shards)]
+    )
+    vectors = np.concatenate(
+        [
+            bundle.load_array(f"{bundle.shard(s)['dir']}/vectors.npy")
+            for s in range(bundle.num_shards)
+        ]
+    )
     users = bundle.users()
     if users is None:
         raise ValueError(f"bundle {path} has no user vectors to use as queries")
     user_ids, user_vectors = users
     rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(len(user_vectors), size=min(limit_queries, len(user_vectors)),
-                              replace=False))
+    pick = np.sort(
+        rng.choice(len(user_vectors), size=min(limit_queries, len(user_vectors)), replace=False)
+    )
     qs = np.ascontiguousarray(user_vectors[pick], dtype=np.float32)
-    desc = {"source": "bundle", "bundle_id": bundle.id, "path": str(Path(path).resolve()),
-            "nq": len(qs), "metric": bundle.metric}
-    return Dataset(f"bundle-{bundle.id}", ids.astype(np.int64),
-                   np.ascontiguousarray(vectors, dtype=np.float32), qs, bundle.metric, desc,
-                   bundle_path=Path(path), query_ids=user_ids[pick].astype(np.int64))
+    desc = {
+        "source": "bundle",
+        "bundle_id": bundle.id,
+        "path": str(Path(path).resolve()),
+        "nq": len(qs),
+        "metric": bundle.metric,
+    }
+    return Dataset(
+        f"bundle-{bundle.id}",
+        ids.astype(np.int64),
+        np.ascontiguousarray(vectors, dtype=np.float32),
+        qs,
+        bundle.metric,
+        desc,
+        bundle_path=Path(path),
+        query_ids=user_ids[pick].astype(np.int64),
+    )

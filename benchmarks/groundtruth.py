@@ -18,8 +18,14 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
 
 def exact_topk(
-    vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, metric: str,
-    *, batch: int = 256, progress: bool = False,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    *,
+    batch: int = 256,
+    progress: bool = False,
 ) -> np.ndarray:
     """vectors (n, d) float32, ids (n,) int64, queries (nq, d) -> exact top-k ids (nq, k) int64."""
     index = faiss.IndexFlat(vectors.shape[1], _METRICS[metric])
@@ -38,8 +44,14 @@ def exact_topk(
 
 
 def cached_exact_topk(
-    cache: Path, vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, metric: str,
-    *, progress: bool = False,
+    cache: Path,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    *,
+    progress: bool = False,
 ) -> np.ndarray:
     """exact_topk, stored as ``cache`` (.npy) and reused when its shape matches."""
     if cache.is_file():

@@ -69,9 +69,17 @@ def default_points(index_type: str, k: int, quick: bool = False) -> list[dict[st
 # ---------------------------------------------------------------- measurement
 
 
-def measure(system: System, queries: np.ndarray, truth: np.ndarray, k: int,
-            params: dict[str, int], cfg: SweepConfig, *, desc: str = "",
-            progress: bool = True) -> tuple[dict[str, Any], np.ndarray]:
+def measure(
+    system: System,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    params: dict[str, int],
+    cfg: SweepConfig,
+    *,
+    desc: str = "",
+    progress: bool = True,
+) -> tuple[dict[str, Any], np.ndarray]:
     """One sweep point: each query as one request, in sequence -> (row, found ids (nq, k))."""
     for q in queries[: cfg.warmup]:
         system.search(q, k, params)
@@ -89,12 +97,17 @@ def measure(system: System, queries: np.ndarray, truth: np.ndarray, k: int,
         found[i, :n] = ids[:n]
         done = i + 1
         bar.update(1)
-        if (done >= cfg.min_queries_per_point
-                and time.perf_counter() - t_start > cfg.max_seconds_per_point):
+        if (
+            done >= cfg.min_queries_per_point
+            and time.perf_counter() - t_start > cfg.max_seconds_per_point
+        ):
             break
     bar.close()
-    row = {"nq": done, "recall": recall_at_k(found[:done], truth[:done], k),
-           **report.percentiles(lat[:done])}
+    row = {
+        "nq": done,
+        "recall": recall_at_k(found[:done], truth[:done], k),
+        **report.percentiles(lat[:done]),
+    }
     row["qps_single_client"] = 1e3 / row["mean_ms"] if row["mean_ms"] > 0 else float("nan")
     return row, found[:done]
 
@@ -108,20 +121,34 @@ def _bar(total: int, desc: str, enabled: bool) -> Any:
 # ---------------------------------------------------------------- bundles and clusters
 
 
-def ensure_bundle(dataset: Dataset, index_type: str, build_params: dict[str, int],
-                  num_shards: int, data_dir: Path, progress: bool = True) -> Path:
+def ensure_bundle(
+    dataset: Dataset,
+    index_type: str,
+    build_params: dict[str, int],
+    num_shards: int,
+    data_dir: Path,
+    progress: bool = True,
+) -> Path:
     """The dataset's bundle for this index and shard count, built once and cached."""
     from annfleet.bundle import Bundle, build_bundle
 
     if dataset.bundle_path is not None:
         existing = Bundle.open(dataset.bundle_path, verify=False)
         shard0 = existing.shard(0)["index"]
-        if (existing.num_shards == num_shards and shard0.get("type") == index_type
-                and all(shard0.get("params", {}).get(key) == v
-                        for key, v in build_params.items())):
+        if (
+            existing.num_shards == num_shards
+            and shard0.get("type") == index_type
+            and all(shard0.get("params", {}).get(key) == v for key, v in build_params.items())
+        ):
             return dataset.bundle_path
-    key = params_key({"data": dataset.description, "index": index_type,
-                      "params": build_params, "shards": num_shards})
+    key = params_key(
+        {
+            "data": dataset.description,
+            "index": index_type,
+            "params": build_params,
+            "shards": num_shards,
+        }
+    )
     out = data_dir / "bundles" / f"{dataset.name}-{index_type}-s{num_shards}-{key}"
     if (out / "manifest.json").is_file():
         return out
@@ -129,9 +156,27 @@ def ensure_bundle(dataset: Dataset, index_type: str, build_params: dict[str, int
     if dataset.query_ids is not None:
         users = {"user_ids": dataset.query_ids, "user_vectors": dataset.queries}
     log.info("building bundle %s", out)
-    build_bundle(out, dataset.ids, dataset.vectors, num_shards=num_shards,
-                 index_type=index_type, index_params=build_params, metric=dataset.metric,
-                 progress=progress, overwrite=True, **users)
+    t0 = time.perf_counter()
+    build_bundle(
+        out,
+        dataset.ids,
+        dataset.vectors,
+        num_shards=num_shards,
+        index_type=index_type,
+        index_params=build_params,
+        metric=dataset.metric,
+        progress=progress,
+        overwrite=True,
+        **users,
+    )
+    # Beside the bundle, not in it: the build time survives cache hits.
+    report.write_json(
+        out.with_name(out.name + ".build.json"),
+        {
+            "build_seconds": round(time.perf_counter() - t0, 1),
+            "date": report.header("build")["date"],
+        },
+    )
     return out
 
 
@@ -147,44 +192,86 @@ def local_cluster(bundle_path: Path) -> Iterator[Any]:
 # ---------------------------------------------------------------- the run
 
 
-def run(dataset: Dataset, cfg: SweepConfig, *, name: str, out_root: Path | None = None,
-        data_dir: Path | None = None, progress: bool = True,
-        throughput: Callable[..., dict[str, Any]] | None = None,
-        argv: Sequence[str] | None = None) -> dict[str, Any]:
+def run(
+    dataset: Dataset,
+    cfg: SweepConfig,
+    *,
+    name: str,
+    out_root: Path | None = None,
+    data_dir: Path | None = None,
+    progress: bool = True,
+    throughput: Callable[..., dict[str, Any]] | None = None,
+    argv: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Run the sweep, write the result directory, return the result dict."""
     data_dir = data_dir or default_data_dir()
     k = cfg.k
     points = cfg.search_points or default_points(cfg.index_type, k)
     header = report.header(name, argv)
     t_run = time.perf_counter()
-    truth = cached_exact_topk(data_dir / "groundtruth" / f"{dataset.key}-k{k}.npy",
-                              dataset.vectors, dataset.ids, dataset.queries, k, dataset.metric,
-                              progress=progress)
+    truth = cached_exact_topk(
+        data_dir / "groundtruth" / f"{dataset.key}-k{k}.npy",
+        dataset.vectors,
+        dataset.ids,
+        dataset.queries,
+        k,
+        dataset.metric,
+        progress=progress,
+    )
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     builds: dict[str, float] = {}
     saved: dict[str, np.ndarray] = {}
 
-    def record(series: str, system: str, shards: int | None, params: dict[str, int],
-               row: dict[str, Any], found: np.ndarray) -> None:
-        full = {"series": series, "system": system, "index": cfg.index_type,
-                "shards": shards, "params": params, "k": k, **row}
+    def record(
+        series: str,
+        system: str,
+        shards: int | None,
+        params: dict[str, int],
+        row: dict[str, Any],
+        found: np.ndarray,
+    ) -> None:
+        full = {
+            "series": series,
+            "system": system,
+            "index": cfg.index_type,
+            "shards": shards,
+            "params": params,
+            "k": k,
+            **row,
+        }
         rows.append(full)
         if cfg.save_ids:
             saved[f"{len(rows) - 1}"] = found
-        log.info("%s %s recall=%.4f p50=%.3fms p99=%.3fms", series, params, row["recall"],
-                 row["p50_ms"], row["p99_ms"])
+        log.info(
+            "%s %s recall=%.4f p50=%.3fms p99=%.3fms",
+            series,
+            params,
+            row["recall"],
+            row["p50_ms"],
+            row["p99_ms"],
+        )
 
     if "faiss" in cfg.systems:
-        cache = (data_dir / "indexes"
-                 / f"{dataset.key}-{cfg.index_type}-{params_key(cfg.build_params)}.faiss")
+        cache = (
+            data_dir
+            / "indexes"
+            / f"{dataset.key}-{cfg.index_type}-{params_key(cfg.build_params)}.faiss"
+        )
         t0 = time.perf_counter()
-        faiss_sys = InProcessFaiss(dataset.ids, dataset.vectors, dataset.metric, cfg.index_type,
-                                   cfg.build_params, cache=cache)
+        faiss_sys = InProcessFaiss(
+            dataset.ids,
+            dataset.vectors,
+            dataset.metric,
+            cfg.index_type,
+            cfg.build_params,
+            cache=cache,
+        )
         builds["faiss-inprocess"] = time.perf_counter() - t0
         for p in points:
-            row, found = measure(faiss_sys, dataset.queries, truth, k, p, cfg,
-                                 desc=f"faiss {p}", progress=progress)
+            row, found = measure(
+                faiss_sys, dataset.queries, truth, k, p, cfg, desc=f"faiss {p}", progress=progress
+            )
             record("faiss in-process", "faiss", 1, p, row, found)
         if throughput is None:
             del faiss_sys
@@ -193,8 +280,9 @@ def run(dataset: Dataset, cfg: SweepConfig, *, name: str, out_root: Path | None 
     throughput_result: dict[str, Any] | None = None
     for shards in cfg.shard_counts if cluster_systems else []:
         t0 = time.perf_counter()
-        bundle = ensure_bundle(dataset, cfg.index_type, cfg.build_params, shards, data_dir,
-                               progress)
+        bundle = ensure_bundle(
+            dataset, cfg.index_type, cfg.build_params, shards, data_dir, progress
+        )
         builds[f"bundle-{shards}-shards"] = time.perf_counter() - t0
         with local_cluster(bundle) as cluster:
             systems: dict[str, System] = {}
@@ -206,13 +294,26 @@ def run(dataset: Dataset, cfg: SweepConfig, *, name: str, out_root: Path | None 
                 for p in points:
                     # Same queries, same params, back to back: the P1 comparison.
                     for sname, system in systems.items():
-                        row, found = measure(system, dataset.queries, truth, k, p, cfg,
-                                             desc=f"{sname} x{shards} {p}", progress=progress)
+                        row, found = measure(
+                            system,
+                            dataset.queries,
+                            truth,
+                            k,
+                            p,
+                            cfg,
+                            desc=f"{sname} x{shards} {p}",
+                            progress=progress,
+                        )
                         record(f"{sname} ({shards} shards)", sname, shards, p, row, found)
                 if throughput is not None and shards == cfg.shard_counts[-1]:
-                    throughput_result = throughput(cluster=cluster, dataset=dataset,
-                                                   truth=truth, rows=rows, cfg=cfg,
-                                                   data_dir=data_dir)
+                    throughput_result = throughput(
+                        cluster=cluster,
+                        dataset=dataset,
+                        truth=truth,
+                        rows=rows,
+                        cfg=cfg,
+                        data_dir=data_dir,
+                    )
             finally:
                 for system in systems.values():
                     system.close()
@@ -222,8 +323,13 @@ def run(dataset: Dataset, cfg: SweepConfig, *, name: str, out_root: Path | None 
         peer_points = points if cfg.index_type == "hnsw" else default_points("hnsw", k)
         for peer_name in cfg.peers:
             t0 = time.perf_counter()
-            peer, why = make_peer(peer_name, dataset.ids, dataset.vectors, dataset.metric,
-                                  {"m": 32, "ef_construction": 200, **hnsw})
+            peer, why = make_peer(
+                peer_name,
+                dataset.ids,
+                dataset.vectors,
+                dataset.metric,
+                {"m": 32, "ef_construction": 200, **hnsw},
+            )
             if peer is None:
                 notes.append(f"skipped {why}")
                 continue
@@ -231,17 +337,30 @@ def run(dataset: Dataset, cfg: SweepConfig, *, name: str, out_root: Path | None 
             notes += peer.notes
             try:
                 for p in peer_points:
-                    row, found = measure(peer, dataset.queries, truth, k, p, cfg,
-                                         desc=f"{peer.name} {p}", progress=progress)
+                    row, found = measure(
+                        peer,
+                        dataset.queries,
+                        truth,
+                        k,
+                        p,
+                        cfg,
+                        desc=f"{peer.name} {p}",
+                        progress=progress,
+                    )
                     record(f"{peer.name} (peer)", peer.name, 1, p, row, found)
             finally:
                 peer.close()
 
     result: dict[str, Any] = {
         **header,
-        "dataset": {"name": dataset.name, "items": len(dataset.ids), "dim": dataset.dim,
-                    "queries": len(dataset.queries), "metric": dataset.metric,
-                    **dataset.description},
+        "dataset": {
+            "name": dataset.name,
+            "items": len(dataset.ids),
+            "dim": dataset.dim,
+            "queries": len(dataset.queries),
+            "metric": dataset.metric,
+            **dataset.description,
+        },
         "config": {**asdict(cfg), "search_points": points},
         "build_seconds": builds,
         "rows": rows,
@@ -254,15 +373,16 @@ def run(dataset: Dataset, cfg: SweepConfig, *, name: str, out_root: Path | None 
     out = report.result_dir(name, out_root)
     write_outputs(out, result)
     if cfg.save_ids:
-        np.savez(out / "found_ids.npz", **saved)
+        np.savez(out / "found_ids.npz", **saved)  # type: ignore[arg-type]
     return result
 
 
 # ---------------------------------------------------------------- analysis
 
 
-def cheapest_at(rows: Sequence[dict[str, Any]], series: str, level: float,
-                metric: str = "p50_ms") -> float:
+def cheapest_at(
+    rows: Sequence[dict[str, Any]], series: str, level: float, metric: str = "p50_ms"
+) -> float:
     """Lowest latency among the series' points with recall >= level (the Pareto frontier)."""
     vals = [r[metric] for r in rows if r["series"] == series and r["recall"] >= level]
     return min(vals) if vals else float("nan")
@@ -279,18 +399,35 @@ def summarise(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
             continue
         s = by_key.get((f"scatter ({r['shards']} shards)", _pkey(r["params"])))
         if s:
-            p1.append({"shards": r["shards"], "params": r["params"],
-                       "router_p50_ms": r["p50_ms"], "scatter_p50_ms": s["p50_ms"],
-                       "ratio": r["p50_ms"] / s["p50_ms"]})
+            p1.append(
+                {
+                    "shards": r["shards"],
+                    "params": r["params"],
+                    "router_p50_ms": r["p50_ms"],
+                    "scatter_p50_ms": s["p50_ms"],
+                    "ratio": r["p50_ms"] / s["p50_ms"],
+                }
+            )
     if p1:
         ratios = [x["ratio"] for x in p1]
         summary["P1_router_vs_scatter_p50"] = {
-            "target": "<= 1.25", "max": max(ratios), "median": float(np.median(ratios)),
-            "met": max(ratios) <= 1.25, "points": p1}
+            "target": "<= 1.25",
+            "max": max(ratios),
+            "median": float(np.median(ratios)),
+            "met": max(ratios) <= 1.25,
+            "points": p1,
+        }
     series = sorted({r["series"] for r in rows})
-    frontier = {s: {str(lv): {"p50_ms": cheapest_at(rows, s, lv),
-                              "p99_ms": cheapest_at(rows, s, lv, "p99_ms")}
-                    for lv in RECALL_LEVELS} for s in series}
+    frontier = {
+        s: {
+            str(lv): {
+                "p50_ms": cheapest_at(rows, s, lv),
+                "p99_ms": cheapest_at(rows, s, lv, "p99_ms"),
+            }
+            for lv in RECALL_LEVELS
+        }
+        for s in series
+    }
     summary["frontier"] = frontier
     if "faiss in-process" in series:
         for cl in (s for s in series if s.startswith(("router", "scatter"))):
@@ -301,9 +438,11 @@ def summarise(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
                 levels[str(lv)] = a / b if not (math.isnan(a) or math.isnan(b)) else None
             known = [v for v in levels.values() if v is not None]
             summary.setdefault("P3_cluster_vs_inprocess_p50", {})[cl] = {
-                "target": "<= 1.5 at every recall 0.90-0.99", "ratios": levels,
+                "target": "<= 1.5 at every recall 0.90-0.99",
+                "ratios": levels,
                 "max": max(known) if known else None,
-                "met": bool(known) and max(known) <= 1.5 and len(known) == len(levels)}
+                "met": bool(known) and max(known) <= 1.5 and len(known) == len(levels),
+            }
     peers = [s for s in series if s.endswith("(peer)")]
     routers = [s for s in series if s.startswith("router")]
     for rt, peer in itertools.product(routers, peers):
@@ -312,12 +451,16 @@ def summarise(rows: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
             mine, theirs = frontier[rt][str(lv)], frontier[peer][str(lv)]
             if math.isnan(mine["p50_ms"]) or math.isnan(theirs["p50_ms"]):
                 continue
-            comp[str(lv)] = {"p50_ratio": mine["p50_ms"] / theirs["p50_ms"],
-                             "p99_ratio": mine["p99_ms"] / theirs["p99_ms"]}
+            comp[str(lv)] = {
+                "p50_ratio": mine["p50_ms"] / theirs["p50_ms"],
+                "p99_ratio": mine["p99_ms"] / theirs["p99_ms"],
+            }
         summary.setdefault("P6_router_vs_peer", {})[f"{rt} vs {peer}"] = {
-            "target": "router p50 and p99 < peer's at the same recall", "levels": comp,
-            "met": bool(comp) and all(v["p50_ratio"] < 1 and v["p99_ratio"] < 1
-                                      for v in comp.values())}
+            "target": "router p50 and p99 < peer's at the same recall",
+            "levels": comp,
+            "met": bool(comp)
+            and all(v["p50_ratio"] < 1 and v["p99_ratio"] < 1 for v in comp.values()),
+        }
     return summary
 
 
@@ -327,8 +470,16 @@ def _pkey(params: dict[str, int]) -> str:
 
 # ---------------------------------------------------------------- output
 
-TABLE_COLUMNS = ["series", "params", "nq", "recall", "p50_ms", "p95_ms", "p99_ms",
-                 "qps_single_client"]
+TABLE_COLUMNS = [
+    "series",
+    "params",
+    "nq",
+    "recall",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "qps_single_client",
+]
 
 
 def table(result: dict[str, Any]) -> str:
@@ -338,12 +489,13 @@ def table(result: dict[str, Any]) -> str:
 def write_outputs(out: Path, result: dict[str, Any]) -> None:
     k = result["config"]["k"]
     report.write_json(out / "results.json", result)
-    report.write_csv(out / "results.csv", [{k2: v for k2, v in r.items()} for r in
-                                           result["rows"]])
+    report.write_csv(out / "results.csv", [{k2: v for k2, v in r.items()} for r in result["rows"]])
     ds = result["dataset"]
-    title = (f"{result['name']}: {ds['name']} ({ds['items']}x{ds['dim']}, {ds['metric']}), "
-             f"{result['config']['index_type']}, k={k} — {result['git_revision']}, "
-             f"{result['machine']['cores']} cores")
+    title = (
+        f"{result['name']}: {ds['name']} ({ds['items']}x{ds['dim']}, {ds['metric']}), "
+        f"{result['config']['index_type']}, k={k} — {result['git_revision']}, "
+        f"{result['machine']['cores']} cores"
+    )
     if result["rows"]:
         report.plot_recall_latency(out / "recall_latency.png", result["rows"], title, k)
     (out / "README.md").write_text(readme(result))
@@ -378,8 +530,7 @@ def readme(result: dict[str, Any]) -> str:
     ]
     lines += summary_lines(result)
     if result.get("throughput"):
-        lines += ["", "## Throughput", "", "```",
-                  _json_block(result["throughput"]), "```"]
+        lines += ["", "## Throughput", "", "```", _json_block(result["throughput"]), "```"]
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
@@ -396,17 +547,25 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     out = ["## Targets", ""]
     if "P1_router_vs_scatter_p50" in s:
         p1 = s["P1_router_vs_scatter_p50"]
-        out.append(f"- P1 router p50 / direct scatter p50: max {p1['max']:.3f}, "
-                   f"median {p1['median']:.3f} (target <= 1.25): "
-                   f"{'met' if p1['met'] else 'NOT met'}")
+        out.append(
+            f"- P1 router p50 / direct scatter p50: max {p1['max']:.3f}, "
+            f"median {p1['median']:.3f} (target <= 1.25): "
+            f"{'met' if p1['met'] else 'NOT met'}"
+        )
     for cl, v in s.get("P3_cluster_vs_inprocess_p50", {}).items():
-        ratios = ", ".join(f"{lv}: {'-' if r is None else f'{r:.2f}'}"
-                           for lv, r in v["ratios"].items())
-        out.append(f"- P3 {cl} p50 / in-process faiss p50 by recall level: {ratios} "
-                   f"(target <= 1.5 at every level): {'met' if v['met'] else 'NOT met'}")
+        ratios = ", ".join(
+            f"{lv}: {'-' if r is None else f'{r:.2f}'}" for lv, r in v["ratios"].items()
+        )
+        out.append(
+            f"- P3 {cl} p50 / in-process faiss p50 by recall level: {ratios} "
+            f"(target <= 1.5 at every level): {'met' if v['met'] else 'NOT met'}"
+        )
     for pair, v in s.get("P6_router_vs_peer", {}).items():
-        levels = ", ".join(f"{lv}: {x['p50_ratio']:.2f}/{x['p99_ratio']:.2f}"
-                           for lv, x in v["levels"].items())
-        out.append(f"- P6 {pair} (p50/p99 ratios by recall): {levels or 'no common recall'}: "
-                   f"{'met' if v['met'] else 'NOT met'}")
+        levels = ", ".join(
+            f"{lv}: {x['p50_ratio']:.2f}/{x['p99_ratio']:.2f}" for lv, x in v["levels"].items()
+        )
+        out.append(
+            f"- P6 {pair} (p50/p99 ratios by recall): {levels or 'no common recall'}: "
+            f"{'met' if v['met'] else 'NOT met'}"
+        )
     return out

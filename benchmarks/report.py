@@ -25,20 +25,38 @@ def percentiles(latencies_s: Sequence[float] | np.ndarray) -> dict[str, float]:
     """Latencies in seconds -> p50/p95/p99/p99.9/mean in milliseconds."""
     a = np.asarray(latencies_s, dtype=np.float64) * 1e3
     if len(a) == 0:
-        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"),
-                "p999_ms": float("nan"), "mean_ms": float("nan")}
+        return {
+            "p50_ms": float("nan"),
+            "p95_ms": float("nan"),
+            "p99_ms": float("nan"),
+            "p999_ms": float("nan"),
+            "mean_ms": float("nan"),
+        }
     p = np.percentile(a, [50, 95, 99, 99.9])
-    return {"p50_ms": float(p[0]), "p95_ms": float(p[1]), "p99_ms": float(p[2]),
-            "p999_ms": float(p[3]), "mean_ms": float(a.mean())}
+    return {
+        "p50_ms": float(p[0]),
+        "p95_ms": float(p[1]),
+        "p99_ms": float(p[2]),
+        "p999_ms": float(p[3]),
+        "mean_ms": float(a.mean()),
+    }
 
 
 def git_revision() -> str:
     root = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -60,8 +78,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cores": os.cpu_count(), "memory_gib": round(mem_kib / 2**20, 1), "cpu": cpu,
-            "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def versions(extra: Iterable[str] = ()) -> dict[str, str]:
@@ -81,12 +104,14 @@ def header(name: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
     cmd = argv[:]
     if cmd and cmd[0].endswith(("cli.py", "__main__.py", "annfleet")):
         cmd[0] = "annfleet"
-    return {"name": name, "command": " ".join(cmd),
-            "git_revision": git_revision(),
-            "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "machine": machine(),
-            "versions": versions(("hnswlib", "usearch", "pymilvus", "milvus-lite",
-                                  "qdrant-edge-py"))}
+    return {
+        "name": name,
+        "command": " ".join(cmd),
+        "git_revision": git_revision(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "versions": versions(("hnswlib", "usearch", "pymilvus", "milvus-lite", "qdrant-edge-py")),
+    }
 
 
 def result_dir(name: str, root: Path | None = None) -> Path:
@@ -132,6 +157,7 @@ def _csv_cell(v: Any) -> Any:
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     """A fixed-width text table of ``columns`` (floats with 3 significant decimals)."""
+
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return "-" if np.isnan(v) else f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
@@ -140,16 +166,18 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
         return "" if v is None else str(v)
 
     body = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c)
-              for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
-             "  ".join("-" * w for w in widths)]
+    widths = [
+        max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)
+    ]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(b.ljust(w) for b, w in zip(row, widths, strict=True)) for row in body]
     return "\n".join(lines)
 
 
-def plot_recall_latency(path: Path, rows: Sequence[dict[str, Any]], title: str,
-                        k: int) -> None:
+def plot_recall_latency(path: Path, rows: Sequence[dict[str, Any]], title: str, k: int) -> None:
     """recall@k (x) vs p50 and p99 latency (y, log), one line per system; two panels."""
     import matplotlib
 
@@ -163,8 +191,13 @@ def plot_recall_latency(path: Path, rows: Sequence[dict[str, Any]], title: str,
     for ax, metric in zip(axes, ("p50_ms", "p99_ms"), strict=True):
         for series, pts in sorted(systems.items()):
             pts = sorted(pts, key=lambda r: r["recall"])
-            ax.plot([p["recall"] for p in pts], [p[metric] for p in pts], marker="o",
-                    markersize=3, label=series)
+            ax.plot(
+                [p["recall"] for p in pts],
+                [p[metric] for p in pts],
+                marker="o",
+                markersize=3,
+                label=series,
+            )
         ax.set_xlabel(f"recall@{k} vs exact")
         ax.set_ylabel(f"{metric[:-3]} latency per single query (ms)")
         ax.set_yscale("log")

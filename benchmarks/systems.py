@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import socket
@@ -49,8 +50,15 @@ class InProcessFaiss(System):
 
     name = "faiss-inprocess"
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str, index_type: str,
-                 build_params: dict[str, int], cache: Path | None = None) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        index_type: str,
+        build_params: dict[str, int],
+        cache: Path | None = None,
+    ) -> None:
         super().__init__()
         import faiss
 
@@ -129,14 +137,16 @@ class ScatterSystem(System):
 class HnswlibPeer(System):
     name = "hnswlib"
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int,
-                 ef_construction: int) -> None:
+    def __init__(
+        self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int, ef_construction: int
+    ) -> None:
         super().__init__()
         import hnswlib
 
         self.index = hnswlib.Index(space="ip" if metric == "ip" else "l2", dim=vectors.shape[1])
-        self.index.init_index(max_elements=len(ids), M=m, ef_construction=ef_construction,
-                              random_seed=0)
+        self.index.init_index(
+            max_elements=len(ids), M=m, ef_construction=ef_construction, random_seed=0
+        )
         t0 = time.perf_counter()
         self.index.add_items(vectors, ids, num_threads=_cores())
         self.build_s = time.perf_counter() - t0
@@ -155,20 +165,26 @@ class HnswlibPeer(System):
 class UsearchPeer(System):
     name = "usearch"
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int,
-                 ef_construction: int) -> None:
+    def __init__(
+        self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int, ef_construction: int
+    ) -> None:
         super().__init__()
         from usearch.index import Index
 
-        self.index = Index(ndim=vectors.shape[1], metric="ip" if metric == "ip" else "l2sq",
-                           dtype="f32", connectivity=m, expansion_add=ef_construction)
+        self.index = Index(
+            ndim=vectors.shape[1],
+            metric="ip" if metric == "ip" else "l2sq",
+            dtype="f32",
+            connectivity=m,
+            expansion_add=ef_construction,
+        )
         t0 = time.perf_counter()
         self.index.add(ids.astype(np.uint64), vectors, threads=_cores())
         self.build_s = time.perf_counter() - t0
         self.notes.append("usearch: f32 storage, connectivity=M, expansion_add=ef_construction")
 
     def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
-        self.index.expansion_search = max(params.get("ef_search", 128), k)
+        self.index.expansion_search = max(params.get("ef_search", 128), k)  # type: ignore[misc]
         matches = self.index.search(query, k, threads=1)
         return np.asarray(matches.keys, dtype=np.int64)[:k]
 
@@ -178,8 +194,9 @@ class QdrantEdgePeer(System):
 
     name = "qdrant-edge"
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int,
-                 ef_construction: int) -> None:
+    def __init__(
+        self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int, ef_construction: int
+    ) -> None:
         super().__init__()
         import qdrant_edge as q
 
@@ -189,17 +206,19 @@ class QdrantEdgePeer(System):
         config = q.EdgeConfig(
             vectors=q.EdgeVectorParams(size=vectors.shape[1], distance=distance),
             # full_scan_threshold (KiB) low and one segment: always search one HNSW graph.
-            hnsw_config=q.HnswIndexConfig(m=m, ef_construct=ef_construction,
-                                          full_scan_threshold=1),
+            hnsw_config=q.HnswIndexConfig(m=m, ef_construct=ef_construction, full_scan_threshold=1),
             optimizers=q.EdgeOptimizersConfig(default_segment_number=1, indexing_threshold=1),
         )
         self.shard = q.EdgeShard.create(str(self.dir), config)
         t0 = time.perf_counter()
         batch = 10_000
         for start in range(0, len(ids), batch):
-            points = [q.Point(int(i), v.tolist())
-                      for i, v in zip(ids[start:start + batch], vectors[start:start + batch],
-                                      strict=True)]
+            points = [
+                q.Point(int(i), v.tolist())
+                for i, v in zip(
+                    ids[start : start + batch], vectors[start : start + batch], strict=True
+                )
+            ]
             self.shard.update(q.UpdateOperation.upsert_points(points))
         self.shard.optimize()
         self.build_s = time.perf_counter() - t0
@@ -207,8 +226,11 @@ class QdrantEdgePeer(System):
 
     def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
         q = self.q
-        req = q.SearchRequest(query=q.Query.Nearest(query.tolist()), limit=k,
-                              params=q.SearchParams(hnsw_ef=max(params.get("ef_search", 128), k)))
+        req = q.SearchRequest(
+            query=q.Query.Nearest(query.tolist()),
+            limit=k,
+            params=q.SearchParams(hnsw_ef=max(params.get("ef_search", 128), k)),
+        )
         hits = self.shard.search(req)
         out = np.full(k, -1, dtype=np.int64)
         got = [int(h.id) for h in hits][:k]
@@ -233,19 +255,38 @@ class MilvusLitePeer(System):
 
     name = "milvus-lite"
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int,
-                 ef_construction: int, startup_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        startup_timeout: float = 60.0,
+    ) -> None:
         super().__init__()
         from pymilvus import DataType, MilvusClient
 
         self.dir = Path(tempfile.mkdtemp(prefix="annfleet-milvus-"))
         port = _free_port()
-        exe = shutil.which("milvus-lite") or str(Path(__import__("sys").executable).parent
-                                                 / "milvus-lite")
+        exe = shutil.which("milvus-lite") or str(
+            Path(__import__("sys").executable).parent / "milvus-lite"
+        )
         self.log_file = (self.dir / "server.log").open("wb")
         self.proc = subprocess.Popen(
-            [exe, "server", "--data-dir", str(self.dir / "data"), "--host", "127.0.0.1",
-             "--port", str(port)], stdout=self.log_file, stderr=subprocess.STDOUT)
+            [
+                exe,
+                "server",
+                "--data-dir",
+                str(self.dir / "data"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
         self.pid = self.proc.pid
         uri = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + startup_timeout
@@ -267,16 +308,23 @@ class MilvusLitePeer(System):
         t0 = time.perf_counter()
         batch = 20_000
         for start in range(0, len(ids), batch):
-            rows = [{"id": int(i), "v": v.tolist()}
-                    for i, v in zip(ids[start:start + batch], vectors[start:start + batch],
-                                    strict=True)]
+            rows = [
+                {"id": int(i), "v": v.tolist()}
+                for i, v in zip(
+                    ids[start : start + batch], vectors[start : start + batch], strict=True
+                )
+            ]
             self.client.insert("bench", rows)
         # Must flush before the index is built, else searches are silently exact.
         self.client.flush("bench")
         index_params = self.client.prepare_index_params()
         # Build params are silently ignored unless nested as params={"params": {...}}.
-        index_params.add_index(field_name="v", index_type="HNSW", metric_type=mt,
-                               params={"params": {"M": m, "efConstruction": ef_construction}})
+        index_params.add_index(
+            field_name="v",
+            index_type="HNSW",
+            metric_type=mt,
+            params={"params": {"M": m, "efConstruction": ef_construction}},
+        )
         self.client.create_index("bench", index_params)
         self.client.load_collection("bench")
         self.build_s = time.perf_counter() - t0
@@ -290,9 +338,13 @@ class MilvusLitePeer(System):
 
     def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
         ef = max(params.get("ef_search", 128), k)
-        res = self.client.search("bench", data=[query.tolist()], limit=k, anns_field="v",
-                                 search_params={"metric_type": self.metric_type,
-                                                "params": {"ef": ef}})
+        res = self.client.search(
+            "bench",
+            data=[query.tolist()],
+            limit=k,
+            anns_field="v",
+            search_params={"metric_type": self.metric_type, "params": {"ef": ef}},
+        )
         out = np.full(k, -1, dtype=np.int64)
         got = [int(h["id"]) for h in res[0]][:k]
         out[: len(got)] = got
@@ -301,10 +353,8 @@ class MilvusLitePeer(System):
     def close(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
-            try:
+            with contextlib.suppress(Exception):
                 client.close()
-            except Exception:
-                pass
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -323,12 +373,24 @@ PEER_FACTORIES: dict[str, Callable[..., System]] = {
 }
 
 
-def make_peer(name: str, ids: np.ndarray, vectors: np.ndarray, metric: str,
-              hnsw_params: dict[str, int], **kwargs: Any) -> tuple[System | None, str]:
+def make_peer(
+    name: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    metric: str,
+    hnsw_params: dict[str, int],
+    **kwargs: Any,
+) -> tuple[System | None, str]:
     """A peer or (None, why it was skipped)."""
     try:
-        peer = PEER_FACTORIES[name](ids, vectors, metric, hnsw_params.get("m", 32),
-                                    hnsw_params.get("ef_construction", 200), **kwargs)
+        peer = PEER_FACTORIES[name](
+            ids,
+            vectors,
+            metric,
+            hnsw_params.get("m", 32),
+            hnsw_params.get("ef_construction", 200),
+            **kwargs,
+        )
     except ImportError as exc:
         return None, f"{name}: not installed ({exc.name}); pip install 'annfleet[bench-peers]'"
     except Exception as exc:  # a peer must never break the benchmark
