@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/annfleet/v1/*.proto)
 
-.PHONY: up test lint protos check-protos bench bench-10m clean install
+.PHONY: up test lint typecheck protos bench bench-10m clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,16 +23,23 @@ up: $(STAMP)
 	$(BIN)/annfleet up $(ARGS)
 
 ## Install everything the tests need, then lint, type-check, check generated code and run the suite.
-test: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+test: lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy
+	$(MAKE) --no-print-directory typecheck
+
+# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of symlinks laid
+# out as the installed package (annfleet/ = core/, annfleet/server = server/, ...).
+TYPECHECK := build/typecheck
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/annfleet
+	for f in core/*.py core/py.typed; do ln -s $(CURDIR)/$$f $(TYPECHECK)/annfleet/; done
+	for p in server router client model benchmarks; do ln -s $(CURDIR)/$$p $(TYPECHECK)/annfleet/$$p; done
+	ln -s $(CURDIR)/protos/annfleet/v1 $(TYPECHECK)/annfleet/v1
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p annfleet
 
 ## Regenerate the committed protobuf code.
 protos: $(STAMP)

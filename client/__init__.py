@@ -1,9 +1,9 @@
 """What ranking services import: sync and async clients, results, typed errors.
 
-    from annfleet.client import Client
-    with Client("127.0.0.1:50051", timeout=0.05) as client:
-        result = client.retrieve(user_id=1, k=500)
-        result.ids, result.scores, result.source_names, result.coverage
+from annfleet.client import Client
+with Client("127.0.0.1:50051", timeout=0.05) as client:
+    result = client.retrieve(user_id=1, k=500)
+    result.ids, result.scores, result.source_names, result.coverage
 """
 
 from annfleet.client.aio import AsyncClient, AsyncScatterClient

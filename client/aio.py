@@ -18,8 +18,7 @@ from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 T = TypeVar("T")
 
 
-async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float,
-                          retries: int) -> T:
+async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float, retries: int) -> T:
     """Async twin of ``annfleet.client.sync.call_with_retry`` (UNAVAILABLE only, bounded)."""
     deadline = time.monotonic() + timeout
     attempt = 0
@@ -29,8 +28,11 @@ async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float,
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             backoff = RETRY_BACKOFF_S * 2**attempt
-            if (error.code != grpc.StatusCode.UNAVAILABLE or attempt >= retries
-                    or time.monotonic() + backoff >= deadline):
+            if (
+                error.code != grpc.StatusCode.UNAVAILABLE
+                or attempt >= retries
+                or time.monotonic() + backoff >= deadline
+            ):
                 raise error from None
             await asyncio.sleep(backoff)
             attempt += 1
@@ -47,28 +49,51 @@ class AsyncClient:
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
     async def search(
-        self, vectors: np.ndarray | Sequence[float], k: int, *, ef_search: int = 0,
-        nprobe: int = 0, rerank: int = 0, timeout: float | None = None,
+        self,
+        vectors: np.ndarray | Sequence[float],
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
+        timeout: float | None = None,
     ) -> r.SearchResult:
-        request = r.search_request(r.as_queries(vectors), k, r.search_params(ef_search, nprobe,
-                                                                             rerank))
-        response = await call_with_retry(lambda t: self._stub.Search(request, timeout=t),
-                                         timeout or self.timeout, self.retries)
+        request = r.search_request(
+            r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
+        )
+        response = await call_with_retry(
+            lambda t: self._stub.Search(request, timeout=t), timeout or self.timeout, self.retries
+        )
         return r.search_result(response)
 
     async def retrieve(
-        self, user_id: int, k: int, *, recent_items: Iterable[int] = (), timestamp: int = 0,
-        exclude: Iterable[int] = (), include_titles: bool = False, timeout: float | None = None,
+        self,
+        user_id: int,
+        k: int,
+        *,
+        recent_items: Iterable[int] = (),
+        timestamp: int = 0,
+        exclude: Iterable[int] = (),
+        include_titles: bool = False,
+        timeout: float | None = None,
         **context: Any,
     ) -> r.RetrieveResult:
-        request = r.retrieve_request(user_id, k, recent_items=recent_items, timestamp=timestamp,
-                                     exclude=exclude, include_titles=include_titles, **context)
-        response = await call_with_retry(lambda t: self._stub.Retrieve(request, timeout=t),
-                                         timeout or self.timeout, self.retries)
+        request = r.retrieve_request(
+            user_id,
+            k,
+            recent_items=recent_items,
+            timestamp=timestamp,
+            exclude=exclude,
+            include_titles=include_titles,
+            **context,
+        )
+        response = await call_with_retry(
+            lambda t: self._stub.Retrieve(request, timeout=t), timeout or self.timeout, self.retries
+        )
         return r.retrieve_result(response)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -82,16 +107,24 @@ class AsyncScatterClient:
 
     def __init__(self, shard_targets: Sequence[str], *, timeout: float = 1.0) -> None:
         self.timeout = timeout
-        self._channels = [grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS)
-                          for t in shard_targets]
+        self._channels = [
+            grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in shard_targets
+        ]
         self._stubs = [shard_pb2_grpc.IndexShardStub(c) for c in self._channels]
 
     async def search(
-        self, vectors: np.ndarray | Sequence[float], k: int, *, ef_search: int = 0,
-        nprobe: int = 0, rerank: int = 0, timeout: float | None = None,
+        self,
+        vectors: np.ndarray | Sequence[float],
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
+        timeout: float | None = None,
     ) -> r.SearchResult:
-        request = r.shard_request(r.as_queries(vectors), k, r.search_params(ef_search, nprobe,
-                                                                            rerank))
+        request = r.shard_request(
+            r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
+        )
         outcomes = await asyncio.gather(
             *(stub.Search(request, timeout=timeout or self.timeout) for stub in self._stubs),
             return_exceptions=True,
@@ -102,7 +135,7 @@ class AsyncScatterClient:
         return r.merge_shard_responses(responses, k)
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self._channels))
+        await asyncio.gather(*(c.close(None) for c in self._channels))
 
     async def __aenter__(self) -> AsyncScatterClient:
         return self

@@ -43,8 +43,14 @@ class ResourceExhausted(AnnfleetError):
 
 _BY_CODE: dict[grpc.StatusCode, type[AnnfleetError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, FailedPrecondition, Unavailable, DeadlineExceeded,
-                ResourceExhausted)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+        Unavailable,
+        DeadlineExceeded,
+        ResourceExhausted,
+    )
 }
 
 

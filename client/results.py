@@ -71,29 +71,43 @@ def search_params(ef_search: int, nprobe: int, rerank: int) -> common_pb2.Search
     return common_pb2.SearchParams(ef_search=ef_search, nprobe=nprobe, rerank=rerank)
 
 
-def search_request(queries: np.ndarray, k: int, params: common_pb2.SearchParams
-                   ) -> retrieval_pb2.SearchRequest:
-    return retrieval_pb2.SearchRequest(queries=to_bytes(queries, F32), dim=queries.shape[1], k=k,
-                                       params=params)
+def search_request(
+    queries: np.ndarray, k: int, params: common_pb2.SearchParams
+) -> retrieval_pb2.SearchRequest:
+    return retrieval_pb2.SearchRequest(
+        queries=to_bytes(queries, F32), dim=queries.shape[1], k=k, params=params
+    )
 
 
-def shard_request(queries: np.ndarray, k: int, params: common_pb2.SearchParams
-                  ) -> shard_pb2.ShardSearchRequest:
-    return shard_pb2.ShardSearchRequest(queries=to_bytes(queries, F32), dim=queries.shape[1],
-                                        k=k, params=params)
+def shard_request(
+    queries: np.ndarray, k: int, params: common_pb2.SearchParams
+) -> shard_pb2.ShardSearchRequest:
+    return shard_pb2.ShardSearchRequest(
+        queries=to_bytes(queries, F32), dim=queries.shape[1], k=k, params=params
+    )
 
 
 def retrieve_request(
-    user_id: int, k: int, *, recent_items: Iterable[int] = (), timestamp: int = 0,
-    exclude: Iterable[int] = (), include_titles: bool = False, country: str = "",
-    device: str = "", params: common_pb2.SearchParams | None = None,
+    user_id: int,
+    k: int,
+    *,
+    recent_items: Iterable[int] = (),
+    timestamp: int = 0,
+    exclude: Iterable[int] = (),
+    include_titles: bool = False,
+    country: str = "",
+    device: str = "",
+    params: common_pb2.SearchParams | None = None,
 ) -> retrieval_pb2.RetrieveRequest:
     return retrieval_pb2.RetrieveRequest(
-        user_id=user_id, k=k,
-        context=retrieval_pb2.Context(recent_item_ids=list(recent_items), timestamp=timestamp,
-                                      country=country, device=device),
+        user_id=user_id,
+        k=k,
+        context=retrieval_pb2.Context(
+            recent_item_ids=list(recent_items), timestamp=timestamp, country=country, device=device
+        ),
         exclude_ids=to_bytes(np.fromiter(exclude, dtype=np.int64), I64),
-        include_titles=include_titles, params=params,
+        include_titles=include_titles,
+        params=params,
     )
 
 
@@ -101,16 +115,23 @@ def search_result(r: retrieval_pb2.SearchResponse) -> SearchResult:
     return SearchResult(
         ids=decode_rows(r.ids, I64, r.num_queries, r.k, name="ids"),
         scores=decode_rows(r.scores, F32, r.num_queries, r.k, name="scores"),
-        bundle_id=r.bundle_id, coverage=Coverage.from_proto(r.coverage), metric=r.metric,
+        bundle_id=r.bundle_id,
+        coverage=Coverage.from_proto(r.coverage),
+        metric=r.metric,
     )
 
 
 def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
     ids = np.frombuffer(r.ids, dtype=I64)
     return RetrieveResult(
-        ids=ids, scores=np.frombuffer(r.scores, dtype=F32), sources=np.frombuffer(r.sources, U8),
-        bundle_id=r.bundle_id, coverage=Coverage.from_proto(r.coverage), titles=tuple(r.titles),
-        timings_ms=dict(r.timings_ms), source_counts=dict(r.source_counts),
+        ids=ids,
+        scores=np.frombuffer(r.scores, dtype=F32),
+        sources=np.frombuffer(r.sources, U8),
+        bundle_id=r.bundle_id,
+        coverage=Coverage.from_proto(r.coverage),
+        titles=tuple(r.titles),
+        timings_ms=dict(r.timings_ms),
+        source_counts=dict(r.source_counts),
     )
 
 
@@ -125,10 +146,12 @@ def merge_shard_responses(
         raise next(r for r in responses if isinstance(r, BaseException))
     nq = ok[0].num_queries
     ids = np.concatenate([decode_rows(r.ids, I64, nq, r.k, name="ids") for r in ok], axis=1)
-    scores = np.concatenate([decode_rows(r.scores, F32, nq, r.k, name="scores") for r in ok],
-                            axis=1)
+    scores = np.concatenate(
+        [decode_rows(r.scores, F32, nq, r.k, name="scores") for r in ok], axis=1
+    )
     metric = ok[0].metric
     merged_ids, merged_scores = merge_rows(ids, scores, k, higher_is_better=metric == "ip")
-    coverage = Coverage(len(ok), len(responses), tuple(sorted(r.shard_id for r in ok)),
-                        len(ok) < len(responses))
+    coverage = Coverage(
+        len(ok), len(responses), tuple(sorted(r.shard_id for r in ok)), len(ok) < len(responses)
+    )
     return SearchResult(merged_ids, merged_scores, ok[0].bundle_id, coverage, metric)

@@ -33,8 +33,11 @@ def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) ->
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             backoff = RETRY_BACKOFF_S * 2**attempt
-            if (error.code != grpc.StatusCode.UNAVAILABLE or attempt >= retries
-                    or time.monotonic() + backoff >= deadline):
+            if (
+                error.code != grpc.StatusCode.UNAVAILABLE
+                or attempt >= retries
+                or time.monotonic() + backoff >= deadline
+            ):
                 raise error from None
             time.sleep(backoff)
             attempt += 1
@@ -51,26 +54,49 @@ class Client:
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
     def search(
-        self, vectors: np.ndarray | Sequence[float], k: int, *, ef_search: int = 0,
-        nprobe: int = 0, rerank: int = 0, timeout: float | None = None,
+        self,
+        vectors: np.ndarray | Sequence[float],
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
+        timeout: float | None = None,
     ) -> r.SearchResult:
         """vectors (d,) or (nq, d) float32 -> merged top-k per query over all shards."""
-        request = r.search_request(r.as_queries(vectors), k, r.search_params(ef_search, nprobe,
-                                                                             rerank))
-        response = call_with_retry(lambda t: self._stub.Search(request, timeout=t),
-                                   timeout or self.timeout, self.retries)
+        request = r.search_request(
+            r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
+        )
+        response = call_with_retry(
+            lambda t: self._stub.Search(request, timeout=t), timeout or self.timeout, self.retries
+        )
         return r.search_result(response)
 
     def retrieve(
-        self, user_id: int, k: int, *, recent_items: Iterable[int] = (), timestamp: int = 0,
-        exclude: Iterable[int] = (), include_titles: bool = False, timeout: float | None = None,
+        self,
+        user_id: int,
+        k: int,
+        *,
+        recent_items: Iterable[int] = (),
+        timestamp: int = 0,
+        exclude: Iterable[int] = (),
+        include_titles: bool = False,
+        timeout: float | None = None,
         **context: Any,
     ) -> r.RetrieveResult:
         """Candidates for a user: ids, scores and the source of each."""
-        request = r.retrieve_request(user_id, k, recent_items=recent_items, timestamp=timestamp,
-                                     exclude=exclude, include_titles=include_titles, **context)
-        response = call_with_retry(lambda t: self._stub.Retrieve(request, timeout=t),
-                                   timeout or self.timeout, self.retries)
+        request = r.retrieve_request(
+            user_id,
+            k,
+            recent_items=recent_items,
+            timestamp=timestamp,
+            exclude=exclude,
+            include_titles=include_titles,
+            **context,
+        )
+        response = call_with_retry(
+            lambda t: self._stub.Retrieve(request, timeout=t), timeout or self.timeout, self.retries
+        )
         return r.retrieve_result(response)
 
     def close(self) -> None:
@@ -96,13 +122,21 @@ class ScatterClient:
         self._stubs = [shard_pb2_grpc.IndexShardStub(c) for c in self._channels]
 
     def search(
-        self, vectors: np.ndarray | Sequence[float], k: int, *, ef_search: int = 0,
-        nprobe: int = 0, rerank: int = 0, timeout: float | None = None,
+        self,
+        vectors: np.ndarray | Sequence[float],
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
+        timeout: float | None = None,
     ) -> r.SearchResult:
-        request = r.shard_request(r.as_queries(vectors), k, r.search_params(ef_search, nprobe,
-                                                                            rerank))
-        futures = [stub.Search.future(request, timeout=timeout or self.timeout)
-                   for stub in self._stubs]
+        request = r.shard_request(
+            r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
+        )
+        futures = [
+            stub.Search.future(request, timeout=timeout or self.timeout) for stub in self._stubs
+        ]
         responses: list[shard_pb2.ShardSearchResponse | BaseException] = []
         for future in futures:
             try:

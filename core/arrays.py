@@ -22,7 +22,7 @@ def to_bytes(array: np.ndarray, dtype: np.dtype) -> bytes:
 def decode_matrix(
     data: bytes, dim: int, *, name: str = "queries", max_rows: int | None = None
 ) -> np.ndarray:
-    """bytes (float32 LE) -> (n, dim) float32, finite. Raises InvalidArgument with a precise message."""
+    """bytes (float32 LE) -> (n, dim) float32, all finite; InvalidArgument says what is wrong."""
     if dim <= 0:
         raise InvalidArgument(f"{name}: dim must be > 0, got {dim}")
     if not data:
@@ -51,7 +51,7 @@ def decode_ids(data: bytes, *, name: str = "ids") -> np.ndarray:
 
 
 def decode_rows(data: bytes, dtype: np.dtype, rows: int, cols: int, *, name: str) -> np.ndarray:
-    """bytes -> (rows, cols) array of ``dtype``; used for responses whose shape is sent beside them."""
+    """bytes -> (rows, cols) array of ``dtype``, for responses that carry their shape."""
     expected = rows * cols * dtype.itemsize
     if len(data) != expected:
         raise InvalidArgument(f"{name}: {len(data)} bytes, expected {rows}x{cols} {dtype} values")

@@ -67,7 +67,9 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     np.save(path, array, allow_pickle=False)
 
 
-def _check_vectors(name: str, ids: np.ndarray, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _check_vectors(
+    name: str, ids: np.ndarray, vectors: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(ids)
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
@@ -138,7 +140,9 @@ def build_bundle(
     if out.exists() and not overwrite:
         raise InvalidArgument(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     # Validate the spec up front so a typo fails before any work.
-    IndexSpec(index_type, dict(index_params or {})).resolved(len(ids) // num_shards, vectors.shape[1])
+    IndexSpec(index_type, dict(index_params or {})).resolved(
+        len(ids) // num_shards, vectors.shape[1]
+    )
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -154,8 +158,9 @@ def build_bundle(
             _save_npy(shard_dir / "ids.npy", ids[members])
             _save_npy(shard_dir / "vectors.npy", vectors[members])
             shard_sizes.append(len(members))
-        resolved = _build_indexes(tmp, num_shards, index_type, dict(index_params or {}), metric,
-                                  seed, workers, progress)
+        resolved = _build_indexes(
+            tmp, num_shards, index_type, dict(index_params or {}), metric, seed, workers, progress
+        )
 
         manifest_extra: dict[str, Any] = {}
         if user_ids is not None or user_vectors is not None:
@@ -168,8 +173,11 @@ def build_bundle(
                 )
             _save_npy(tmp / "users" / "ids.npy", uids)
             _save_npy(tmp / "users" / "vectors.npy", uvecs)
-            manifest_extra["users"] = {"count": len(uids), "ids": "users/ids.npy",
-                                       "vectors": "users/vectors.npy"}
+            manifest_extra["users"] = {
+                "count": len(uids),
+                "ids": "users/ids.npy",
+                "vectors": "users/vectors.npy",
+            }
         table_paths: dict[str, str] = {}
         for name, value in (tables or {}).items():
             if isinstance(value, np.ndarray):
@@ -190,15 +198,28 @@ def build_bundle(
 
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
-            "model": {"name": "embeddings", "version": "0", **(model or {}),
-                      "dim": int(vectors.shape[1]), "metric": metric},
+            "model": {
+                "name": "embeddings",
+                "version": "0",
+                **(model or {}),
+                "dim": int(vectors.shape[1]),
+                "metric": metric,
+            },
             "num_items": len(ids),
             "partitioning": {"scheme": SCHEME, "num_shards": num_shards},
             "shards": [
-                {"shard_id": s, "dir": shard_dirname(s), "num_items": shard_sizes[s],
-                 "index": {"type": index_type, "params": resolved[s],
-                           "factory": IndexSpec(index_type, resolved[s]).factory_string(
-                               vectors.shape[1])}}
+                {
+                    "shard_id": s,
+                    "dir": shard_dirname(s),
+                    "num_items": shard_sizes[s],
+                    "index": {
+                        "type": index_type,
+                        "params": resolved[s],
+                        "factory": IndexSpec(index_type, resolved[s]).factory_string(
+                            vectors.shape[1]
+                        ),
+                    },
+                }
                 for s in range(num_shards)
             ],
             "tables": table_paths,
@@ -206,8 +227,7 @@ def build_bundle(
             **(extra or {}),
         }
         manifest["files"] = {
-            str(p.relative_to(tmp)): sha256_file(p)
-            for p in sorted(tmp.rglob("*")) if p.is_file()
+            str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()
         }
         manifest["bundle_id"] = content_id(manifest)
         manifest["created"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -223,8 +243,14 @@ def build_bundle(
 
 
 def _build_indexes(
-    root: Path, num_shards: int, index_type: str, params: dict[str, int], metric: str,
-    seed: int, workers: int | None, progress: bool,
+    root: Path,
+    num_shards: int,
+    index_type: str,
+    params: dict[str, int],
+    metric: str,
+    seed: int,
+    workers: int | None,
+    progress: bool,
 ) -> list[dict[str, int]]:
     """Build every shard's index, ``workers`` shards at a time; returns resolved params."""
     workers = max(1, min(workers or os.cpu_count() or 1, num_shards))
@@ -234,8 +260,14 @@ def _build_indexes(
     # __main__ (as a spawned process pool would).
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
         futures = {
-            pool.submit(_build_shard_index, str(root / shard_dirname(s)), index_type, params,
-                        metric, seed + s): s
+            pool.submit(
+                _build_shard_index,
+                str(root / shard_dirname(s)),
+                index_type,
+                params,
+                metric,
+                seed + s,
+            ): s
             for s in range(num_shards)
         }
         for future in as_completed(futures):
@@ -269,8 +301,9 @@ class Bundle:
     manifest: dict[str, Any]
 
     @classmethod
-    def open(cls, path: Path | str, *, verify: bool = True,
-             only: Iterable[str] | None = None) -> Bundle:
+    def open(
+        cls, path: Path | str, *, verify: bool = True, only: Iterable[str] | None = None
+    ) -> Bundle:
         """Read and check the manifest; with ``verify`` also check files' sha256.
 
         ``only``: path prefixes to verify (e.g. ``["shard-01/"]`` for one shard server);
@@ -315,7 +348,9 @@ class Bundle:
 
     def shard(self, shard_id: int) -> dict[str, Any]:
         if not 0 <= shard_id < self.num_shards:
-            raise BundleError(f"bundle {self.id} has shards 0..{self.num_shards - 1}, not {shard_id}")
+            raise BundleError(
+                f"bundle {self.id} has shards 0..{self.num_shards - 1}, not {shard_id}"
+            )
         return dict(self.manifest["shards"][shard_id])
 
     def shard_dir(self, shard_id: int) -> Path:

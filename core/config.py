@@ -98,8 +98,11 @@ class ClusterConfig:
 
     def validate(self, source: str = "<config>") -> ClusterConfig:
         checks = [
-            (self.dataset.kind in ("synthetic", "movielens"), "dataset.kind",
-             "synthetic or movielens"),
+            (
+                self.dataset.kind in ("synthetic", "movielens"),
+                "dataset.kind",
+                "synthetic or movielens",
+            ),
             (self.index.type in ("hnsw", "ivfpq", "flat"), "index.type", "hnsw, ivfpq or flat"),
             (self.shards.count >= 1, "shards.count", ">= 1"),
             (0.0 < self.router.min_coverage <= 1.0, "router.min_coverage", "in (0, 1]"),
@@ -133,9 +136,7 @@ def _build(cls: type[T], data: Any, source: str, prefix: str) -> T:
         elif hint is float and isinstance(value, int) and not isinstance(value, bool):
             kwargs[key] = float(value)
         elif not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-            raise ConfigError(
-                f"{source}: '{prefix}{key}' must be {hint.__name__}, got {value!r}"
-            )
+            raise ConfigError(f"{source}: '{prefix}{key}' must be {hint.__name__}, got {value!r}")
         else:
             kwargs[key] = value
     return cls(**kwargs)

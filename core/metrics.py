@@ -9,19 +9,38 @@ from prometheus_client import Counter, Histogram, start_http_server
 log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (
-    0.0002, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
-    0.075, 0.1, 0.25, 0.5, 1.0, 2.5,
+    0.0002,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
 )
 
 REQUESTS = Counter(
     "annfleet_requests", "RPCs handled, by final status code", ["service", "method", "code"]
 )
 LATENCY = Histogram(
-    "annfleet_request_seconds", "RPC latency in seconds", ["service", "method"],
+    "annfleet_request_seconds",
+    "RPC latency in seconds",
+    ["service", "method"],
     buckets=LATENCY_BUCKETS,
 )
 SHARD_FAILURES = Counter(
-    "annfleet_router_shard_failures", "Shard RPCs that failed or timed out, seen by the router",
+    "annfleet_router_shard_failures",
+    "Shard RPCs that failed or timed out, seen by the router",
     ["shard", "code"],
 )
 DEGRADED = Counter(

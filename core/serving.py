@@ -67,8 +67,14 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
 class GrpcServer:
     """A started grpc.aio server with health (NOT_SERVING until ``set_serving``) and reflection."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, service_names: Sequence[str],
-                 health_servicer: Any, metrics_port: int | None) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        port: int,
+        service_names: Sequence[str],
+        health_servicer: Any,
+        metrics_port: int | None,
+    ) -> None:
         self.server = server
         self.port = port
         self.service_names = list(service_names)
@@ -102,7 +108,7 @@ async def start_server(
     server = grpc.aio.server(options=GRPC_OPTIONS)
     for add, servicer in services:
         add(servicer, server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
@@ -111,8 +117,9 @@ async def start_server(
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     await server.start()
-    handle = GrpcServer(server, bound, service_names, health_servicer, serve_metrics(metrics_port,
-                                                                                     host))
+    handle = GrpcServer(
+        server, bound, service_names, health_servicer, serve_metrics(metrics_port, host)
+    )
     await handle.set_serving(False)
     return handle
 

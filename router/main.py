@@ -35,8 +35,9 @@ def load_router_bundle(bundle_path: Path) -> Bundle:
     return bundle
 
 
-async def confirm_shards(endpoints: Sequence[ShardEndpoint], bundle: Bundle,
-                         timeout: float) -> list[int]:
+async def confirm_shards(
+    endpoints: Sequence[ShardEndpoint], bundle: Bundle, timeout: float
+) -> list[int]:
     """Wait (up to ``timeout``) until each shard describes the bundle; return confirmed ids."""
     deadline = time.monotonic() + timeout
     pending = {ep.shard_id: ep for ep in endpoints}
@@ -49,7 +50,8 @@ async def confirm_shards(endpoints: Sequence[ShardEndpoint], bundle: Bundle,
                 continue
             if info.bundle_id != bundle.id or info.shard_id != shard_id:
                 raise BundleError(
-                    f"shard at {ep.target} serves shard {info.shard_id} of bundle {info.bundle_id}, "
+                    f"shard at {ep.target} serves shard {info.shard_id} of bundle "
+                    f"{info.bundle_id}, "
                     f"expected shard {shard_id} of {bundle.id}"
                 )
             confirmed.append(shard_id)
@@ -57,8 +59,7 @@ async def confirm_shards(endpoints: Sequence[ShardEndpoint], bundle: Bundle,
         if pending:
             await asyncio.sleep(0.1)
     if pending:
-        log.warning("shards %s not answering yet; serving with partial coverage",
-                    sorted(pending))
+        log.warning("shards %s not answering yet; serving with partial coverage", sorted(pending))
     return sorted(confirmed)
 
 
@@ -80,16 +81,24 @@ class RouterServer:
 
 
 async def start_router(
-    bundle_path: Path, shard_targets: Sequence[str], config: RouterConfig | None = None, *,
-    host: str = "127.0.0.1", port: int = 0, metrics_port: int = -1,
+    bundle_path: Path,
+    shard_targets: Sequence[str],
+    config: RouterConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_port: int = -1,
 ) -> RouterServer:
     """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING."""
     config = config or RouterConfig()
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="router")
     service = RetrievalService(config, executor)
     server = await start_server(
-        [(retrieval_pb2_grpc.add_RetrievalServicer_to_server, service)], SERVICE_NAMES,
-        host=host, port=port, metrics_port=metrics_port,
+        [(retrieval_pb2_grpc.add_RetrievalServicer_to_server, service)],
+        SERVICE_NAMES,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
     )
     try:
         loop = asyncio.get_running_loop()
@@ -99,8 +108,10 @@ async def start_router(
                 f"bundle {bundle.id} has {bundle.num_shards} shards, {len(shard_targets)} "
                 "shard addresses were given"
             )
-        total = int(bundle.manifest.get("num_items") or sum(
-            s["num_items"] for s in bundle.manifest["shards"]))
+        total = int(
+            bundle.manifest.get("num_items")
+            or sum(s["num_items"] for s in bundle.manifest["shards"])
+        )
         endpoints = [
             ShardEndpoint.connect(i, target, bundle.shard(i)["num_items"] / total)
             for i, target in enumerate(shard_targets)
@@ -114,17 +125,28 @@ async def start_router(
         executor.shutdown(wait=False)
         raise
     await server.set_serving(True)
-    log.info("router serving bundle %s on %s:%d over %d shards", bundle.id, host, server.port,
-             len(endpoints))
+    log.info(
+        "router serving bundle %s on %s:%d over %d shards",
+        bundle.id,
+        host,
+        server.port,
+        len(endpoints),
+    )
     return RouterServer(server, service, executor)
 
 
 async def serve_router(
-    bundle_path: Path, shard_targets: Sequence[str], config: RouterConfig, *, host: str,
-    port: int, metrics_port: int,
+    bundle_path: Path,
+    shard_targets: Sequence[str],
+    config: RouterConfig,
+    *,
+    host: str,
+    port: int,
+    metrics_port: int,
 ) -> None:
-    server = await start_router(bundle_path, shard_targets, config, host=host, port=port,
-                                metrics_port=metrics_port)
+    server = await start_router(
+        bundle_path, shard_targets, config, host=host, port=port, metrics_port=metrics_port
+    )
     print(f"router listening on {host}:{server.port}", flush=True)
     await wait_for_signal()
     log.info("router draining")

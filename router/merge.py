@@ -46,8 +46,9 @@ def merge_rows(
     worst = -math.inf if higher_is_better else math.inf
     out_scores = np.full((nq, k), worst, dtype=np.float32)
     for row in range(nq):
-        best_ids, best_scores = merge_topk(ids[row], scores[row], k,
-                                           higher_is_better=higher_is_better)
+        best_ids, best_scores = merge_topk(
+            ids[row], scores[row], k, higher_is_better=higher_is_better
+        )
         out_ids[row, : len(best_ids)] = best_ids
         out_scores[row, : len(best_scores)] = best_scores
     return out_ids, out_scores

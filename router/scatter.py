@@ -36,8 +36,14 @@ class ShardEndpoint:
     @classmethod
     def connect(cls, shard_id: int, target: str, share: float) -> ShardEndpoint:
         channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
-        return cls(shard_id, target, share, channel, shard_pb2_grpc.IndexShardStub(channel),
-                   shard_pb2_grpc.ShardAdminStub(channel))
+        return cls(
+            shard_id,
+            target,
+            share,
+            channel,
+            shard_pb2_grpc.IndexShardStub(channel),
+            shard_pb2_grpc.ShardAdminStub(channel),
+        )
 
 
 @dataclass(frozen=True)
@@ -55,33 +61,49 @@ class ScatterResult:
 class Scatter:
     """Scatter-gather over one bundle's shards."""
 
-    def __init__(self, endpoints: Sequence[ShardEndpoint], bundle_id: str, metric: str,
-                 oversample: float) -> None:
+    def __init__(
+        self, endpoints: Sequence[ShardEndpoint], bundle_id: str, metric: str, oversample: float
+    ) -> None:
         self.endpoints = list(endpoints)
         self.bundle_id = bundle_id
         self.higher_is_better = metric == "ip"
         self.oversample = oversample
 
     async def _one(
-        self, endpoint: ShardEndpoint, queries: np.ndarray, k: int,
-        params: common_pb2.SearchParams, timeout: float,
+        self,
+        endpoint: ShardEndpoint,
+        queries: np.ndarray,
+        k: int,
+        params: common_pb2.SearchParams,
+        timeout: float,
     ) -> tuple[np.ndarray, np.ndarray]:
         request = shard_pb2.ShardSearchRequest(
-            queries=to_bytes(queries, F32), dim=queries.shape[1], k=k, params=params,
+            queries=to_bytes(queries, F32),
+            dim=queries.shape[1],
+            k=k,
+            params=params,
             bundle_id=self.bundle_id,
         )
         response = await endpoint.stub.Search(request, timeout=timeout)
         nq, width = response.num_queries, response.k
-        return (decode_rows(response.ids, I64, nq, width, name="shard ids"),
-                decode_rows(response.scores, F32, nq, width, name="shard scores"))
+        return (
+            decode_rows(response.ids, I64, nq, width, name="shard ids"),
+            decode_rows(response.scores, F32, nq, width, name="shard scores"),
+        )
 
     async def _gather(
-        self, endpoints: Sequence[ShardEndpoint], ks: Sequence[int], queries: np.ndarray,
-        params: common_pb2.SearchParams, timeout: float,
+        self,
+        endpoints: Sequence[ShardEndpoint],
+        ks: Sequence[int],
+        queries: np.ndarray,
+        params: common_pb2.SearchParams,
+        timeout: float,
     ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int], dict[int, str]]:
         outcomes = await asyncio.gather(
-            *(self._one(ep, queries, k, params, timeout) for ep, k in zip(endpoints, ks,
-                                                                           strict=True)),
+            *(
+                self._one(ep, queries, k, params, timeout)
+                for ep, k in zip(endpoints, ks, strict=True)
+            ),
             return_exceptions=True,
         )
         hits, answered, failures = [], [], {}
@@ -127,9 +149,10 @@ class Scatter:
         ids, scores = merge_rows(
             np.concatenate([h[0] for h in hits], axis=1),
             np.concatenate([h[1] for h in hits], axis=1),
-            k, higher_is_better=self.higher_is_better,
+            k,
+            higher_is_better=self.higher_is_better,
         )
         return ScatterResult(ids, scores, sorted(answered), failures)
 
     async def close(self) -> None:
-        await asyncio.gather(*(ep.channel.close() for ep in self.endpoints))
+        await asyncio.gather(*(ep.channel.close(None) for ep in self.endpoints))

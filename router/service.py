@@ -19,13 +19,13 @@ from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.users import RequestContext, UserEmbedder
-from annfleet.serving import rpc
 from annfleet.server.service import check_params
+from annfleet.serving import rpc
 from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SOURCE_NAMES = {
+SOURCE_NAMES: dict[int, str] = {
     retrieval_pb2.SOURCE_ANN: "ann",
     retrieval_pb2.SOURCE_POPULAR: "popular",
     retrieval_pb2.SOURCE_CO_ENGAGEMENT: "co_engagement",
@@ -48,17 +48,20 @@ class RouterState:
     def load(cls, bundle: Bundle, scatter: Scatter, embedder: UserEmbedder) -> RouterState:
         popular = bundle.table(TABLE_POPULAR_IDS)
         titles_table = bundle.table(TABLE_ITEM_TITLES) or {"ids": [], "titles": []}
-        titles = dict(zip((int(i) for i in titles_table["ids"]), titles_table["titles"],
-                          strict=True))
-        popular_ids = (np.asarray(popular, dtype=np.int64) if popular is not None
-                       else np.empty(0, np.int64))
+        titles = dict(
+            zip((int(i) for i in titles_table["ids"]), titles_table["titles"], strict=True)
+        )
+        popular_ids = (
+            np.asarray(popular, dtype=np.int64) if popular is not None else np.empty(0, np.int64)
+        )
         return cls(bundle, scatter, embedder, popular_ids, titles)
 
 
 def _context(request: retrieval_pb2.RetrieveRequest) -> RequestContext:
     ctx = request.context
-    return RequestContext(tuple(int(i) for i in ctx.recent_item_ids), int(ctx.timestamp),
-                          ctx.country, ctx.device)
+    return RequestContext(
+        tuple(int(i) for i in ctx.recent_item_ids), int(ctx.timestamp), ctx.country, ctx.device
+    )
 
 
 class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
@@ -97,7 +100,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         if result.failures:
             DEGRADED.labels(method).inc()
         return common_pb2.Coverage(
-            shards_answered=answered, shards_asked=asked, answered_shard_ids=result.answered,
+            shards_answered=answered,
+            shards_asked=asked,
+            answered_shard_ids=result.answered,
             degraded=bool(result.failures),
         )
 
@@ -107,21 +112,33 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
     ) -> retrieval_pb2.SearchResponse:
         state = self._state()
         if request.dim != state.bundle.dim:
-            raise InvalidArgument(f"dim {request.dim} does not match the bundle dim {state.bundle.dim}")
+            raise InvalidArgument(
+                f"dim {request.dim} does not match the bundle dim {state.bundle.dim}"
+            )
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params, k)
         result = await state.scatter.search(queries, k, request.params, self._timeout(context))
         coverage = self._coverage(result, "Search")
         return retrieval_pb2.SearchResponse(
-            ids=to_bytes(result.ids, I64), scores=to_bytes(result.scores, F32),
-            num_queries=len(queries), k=k, bundle_id=state.bundle.id, coverage=coverage,
+            ids=to_bytes(result.ids, I64),
+            scores=to_bytes(result.scores, F32),
+            num_queries=len(queries),
+            k=k,
+            bundle_id=state.bundle.id,
+            coverage=coverage,
             metric=state.bundle.metric,
         )
 
     async def _embed(self, state: RouterState, user_id: int, ctx: RequestContext) -> np.ndarray:
-        key = (state.bundle.id, user_id, ctx.recent_item_ids, ctx.timestamp // 3600, ctx.country,
-               ctx.device)
+        key = (
+            state.bundle.id,
+            user_id,
+            ctx.recent_item_ids,
+            ctx.timestamp // 3600,
+            ctx.country,
+            ctx.device,
+        )
         vector = self.user_cache.get(key)
         if vector is not None:
             USER_CACHE.labels("hit").inc()
@@ -169,12 +186,19 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             )
         codes, counts = np.unique(sources, return_counts=True)
         response = retrieval_pb2.RetrieveResponse(
-            ids=to_bytes(ids, I64), scores=to_bytes(scores, F32), sources=to_bytes(sources, U8),
-            bundle_id=state.bundle.id, coverage=coverage,
-            source_counts={SOURCE_NAMES[int(c)]: int(n) for c, n in zip(codes, counts,
-                                                                         strict=True)},
-            timings_ms={"embed": (embedded - started) * 1e3, "ann": (searched - embedded) * 1e3,
-                        "total": (time.perf_counter() - started) * 1e3},
+            ids=to_bytes(ids, I64),
+            scores=to_bytes(scores, F32),
+            sources=to_bytes(sources, U8),
+            bundle_id=state.bundle.id,
+            coverage=coverage,
+            source_counts={
+                SOURCE_NAMES[int(c)]: int(n) for c, n in zip(codes, counts, strict=True)
+            },
+            timings_ms={
+                "embed": (embedded - started) * 1e3,
+                "ann": (searched - embedded) * 1e3,
+                "total": (time.perf_counter() - started) * 1e3,
+            },
         )
         if request.include_titles:
             response.titles.extend(state.titles.get(int(i), "") for i in ids)

@@ -160,9 +160,13 @@ class ShardIndex:
         fetch = k
         params: faiss.SearchParameters | None = None
         if self.spec.type == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef_search or p["ef_search"], k))
+            params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # stubs lag faiss
+                efSearch=max(ef_search or p["ef_search"], k)
+            )
         elif self.spec.type == "ivfpq":
-            params = faiss.SearchParametersIVF(nprobe=min(nprobe or p["nprobe"], p["nlist"]))
+            params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
+                nprobe=min(nprobe or p["nprobe"], p["nlist"])
+            )
             fetch = max(k, rerank or p["rerank"])
         fetch = min(fetch, len(self.ids)) if len(self.ids) else 1
         x = np.ascontiguousarray(queries, dtype=np.float32)

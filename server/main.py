@@ -12,9 +12,9 @@ from pathlib import Path
 from annfleet.bundle import Bundle
 from annfleet.config import ShardsConfig
 from annfleet.errors import BundleError
-from annfleet.serving import GrpcServer, start_server, wait_for_signal
 from annfleet.server.index import IndexSpec, ShardIndex, set_threads
 from annfleet.server.service import LoadedShard, ShardService
+from annfleet.serving import GrpcServer, start_server, wait_for_signal
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,53 @@ class ShardServer:
     service: ShardService
     executor: ThreadPoolExecutor
 
+    @classmethod
+    async def bind(
+        cls,
+        config: ShardsConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_port: int = -1,
+    ) -> ShardServer:
+        """Listen with no shard loaded: health NOT_SERVING, Search answers UNAVAILABLE."""
+        config = config or ShardsConfig()
+        set_threads(config.search_threads)
+        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="faiss")
+        service = ShardService(config, executor)
+        server = await start_server(
+            [
+                (shard_pb2_grpc.add_IndexShardServicer_to_server, service),
+                (shard_pb2_grpc.add_ShardAdminServicer_to_server, service),
+            ],
+            SERVICE_NAMES,
+            host=host,
+            port=port,
+            metrics_port=metrics_port,
+        )
+        return cls(server, service, executor)
+
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    async def load(self, bundle_path: Path, shard_id: int) -> None:
+        """Verify and load a shard off the event loop, then go SERVING.
+
+        A bundle that fails verification raises BundleError and changes nothing: a shard
+        already loaded keeps serving.
+        """
+        loop = asyncio.get_running_loop()
+        shard = await loop.run_in_executor(self.executor, load_shard, Path(bundle_path), shard_id)
+        self.service.shard = shard
+        await self.grpc.set_serving(True)
+        log.info(
+            "shard %d of bundle %s serving on port %d (%d items)",
+            shard_id,
+            shard.bundle.id,
+            self.port,
+            len(shard.index.ids),
+        )
 
     async def stop(self, grace: float = 0.0) -> None:
         await self.grpc.stop(grace)
@@ -53,43 +97,37 @@ class ShardServer:
 
 
 async def start_shard_server(
-    bundle_path: Path, shard_id: int, config: ShardsConfig | None = None, *,
-    host: str = "127.0.0.1", port: int = 0, metrics_port: int = -1,
+    bundle_path: Path,
+    shard_id: int,
+    config: ShardsConfig | None = None,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    metrics_port: int = -1,
 ) -> ShardServer:
-    """Bind first (health NOT_SERVING), then load; SERVING once the shard is verified.
-
-    Raises BundleError (after stopping the server) when the shard cannot be loaded.
-    """
-    config = config or ShardsConfig()
-    set_threads(config.search_threads)
-    executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="faiss")
-    service = ShardService(config, executor)
-    server = await start_server(
-        [(shard_pb2_grpc.add_IndexShardServicer_to_server, service),
-         (shard_pb2_grpc.add_ShardAdminServicer_to_server, service)],
-        SERVICE_NAMES, host=host, port=port, metrics_port=metrics_port,
-    )
+    """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded."""
+    server = await ShardServer.bind(config, host=host, port=port, metrics_port=metrics_port)
     try:
-        service.shard = await asyncio.get_running_loop().run_in_executor(
-            executor, load_shard, Path(bundle_path), shard_id
-        )
+        await server.load(bundle_path, shard_id)
     except BaseException:
         await server.stop(0)
-        executor.shutdown(wait=False)
         raise
-    await server.set_serving(True)
-    log.info("shard %d of bundle %s serving on %s:%d (%d items)", shard_id, service.shard.bundle.id,
-             host, server.port, len(service.shard.index.ids))
-    return ShardServer(server, service, executor)
+    return server
 
 
 async def serve_shard(
-    bundle_path: Path, shard_id: int, config: ShardsConfig, *, host: str, port: int,
+    bundle_path: Path,
+    shard_id: int,
+    config: ShardsConfig,
+    *,
+    host: str,
+    port: int,
     metrics_port: int,
 ) -> None:
     """Run a shard server until SIGTERM/SIGINT, then drain for ``config.grace_s``."""
-    server = await start_shard_server(bundle_path, shard_id, config, host=host, port=port,
-                                      metrics_port=metrics_port)
+    server = await start_shard_server(
+        bundle_path, shard_id, config, host=host, port=port, metrics_port=metrics_port
+    )
     print(f"shard {shard_id} listening on {host}:{server.port}", flush=True)
     await wait_for_signal()
     log.info("shard %d draining", shard_id)

@@ -13,8 +13,8 @@ from annfleet.arrays import F32, I64, check_k, decode_matrix, to_bytes
 from annfleet.bundle import Bundle
 from annfleet.config import ShardsConfig
 from annfleet.errors import FailedPrecondition, InvalidArgument, Unavailable
-from annfleet.serving import rpc
 from annfleet.server.index import ShardIndex
+from annfleet.serving import rpc
 from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 
 MAX_EF_SEARCH = 1 << 15
@@ -58,7 +58,9 @@ class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminS
                 f"(it serves {shard.bundle.id})"
             )
         if request.dim != shard.index.dim:
-            raise InvalidArgument(f"dim {request.dim} does not match the index dim {shard.index.dim}")
+            raise InvalidArgument(
+                f"dim {request.dim} does not match the index dim {shard.index.dim}"
+            )
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params, k)
@@ -66,13 +68,21 @@ class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminS
         ids, scores = await loop.run_in_executor(
             self.executor,
             lambda: shard.index.search(
-                queries, k, ef_search=request.params.ef_search, nprobe=request.params.nprobe,
+                queries,
+                k,
+                ef_search=request.params.ef_search,
+                nprobe=request.params.nprobe,
                 rerank=request.params.rerank,
             ),
         )
         return shard_pb2.ShardSearchResponse(
-            ids=to_bytes(ids, I64), scores=to_bytes(scores, F32), num_queries=len(queries), k=k,
-            shard_id=shard.shard_id, bundle_id=shard.bundle.id, metric=shard.index.metric,
+            ids=to_bytes(ids, I64),
+            scores=to_bytes(scores, F32),
+            num_queries=len(queries),
+            k=k,
+            shard_id=shard.shard_id,
+            bundle_id=shard.bundle.id,
+            metric=shard.index.metric,
         )
 
     @rpc("ShardAdmin")
@@ -81,8 +91,14 @@ class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminS
     ) -> shard_pb2.DescribeResponse:
         shard = self._loaded()
         return shard_pb2.DescribeResponse(
-            bundle_id=shard.bundle.id, shard_id=shard.shard_id, num_shards=shard.bundle.num_shards,
-            num_items=len(shard.index.ids), dim=shard.index.dim, metric=shard.index.metric,
-            index_type=shard.index.spec.type, index_params=json.dumps(shard.index.spec.params),
-            max_k=self.config.max_k, max_batch=self.config.max_batch,
+            bundle_id=shard.bundle.id,
+            shard_id=shard.shard_id,
+            num_shards=shard.bundle.num_shards,
+            num_items=len(shard.index.ids),
+            dim=shard.index.dim,
+            metric=shard.index.metric,
+            index_type=shard.index.spec.type,
+            index_params=json.dumps(shard.index.spec.params),
+            max_k=self.config.max_k,
+            max_batch=self.config.max_batch,
         )

@@ -1,0 +1,424 @@
+"""The ``annfleet`` command line. The only place that configures logging."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from annfleet.config import ClusterConfig, IndexConfig, load_config
+from annfleet.errors import AnnfleetError
+
+log = logging.getLogger("annfleet")
+
+INDEX_FLAGS = ("m", "ef_construction", "ef_search", "nlist", "pq_m", "nbits", "nprobe", "rerank")
+
+
+def _add_index_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--index",
+        choices=("hnsw", "ivfpq", "flat"),
+        default=None,
+        help="index type (default: hnsw, or the config's index.type)",
+    )
+    for name in INDEX_FLAGS:
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=None,
+            dest=name,
+            help=f"index parameter {name} (see the config reference)",
+        )
+
+
+def _index_config(base: IndexConfig, args: argparse.Namespace) -> IndexConfig:
+    changes: dict[str, Any] = {
+        n: getattr(args, n) for n in INDEX_FLAGS if getattr(args, n) is not None
+    }
+    if args.index:
+        changes["type"] = args.index
+    return dataclasses.replace(base, **changes)
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"annfleet: cannot read {what} from {path}: {exc}") from exc
+
+
+# ---------------------------------------------------------------------------- build-bundle
+def cmd_build_bundle(args: argparse.Namespace) -> int:
+    from annfleet.bundle import build_bundle
+
+    vectors = _load_npy(args.vectors, "--vectors")
+    ids = _load_npy(args.ids, "--ids") if args.ids else np.arange(len(vectors), dtype=np.int64)
+    users: dict[str, Any] = {}
+    if bool(args.user_vectors) != bool(args.user_ids):
+        raise SystemExit("annfleet: --user-vectors and --user-ids go together")
+    if args.user_vectors:
+        users = {
+            "user_vectors": _load_npy(args.user_vectors, "--user-vectors"),
+            "user_ids": _load_npy(args.user_ids, "--user-ids"),
+        }
+    index = _index_config(IndexConfig(), args)
+    started = time.monotonic()
+    bundle = build_bundle(
+        Path(args.out),
+        ids,
+        vectors,
+        num_shards=args.shards,
+        index_type=index.type,
+        index_params=index.params(),
+        metric=args.metric,
+        model={"name": args.model_name, "version": args.model_version},
+        overwrite=args.overwrite,
+        **users,
+    )
+    print(
+        f"bundle {bundle.id}: {len(ids)} items x {bundle.dim} dims, {bundle.num_shards} "
+        f"{index.type} shards, written to {bundle.path} in {time.monotonic() - started:.1f}s"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- default bundle
+def default_bundle(config: ClusterConfig, progress: bool = True) -> Path:
+    """The bundle `up` serves when none is given: built once from `dataset`, then reused."""
+    ds, index = config.dataset, config.index
+    if ds.kind == "movielens":
+        from annfleet.model.export import ensure_movielens_bundle
+
+        return ensure_movielens_bundle(
+            config.data_path(),
+            num_shards=config.shards.count,
+            index_type=index.type,
+            index_params=index.params(),
+            seed=ds.seed,
+            progress=progress,
+        )
+    from annfleet.bundle import Bundle, build_bundle
+    from annfleet.synthetic import make_catalogue
+
+    key = json.dumps(
+        [dataclasses.asdict(ds), index.type, index.params(), config.shards.count], sort_keys=True
+    )
+    name = f"synthetic-{ds.items}x{ds.dim}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    path = config.data_path() / "bundles" / name
+    if path.exists():
+        try:
+            return Bundle.open(path).path
+        except AnnfleetError as exc:
+            log.warning("cached bundle %s is unusable (%s); rebuilding", path, exc)
+    log.info(
+        "building the default synthetic bundle (%d items x %d dims, %d %s shards) in %s",
+        ds.items,
+        ds.dim,
+        config.shards.count,
+        index.type,
+        path,
+    )
+    cat = make_catalogue(ds.items, ds.dim, clusters=ds.clusters, users=ds.users, seed=ds.seed)
+    build_bundle(
+        path,
+        cat.ids,
+        cat.vectors,
+        num_shards=config.shards.count,
+        index_type=index.type,
+        index_params=index.params(),
+        metric="ip",
+        model={"name": "synthetic", "version": name},
+        user_ids=cat.user_ids,
+        user_vectors=cat.user_vectors,
+        tables={"popular_ids": cat.popular_ids},
+        overwrite=True,
+        progress=progress,
+    )
+    return path
+
+
+def _config(args: argparse.Namespace) -> ClusterConfig:
+    config = load_config(args.config)
+    if getattr(args, "bundle", None):
+        config = dataclasses.replace(config, bundle=str(Path(args.bundle).resolve()))
+    return config
+
+
+# ---------------------------------------------------------------------------- up
+def cmd_up(args: argparse.Namespace) -> int:
+    from annfleet.cluster import LocalCluster, remove_state, state_path
+
+    config = _config(args)
+    if args.port is not None:
+        config = dataclasses.replace(
+            config, router=dataclasses.replace(config.router, port=args.port)
+        )
+    started = time.monotonic()
+    bundle_path = Path(config.bundle) if config.bundle else default_bundle(config)
+    cluster = LocalCluster(
+        bundle_path,
+        config,
+        fixed_ports=True,
+        config_path=Path(args.config).resolve() if args.config else None,
+    )
+    stop = {"now": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    print(
+        f"starting {len(cluster.shards)} shard servers and a router for bundle "
+        f"{cluster.bundle.id} ({bundle_path})",
+        flush=True,
+    )
+    cluster.start()
+    cluster.write_state(state_path(config))
+    for child in cluster.children:
+        metrics = (
+            f"  metrics http://{child.target.rsplit(':', 1)[0]}:{child.metrics_port}/metrics"
+            if child.metrics_port
+            else ""
+        )
+        print(
+            f"  {child.name:<9} {child.target:<21} pid {child.pid:<7}{metrics}"
+            f"  log {child.log_path}"
+        )
+    print(
+        f"router listening on {cluster.router_target}  (ready in "
+        f"{time.monotonic() - started:.1f}s)",
+        flush=True,
+    )
+    _print_sample(cluster.router_target, cluster.bundle)
+    print("Ctrl-C stops the cluster.", flush=True)
+    try:
+        while not stop["now"]:
+            for note in cluster.restart_dead():
+                print(note, flush=True)
+            time.sleep(0.5)
+    finally:
+        print("stopping the cluster…", flush=True)
+        cluster.stop()
+        remove_state(config)
+    print("stopped.")
+    return 0
+
+
+def _print_sample(target: str, bundle: Any) -> None:
+    from annfleet.client import AnnfleetError as ClientError
+    from annfleet.client import Client
+
+    users = bundle.users()
+    user = int(users[0][0]) if users is not None else 1
+    try:
+        with Client(target, timeout=5.0) as client:
+            result = client.retrieve(user, 10, include_titles=True)
+    except ClientError as exc:
+        print(f"sample Retrieve(user {user}) failed: {exc}")
+        return
+    print(f"sample: annfleet query --user {user} --k 10 --target {target}")
+    _print_candidates(result)
+
+
+def _print_candidates(result: Any) -> None:
+    cov = result.coverage
+    print(
+        f"bundle {result.bundle_id}  coverage {cov.shards_answered}/{cov.shards_asked}"
+        f"{'  DEGRADED' if cov.degraded else ''}"
+    )
+    titles = result.titles or ("",) * len(result.ids)
+    for rank, (item, score, source, title) in enumerate(
+        zip(result.ids, result.scores, result.source_names, titles, strict=True), 1
+    ):
+        print(f"  {rank:>4}  {item:>10}  {score:8.4f}  {source:<14} {title}")
+
+
+# ---------------------------------------------------------------------------- query / status
+def cmd_query(args: argparse.Namespace) -> int:
+    from annfleet.client import AnnfleetError as ClientError
+    from annfleet.client import Client
+
+    recent = [int(x) for x in args.recent.split(",") if x] if args.recent else []
+    try:
+        with Client(args.target, timeout=args.timeout) as client:
+            result = client.retrieve(args.user, args.k, recent_items=recent, include_titles=True)
+    except ClientError as exc:
+        print(f"annfleet query: {exc.code.name}: {exc.details}", file=sys.stderr)
+        return 1
+    if args.json:
+        candidates = []
+        for i, (item, score, source) in enumerate(
+            zip(result.ids, result.scores, result.source_names, strict=True)
+        ):
+            entry: dict[str, Any] = {"item_id": int(item), "score": float(score), "source": source}
+            if result.titles and result.titles[i]:
+                entry["title"] = result.titles[i]
+            candidates.append(entry)
+        print(
+            json.dumps(
+                {
+                    "bundle_id": result.bundle_id,
+                    "coverage": result.coverage.fraction,
+                    "degraded": result.coverage.degraded,
+                    "answered_shards": list(result.coverage.answered_shard_ids),
+                    "candidates": candidates,
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print_candidates(result)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from annfleet.cluster import health_status, state_path
+
+    config = _config(args)
+    path = state_path(config)
+    if not path.exists():
+        print(f"no local cluster recorded in {path} (is `annfleet up` running?)")
+        return 1
+    state = json.loads(path.read_text())
+    print(f"bundle {state['bundle_id']}  ({state['bundle']})")
+    worst = 0
+    for child in state["children"]:
+        status = health_status(child["target"])
+        worst = max(worst, 0 if status == "SERVING" else 1)
+        print(f"  {child['name']:<9} {child['target']:<21} pid {child['pid']:<7} {status}")
+    return worst
+
+
+# ---------------------------------------------------------------------------- serve-*
+def cmd_serve_shard(args: argparse.Namespace) -> int:
+    from annfleet.server.main import serve_shard
+    from annfleet.serving import run
+
+    config = load_config(args.config)
+    run(
+        lambda: serve_shard(
+            Path(args.bundle),
+            args.shard,
+            config.shards,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+        )
+    )
+    return 0
+
+
+def cmd_serve_router(args: argparse.Namespace) -> int:
+    from annfleet.router.main import serve_router
+    from annfleet.serving import run
+
+    config = load_config(args.config)
+    targets = [t for t in args.shards.split(",") if t]
+    run(
+        lambda: serve_router(
+            Path(args.bundle),
+            targets,
+            config.router,
+            host=args.host,
+            port=args.port,
+            metrics_port=args.metrics_port,
+        )
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="annfleet", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build-bundle", help="build a retrieval bundle from an embedding matrix")
+    p.add_argument("--vectors", required=True, help="item vectors .npy, float32 (n, d)")
+    p.add_argument("--ids", help="item ids .npy, int64 (n,) (default 0..n-1)")
+    p.add_argument("--user-vectors", help="precomputed user vectors .npy, float32 (u, d)")
+    p.add_argument("--user-ids", help="user ids .npy, int64 (u,)")
+    p.add_argument("--shards", type=int, required=True, help="number of shards")
+    p.add_argument("--metric", choices=("ip", "l2"), default="ip")
+    p.add_argument("--model-name", default="embeddings")
+    p.add_argument("--model-version", default="0")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    _add_index_flags(p)
+    p.set_defaults(func=cmd_build_bundle)
+
+    p = sub.add_parser("up", help="run a local cluster (shards + router) in the foreground")
+    p.add_argument("--config", help="cluster YAML (default: built-in defaults)")
+    p.add_argument("--bundle", help="serve this bundle instead of the default one")
+    p.add_argument("--port", type=int, help="router port (default 50051)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("query", help="ask the router for a user's candidates")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--recent", help="comma-separated recent item ids (context)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("status", help="health and bundle of each local cluster process")
+    p.add_argument("--config")
+    p.set_defaults(func=cmd_status)
+
+    for name, func, help_text in (
+        ("serve-shard", cmd_serve_shard, "run one shard server"),
+        ("serve-router", cmd_serve_router, "run a router"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--bundle", required=True)
+        p.add_argument("--config")
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=0)
+        p.add_argument("--metrics-port", type=int, default=-1, help="-1 = off, 0 = free port")
+        if name == "serve-shard":
+            p.add_argument("--shard", type=int, required=True)
+        else:
+            p.add_argument(
+                "--shards", required=True, help="comma-separated shard HOST:PORTs, in shard order"
+            )
+        p.set_defaults(func=func)
+
+    for module in ("annfleet.model.cli", "annfleet.benchmarks.cli"):
+        try:
+            registrar = __import__(module, fromlist=["register"])
+        except ImportError as exc:  # optional parts (torch, matplotlib) may be missing
+            log.debug("%s unavailable: %s", module, exc)
+            continue
+        if hasattr(registrar, "register"):
+            registrar.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    try:
+        return int(args.func(args) or 0)
+    except AnnfleetError as exc:
+        print(f"annfleet {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,273 @@
+"""A local cluster: one process per shard plus a router, started, watched and stopped together.
+
+``annfleet up`` runs one in the foreground; tests and benchmarks use :class:`LocalCluster`
+as a context manager. Children are ``python -m annfleet.cli serve-shard|serve-router``
+processes whose output goes to log files; readiness is the gRPC health check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from annfleet.bundle import Bundle
+from annfleet.config import ClusterConfig
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 300.0
+MAX_RESTARTS_PER_MINUTE = 5
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def health_status(target: str, timeout: float = 1.0) -> str:
+    """ "SERVING", "NOT_SERVING", ... or "DOWN" when the process does not answer."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout
+            )
+        except grpc.RpcError:
+            return "DOWN"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+@dataclass
+class Child:
+    name: str
+    args: list[str]
+    target: str
+    metrics_port: int | None
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "annfleet.cli", *self.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the supervisor only
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process else -1
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code = self.exited()
+            if code is not None:
+                raise RuntimeError(
+                    f"{self.name} exited with code {code} before it was ready; "
+                    f"last lines of {self.log_path}:\n{self.log_tail()}"
+                )
+            if health_status(self.target, timeout=0.5) == "SERVING":
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s (log: {self.log_path})")
+
+    def stop(self, grace: float) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.exited()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=grace + 5)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0fs; killing it", self.name, grace + 5)
+            self.process.kill()
+            return self.process.wait()
+
+
+class LocalCluster:
+    """Shard servers + router for one bundle on this machine.
+
+    With ``fixed_ports`` the ports come from the config (``annfleet up``); otherwise free
+    ports are picked (tests, benchmarks) and metrics endpoints are off.
+    """
+
+    def __init__(
+        self,
+        bundle_path: Path | str,
+        config: ClusterConfig | None = None,
+        *,
+        fixed_ports: bool = False,
+        log_dir: Path | None = None,
+        config_path: Path | None = None,
+    ) -> None:
+        self.config = config or ClusterConfig()
+        self.bundle = Bundle.open(bundle_path, verify=False)
+        self.log_dir = log_dir or self.config.data_path() / "logs"
+        shards_cfg, router_cfg = self.config.shards, self.config.router
+        common = ["--bundle", str(self.bundle.path)]
+        if config_path:
+            common += ["--config", str(config_path)]
+        self.shards: list[Child] = []
+        for i in range(self.bundle.num_shards):
+            port = shards_cfg.base_port + i if fixed_ports else free_port(shards_cfg.host)
+            metrics = (
+                shards_cfg.metrics_base_port + i
+                if fixed_ports and shards_cfg.metrics_base_port >= 0
+                else -1
+            )
+            target = f"{shards_cfg.host}:{port}"
+            self.shards.append(
+                Child(
+                    f"shard-{i:02d}",
+                    [
+                        "serve-shard",
+                        *common,
+                        "--shard",
+                        str(i),
+                        "--host",
+                        shards_cfg.host,
+                        "--port",
+                        str(port),
+                        "--metrics-port",
+                        str(metrics),
+                    ],
+                    target,
+                    metrics if metrics >= 0 else None,
+                    self.log_dir / f"shard-{i:02d}.log",
+                )
+            )
+        router_port = router_cfg.port if fixed_ports else free_port(router_cfg.host)
+        router_metrics = router_cfg.metrics_port if fixed_ports else -1
+        self.router = Child(
+            "router",
+            [
+                "serve-router",
+                *common,
+                "--shards",
+                ",".join(s.target for s in self.shards),
+                "--host",
+                router_cfg.host,
+                "--port",
+                str(router_port),
+                "--metrics-port",
+                str(router_metrics),
+            ],
+            f"{router_cfg.host}:{router_port}",
+            router_metrics if router_metrics >= 0 else None,
+            self.log_dir / "router.log",
+        )
+
+    @property
+    def children(self) -> list[Child]:
+        return [*self.shards, self.router]
+
+    @property
+    def router_target(self) -> str:
+        return self.router.target
+
+    @property
+    def shard_targets(self) -> list[str]:
+        return [s.target for s in self.shards]
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {c.name: c.pid for c in self.children}
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> LocalCluster:
+        try:
+            for shard in self.shards:
+                shard.start()
+            for shard in self.shards:
+                shard.wait_ready(timeout)
+            self.router.start()
+            self.router.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Router first (it stops taking requests), then the shards; SIGTERM, then kill."""
+        self.router.stop(self.config.router.grace_s)
+        for shard in self.shards:
+            shard.stop(self.config.shards.grace_s)
+
+    def restart_dead(self) -> list[str]:
+        """Restart children that exited; return a line per restart. Raises on crash loops."""
+        notes = []
+        for child in self.children:
+            code = child.exited()
+            if code is None:
+                continue
+            now = time.monotonic()
+            child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+            if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
+                raise RuntimeError(
+                    f"{child.name} died {len(child.restarts)} times within a minute; giving up. "
+                    f"Last lines of {child.log_path}:\n{child.log_tail()}"
+                )
+            notes.append(f"{child.name} (pid {child.pid}) exited with code {code}; restarting")
+            child.start()
+        return notes
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "bundle": str(self.bundle.path),
+            "bundle_id": self.bundle.id,
+            "children": [
+                {
+                    "name": c.name,
+                    "target": c.target,
+                    "pid": c.pid,
+                    "log": str(c.log_path),
+                    "metrics": f"http://{c.target.rsplit(':', 1)[0]}:{c.metrics_port}/metrics"
+                    if c.metrics_port
+                    else None,
+                }
+                for c in self.children
+            ],
+        }
+
+    def write_state(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.describe(), indent=2) + "\n")
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def state_path(config: ClusterConfig) -> Path:
+    return config.data_path() / "cluster.json"
+
+
+def remove_state(config: ClusterConfig) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(state_path(config))

@@ -1,0 +1,164 @@
+"""Bundle format: content-derived id, partitioning, checksum verification, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annfleet.bundle import Bundle, build_bundle, content_id
+from annfleet.errors import BundleError, InvalidArgument
+from annfleet.partition import shard_of
+
+
+def small(seed: int = 0, n: int = 3000, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return np.arange(n, dtype=np.int64) * 10 + 3, rng.standard_normal((n, d)).astype(np.float32)
+
+
+def test_identical_builds_have_one_id(tmp_path: Path) -> None:
+    ids, vectors = small()
+    a = build_bundle(
+        tmp_path / "a",
+        ids,
+        vectors,
+        num_shards=3,
+        index_type="hnsw",
+        index_params={"m": 8, "ef_construction": 40},
+        progress=False,
+    )
+    b = build_bundle(
+        tmp_path / "b",
+        ids,
+        vectors,
+        num_shards=3,
+        index_type="hnsw",
+        index_params={"m": 8, "ef_construction": 40},
+        progress=False,
+    )
+    c = build_bundle(
+        tmp_path / "c",
+        ids,
+        vectors * 2,
+        num_shards=3,
+        index_type="hnsw",
+        index_params={"m": 8, "ef_construction": 40},
+        progress=False,
+    )
+    assert a.id == b.id
+    assert a.id != c.id
+    assert a.id == content_id(a.manifest)
+
+
+def test_layout_and_partitioning(tmp_path: Path) -> None:
+    ids, vectors = small()
+    bundle = build_bundle(
+        tmp_path / "b", ids, vectors, num_shards=4, index_type="flat", progress=False
+    )
+    seen = []
+    for s in range(4):
+        shard_ids = np.load(bundle.shard_dir(s) / "ids.npy", allow_pickle=False)
+        shard_vectors = np.load(bundle.shard_dir(s) / "vectors.npy", allow_pickle=False)
+        assert (shard_of(shard_ids, 4) == s).all()
+        assert bundle.shard(s)["num_items"] == len(shard_ids)
+        rows = np.searchsorted(ids, shard_ids)
+        assert np.array_equal(shard_vectors, vectors[rows])
+        seen.append(shard_ids)
+    assert sorted(np.concatenate(seen).tolist()) == ids.tolist()
+    assert set(bundle.manifest["files"]) >= {f"shard-0{s}/index.faiss" for s in range(4)}
+    assert bundle.manifest["partitioning"] == {"scheme": "splitmix64-mod", "num_shards": 4}
+
+
+def test_corrupt_file_is_refused(tmp_path: Path) -> None:
+    ids, vectors = small()
+    bundle = build_bundle(
+        tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False
+    )
+    Bundle.open(bundle.path)  # verifies
+    target = bundle.shard_dir(1) / "index.faiss"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"checksum mismatch for shard-01/index.faiss"):
+        Bundle.open(bundle.path)
+    Bundle.open(bundle.path, only=["shard-00/"])  # the other shard is still fine
+
+
+def test_missing_file_and_edited_manifest(tmp_path: Path) -> None:
+    ids, vectors = small()
+    bundle = build_bundle(
+        tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False
+    )
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.path, copy)
+    (copy / "shard-00" / "ids.npy").unlink()
+    with pytest.raises(BundleError, match=r"shard-00/ids\.npy is missing"):
+        Bundle.open(copy)
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["model"]["dim"] = 99
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="edited after the build"):
+        Bundle.open(bundle.path)
+    with pytest.raises(BundleError, match="not a bundle"):
+        Bundle.open(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda i, v: (i, v[:, :0]), "non-empty 2-d"),
+        (lambda i, v: (i[:-1], v), "to match vectors"),
+        (lambda i, v: (np.zeros_like(i), v), "duplicates"),
+        (lambda i, v: (i, np.where(np.arange(len(v))[:, None] == 5, np.nan, v)), "NaN or Inf"),
+    ],
+)
+def test_bad_input_is_rejected(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    ids, vectors = change(*small())
+    with pytest.raises(InvalidArgument, match=message):
+        build_bundle(tmp_path / "b", ids, vectors, num_shards=2, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_bad_index_params_and_existing_out(tmp_path: Path) -> None:
+    ids, vectors = small()
+    with pytest.raises(InvalidArgument, match="unknown hnsw index parameter"):
+        build_bundle(
+            tmp_path / "b", ids, vectors, num_shards=2, index_params={"nprobe": 3}, progress=False
+        )
+    with pytest.raises(InvalidArgument, match="must divide dim"):
+        build_bundle(
+            tmp_path / "b",
+            ids,
+            vectors,
+            num_shards=2,
+            index_type="ivfpq",
+            index_params={"pq_m": 5},
+            progress=False,
+        )
+    build_bundle(tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False)
+    with pytest.raises(InvalidArgument, match="exists"):
+        build_bundle(tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False)
+
+
+def test_users_and_tables_round_trip(tmp_path: Path) -> None:
+    ids, vectors = small()
+    users = np.arange(5, dtype=np.int64)
+    bundle = build_bundle(
+        tmp_path / "b",
+        ids,
+        vectors,
+        num_shards=2,
+        index_type="flat",
+        user_ids=users,
+        user_vectors=vectors[:5],
+        tables={"popular_ids": ids[:10], "item_titles": {"ids": [3], "titles": ["x"]}},
+        progress=False,
+    )
+    got_ids, got_vectors = bundle.users()  # type: ignore[misc]
+    assert got_ids.tolist() == users.tolist() and np.array_equal(got_vectors, vectors[:5])
+    assert bundle.table("popular_ids").tolist() == ids[:10].tolist()
+    assert bundle.table("item_titles") == {"ids": [3], "titles": ["x"]}
+    assert bundle.table("nope") is None

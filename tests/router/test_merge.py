@@ -1,0 +1,74 @@
+"""merge_topk / merge_rows against a brute-force reference (exact expectations, hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from annfleet.router.merge import merge_rows, merge_topk, per_shard_k
+
+
+def reference(ids: np.ndarray, scores: np.ndarray, k: int, higher: bool) -> list[int]:
+    pairs = [
+        (-s if higher else s, i)
+        for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
+        if i >= 0
+    ]
+    return [i for _, i in sorted(pairs)[:k]]
+
+
+def test_merge_picks_best_and_breaks_ties_by_id() -> None:
+    ids = np.array([7, 3, 9, 1, -1, 5], dtype=np.int64)
+    scores = np.array([0.5, 0.9, 0.9, 0.1, 5.0, 0.5], dtype=np.float32)
+    best_ids, best_scores = merge_topk(ids, scores, 4)
+    assert best_ids.tolist() == [3, 9, 5, 7]
+    assert best_scores.tolist() == [np.float32(0.9), np.float32(0.9), 0.5, 0.5]
+
+
+def test_merge_l2_lower_is_better() -> None:
+    ids = np.array([1, 2, 3], dtype=np.int64)
+    scores = np.array([3.0, 1.0, 2.0], dtype=np.float32)
+    assert merge_topk(ids, scores, 2, higher_is_better=False)[0].tolist() == [2, 3]
+
+
+def test_merge_returns_fewer_when_fewer_valid() -> None:
+    ids = np.array([-1, 4, -1], dtype=np.int64)
+    scores = np.array([9.0, 1.0, 9.0], dtype=np.float32)
+    best_ids, _ = merge_topk(ids, scores, 3)
+    assert best_ids.tolist() == [4]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(-1, 50), st.integers(-20, 20)), min_size=0, max_size=60),
+    st.integers(1, 70),
+    st.booleans(),
+)
+def test_merge_matches_reference(pairs: list[tuple[int, int]], k: int, higher: bool) -> None:
+    # Unique ids (as across shards); small integer scores make ties common.
+    seen: set[int] = set()
+    pairs = [(i, s) for i, s in pairs if i < 0 or not (i in seen or seen.add(i))]
+    ids = np.array([p[0] for p in pairs], dtype=np.int64)
+    scores = np.array([p[1] / 4 for p in pairs], dtype=np.float32)
+    got, got_scores = merge_topk(ids, scores, k, higher_is_better=higher)
+    assert got.tolist() == reference(ids, scores, k, higher)
+    assert len(got_scores) == len(got)
+
+
+def test_merge_rows_pads() -> None:
+    ids = np.array([[1, 2, -1], [-1, -1, -1]], dtype=np.int64)
+    scores = np.array([[0.1, 0.2, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    out_ids, out_scores = merge_rows(ids, scores, 3)
+    assert out_ids.tolist() == [[2, 1, -1], [-1, -1, -1]]
+    assert math.isinf(out_scores[1, 0]) and out_scores[1, 0] < 0
+
+
+def test_per_shard_k() -> None:
+    assert per_shard_k(100, 0.25, 2.0) == 50
+    assert per_shard_k(100, 0.25, 4.0) == 100
+    assert per_shard_k(100, 0.25, 10.0) == 100  # never more than k
+    assert per_shard_k(1, 0.01, 1.0) == 1  # never zero
+    assert per_shard_k(10, 0.3, 1.5) == math.ceil(10 * 0.3 * 1.5)

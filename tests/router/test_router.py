@@ -1,0 +1,186 @@
+"""Router + shard servers (real grpc.aio, port 0) through the real client."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from conftest import exact_topk
+
+from annfleet.bundle import Bundle
+from annfleet.client import (
+    AsyncClient,
+    AsyncScatterClient,
+    Client,
+    InvalidArgument,
+    NotFound,
+    ScatterClient,
+    Unavailable,
+)
+from annfleet.config import RouterConfig
+from annfleet.synthetic import Catalogue
+
+EXACT_MERGE = RouterConfig(oversample=3.0)  # 3 shards: every shard returns k, merge is exact
+
+
+def test_flat_cluster_equals_exact_search(
+    cluster_factory,
+    flat_bundle: Bundle,  # type: ignore[no-untyped-def]
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, EXACT_MERGE)
+    queries = catalogue.user_vectors[:50]
+    expected_ids, expected_scores = exact_topk(catalogue.vectors, catalogue.ids, queries, 100)
+    with Client(cluster.router_target, timeout=10) as client:
+        result = client.search(queries, 100)
+    assert result.ids.shape == (50, 100)
+    assert np.array_equal(result.ids, expected_ids)
+    assert np.allclose(result.scores, expected_scores, atol=1e-5)
+    assert result.bundle_id == flat_bundle.id and result.metric == "ip"
+    assert result.coverage.shards_answered == 3 and not result.coverage.degraded
+    with ScatterClient(cluster.shard_targets, timeout=10) as scatter:
+        direct = scatter.search(queries, 100)
+    assert np.array_equal(direct.ids, expected_ids)
+
+
+def test_hnsw_cluster_recall_at_100(
+    cluster_factory,
+    hnsw_bundle: Bundle,  # type: ignore[no-untyped-def]
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(hnsw_bundle)  # default oversample 2.0
+    queries = catalogue.user_vectors[:200]
+    expected_ids, _ = exact_topk(catalogue.vectors, catalogue.ids, queries, 100)
+    with Client(cluster.router_target, timeout=10) as client:
+        result = client.search(queries, 100)
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(result.ids, expected_ids, strict=True))
+    recall = hits / expected_ids.size
+    assert recall >= 0.95, f"recall@100 {recall:.3f}"
+
+
+def test_shard_down_gives_degraded_answer_with_k_full(
+    cluster_factory,
+    flat_bundle: Bundle,  # type: ignore[no-untyped-def]
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, RouterConfig(min_coverage=0.5, oversample=1.0))
+    cluster.stop_shard(1)
+    shard1 = set(np.load(flat_bundle.shard_dir(1) / "ids.npy").tolist())
+    queries = catalogue.user_vectors[:5]
+    with Client(cluster.router_target, timeout=10) as client:
+        result = client.search(queries, 300)
+        retrieved = client.retrieve(int(catalogue.user_ids[0]), 50)
+    assert result.coverage.degraded
+    assert (result.coverage.shards_answered, result.coverage.shards_asked) == (2, 3)
+    assert result.coverage.answered_shard_ids == (0, 2)
+    assert (result.ids >= 0).all(), "k stays full from the surviving shards"
+    assert not shard1 & set(result.ids.ravel().tolist())
+    # Exactly the best 300 of the surviving shards' items.
+    alive = ~np.isin(catalogue.ids, list(shard1))
+    expected, _ = exact_topk(catalogue.vectors[alive], catalogue.ids[alive], queries, 300)
+    assert np.array_equal(result.ids, expected)
+    assert retrieved.coverage.degraded and len(retrieved.ids) == 50
+
+
+def test_below_min_coverage_and_all_down_are_unavailable(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, RouterConfig(min_coverage=0.9))
+    cluster.stop_shard(0)
+    with Client(cluster.router_target, timeout=5, retries=1) as client:
+        with pytest.raises(Unavailable, match=r"only 2 of 3 shards answered"):
+            client.search(catalogue.vectors[:1], 10)
+        cluster.stop_shard(1)
+        cluster.stop_shard(2)
+        with pytest.raises(Unavailable, match=r"only 0 of 3 shards answered"):
+            client.retrieve(int(catalogue.user_ids[0]), 10)
+
+
+def test_retrieve_excludes_and_backfills(
+    cluster_factory,
+    flat_bundle: Bundle,  # type: ignore[no-untyped-def]
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, EXACT_MERGE)
+    user = int(catalogue.user_ids[3])
+    with Client(cluster.router_target, timeout=10) as client:
+        first = client.retrieve(user, 20)
+        expected, _ = exact_topk(catalogue.vectors, catalogue.ids, catalogue.user_vectors[3:4], 20)
+        assert first.ids.tolist() == expected[0].tolist()
+        assert first.source_names == ["ann"] * 20 and first.bundle_id == flat_bundle.id
+        excluded = client.retrieve(user, 20, exclude=first.ids[:5].tolist())
+        assert not set(first.ids[:5].tolist()) & set(excluded.ids.tolist())
+        assert excluded.ids[:15].tolist() == first.ids[5:].tolist()
+        assert len(excluded.ids) == 20
+    # Exclusions eat ANN hits the router may not re-fetch (fetch is capped at max_k):
+    # the popularity table fills k, with its source recorded.
+    capped = cluster_factory(flat_bundle, RouterConfig(max_k=30, oversample=3.0))
+    with Client(capped.router_target, timeout=10) as client:
+        filled = client.retrieve(user, 30, exclude=first.ids[:10].tolist())
+    assert len(filled.ids) == 30 and len(set(filled.ids.tolist())) == 30
+    assert filled.source_names == ["ann"] * 20 + ["popular"] * 10
+    assert filled.source_counts == {"ann": 20, "popular": 10}
+    assert not set(first.ids[:10].tolist()) & set(filled.ids.tolist())
+    taken = set(filled.ids[:20].tolist()) | set(first.ids[:10].tolist())
+    popular = [int(i) for i in catalogue.popular_ids if int(i) not in taken]
+    assert filled.ids[20:].tolist() == popular[:10]
+
+
+def test_bad_input_through_the_router(
+    cluster_factory,
+    flat_bundle: Bundle,  # type: ignore[no-untyped-def]
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, RouterConfig(max_k=1000, max_batch=16))
+    with Client(cluster.router_target, timeout=5) as client:
+        cases = [
+            (
+                lambda: client.search(np.zeros((1, 8), np.float32), 5),
+                InvalidArgument,
+                "dim 8 does not match the bundle dim 32",
+            ),
+            (
+                lambda: client.search(np.full((2, 32), np.inf, np.float32), 5),
+                InvalidArgument,
+                "NaN or Inf",
+            ),
+            (lambda: client.search(catalogue.vectors[:1], 0), InvalidArgument, "k must be > 0"),
+            (
+                lambda: client.search(catalogue.vectors[:1], 1001),
+                InvalidArgument,
+                "exceeds max_k 1000",
+            ),
+            (
+                lambda: client.search(catalogue.vectors[:17], 5),
+                InvalidArgument,
+                "exceeds max_batch 16",
+            ),
+            (lambda: client.retrieve(10**9, 5), NotFound, "unknown user id 1000000000"),
+            (lambda: client.retrieve(1, -1 % 2**32), InvalidArgument, "exceeds max_k"),
+        ]
+        for call, error, message in cases:
+            with pytest.raises(error, match=message):
+                call()
+        assert len(client.retrieve(int(catalogue.user_ids[0]), 5).ids) == 5  # still serving
+
+
+def test_async_clients(cluster_factory, flat_bundle: Bundle, catalogue: Catalogue) -> None:  # type: ignore[no-untyped-def]
+    cluster = cluster_factory(flat_bundle, EXACT_MERGE)
+
+    async def main() -> tuple[np.ndarray, np.ndarray, list[int]]:
+        async with AsyncClient(cluster.router_target, timeout=10) as client:
+            results = await asyncio.gather(
+                *(client.search(catalogue.vectors[i], 10) for i in range(20))
+            )
+            retrieved = await client.retrieve(int(catalogue.user_ids[1]), 7)
+        async with AsyncScatterClient(cluster.shard_targets, timeout=10) as scatter:
+            direct = await scatter.search(catalogue.vectors[:20], 10)
+        return np.concatenate([r.ids for r in results]), direct.ids, retrieved.ids.tolist()
+
+    via_router, direct, retrieved = asyncio.run(main())
+    assert np.array_equal(via_router, direct)
+    assert via_router[:, 0].tolist() == catalogue.ids[:20].tolist()  # each item finds itself
+    assert len(retrieved) == 7

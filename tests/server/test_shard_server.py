@@ -1,0 +1,185 @@
+"""A real shard server on port 0: search, bad input statuses, health, reflection, bundles."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import LoopThread
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from annfleet.arrays import F32, I64, decode_rows, to_bytes
+from annfleet.bundle import Bundle
+from annfleet.config import ShardsConfig
+from annfleet.errors import BundleError
+from annfleet.server.main import ShardServer, start_shard_server
+from annfleet.synthetic import Catalogue
+from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
+
+
+@pytest.fixture(scope="module")
+def shard(loop_thread: LoopThread, flat_bundle: Bundle) -> Iterator[ShardServer]:
+    server = loop_thread.run(
+        start_shard_server(flat_bundle.path, 0, ShardsConfig(max_k=500, max_batch=8))
+    )
+    yield server
+    loop_thread.run(server.stop(0))
+
+
+@pytest.fixture(scope="module")
+def stub(shard: ShardServer) -> Iterator[shard_pb2_grpc.IndexShardStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{shard.port}") as channel:
+        yield shard_pb2_grpc.IndexShardStub(channel)
+
+
+def request(queries: np.ndarray, k: int = 10, **kw: object) -> shard_pb2.ShardSearchRequest:
+    return shard_pb2.ShardSearchRequest(
+        queries=to_bytes(queries, F32), dim=queries.shape[1], k=k, **kw
+    )  # type: ignore[arg-type]
+
+
+def test_search_matches_exact_on_own_items(
+    stub: shard_pb2_grpc.IndexShardStub, flat_bundle: Bundle
+) -> None:
+    ids = np.load(flat_bundle.shard_dir(0) / "ids.npy")
+    vectors = np.load(flat_bundle.shard_dir(0) / "vectors.npy")
+    reply = stub.Search(request(vectors[:4], k=5), timeout=5)
+    got = decode_rows(reply.ids, I64, 4, 5, name="ids")
+    exact = np.argsort(-(vectors[:4] @ vectors.T), axis=1)[:, :5]
+    assert np.array_equal(got, ids[exact])
+    assert reply.shard_id == 0 and reply.bundle_id == flat_bundle.id and reply.metric == "ip"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: request(np.zeros((1, 31), np.float32)), "dim 31 does not match the index dim 32"),
+        (lambda: request(np.full((1, 32), np.nan, np.float32)), "NaN or Inf"),
+        (lambda: request(np.ones((1, 32), np.float32), k=0), "k must be > 0"),
+        (lambda: request(np.ones((1, 32), np.float32), k=501), "exceeds max_k 500"),
+        (lambda: request(np.ones((9, 32), np.float32)), "exceeds max_batch 8"),
+        (lambda: shard_pb2.ShardSearchRequest(queries=b"", dim=32, k=3), "empty"),
+        (
+            lambda: shard_pb2.ShardSearchRequest(queries=b"\x00" * 100, dim=32, k=3),
+            "not a whole number",
+        ),
+        (
+            lambda: request(
+                np.ones((1, 32), np.float32), params=common_pb2.SearchParams(ef_search=1 << 20)
+            ),
+            "ef_search",
+        ),
+    ],
+)
+def test_bad_input_is_invalid_argument_and_server_keeps_serving(
+    stub: shard_pb2_grpc.IndexShardStub,
+    make,
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Search(make(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+    assert stub.Search(request(np.ones((1, 32), np.float32)), timeout=5).k == 10
+
+
+def test_wrong_bundle_id_is_failed_precondition(stub: shard_pb2_grpc.IndexShardStub) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Search(request(np.ones((1, 32), np.float32), bundle_id="bother"), timeout=5)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "bother" in info.value.details()
+
+
+def test_describe(shard: ShardServer, flat_bundle: Bundle) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{shard.port}") as channel:
+        info = shard_pb2_grpc.ShardAdminStub(channel).Describe(shard_pb2.DescribeRequest())
+    assert info.bundle_id == flat_bundle.id and info.num_shards == 3 and info.dim == 32
+    assert info.num_items == flat_bundle.shard(0)["num_items"] and info.index_type == "flat"
+
+
+def _health(port: int) -> str:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def test_health_transitions_and_reflection(loop_thread: LoopThread, flat_bundle: Bundle) -> None:
+    server = loop_thread.run(ShardServer.bind())
+    try:
+        assert _health(server.port) == "NOT_SERVING"
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.RpcError) as info:
+                shard_pb2_grpc.IndexShardStub(channel).Search(
+                    request(np.ones((1, 32), np.float32)), timeout=5
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            services = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+            )
+            names = {s.name for r in services for s in r.list_services_response.service}
+        assert {
+            "annfleet.v1.IndexShard",
+            "annfleet.v1.ShardAdmin",
+            "grpc.health.v1.Health",
+        } <= names
+        loop_thread.run(server.load(flat_bundle.path, 1))
+        assert _health(server.port) == "SERVING"
+        loop_thread.run(server.grpc.set_serving(False))  # what stop() does before draining
+        assert _health(server.port) == "NOT_SERVING"
+    finally:
+        loop_thread.run(server.stop(0))
+
+
+def test_corrupt_bundle_is_refused_and_loaded_shard_keeps_serving(
+    loop_thread: LoopThread,
+    flat_bundle: Bundle,
+    tmp_path: Path,
+    catalogue: Catalogue,
+) -> None:
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(flat_bundle.path, corrupt)
+    with (corrupt / "shard-00" / "vectors.npy").open("r+b") as f:
+        f.seek(200)
+        f.write(b"\x01\x02\x03")
+    with pytest.raises(BundleError, match=r"checksum mismatch for shard-00/vectors\.npy"):
+        loop_thread.run(start_shard_server(corrupt, 0))
+    server = loop_thread.run(start_shard_server(flat_bundle.path, 0))
+    try:
+        with pytest.raises(BundleError, match="checksum mismatch"):
+            loop_thread.run(server.load(corrupt, 0))
+        with pytest.raises(BundleError, match=r"has shards 0\.\.2, not 5"):
+            loop_thread.run(server.load(flat_bundle.path, 5))
+        assert _health(server.port) == "SERVING"
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = shard_pb2_grpc.IndexShardStub(channel).Search(
+                request(catalogue.vectors[:1]), timeout=5
+            )
+        assert reply.bundle_id == flat_bundle.id
+    finally:
+        loop_thread.run(server.stop(0))
+
+
+def test_ivfpq_rerank_returns_exact_scores(loop_thread: LoopThread, ivfpq_bundle: Bundle) -> None:
+    server = loop_thread.run(start_shard_server(ivfpq_bundle.path, 2))
+    try:
+        vectors = np.load(ivfpq_bundle.shard_dir(2) / "vectors.npy")
+        ids = np.load(ivfpq_bundle.shard_dir(2) / "ids.npy")
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            reply = shard_pb2_grpc.IndexShardStub(channel).Search(
+                request(vectors[:3], k=5, params=common_pb2.SearchParams(nprobe=64, rerank=300)),
+                timeout=5,
+            )
+        got_ids = decode_rows(reply.ids, I64, 3, 5, name="ids")
+        got_scores = decode_rows(reply.scores, F32, 3, 5, name="scores")
+        rows = np.searchsorted(ids, got_ids[0])
+        assert np.allclose(got_scores[0], vectors[rows] @ vectors[0], atol=1e-5)
+        assert got_ids[0, 0] == ids[0]  # a vector's own nearest neighbour is itself
+    finally:
+        loop_thread.run(server.stop(0))

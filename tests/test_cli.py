@@ -1,0 +1,164 @@
+"""The `annfleet` command line as a user runs it: subprocesses, real ports, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annfleet.bundle import Bundle
+from annfleet.cluster import free_port
+
+ANNFLEET = [sys.executable, "-m", "annfleet.cli"]
+
+
+def run(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*ANNFLEET, *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_build_bundle_from_npy(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((2000, 16)).astype(np.float32))
+    np.save(tmp_path / "ids.npy", np.arange(2000, dtype=np.int64) + 500)
+    np.save(tmp_path / "u.npy", rng.standard_normal((10, 16)).astype(np.float32))
+    np.save(tmp_path / "uid.npy", np.arange(10, dtype=np.int64))
+    out = tmp_path / "bundle"
+    done = run(
+        "build-bundle",
+        "--vectors",
+        str(tmp_path / "x.npy"),
+        "--ids",
+        str(tmp_path / "ids.npy"),
+        "--user-vectors",
+        str(tmp_path / "u.npy"),
+        "--user-ids",
+        str(tmp_path / "uid.npy"),
+        "--shards",
+        "2",
+        "--index",
+        "ivfpq",
+        "--nlist",
+        "16",
+        "--pq-m",
+        "4",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    bundle = Bundle.open(out)
+    assert bundle.num_shards == 2 and bundle.manifest["num_items"] == 2000
+    assert bundle.shard(0)["index"]["params"]["nlist"] == 16
+    assert f"bundle {bundle.id}" in done.stdout
+    assert "building 2 ivfpq shard indexes" in done.stderr  # progress is shown
+
+    again = run(
+        "build-bundle", "--vectors", str(tmp_path / "x.npy"), "--shards", "2", "--out", str(out)
+    )
+    assert again.returncode == 2 and "exists" in again.stderr
+    bad = run(
+        "build-bundle",
+        "--vectors",
+        str(tmp_path / "missing.npy"),
+        "--shards",
+        "2",
+        "--out",
+        str(tmp_path / "b2"),
+    )
+    assert bad.returncode != 0 and "cannot read --vectors" in bad.stderr
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
+    config = tmp_path / "cluster.yaml"
+    shard_base = free_port()
+    while shard_base > 65000:
+        shard_base = free_port()
+    config.write_text(f"""
+data_dir: {tmp_path / "data"}
+dataset: {{kind: synthetic, items: 4000, dim: 16, clusters: 16, users: 50}}
+index: {{type: hnsw, m: 8, ef_construction: 40}}
+shards: {{count: 2, base_port: {shard_base}, metrics_base_port: -1, grace_s: 1.0}}
+router: {{port: {free_port()}, metrics_port: {free_port()}, grace_s: 1.0}}
+""")
+    return config
+
+
+def wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            if process.poll() is not None:
+                break
+            continue
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not printed; got:\n{''.join(lines)}")
+
+
+def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    up = subprocess.Popen(
+        [*ANNFLEET, "up", "--config", str(small_config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        lines = wait_for_line(up, "Ctrl-C stops the cluster", timeout=240)
+        text = "".join(lines)
+        router_line = next(ln for ln in lines if ln.startswith("router listening on"))
+        target = router_line.split()[3]
+        assert "shard-00" in text and "shard-01" in text and "sample:" in text
+
+        query = run("query", "--user", "1", "--k", "7", "--json", "--target", target)
+        assert query.returncode == 0, query.stderr
+        answer = json.loads(query.stdout)
+        assert set(answer) >= {"bundle_id", "coverage", "degraded", "candidates"}
+        assert answer["coverage"] == 1.0 and answer["degraded"] is False
+        assert len(answer["candidates"]) == 7
+        assert set(answer["candidates"][0]) >= {"item_id", "score", "source"}
+
+        status = run("status", "--config", str(small_config))
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count("SERVING") == 3
+
+        unknown = run("query", "--user", "999999", "--target", target)
+        assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+
+        # A child that dies is reported and restarted.
+        state = json.loads((tmp_path / "data" / "cluster.json").read_text())
+        shard_pid = next(c["pid"] for c in state["children"] if c["name"] == "shard-01")
+        os.kill(shard_pid, signal.SIGKILL)
+        wait_for_line(up, "shard-01", timeout=30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            again = run("query", "--user", "2", "--json", "--target", target)
+            if again.returncode == 0 and json.loads(again.stdout)["coverage"] == 1.0:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError("restarted shard never came back")
+    finally:
+        up.send_signal(signal.SIGTERM)
+        rest, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, rest
+    assert "stopped." in rest
+    assert not (tmp_path / "data" / "cluster.json").exists()
