@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="stop a point early after this long (min 100 queries)",
     )
     idx.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also time the stages of a cluster query (faiss on one shard, RPC floor, "
+        "one shard, scatter, router)",
+    )
+    idx.add_argument(
         "--throughput",
         action="store_true",
         help="also measure closed-loop cluster QPS vs in-process faiss at the "
@@ -220,6 +226,7 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         peers=peers,
         max_seconds_per_point=args.max_seconds_per_point,
         save_ids=args.save_ids,
+        breakdown=args.breakdown,
     )
     name = args.name or ("quick" if args.quick else f"{ds.name}-{args.index}")
     throughput = None
@@ -240,6 +247,14 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
     from annfleet.benchmarks.recall_latency import summary_lines
 
     print("\n".join(summary_lines(result)))
+    if result.get("breakdown"):
+        from annfleet.benchmarks.breakdown import lines as breakdown_lines
+
+        print("\n".join(breakdown_lines(result["breakdown"])))
+    if result.get("throughput"):
+        from annfleet.benchmarks.recall_latency import throughput_lines
+
+        print("\n".join(throughput_lines(result["throughput"])))
     for note in result["notes"]:
         print(f"note: {note}")
     from annfleet.benchmarks.report import result_dir

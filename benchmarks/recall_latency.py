@@ -52,6 +52,7 @@ class SweepConfig:
     max_seconds_per_point: float = 20.0
     min_queries_per_point: int = 100
     save_ids: bool = False
+    breakdown: bool = False
 
 
 def default_points(index_type: str, k: int, quick: bool = False) -> list[dict[str, int]]:
@@ -278,6 +279,7 @@ def run(
 
     cluster_systems = [s for s in cfg.systems if s in CLUSTER_SYSTEMS]
     throughput_result: dict[str, Any] | None = None
+    breakdown_result: dict[str, Any] | None = None
     for shards in cfg.shard_counts if cluster_systems else []:
         t0 = time.perf_counter()
         bundle = ensure_bundle(
@@ -305,6 +307,11 @@ def run(
                             progress=progress,
                         )
                         record(f"{sname} ({shards} shards)", sname, shards, p, row, found)
+                if cfg.breakdown and shards == cfg.shard_counts[-1]:
+                    from annfleet.benchmarks.breakdown import breakdown
+
+                    pick = _breakdown_point(rows, shards, points)
+                    breakdown_result = breakdown(cluster, dataset.queries, k, pick)
                 if throughput is not None and shards == cfg.shard_counts[-1]:
                     throughput_result = throughput(
                         cluster=cluster,
@@ -370,6 +377,8 @@ def run(
     }
     if throughput_result is not None:
         result["throughput"] = throughput_result
+    if breakdown_result is not None:
+        result["breakdown"] = breakdown_result
     out = report.result_dir(name, out_root)
     write_outputs(out, result)
     if cfg.save_ids:
@@ -378,6 +387,16 @@ def run(
 
 
 # ---------------------------------------------------------------- analysis
+
+
+def _breakdown_point(
+    rows: Sequence[dict[str, Any]], shards: int, points: Sequence[dict[str, int]]
+) -> dict[str, int]:
+    """The cheapest router point with recall >= 0.95, else the last point."""
+    ok = [
+        r for r in rows if r["system"] == "router" and r["shards"] == shards and r["recall"] >= 0.95
+    ]
+    return dict(min(ok, key=lambda r: r["p50_ms"])["params"]) if ok else dict(points[-1])
 
 
 def cheapest_at(
@@ -529,8 +548,19 @@ def readme(result: dict[str, Any]) -> str:
         "",
     ]
     lines += summary_lines(result)
+    if result.get("breakdown"):
+        from annfleet.benchmarks.breakdown import lines as breakdown_lines
+
+        lines += [
+            "",
+            "## Where the time goes (p50 per stage, one query per call)",
+            "",
+            "```",
+            *breakdown_lines(result["breakdown"]),
+            "```",
+        ]
     if result.get("throughput"):
-        lines += ["", "## Throughput", "", "```", _json_block(result["throughput"]), "```"]
+        lines += ["", "## Throughput (target P2)", "", *throughput_lines(result["throughput"])]
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
@@ -540,6 +570,27 @@ def _json_block(obj: Any) -> str:
     import json
 
     return json.dumps(obj, indent=2, default=str)
+
+
+def throughput_lines(t: dict[str, Any]) -> list[str]:
+    if "skipped" in t:
+        return [f"- skipped: {t['skipped']}"]
+    ip, cl, b = t["inprocess"], t["cluster_closed_loop"], t["cluster_batched_rpc"]
+    return [
+        f"- in-process faiss {ip['params']} recall {ip['recall']:.3f}: "
+        f"{ip['batch_all_cores_qps']:.0f} QPS batched on all cores, "
+        f"{ip['one_query_per_call_1_thread_qps']:.0f} QPS one query per call on one thread",
+        f"- cluster ({cl['shards']} shards) {cl['params']} recall {cl['recall']:.3f}: "
+        f"{cl['achieved_qps']:.0f} QPS closed loop, {cl['concurrency']} in flight, "
+        f"one query per RPC, p50 {cl['p50_ms']:.1f} ms, p99 {cl['p99_ms']:.1f} ms, "
+        f"errors {cl['errors'] or 'none'}",
+        f"- cluster, {b['batch']} queries per RPC: {b['qps']:.0f} QPS (recall {b['recall']:.3f})",
+        f"- P2 ratio (closed loop / in-process batched): {t['P2_ratio_closed_loop']:.3f}; "
+        f"with batched RPCs: {t['P2_ratio_batched_rpc']:.3f} (target >= 0.3): "
+        f"{'met' if t['P2_met'] else 'NOT met'}",
+        "- CPU (cores used during the window): "
+        + ", ".join(f"{n} {c['cores_used']}" for n, c in cl["cpu"].items()),
+    ]
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
