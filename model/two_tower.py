@@ -1,0 +1,335 @@
+"""Two-tower retrieval model: user tower (features + recent-item sequence + time) and item
+tower (id + genres + year + hashed title words), trained with in-batch sampled softmax,
+temperature, logQ correction and optional mixed uniform negatives.
+
+The towers share no parameters; both outputs are L2-normalised and scored by dot product.
+The user tower is TorchScript-able (it is what the router runs); the item tower runs offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from annfleet.model.data import TITLE_BUCKETS, MovieLens
+from annfleet.model.features import RECENT_LEN, recent_before, time_features, user_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    dim: int = 64
+    epochs: int = 12
+    batch_size: int = 512
+    lr: float = 3e-3
+    weight_decay: float = 1e-6
+    temperature: float = 0.07
+    logq: bool = True
+    uniform_negatives: int = 0  # extra uniform catalogue negatives per batch (mixed negatives)
+    recent_len: int = RECENT_LEN
+    use_recent: bool = True
+    id_dropout: float = 0.1  # share of examples whose user / item id is replaced by "unknown"
+    context_shift: int = 8  # context ends up to this many interactions before the target
+    hidden: int = 256
+    seed: int = 0
+
+
+class UserTower(nn.Module):
+    """(user (B, 5), recent (B, L), time (B, 3)) int64 -> (B, dim) float32, L2-normalised."""
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        vocab: list[int],
+        dim: int,
+        hidden: int = 256,
+        recent_len: int = RECENT_LEN,
+        use_recent: bool = True,
+    ) -> None:
+        super().__init__()
+        self.user_id = nn.Embedding(num_users + 1, 32, padding_idx=0)
+        self.age = nn.Embedding(vocab[0], 8)
+        self.gender = nn.Embedding(vocab[1], 4)
+        self.occupation = nn.Embedding(vocab[2], 8)
+        self.zip = nn.Embedding(vocab[3], 8)
+        self.hour = nn.Embedding(25, 8)
+        self.dow = nn.Embedding(8, 4)
+        self.gap = nn.Embedding(10, 8)
+        s = 64
+        self.item = nn.Embedding(num_items + 1, s, padding_idx=0)
+        self.position = nn.Embedding(recent_len, s)
+        self.recent_len = recent_len
+        self.use_recent = use_recent
+        side = 32 + 8 + 4 + 8 + 8 + 8 + 4 + 8
+        self.query = nn.Linear(side, s)
+        self.key = nn.Linear(s, s)
+        self.mlp = nn.Sequential(nn.Linear(side + 3 * s, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+
+    def forward(self, user: Tensor, recent: Tensor, time: Tensor) -> Tensor:
+        side = torch.cat(
+            [
+                self.user_id(user[:, 0]),
+                self.age(user[:, 1]),
+                self.gender(user[:, 2]),
+                self.occupation(user[:, 3]),
+                self.zip(user[:, 4]),
+                self.hour(time[:, 0]),
+                self.dow(time[:, 1]),
+                self.gap(time[:, 2]),
+            ],
+            dim=1,
+        )
+        recent = recent[:, -self.recent_len :]
+        if not self.use_recent:
+            recent = torch.zeros_like(recent)
+        valid = (recent > 0).to(torch.float32)  # (B, L)
+        n_valid = valid.sum(1, keepdim=True)
+        items = self.item(recent)  # (B, L, s)
+        length = recent.shape[1]
+        pos = torch.arange(self.recent_len - length, self.recent_len, device=recent.device)
+        keys = self.key(items + self.position(pos)[None, :, :])
+        # attention pooling: a query from the user's features and time attends over the items
+        att = (keys * self.query(side)[:, None, :]).sum(2) / math.sqrt(keys.shape[2])
+        att = att.masked_fill(valid == 0, -1e9)
+        weights = torch.softmax(att, dim=1) * valid
+        attended = (weights[:, :, None] * items).sum(1)
+        mean = (items * valid[:, :, None]).sum(1) / n_valid.clamp(min=1.0)
+        last = items[:, -1, :]
+        out = self.mlp(torch.cat([side, attended, mean, last], dim=1))
+        return F.normalize(out, dim=1)
+
+
+class ItemTower(nn.Module):
+    """(item (N,), genres (N, G), year (N,), title (N, W)) -> (N, dim) float32, L2-normalised.
+
+    Item index 0 means "no id" (cold items): the vector then comes from content alone.
+    """
+
+    def __init__(self, num_items: int, num_genres: int, dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.item_id = nn.Embedding(num_items + 1, 64, padding_idx=0)
+        self.genres = nn.Linear(num_genres, 16)
+        self.year = nn.Embedding(20, 8)
+        self.title = nn.EmbeddingBag(TITLE_BUCKETS, 16, mode="mean", padding_idx=0)
+        self.mlp = nn.Sequential(
+            nn.Linear(64 + 16 + 8 + 16, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+        )
+
+    def forward(self, item: Tensor, genres: Tensor, year: Tensor, title: Tensor) -> Tensor:
+        x = torch.cat(
+            [self.item_id(item), self.genres(genres), self.year(year), self.title(title)], dim=1
+        )
+        return F.normalize(self.mlp(x), dim=1)
+
+
+@dataclass
+class ItemFeatures:
+    """Item-tower inputs for every item index 0..N (row 0 = padding)."""
+
+    genres: Tensor  # (N + 1, G) float32
+    year: Tensor  # (N + 1,) int64
+    title: Tensor  # (N + 1, W) int64
+
+    @classmethod
+    def of(cls, data: MovieLens) -> ItemFeatures:
+        return cls(
+            torch.from_numpy(data.item_genres),
+            torch.from_numpy(data.item_year),
+            torch.from_numpy(data.item_title),
+        )
+
+
+class TwoTower(nn.Module):
+    def __init__(self, data: MovieLens, config: TwoTowerConfig) -> None:
+        super().__init__()
+        vocab = [int(data.user_feats[:, j].max()) + 1 for j in range(4)]
+        vocab[0] = max(vocab[0], 8)
+        self.config = config
+        self.vocab = vocab
+        self.user = UserTower(
+            data.num_users,
+            data.num_items,
+            vocab,
+            config.dim,
+            config.hidden,
+            config.recent_len,
+            config.use_recent,
+        )
+        self.item = ItemTower(data.num_items, data.item_genres.shape[1], config.dim, config.hidden)
+        self.features = ItemFeatures.of(data)
+        self.losses: list[float] = []  # mean training loss per epoch
+
+    def item_vectors(self, index: Tensor, id_known: Tensor | None = None) -> Tensor:
+        """index (n,) int64 item indices -> (n, dim); where id_known is False, content only."""
+        ids = index if id_known is None else torch.where(id_known, index, torch.zeros_like(index))
+        f = self.features
+        return self.item(ids, f.genres[index], f.year[index], f.title[index])
+
+
+def sampled_softmax_logits(
+    user: Tensor, items: Tensor, log_q: Tensor | None, temperature: float
+) -> Tensor:
+    """user (B, d), items (M, d), log_q (M,) or None -> logits (B, M) = u·v/T - log q."""
+    logits = user @ items.T / temperature
+    if log_q is not None:
+        logits = logits - log_q[None, :]
+    return logits
+
+
+def sampled_softmax_loss(
+    user: Tensor,
+    items: Tensor,
+    pos_item: Tensor,
+    cand_item: Tensor,
+    log_q: Tensor | None,
+    temperature: float,
+) -> Tensor:
+    """In-batch softmax: row i's positive is column i; other columns holding the same item
+    as row i's positive are masked out (they are not negatives)."""
+    logits = sampled_softmax_logits(user, items, log_q, temperature)
+    b = user.shape[0]
+    clash = pos_item[:, None] == cand_item[None, :]
+    clash[torch.arange(b), torch.arange(b)] = False
+    logits = logits.masked_fill(clash, -1e9)
+    return F.cross_entropy(logits, torch.arange(b))
+
+
+@dataclass
+class Examples:
+    """Training examples: one per train interaction (data order)."""
+
+    user: np.ndarray  # (n, 5) int64
+    item: np.ndarray  # (n,) int64
+    ts: np.ndarray  # (n,) int64
+    recent: np.ndarray  # (n, L) int64 recent items strictly before the example
+    last_ts: np.ndarray  # (n,) int64
+    start: np.ndarray  # (n,) int64 row of the user's first example
+
+
+def build_examples(data: MovieLens, train: np.ndarray, length: int) -> Examples:
+    idx = np.flatnonzero(train)
+    users = data.inter_user[idx]
+    recent, last_ts = recent_before(data, train, length)
+    first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+    start = np.repeat(first, np.diff(np.r_[first, len(idx)]))
+    return Examples(
+        user_rows(data, users), data.inter_item[idx], data.inter_ts[idx], recent, last_ts, start
+    )
+
+
+def _shifted_context(
+    ex: Examples, rows: np.ndarray, rng: np.random.Generator, shift: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Context of each example taken up to ``shift`` interactions earlier (never later): the
+    test targets are the next several items after the context, not only the next one."""
+    if shift <= 0:
+        src = rows
+    else:
+        g = rng.integers(0, shift + 1, size=len(rows))
+        src = np.maximum(rows - g, ex.start[rows])
+    return ex.recent[src], time_features(ex.ts[rows], ex.last_ts[src])
+
+
+def train_two_tower(
+    data: MovieLens, train: np.ndarray, config: TwoTowerConfig, *, progress: bool = True
+) -> TwoTower:
+    """Train on the interactions selected by ``train`` (n,) bool; deterministic per seed."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = TwoTower(data, config)
+    ex = build_examples(data, train, config.recent_len)
+    counts = np.bincount(ex.item, minlength=data.num_items + 1).astype(np.float64)
+    p = counts / counts.sum()
+    n_items = data.num_items
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    steps = config.epochs * math.ceil(len(ex.item) / config.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=config.lr, total_steps=steps, pct_start=0.1
+    )
+    t0 = time.monotonic()
+    bar = tqdm(range(config.epochs), desc="two-tower", disable=not progress, leave=False)
+    model.train()
+    for _epoch in bar:
+        perm = rng.permutation(len(ex.item))
+        total, batches = 0.0, 0
+        for s in range(0, len(perm), config.batch_size):
+            rows = perm[s : s + config.batch_size]
+            b = len(rows)
+            recent, tfeat = _shifted_context(ex, rows, rng, config.context_shift)
+            user = ex.user[rows].copy()
+            drop = rng.random(b) < config.id_dropout
+            user[drop, 0] = 0
+            pos = ex.item[rows]
+            cand = pos
+            if config.uniform_negatives:
+                cand = np.r_[pos, rng.integers(1, n_items + 1, size=config.uniform_negatives)]
+            # expected count of each candidate in the sampled set: B p_j (+ M / N if mixed)
+            expected = b * p[cand] + config.uniform_negatives / n_items
+            log_q = torch.from_numpy(np.log(np.maximum(expected, 1e-12)).astype(np.float32))
+            id_known = torch.from_numpy(rng.random(len(cand)) >= config.id_dropout)
+            cand_t = torch.from_numpy(cand)
+            u = model.user(
+                torch.from_numpy(user), torch.from_numpy(recent), torch.from_numpy(tfeat)
+            )
+            v = model.item_vectors(cand_t, id_known)
+            loss = sampled_softmax_loss(
+                u,
+                v,
+                torch.from_numpy(pos),
+                cand_t,
+                log_q if config.logq else None,
+                config.temperature,
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            batches += 1
+        model.losses.append(total / max(batches, 1))
+        bar.set_postfix(loss=f"{total / max(batches, 1):.3f}")
+        log.debug("epoch %d loss %.4f", _epoch, total / max(batches, 1))
+    model.eval()
+    log.info(
+        "two-tower trained on %d examples in %.1fs (%s)",
+        len(ex.item),
+        time.monotonic() - t0,
+        asdict(config),
+    )
+    return model
+
+
+@torch.no_grad()
+def all_item_vectors(model: TwoTower, num_items: int, cold: np.ndarray | None = None) -> np.ndarray:
+    """(N + 1, dim) float32 item vectors (row 0 = padding); ``cold`` indices use content only."""
+    index = torch.arange(num_items + 1)
+    known = torch.ones(num_items + 1, dtype=torch.bool)
+    if cold is not None and len(cold):
+        known[torch.from_numpy(cold)] = False
+    return model.item_vectors(index, known).numpy().astype(np.float32)
+
+
+@torch.no_grad()
+def user_vectors(
+    model: TwoTower, user: np.ndarray, recent: np.ndarray, tfeat: np.ndarray, batch: int = 4096
+) -> np.ndarray:
+    """Tower inputs (n, 5), (n, L), (n, 3) int64 -> (n, dim) float32."""
+    out = [
+        model.user(
+            torch.from_numpy(user[s : s + batch]),
+            torch.from_numpy(recent[s : s + batch]),
+            torch.from_numpy(tfeat[s : s + batch]),
+        ).numpy()
+        for s in range(0, len(user), batch)
+    ]
+    return np.concatenate(out).astype(np.float32)
