@@ -162,3 +162,41 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
     assert up.returncode == 0, rest
     assert "stopped." in rest
     assert not (tmp_path / "data" / "cluster.json").exists()
+
+
+def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
+    from annfleet.cluster import health_status
+    from annfleet.synthetic import make_catalogue
+
+    cat = make_catalogue(2000, 8, clusters=4, users=5)
+    from annfleet.bundle import build_bundle
+
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    port = free_port()
+    shard = subprocess.Popen(
+        [
+            *ANNFLEET,
+            "serve-shard",
+            "--bundle",
+            str(bundle.path),
+            "--shard",
+            "1",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while health_status(f"127.0.0.1:{port}") != "SERVING":
+            assert time.monotonic() < deadline and shard.poll() is None
+            time.sleep(0.1)
+    finally:
+        shard.send_signal(signal.SIGTERM)
+        out, _ = shard.communicate(timeout=30)
+    assert shard.returncode == 0, out
+    assert f"shard 1 listening on 127.0.0.1:{port}" in out

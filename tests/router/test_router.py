@@ -184,3 +184,25 @@ def test_async_clients(cluster_factory, flat_bundle: Bundle, catalogue: Catalogu
     assert np.array_equal(via_router, direct)
     assert via_router[:, 0].tolist() == catalogue.ids[:20].tolist()  # each item finds itself
     assert len(retrieved) == 7
+
+
+def test_malformed_exclude_ids_are_invalid_argument(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+) -> None:
+    import grpc
+
+    from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc
+
+    cluster = cluster_factory(flat_bundle)
+    with grpc.insecure_channel(cluster.router_target) as channel:
+        stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Retrieve(
+                retrieval_pb2.RetrieveRequest(user_id=1, k=5, exclude_ids=b"\x01" * 9), timeout=5
+            )
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "exclude_ids: 9 bytes" in info.value.details()
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Search(retrieval_pb2.SearchRequest(queries=b"\x00" * 10, dim=32, k=5), timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -183,3 +183,54 @@ def test_ivfpq_rerank_returns_exact_scores(loop_thread: LoopThread, ivfpq_bundle
         assert got_ids[0, 0] == ids[0]  # a vector's own nearest neighbour is itself
     finally:
         loop_thread.run(server.stop(0))
+
+
+def test_bundle_with_wrong_dim_is_refused(flat_bundle: Bundle, tmp_path: Path) -> None:
+    """A builder bug: an index of another dim, with checksums and id made consistent."""
+    import json
+
+    import faiss
+
+    from annfleet.bundle import content_id, sha256_file
+    from annfleet.server.main import load_shard
+
+    bad = tmp_path / "wrong-dim"
+    shutil.copytree(flat_bundle.path, bad)
+    faiss.write_index(faiss.IndexFlatIP(8), str(bad / "shard-00" / "index.faiss"))
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"]["shard-00/index.faiss"] = sha256_file(bad / "shard-00" / "index.faiss")
+    manifest["bundle_id"] = content_id(manifest)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="index has 0 vectors"):
+        load_shard(bad, 0)
+    index = faiss.IndexFlatIP(8)
+    index.add(np.zeros((flat_bundle.shard(0)["num_items"], 8), np.float32))
+    faiss.write_index(index, str(bad / "shard-00" / "index.faiss"))
+    manifest["files"]["shard-00/index.faiss"] = sha256_file(bad / "shard-00" / "index.faiss")
+    manifest["bundle_id"] = content_id(manifest)
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=r"index dim 8 != vectors\.npy dim 32"):
+        load_shard(bad, 0)
+
+
+def test_metrics_endpoint_counts_requests_by_code(
+    loop_thread: LoopThread, flat_bundle: Bundle
+) -> None:
+    import urllib.request
+
+    server = loop_thread.run(start_shard_server(flat_bundle.path, 0, metrics_port=0))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = shard_pb2_grpc.IndexShardStub(channel)
+            stub.Search(request(np.ones((1, 32), np.float32)), timeout=5)
+            with pytest.raises(grpc.RpcError):
+                stub.Search(request(np.ones((1, 32), np.float32), k=0), timeout=5)
+        port = server.grpc.metrics_port
+        assert port
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        body = text.decode()
+        assert 'annfleet_requests_total{code="OK",method="Search",service="IndexShard"}' in body
+        assert 'code="INVALID_ARGUMENT",method="Search"' in body
+        assert "annfleet_request_seconds_bucket" in body
+    finally:
+        loop_thread.run(server.stop(0))
