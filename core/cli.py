@@ -296,8 +296,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     for child in state["children"]:
         status = health_status(child["target"])
         worst = max(worst, 0 if status == "SERVING" else 1)
-        print(f"  {child['name']:<9} {child['target']:<21} pid {child['pid']:<7} {status}")
+        held = _shard_bundle(child["target"]) if child["name"].startswith("shard") else ""
+        print(
+            f"  {child['name']:<9} {child['target']:<21} pid {child['pid']:<7} {status:<12} {held}"
+        )
     return worst
+
+
+def _shard_bundle(target: str) -> str:
+    """What a shard process says it serves, e.g. "shard 2/4 of b1234 (50000 items, hnsw)"."""
+    import grpc
+
+    from annfleet.v1 import shard_pb2, shard_pb2_grpc
+
+    with grpc.insecure_channel(target) as channel:
+        try:
+            info = shard_pb2_grpc.ShardAdminStub(channel).Describe(
+                shard_pb2.DescribeRequest(), timeout=1.0
+            )
+        except grpc.RpcError as exc:
+            return f"({exc.code().name})"
+    return (
+        f"shard {info.shard_id}/{info.num_shards} of {info.bundle_id} "
+        f"({info.num_items} items, {info.index_type})"
+    )
 
 
 # ---------------------------------------------------------------------------- serve-*

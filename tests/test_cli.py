@@ -139,6 +139,9 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         status = run("status", "--config", str(small_config))
         assert status.returncode == 0, status.stdout + status.stderr
         assert status.stdout.count("SERVING") == 3
+        bundle_id = answer["bundle_id"]
+        assert f"shard 0/2 of {bundle_id}" in status.stdout
+        assert f"shard 1/2 of {bundle_id}" in status.stdout
 
         unknown = run("query", "--user", "999999", "--target", target)
         assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
