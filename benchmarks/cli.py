@@ -89,6 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="stop a point early after this long (min 100 queries)",
     )
     idx.add_argument(
+        "--cluster-omp-threads",
+        type=int,
+        default=0,
+        help="start the cluster with OMP_NUM_THREADS=N (0: inherit the environment)",
+    )
+    idx.add_argument(
         "--breakdown",
         action="store_true",
         help="also time the stages of a cluster query (faiss on one shard, RPC floor, "
@@ -142,6 +148,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ld.add_argument("--nprobe", type=int, default=0)
     ld.add_argument("--rerank", type=int, default=0)
     ld.add_argument("--timeout", type=float, default=1.0)
+    ld.add_argument(
+        "--cluster-omp-threads",
+        type=int,
+        default=0,
+        help="start the local cluster with OMP_NUM_THREADS=N (0: inherit)",
+    )
     ld.add_argument("--name", help="write results under benchmarks/results/<name>/")
     ld.add_argument("--out", type=Path)
     ld.add_argument("--data-dir", type=Path)
@@ -156,6 +168,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sc.add_argument("--rerank", type=_ints, default=[1000, 2000])
     sc.add_argument("-k", "--k", type=int, default=1000)
     sc.add_argument("--queries", type=int, default=300)
+    sc.add_argument(
+        "--cluster-omp-threads",
+        type=int,
+        default=0,
+        help="start the cluster with OMP_NUM_THREADS=N (0: inherit)",
+    )
     sc.add_argument("--name", default=None)
     sc.add_argument("--out", type=Path)
     sc.add_argument("--data-dir", type=Path)
@@ -227,6 +245,7 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         max_seconds_per_point=args.max_seconds_per_point,
         save_ids=args.save_ids,
         breakdown=args.breakdown,
+        cluster_omp_threads=args.cluster_omp_threads,
     )
     name = args.name or ("quick" if args.quick else f"{ds.name}-{args.index}")
     throughput = None

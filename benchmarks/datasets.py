@@ -110,6 +110,9 @@ def synthetic(
     cache = (data_dir or default_data_dir()) / "datasets" / params_key(desc)
     name = f"synthetic-{kind}-{items}x{dim}"
     if (cache / "query_ids.npy").is_file():
+        # The stored description (with the generator used), so cache keys derived from it
+        # are the same on a hit as on the run that generated the data.
+        desc = json.loads((cache / "description.json").read_text())
         return Dataset(
             name,
             np.load(cache / "ids.npy"),

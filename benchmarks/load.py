@@ -233,7 +233,7 @@ def _cluster_for(
         yield args.target, {}, ds.queries, qids
         return
     bundle = args.bundle or ensure_bundle(ds, "hnsw", {}, args.shards, data_dir)
-    with local_cluster(Path(bundle)) as cluster:
+    with local_cluster(Path(bundle), args.cluster_omp_threads) as cluster:
         yield cluster.router_target, dict(cluster.pids), ds.queries, qids
 
 

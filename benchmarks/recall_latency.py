@@ -53,6 +53,7 @@ class SweepConfig:
     min_queries_per_point: int = 100
     save_ids: bool = False
     breakdown: bool = False
+    cluster_omp_threads: int = 0  # >0: OMP_NUM_THREADS for the cluster's processes
 
 
 def default_points(index_type: str, k: int, quick: bool = False) -> list[dict[str, int]]:
@@ -182,12 +183,32 @@ def ensure_bundle(
 
 
 @contextmanager
-def local_cluster(bundle_path: Path) -> Iterator[Any]:
-    """annfleet.cluster.LocalCluster over a bundle: shard servers + router on free ports."""
+def local_cluster(bundle_path: Path, omp_threads: int = 0) -> Iterator[Any]:
+    """annfleet.cluster.LocalCluster over a bundle: shard servers + router on free ports.
+
+    ``omp_threads`` > 0 starts the children with OMP_NUM_THREADS set (the default thread
+    count of every thread's OpenMP, including the servers' executor threads); 0 leaves the
+    environment as it is.
+    """
+    import os
+
     from annfleet.cluster import LocalCluster
 
-    with LocalCluster(bundle_path) as cluster:
+    saved = os.environ.get("OMP_NUM_THREADS")
+    if omp_threads > 0:
+        os.environ["OMP_NUM_THREADS"] = str(omp_threads)
+    try:
+        cluster = LocalCluster(bundle_path).start()
+    finally:
+        if omp_threads > 0:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+    try:
         yield cluster
+    finally:
+        cluster.stop()
 
 
 # ---------------------------------------------------------------- the run
@@ -286,7 +307,7 @@ def run(
             dataset, cfg.index_type, cfg.build_params, shards, data_dir, progress
         )
         builds[f"bundle-{shards}-shards"] = time.perf_counter() - t0
-        with local_cluster(bundle) as cluster:
+        with local_cluster(bundle, cfg.cluster_omp_threads) as cluster:
             systems: dict[str, System] = {}
             if "scatter" in cluster_systems:
                 systems["scatter"] = ScatterSystem(list(cluster.shard_targets))

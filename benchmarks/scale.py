@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     memory: list[dict[str, Any]] = []
     cfg = SweepConfig(index_type="ivfpq", k=args.k, warmup=10, max_seconds_per_point=60.0)
     t0 = time.perf_counter()
-    with local_cluster(bundle) as cluster:
+    with local_cluster(bundle, args.cluster_omp_threads) as cluster:
         timings["cluster_start_s"] = time.perf_counter() - t0
         pids = cluster.pids
         mem_before = {n: procstat.memory_kib(p) for n, p in pids.items()}
