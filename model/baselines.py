@@ -122,15 +122,13 @@ def mf_bpr(
     opt = torch.optim.Adam(params, lr=lr)
     users = data.inter_user[train]
     items = data.inter_item[train]
-    seen = set(zip(users.tolist(), items.tolist(), strict=True))
+    seen_keys = np.unique(users * ni + items)
     bar = tqdm(range(epochs), desc="mf-bpr", disable=not progress, leave=False)
     for _ in bar:
         perm = rng.permutation(len(users))
         neg = rng.integers(1, ni, size=len(users))
         # resample negatives the user has seen (once is enough at this density)
-        clash = np.array(
-            [(u, n) in seen for u, n in zip(users.tolist(), neg.tolist(), strict=True)]
-        )
+        clash = np.isin(users * ni + neg, seen_keys)
         neg[clash] = rng.integers(1, ni, size=int(clash.sum()))
         total = 0.0
         for s in range(0, len(perm), batch):
@@ -147,7 +145,7 @@ def mf_bpr(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(b)
+            total += float(loss.detach()) * len(b)
         bar.set_postfix(loss=f"{total / len(perm):.4f}")
     with torch.no_grad():
         u = user_emb.weight[torch.from_numpy(queries.users)]

@@ -60,6 +60,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     e.add_argument("--json", action="store_true", help="print JSON (one object per split)")
     e.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     e.add_argument(
+        "--cold-seeds",
+        type=int,
+        nargs="*",
+        default=None,
+        help="seeds that also train the cold-start model (default: all --seeds)",
+    )
+    e.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    e.add_argument(
         "--split",
         choices=SPLITS,
         action="append",
@@ -101,6 +109,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         validation=args.validation,
         cache_dir=None if args.no_cache else args.cache_dir,
         progress=not args.no_progress,
+        cold_seeds=None if args.cold_seeds is None else tuple(args.cold_seeds),
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(results, indent=2))

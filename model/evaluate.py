@@ -79,7 +79,11 @@ def ann_eval(
     k = max(KS)
     _, exact = exact_search(vecs, user_vecs, k, "ip")
     _, approx = index.search(
-        np.ascontiguousarray(user_vecs), k, params=faiss.SearchParametersHNSW(efSearch=max(ef, k))
+        np.ascontiguousarray(user_vecs),
+        k,
+        params=faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+            efSearch=max(ef, k)
+        ),
     )
     ann_recall = float(
         np.mean([len(np.intersect1d(a, e)) / k for a, e in zip(approx, exact, strict=True)])
@@ -91,7 +95,9 @@ def ann_eval(
         _, pos = index.search(
             np.ascontiguousarray(user_vecs[q : q + 1]),
             fetch,
-            params=faiss.SearchParametersHNSW(efSearch=max(ef, fetch)),
+            params=faiss.SearchParametersHNSW(  # type: ignore[attr-defined]
+                efSearch=max(ef, fetch)
+            ),
         )
         cand = pos[0][pos[0] >= 0] + 1
         cand = cand[~np.isin(cand, seen)][:k]
@@ -187,12 +193,14 @@ def mean_over_seeds(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[st
     """Per-seed results -> (means, standard deviations), model by model."""
     mean: dict[str, Any] = {}
     std: dict[str, Any] = {}
-    for key, value in runs[0].items():
-        if isinstance(value, dict):
-            mean[key] = {m: round(float(np.mean([r[key][m] for r in runs])), 4) for m in value}
-            std[key] = {m: round(float(np.std([r[key][m] for r in runs])), 4) for m in value}
+    keys = dict.fromkeys(k for r in runs for k in r)
+    for key in keys:
+        have = [r[key] for r in runs if key in r]
+        if isinstance(have[0], dict):
+            mean[key] = {m: round(float(np.mean([h[m] for h in have])), 4) for m in have[0]}
+            std[key] = {m: round(float(np.std([h[m] for h in have])), 4) for m in have[0]}
         else:
-            mean[key] = value
+            mean[key] = have[0]
     return mean, std
 
 
@@ -202,6 +210,7 @@ def cache_key(
     seeds: tuple[int, ...],
     config: TwoTowerConfig,
     validation: bool,
+    cold_seeds: tuple[int, ...] = (),
 ) -> str:
     blob = json.dumps(
         {
@@ -211,6 +220,7 @@ def cache_key(
             "seeds": seeds,
             "config": asdict(config),
             "validation": validation,
+            "cold_seeds": cold_seeds,
             "windows": RECENT_WINDOW_DAYS,
             "ease": EASE_LAMBDA,
             "cold": COLD_FRACTION,
@@ -230,14 +240,21 @@ def run_eval(
     validation: bool = False,
     cache_dir: Path | None = None,
     progress: bool = True,
+    cold_seeds: tuple[int, ...] | None = None,
+    threads: int = 2,
 ) -> list[dict[str, Any]]:
-    """The `annfleet eval` result: one object per split with per-model means over seeds."""
-    torch.set_num_threads(2)
+    """The `annfleet eval` result: one object per split with per-model means over seeds.
+
+    ``cold_seeds``: the seeds that also run the (separately trained) cold-start model;
+    default all of ``seeds``.
+    """
+    torch.set_num_threads(threads)
+    cold_seeds = tuple(seeds) if cold_seeds is None else tuple(cold_seeds)
     data = load_movielens(data_dir)
     config = config or TwoTowerConfig()
     cache_file = None
     if cache_dir is not None:
-        key = cache_key(data.fingerprint(), splits, seeds, config, validation)
+        key = cache_key(data.fingerprint(), splits, seeds, config, validation, cold_seeds)
         cache_file = Path(cache_dir) / f"eval-{key}.json"
         if cache_file.is_file():
             log.info("reusing cached evaluation %s", cache_file)
@@ -247,7 +264,13 @@ def run_eval(
     for name in splits:
         runs = [
             evaluate_split(
-                data, name, seed=s, config=config, validation=validation, progress=progress
+                data,
+                name,
+                seed=s,
+                config=config,
+                validation=validation,
+                progress=progress,
+                models=MODELS if s in cold_seeds else MODELS[:-1],
             )
             for s in seeds
         ]
@@ -258,6 +281,7 @@ def run_eval(
                 **{m: mean[m] for m in MODELS if m in mean},
                 "num_queries": mean["num_queries"],
                 "seeds": list(seeds),
+                "cold_start_seeds": [s for s in seeds if s in cold_seeds],
                 "validation": validation,
                 "std": std,
             }

@@ -37,7 +37,7 @@ import torch
 
 from annfleet.bundle import Bundle, build_bundle
 from annfleet.model.data import GAP_EDGES, MovieLens, load_movielens
-from annfleet.model.features import USER_TOWER_INPUTS, time_features, user_rows
+from annfleet.model.features import TREND_WEEKS, USER_TOWER_INPUTS, time_features, user_rows
 from annfleet.model.two_tower import (
     TwoTower,
     TwoTowerConfig,
@@ -150,7 +150,8 @@ def train_and_export(
     recent, last_ts = user_state(data, everything, length)
     users = np.arange(1, data.num_users + 1)
     urows = user_rows(data, users)
-    tfeat = time_features(np.maximum(last_ts, 0), last_ts)
+    reference_ts = int(data.inter_ts.max())
+    tfeat = time_features(np.maximum(last_ts, 0), last_ts, reference_ts)
     uvecs = user_vectors(model, urows, recent, tfeat)
 
     counts = np.bincount(data.inter_item, minlength=data.num_items + 1)[1:]
@@ -192,6 +193,9 @@ def train_and_export(
             "day_of_week": "1 + (ts // 86400 + 3) % 7",
             "gap_edges_seconds": list(GAP_EDGES),
             "gap_bucket": "0 = no recent item, else 1 + searchsorted(edges, ts - last_ts)",
+            "reference_ts": reference_ts,
+            "trend_weeks": TREND_WEEKS,
+            "trend_bucket": "1 + clip((reference_ts - ts) // 604800, 0, trend_weeks - 1)",
         },
     }
     model_meta = {

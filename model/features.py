@@ -5,8 +5,10 @@ The user tower takes three int64 tensors (see ``USER_TOWER_INPUTS``):
 * ``user`` (B, 5): dense user index, age bucket, gender, occupation, zip region (0 = unknown);
 * ``recent`` (B, L): the user's most recent item indices, right-aligned (most recent last),
   0-padded on the left; unknown items are 0;
-* ``time`` (B, 3): hour of day 1..24, day of week 1..7 (0 = unknown), gap bucket 0..8 (time
-  since the newest recent item; 0 = no recent item).
+* ``time`` (B, 4): hour of day 1..24, day of week 1..7 (0 = unknown), gap bucket 0..8 (time
+  since the newest recent item; 0 = no recent item), trend bucket 0..TREND_WEEKS: 1 + whole
+  weeks between the request and the end of the training data (1 = the last week or later,
+  0 = unknown). The trend bucket lets the tower learn what is popular lately.
 
 For a training example the recent items are the user's interactions strictly earlier than it
 in (timestamp, file row) order, so nothing from the example itself or later leaks in.
@@ -21,6 +23,8 @@ import numpy as np
 from annfleet.model.data import MovieLens, Split, gap_bucket
 
 RECENT_LEN = 30
+TREND_WEEKS = 8
+WEEK = 7 * 86400
 USER_TOWER_INPUTS = {
     "user": {
         "shape": ["B", 5],
@@ -33,22 +37,35 @@ USER_TOWER_INPUTS = {
         "doc": "item indices, right-aligned, most recent last, 0 = padding/unknown",
     },
     "time": {
-        "shape": ["B", 3],
+        "shape": ["B", 4],
         "dtype": "int64",
-        "columns": ["hour_of_day_1_24", "day_of_week_1_7", "gap_bucket"],
+        "columns": ["hour_of_day_1_24", "day_of_week_1_7", "gap_bucket", "trend_bucket"],
     },
 }
 
 
-def time_features(ts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
-    """ts (n,) int64 unix seconds (0 = unknown), last_ts (n,) int64 (-1 = none) -> (n, 3) int64."""
+def trend_bucket(ts: np.ndarray, reference_ts: int | None) -> np.ndarray:
+    """ts (n,) int64 -> (n,) int64 1 + clip(weeks before reference_ts, 0, TREND_WEEKS - 1)."""
+    ts = np.asarray(ts, dtype=np.int64)
+    if reference_ts is None:
+        return np.zeros(len(ts), dtype=np.int64)
+    weeks = np.clip((int(reference_ts) - ts) // WEEK, 0, TREND_WEEKS - 1)
+    return np.where(ts > 0, 1 + weeks, 0).astype(np.int64)
+
+
+def time_features(
+    ts: np.ndarray, last_ts: np.ndarray, reference_ts: int | None = None
+) -> np.ndarray:
+    """ts (n,) int64 unix seconds (0 = unknown), last_ts (n,) int64 (-1 = none),
+    reference_ts = end of the training data -> (n, 4) int64 tower time input."""
     ts = np.asarray(ts, dtype=np.int64)
     last_ts = np.asarray(last_ts, dtype=np.int64)
     known = ts > 0
     hour = np.where(known, 1 + (ts // 3600) % 24, 0)
     dow = np.where(known, 1 + (ts // 86400 + 3) % 7, 0)  # 1970-01-01 was a Thursday; 1 = Monday
     gap = np.where((last_ts >= 0) & known, np.maximum(ts - last_ts, 0), -1)
-    return np.stack([hour, dow, gap_bucket(gap)], axis=1).astype(np.int64)
+    trend = trend_bucket(ts, reference_ts)
+    return np.stack([hour, dow, gap_bucket(gap), trend], axis=1).astype(np.int64)
 
 
 def user_rows(data: MovieLens, users: np.ndarray) -> np.ndarray:
@@ -86,7 +103,7 @@ def recent_before(
 class Queries:
     """Evaluation queries: one per user with at least one test interaction.
 
-    users (Q,) int64 dense indices; user (Q, 5), recent (Q, L), time (Q, 3) int64 tower inputs
+    users (Q,) int64 dense indices; user (Q, 5), recent (Q, L), time (Q, 4) int64 tower inputs
     at the query time (the user's first test interaction); seen_ptr (Q + 1,) / seen (S,) CSR of
     the user's train items (excluded from rankings); target_ptr (Q + 1,) / targets (T,) CSR of
     the user's test items.
@@ -126,7 +143,8 @@ def _csr(groups: np.ndarray, values: np.ndarray, keys: np.ndarray) -> tuple[np.n
 
 
 def build_queries(data: MovieLens, split: Split, length: int = RECENT_LEN) -> Queries:
-    """The evaluation queries of a split (train = history/context, test = targets)."""
+    """The evaluation queries of a split (train = history/context, test = targets); the
+    trend reference is the last train timestamp."""
     test_users = np.unique(data.inter_user[split.test])
     tr = np.flatnonzero(split.train)
     te = np.flatnonzero(split.test)
@@ -147,7 +165,7 @@ def build_queries(data: MovieLens, split: Split, length: int = RECENT_LEN) -> Qu
         users=test_users,
         user=user_rows(data, test_users),
         recent=recent,
-        time=time_features(query_ts, last_ts),
+        time=time_features(query_ts, last_ts, int(data.inter_ts[split.train].max())),
         query_ts=query_ts,
         seen_ptr=seen_ptr,
         seen=seen,

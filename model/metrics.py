@@ -40,7 +40,7 @@ def ranking_metrics(
     (N + 1,) bool restricts targets to some items (queries left without targets are skipped).
     """
     rows = np.arange(len(queries)) if rows is None else rows
-    recalls = {k: [] for k in ks}
+    recalls: dict[int, list[float]] = {k: [] for k in ks}
     ndcgs = []
     discounts = 1.0 / np.log2(np.arange(2, 52))
     for q in rows:

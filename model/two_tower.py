@@ -20,7 +20,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from annfleet.model.data import TITLE_BUCKETS, MovieLens
-from annfleet.model.features import RECENT_LEN, recent_before, time_features, user_rows
+from annfleet.model.features import (
+    RECENT_LEN,
+    TREND_WEEKS,
+    recent_before,
+    time_features,
+    user_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +34,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TwoTowerConfig:
     dim: int = 64
-    epochs: int = 12
-    batch_size: int = 512
-    lr: float = 3e-3
+    epochs: int = 10
+    batch_size: int = 1024
+    lr: float = 5e-3
     weight_decay: float = 1e-6
     temperature: float = 0.07
     logq: bool = True
@@ -44,7 +50,7 @@ class TwoTowerConfig:
 
 
 class UserTower(nn.Module):
-    """(user (B, 5), recent (B, L), time (B, 3)) int64 -> (B, dim) float32, L2-normalised."""
+    """(user (B, 5), recent (B, L), time (B, 4)) int64 -> (B, dim) float32, L2-normalised."""
 
     def __init__(
         self,
@@ -65,12 +71,13 @@ class UserTower(nn.Module):
         self.hour = nn.Embedding(25, 8)
         self.dow = nn.Embedding(8, 4)
         self.gap = nn.Embedding(10, 8)
+        self.trend = nn.Embedding(TREND_WEEKS + 1, 8)
         s = 64
         self.item = nn.Embedding(num_items + 1, s, padding_idx=0)
         self.position = nn.Embedding(recent_len, s)
         self.recent_len = recent_len
         self.use_recent = use_recent
-        side = 32 + 8 + 4 + 8 + 8 + 8 + 4 + 8
+        side = 32 + 8 + 4 + 8 + 8 + 8 + 4 + 8 + 8
         self.query = nn.Linear(side, s)
         self.key = nn.Linear(s, s)
         self.mlp = nn.Sequential(nn.Linear(side + 3 * s, hidden), nn.ReLU(), nn.Linear(hidden, dim))
@@ -86,6 +93,7 @@ class UserTower(nn.Module):
                 self.hour(time[:, 0]),
                 self.dow(time[:, 1]),
                 self.gap(time[:, 2]),
+                self.trend(time[:, 3]),
             ],
             dim=1,
         )
@@ -214,6 +222,7 @@ class Examples:
     recent: np.ndarray  # (n, L) int64 recent items strictly before the example
     last_ts: np.ndarray  # (n,) int64
     start: np.ndarray  # (n,) int64 row of the user's first example
+    reference_ts: int  # last train timestamp (the trend feature counts weeks before it)
 
 
 def build_examples(data: MovieLens, train: np.ndarray, length: int) -> Examples:
@@ -223,7 +232,13 @@ def build_examples(data: MovieLens, train: np.ndarray, length: int) -> Examples:
     first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
     start = np.repeat(first, np.diff(np.r_[first, len(idx)]))
     return Examples(
-        user_rows(data, users), data.inter_item[idx], data.inter_ts[idx], recent, last_ts, start
+        user_rows(data, users),
+        data.inter_item[idx],
+        data.inter_ts[idx],
+        recent,
+        last_ts,
+        start,
+        int(data.inter_ts[idx].max()),
     )
 
 
@@ -237,7 +252,7 @@ def _shifted_context(
     else:
         g = rng.integers(0, shift + 1, size=len(rows))
         src = np.maximum(rows - g, ex.start[rows])
-    return ex.recent[src], time_features(ex.ts[rows], ex.last_ts[src])
+    return ex.recent[src], time_features(ex.ts[rows], ex.last_ts[src], ex.reference_ts)
 
 
 def train_two_tower(
@@ -323,7 +338,7 @@ def all_item_vectors(model: TwoTower, num_items: int, cold: np.ndarray | None = 
 def user_vectors(
     model: TwoTower, user: np.ndarray, recent: np.ndarray, tfeat: np.ndarray, batch: int = 4096
 ) -> np.ndarray:
-    """Tower inputs (n, 5), (n, L), (n, 3) int64 -> (n, dim) float32."""
+    """Tower inputs (n, 5), (n, L), (n, 4) int64 -> (n, dim) float32."""
     out = [
         model.user(
             torch.from_numpy(user[s : s + batch]),

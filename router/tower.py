@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Must match annfleet.model.data.GAP_EDGES; the manifest carries the edges actually used.
 _DEFAULT_GAP_EDGES = (60, 600, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+WEEK = 7 * 86400
 
 
 class TowerEmbedder:
@@ -45,6 +46,10 @@ class TowerEmbedder:
         self._gap_edges = np.asarray(
             spec.get("time", {}).get("gap_edges_seconds", _DEFAULT_GAP_EDGES), np.int64
         )
+        time_spec = spec.get("time", {})
+        ref = time_spec.get("reference_ts")
+        self._reference_ts = int(ref) if ref is not None else None
+        self._trend_weeks = int(time_spec.get("trend_weeks", 8))
         self._item_ids = np.asarray(bundle.table(tables.get("item_ids", "item_ids")), np.int64)
         users = np.asarray(bundle.table(tables.get("users", "user_features")), np.int64)
         recent = bundle.table(tables.get("recent", "user_recent"))
@@ -86,7 +91,7 @@ class TowerEmbedder:
     def inputs(
         self, user_id: int, context: RequestContext
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The tower inputs: user (1, 5), recent (1, L), time (1, 3) int64."""
+        """The tower inputs: user (1, 5), recent (1, L), time (1, 4) int64."""
         row = self._row.get(int(user_id))
         now = int(context.timestamp) if context.timestamp > 0 else int(time.time())
         length = self._recent_len
@@ -115,10 +120,14 @@ class TowerEmbedder:
             gap = 0
         else:
             gap = 1 + int(np.searchsorted(self._gap_edges, max(now - last_ts, 0), side="right"))
+        trend = 0
+        if self._reference_ts is not None:
+            weeks = min(max((self._reference_ts - now) // WEEK, 0), self._trend_weeks - 1)
+            trend = 1 + weeks
         return (
             user[None, :].astype(np.int64),
             recent[None, :],
-            np.array([[hour, dow, gap]], dtype=np.int64),
+            np.array([[hour, dow, gap, trend]], dtype=np.int64),
         )
 
     def embed(self, user_id: int, context: RequestContext) -> np.ndarray:
