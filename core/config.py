@@ -79,6 +79,9 @@ class RouterConfig:
     shard_timeout_s: float = 0.5  # cap on one shard RPC
     deadline_margin_s: float = 0.002  # kept back from the caller's deadline to merge and reply
     connect_timeout_s: float = 30.0  # wait for shards at start-up
+    # Concurrent searches with equal (k, params) share a shard RPC once this many batches
+    # are out per lane (adaptive batching); 0 = one shard RPC per request.
+    coalesce_in_flight: int = 2
     user_cache_size: int = 100_000
     user_cache_ttl_s: float = 3600.0
     grace_s: float = 5.0

@@ -119,7 +119,7 @@ async def start_router(
         embedder = await loop.run_in_executor(executor, load_embedder, bundle)
         scatter = Scatter(endpoints, bundle.id, bundle.metric, config.oversample)
         await confirm_shards(endpoints, bundle, config.connect_timeout_s)
-        service.state = RouterState.load(bundle, scatter, embedder)
+        service.state = RouterState.load(bundle, scatter, embedder, config)
     except BaseException:
         await server.stop(0)
         executor.shutdown(wait=False)

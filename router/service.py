@@ -17,6 +17,7 @@ from annfleet.bundle import TABLE_ITEM_TITLES, TABLE_POPULAR_IDS, Bundle
 from annfleet.config import RouterConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
+from annfleet.router.coalesce import Coalescer
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.users import RequestContext, UserEmbedder
 from annfleet.server.service import check_params
@@ -40,12 +41,15 @@ class RouterState:
 
     bundle: Bundle
     scatter: Scatter
+    searcher: Coalescer  # the scatter, batching concurrent searches
     embedder: UserEmbedder
     popular_ids: np.ndarray  # (p,) int64, most popular first; may be empty
     titles: dict[int, str]
 
     @classmethod
-    def load(cls, bundle: Bundle, scatter: Scatter, embedder: UserEmbedder) -> RouterState:
+    def load(
+        cls, bundle: Bundle, scatter: Scatter, embedder: UserEmbedder, config: RouterConfig
+    ) -> RouterState:
         popular = bundle.table(TABLE_POPULAR_IDS)
         titles_table = bundle.table(TABLE_ITEM_TITLES) or {"ids": [], "titles": []}
         titles = dict(
@@ -54,7 +58,10 @@ class RouterState:
         popular_ids = (
             np.asarray(popular, dtype=np.int64) if popular is not None else np.empty(0, np.int64)
         )
-        return cls(bundle, scatter, embedder, popular_ids, titles)
+        searcher = Coalescer(
+            scatter, max_in_flight=config.coalesce_in_flight, max_rows=config.max_batch
+        )
+        return cls(bundle, scatter, searcher, embedder, popular_ids, titles)
 
 
 def _context(request: retrieval_pb2.RetrieveRequest) -> RequestContext:
@@ -118,7 +125,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params, k)
-        result = await state.scatter.search(queries, k, request.params, self._timeout(context))
+        result = await state.searcher.search(queries, k, request.params, self._timeout(context))
         coverage = self._coverage(result, "Search")
         return retrieval_pb2.SearchResponse(
             ids=to_bytes(result.ids, I64),
@@ -167,7 +174,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         embedded = time.perf_counter()
 
         fetch = min(k + len(exclude), self.config.max_k)
-        result = await state.scatter.search(vector[None, :], fetch, request.params, timeout)
+        result = await state.searcher.search(vector[None, :], fetch, request.params, timeout)
         coverage = self._coverage(result, "Retrieve")
         searched = time.perf_counter()
 
