@@ -155,3 +155,37 @@ def test_recall_at_k_and_summary_on_known_values() -> None:
     p3 = s["P3_cluster_vs_inprocess_p50"]["router (2 shards)"]
     assert p3["ratios"]["0.95"] == pytest.approx(1.2)
     assert p3["ratios"]["0.97"] is None and not p3["met"]
+
+
+def test_load_generator_against_the_tiny_cluster(
+    run_dir: tuple[Path, np.ndarray, np.ndarray],
+) -> None:
+    from annfleet.benchmarks.load import LoadSpec, run_load
+    from annfleet.benchmarks.recall_latency import local_cluster
+
+    out, _, queries = run_dir
+    bundle = next(
+        p
+        for p in (out.parent.parent / "data" / "bundles").iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    )
+    with local_cluster(bundle) as cluster:
+        spec = LoadSpec(
+            target=cluster.router_target,
+            rpc="search",
+            mode="open",
+            qps=200,
+            concurrency=8,
+            duration=0.5,
+            warmup=0.2,
+            processes=1,
+            k=K,
+        )
+        result = run_load(spec, queries, None, dict(cluster.pids))
+    # Performance is not asserted: on a busy box the open loop may fall behind its schedule.
+    assert result["ok"] > 0
+    assert set(result["errors"]) <= {"CLIENT_BACKLOG", "DEADLINE_EXCEEDED"}
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["p999_ms"]
+    assert set(cluster.pids) <= set(result["cpu"]) and "client-0" in result["cpu"]
+    with pytest.raises(ValueError, match="loopback"):
+        run_load(LoadSpec(target="10.0.0.1:1"), queries)
