@@ -10,7 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from annfleet.model.evaluate import SPLITS
+# Kept here (not imported from evaluate) so the main CLI starts without importing torch.
+SPLITS = ("per_user", "global")
 
 DEFAULT_CACHE = Path(os.environ.get("ANNFLEET_CACHE", Path.home() / ".cache" / "annfleet"))
 

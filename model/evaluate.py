@@ -77,7 +77,7 @@ def ann_eval(
     index = build_index(vecs, spec, "ip", seed=seed)
     ef = spec.resolved(*vecs.shape).params["ef_search"]
     k = max(KS)
-    _, exact = exact_search(vecs, user_vecs, k, "ip")
+    exact, _ = exact_search(vecs, user_vecs, k, "ip")  # (positions, scores)
     _, approx = index.search(
         np.ascontiguousarray(user_vecs),
         k,
