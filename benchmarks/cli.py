@@ -185,6 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def cmd_recall_latency(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
     from annfleet.benchmarks import datasets
     from annfleet.benchmarks.recall_latency import SweepConfig, default_points, run, table
 
@@ -283,12 +284,14 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
     from annfleet.benchmarks.load import cmd
 
     return cmd(args)
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
     from annfleet.benchmarks.scale import cmd
 
     return cmd(args)
@@ -306,6 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     func: Any = args.func
     return int(func(args))
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM -> SystemExit, so context managers stop the clusters and peer servers."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 if __name__ == "__main__":
