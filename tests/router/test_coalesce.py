@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from conftest import exact_topk
 from prometheus_client import REGISTRY
+from support import exact_topk
 
 from annfleet.bundle import Bundle
 from annfleet.client import AsyncClient

@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 import pytest
-from conftest import exact_topk
+from support import exact_topk
 
 from annfleet.bundle import Bundle
 from annfleet.client import (

@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import LoopThread
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support import LoopThread
 
 from annfleet.arrays import F32, I64, decode_rows, to_bytes
 from annfleet.bundle import Bundle

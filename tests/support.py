@@ -1,0 +1,93 @@
+"""Test helpers: real gRPC servers on port 0 in a loop thread, and brute-force references.
+
+Imported by test modules as ``support`` (``pythonpath = ["tests"]`` in pyproject).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+import uvloop
+
+from annfleet.bundle import Bundle
+from annfleet.config import RouterConfig, ShardsConfig
+from annfleet.router.main import RouterServer, start_router
+from annfleet.server.main import ShardServer, start_shard_server
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop (uvloop, as in production) in a daemon thread, for servers under test."""
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass
+class Cluster:
+    """Shard servers + a router, all real grpc.aio servers on port 0."""
+
+    lt: LoopThread
+    bundle: Bundle
+    shards: list[ShardServer]
+    router: RouterServer
+    stopped: set[int] = field(default_factory=set)
+
+    @property
+    def router_target(self) -> str:
+        return f"127.0.0.1:{self.router.port}"
+
+    @property
+    def shard_targets(self) -> list[str]:
+        return [f"127.0.0.1:{s.port}" for s in self.shards]
+
+    def stop_shard(self, i: int) -> None:
+        self.lt.run(self.shards[i].stop(0))
+        self.stopped.add(i)
+
+    def close(self) -> None:
+        self.lt.run(self.router.stop(0))
+        for i, shard in enumerate(self.shards):
+            if i not in self.stopped:
+                self.lt.run(shard.stop(0))
+
+
+def start_cluster(
+    lt: LoopThread,
+    bundle: Bundle,
+    router_config: RouterConfig | None = None,
+    shards_config: ShardsConfig | None = None,
+) -> Cluster:
+    shards = [
+        lt.run(start_shard_server(bundle.path, i, shards_config)) for i in range(bundle.num_shards)
+    ]
+    router = lt.run(
+        start_router(
+            bundle.path, [f"127.0.0.1:{s.port}" for s in shards], router_config or RouterConfig()
+        )
+    )
+    return Cluster(lt, bundle, shards, router)
+
+
+def exact_topk(
+    vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force in float64 with numpy: ids (nq, k), scores (nq, k), ties by smaller id."""
+    scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
+    order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
+    return ids[order], np.take_along_axis(scores, order, axis=1)
