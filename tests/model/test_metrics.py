@@ -39,3 +39,20 @@ def test_recall_and_ndcg() -> None:
     ndcg1 = (1 + 1 / np.log2(4)) / (1 + 1 / np.log2(3))
     ndcg2 = (1 / np.log2(4)) / 1
     assert np.isclose(m["ndcg@50"], (ndcg1 + ndcg2) / 2)
+
+
+def test_ann_eval_recall_against_exact() -> None:
+    from annfleet.model.evaluate import ann_eval
+
+    rng = np.random.default_rng(0)
+    items = rng.standard_normal((501, 16)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    users = rng.standard_normal((2, 16)).astype(np.float32)
+    q = _queries()
+    top, recall = ann_eval(items, users, q)
+    assert recall >= 0.98  # HNSW (M=32, efSearch>=128) on 500 items is near-exact
+    assert top.shape == (2, 100)
+    assert 3 not in top[0]  # user 1's seen item is excluded
+    assert 0 not in top  # padding row is never an item
+    exact = np.argsort(-(users[1] @ items[1:].T), kind="stable")[:100] + 1
+    assert len(np.intersect1d(top[1], exact)) >= 98
