@@ -257,6 +257,25 @@ def table_row(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def readme(head: dict[str, Any], result: dict[str, Any]) -> str:
+    m = head["machine"]
+    cpu = "\n".join(
+        f"- {n}: {c['cpu_seconds']} CPU s, {c['cores_used']} cores"
+        + (f" ({c['note']})" if "note" in c else "")
+        for n, c in result["cpu"].items()
+    )
+    return (
+        f"# {head['name']}\n\n- command: `{head['command']}`\n"
+        f"- git revision: `{head['git_revision']}`, date {head['date']}\n"
+        f"- machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}\n"
+        f"- target: {result['spec']['target']}; loopback; achieved QPS counts successful "
+        f"requests in the {result['spec']['duration']} s window after "
+        f"{result['spec']['warmup']} s warm-up\n\n```\n"
+        + report.format_table([table_row(result)], list(table_row(result)))
+        + f"\n```\n\nCPU over the window (servers) / process life (clients):\n\n{cpu}\n"
+    )
+
+
 def cmd(args: argparse.Namespace) -> int:
     with _cluster_for(args) as (target, pids, queries, user_ids):
         spec = LoadSpec(
@@ -280,12 +299,9 @@ def cmd(args: argparse.Namespace) -> int:
         print(f"cpu {name}: {c['cpu_seconds']} s, {c['cores_used']} cores")
     if args.name:
         out = report.result_dir(args.name, args.out)
-        report.write_json(out / "results.json", {**report.header(args.name), **result})
+        head = report.header(args.name)
+        report.write_json(out / "results.json", {**head, **result})
         report.write_csv(out / "results.csv", [table_row(result)])
-        (out / "README.md").write_text(
-            f"# {args.name}\n\n- command: `{report.header(args.name)['command']}`\n\n```\n"
-            + report.format_table([table_row(result)], list(table_row(result)))
-            + "\n```\n"
-        )
+        (out / "README.md").write_text(readme(head, result))
         print(f"results: {out}")
     return 1 if result["ok"] == 0 else 0
