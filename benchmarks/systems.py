@@ -69,7 +69,7 @@ class InProcessFaiss(System):
         if cache is not None and cache.is_file():
             index = faiss.read_index(str(cache))
         if index is None:
-            set_threads(0 or _cores())  # build with every core
+            set_threads(_cores())  # build with every core
             t0 = time.perf_counter()
             index = build_index(vectors, spec, metric)
             self.build_s = time.perf_counter() - t0
