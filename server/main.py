@@ -54,8 +54,13 @@ class ShardServer:
     ) -> ShardServer:
         """Listen with no shard loaded: health NOT_SERVING, Search answers UNAVAILABLE."""
         config = config or ShardsConfig()
-        set_threads(config.search_threads)
-        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="faiss")
+        # OpenMP's thread count is per thread: set it in every thread that runs faiss.
+        executor = ThreadPoolExecutor(
+            max_workers=os.cpu_count() or 2,
+            thread_name_prefix="faiss",
+            initializer=set_threads,
+            initargs=(config.search_threads,),
+        )
         service = ShardService(config, executor)
         server = await start_server(
             [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -232,5 +233,20 @@ def test_metrics_endpoint_counts_requests_by_code(
         assert 'annfleet_requests_total{code="OK",method="Search",service="IndexShard"}' in body
         assert 'code="INVALID_ARGUMENT",method="Search"' in body
         assert "annfleet_request_seconds_bucket" in body
+    finally:
+        loop_thread.run(server.stop(0))
+
+
+def test_faiss_threads_apply_in_the_search_threads(loop_thread: LoopThread) -> None:
+    """OpenMP's thread count is per thread: the executor that runs faiss must set it."""
+    import faiss
+
+    async def threads_in_executor(server: ShardServer) -> int:
+        loop = asyncio.get_running_loop()
+        return int(await loop.run_in_executor(server.executor, faiss.omp_get_max_threads))
+
+    server = loop_thread.run(ShardServer.bind(ShardsConfig(search_threads=1)))
+    try:
+        assert loop_thread.run(threads_in_executor(server)) == 1
     finally:
         loop_thread.run(server.stop(0))
