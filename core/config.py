@@ -21,7 +21,7 @@ from annfleet.errors import ConfigError
 class DatasetConfig:
     """What the default bundle is built from when ``bundle`` is not given."""
 
-    kind: str = "synthetic"  # synthetic | movielens
+    kind: str = "movielens"  # movielens (two-tower, trained once) | synthetic
     items: int = 200_000  # synthetic only
     dim: int = 64  # synthetic only
     clusters: int = 256  # synthetic only; 0 = uniform on the sphere (a stress point)
