@@ -324,45 +324,48 @@ def _shard_bundle(target: str) -> str:
 
 # ---------------------------------------------------------------------------- serve-*
 def cmd_serve_shard(args: argparse.Namespace) -> int:
-    from annfleet.server.main import serve_shard
-    from annfleet.serving import run
+    from annfleet.server.main import start_shard_server
+    from annfleet.serving import run, serve_until_signal
 
-    config = load_config(args.config)
-    run(
-        lambda: serve_shard(
-            Path(args.bundle),
-            args.shard,
-            config.shards,
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-        )
+    config = load_config(args.config).shards
+    start = start_shard_server(
+        Path(args.bundle),
+        args.shard,
+        config,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
     )
+    name = f"shard {args.shard}"
+    run(lambda: serve_until_signal(start, name=name, host=args.host, grace=config.grace_s))
     return 0
 
 
 def cmd_serve_router(args: argparse.Namespace) -> int:
-    from annfleet.router.main import serve_router
-    from annfleet.serving import run
+    from annfleet.router.main import start_router
+    from annfleet.serving import run, serve_until_signal
 
-    config = load_config(args.config)
+    config = load_config(args.config).router
     targets = [t for t in args.shards.split(",") if t]
-    run(
-        lambda: serve_router(
-            Path(args.bundle),
-            targets,
-            config.router,
-            host=args.host,
-            port=args.port,
-            metrics_port=args.metrics_port,
-        )
+    start = start_router(
+        Path(args.bundle),
+        targets,
+        config,
+        host=args.host,
+        port=args.port,
+        metrics_port=args.metrics_port,
     )
+    run(lambda: serve_until_signal(start, name="router", host=args.host, grace=config.grace_s))
     return 0
 
 
 # ---------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="annfleet", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="annfleet",
+        description="annfleet: a sharded ANN retrieval cluster for recommenders. "
+        "`annfleet up` runs a local cluster; `annfleet query --user 1` asks it.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -10,7 +10,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -131,6 +131,24 @@ async def wait_for_signal() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+class Stoppable(Protocol):
+    @property
+    def port(self) -> int: ...
+
+    async def stop(self, grace: float = 0.0) -> None: ...
+
+
+async def serve_until_signal(
+    start: Awaitable[Stoppable], *, name: str, host: str, grace: float
+) -> None:
+    """Start a server, run it until SIGTERM/SIGINT, then drain for ``grace`` seconds."""
+    server = await start
+    log.info("%s listening on %s:%d", name, host, server.port)
+    await wait_for_signal()
+    log.info("%s draining (up to %.1fs)", name, grace)
+    await server.stop(grace)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, R]]) -> R:

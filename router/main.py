@@ -19,7 +19,7 @@ from annfleet.errors import BundleError
 from annfleet.router.scatter import Scatter, ShardEndpoint
 from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
-from annfleet.serving import GrpcServer, start_server, wait_for_signal
+from annfleet.serving import GrpcServer, start_server
 from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc, shard_pb2
 
 log = logging.getLogger(__name__)
@@ -133,21 +133,3 @@ async def start_router(
         len(endpoints),
     )
     return RouterServer(server, service, executor)
-
-
-async def serve_router(
-    bundle_path: Path,
-    shard_targets: Sequence[str],
-    config: RouterConfig,
-    *,
-    host: str,
-    port: int,
-    metrics_port: int,
-) -> None:
-    server = await start_router(
-        bundle_path, shard_targets, config, host=host, port=port, metrics_port=metrics_port
-    )
-    print(f"router listening on {host}:{server.port}", flush=True)
-    await wait_for_signal()
-    log.info("router draining")
-    await server.stop(config.grace_s)

@@ -14,7 +14,7 @@ from annfleet.config import ShardsConfig
 from annfleet.errors import BundleError
 from annfleet.server.index import IndexSpec, ShardIndex, set_threads
 from annfleet.server.service import LoadedShard, ShardService
-from annfleet.serving import GrpcServer, start_server, wait_for_signal
+from annfleet.serving import GrpcServer, start_server
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -118,22 +118,3 @@ async def start_shard_server(
         await server.stop(0)
         raise
     return server
-
-
-async def serve_shard(
-    bundle_path: Path,
-    shard_id: int,
-    config: ShardsConfig,
-    *,
-    host: str,
-    port: int,
-    metrics_port: int,
-) -> None:
-    """Run a shard server until SIGTERM/SIGINT, then drain for ``config.grace_s``."""
-    server = await start_shard_server(
-        bundle_path, shard_id, config, host=host, port=port, metrics_port=metrics_port
-    )
-    print(f"shard {shard_id} listening on {host}:{server.port}", flush=True)
-    await wait_for_signal()
-    log.info("shard %d draining", shard_id)
-    await server.stop(config.grace_s)
