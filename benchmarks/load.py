@@ -190,7 +190,7 @@ def run_load(
     for r in results:
         errors.update(r.errors)
     n_ok, n_err = len(lat), sum(errors.values())
-    cpu = {
+    cpu: dict[str, dict[str, float | str]] = {
         name: {
             "cpu_seconds": round(cpu1[name] - cpu0[name], 2),
             "cores_used": round((cpu1[name] - cpu0[name]) / window, 2),
