@@ -46,3 +46,9 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: st
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_shipped_synthetic_config_loads() -> None:
+    config = load_config(REPO / "deploy" / "synthetic.yaml")
+    assert config.dataset.kind == "synthetic" and config.dataset.items == 200_000
+    assert config.router == ClusterConfig().router
