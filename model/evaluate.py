@@ -49,7 +49,7 @@ RECENT_WINDOW_DAYS = {"per_user": 30.0, "global": 7.0}
 EASE_LAMBDA = 300.0
 COLD_FRACTION = 0.05
 ANN_PARAMS = {"m": 32, "ef_construction": 200, "ef_search": 128}
-EVAL_VERSION = "1"
+EVAL_VERSION = "2"
 
 
 def _round(d: dict[str, float]) -> dict[str, float]:

@@ -30,7 +30,7 @@ import logging
 import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -49,8 +49,9 @@ from annfleet.model.two_tower import (
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "two_tower_movielens100k"
-MODEL_VERSION = "1"
+MODEL_VERSION = "2"
 NEIGHBOURS = 20
+USER_COLUMNS: list[str] = list(cast(dict[str, Any], USER_TOWER_INPUTS["user"])["columns"])
 RECENT_WINDOW_DAYS = 7
 
 
@@ -186,7 +187,7 @@ def train_and_export(
             "recent": "user_recent",
             "last_ts": "user_last_ts",
         },
-        "user_features_columns": ["user_id", *USER_TOWER_INPUTS["user"]["columns"]],
+        "user_features_columns": ["user_id", *USER_COLUMNS],
         "vocabs": {k: v for k, v in data.vocabs.items()},
         "time": {
             "hour": "1 + (ts // 3600) % 24 (UTC)",

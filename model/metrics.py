@@ -44,7 +44,7 @@ def ranking_metrics(
     ndcgs = []
     discounts = 1.0 / np.log2(np.arange(2, 52))
     for q in rows:
-        targets = queries.targets_of(q)
+        targets = queries.targets_of(int(q))
         if relevant is not None:
             targets = targets[relevant[targets]]
         if len(targets) == 0:

@@ -40,13 +40,41 @@ class TwoTowerConfig:
     weight_decay: float = 1e-6
     temperature: float = 0.07
     logq: bool = True
-    uniform_negatives: int = 0  # extra uniform catalogue negatives per batch (mixed negatives)
+    uniform_negatives: int = 256  # extra uniform catalogue negatives per batch (mixed negatives)
     recent_len: int = RECENT_LEN
     use_recent: bool = True
     id_dropout: float = 0.1  # share of examples whose user / item id is replaced by "unknown"
     context_shift: int = 8  # context ends up to this many interactions before the target
+    shift_frac: float = 0.0  # ... or up to this share of the user's train interactions if more
     hidden: int = 256
+    blocks: int = 1  # self-attention blocks over the recent-item sequence (0 = pooling only)
+    heads: int = 2
+    dropout: float = 0.1  # dropout inside the self-attention blocks
     seed: int = 0
+
+
+class SelfAttentionBlock(nn.Module):
+    """Pre-norm transformer block over the recent items (B, L, s); padding masked as keys."""
+
+    def __init__(self, size: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(size, 3 * size)
+        self.out = nn.Linear(size, size)
+        self.norm1 = nn.LayerNorm(size)
+        self.norm2 = nn.LayerNorm(size)
+        self.ff = nn.Sequential(nn.Linear(size, 2 * size), nn.GELU(), nn.Linear(2 * size, size))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, valid: Tensor) -> Tensor:
+        b, length, size = x.shape
+        h = size // self.heads
+        qkv = self.qkv(self.norm1(x)).reshape(b, length, 3, self.heads, h).permute(2, 0, 3, 1, 4)
+        att = qkv[0] @ qkv[1].transpose(-1, -2) / math.sqrt(h)  # (B, H, L, L)
+        att = att.masked_fill(valid[:, None, None, :] == 0, -1e9)
+        y = (torch.softmax(att, dim=-1) @ qkv[2]).transpose(1, 2).reshape(b, length, size)
+        x = x + self.drop(self.out(y))
+        return x + self.drop(self.ff(self.norm2(x)))
 
 
 class UserTower(nn.Module):
@@ -61,6 +89,9 @@ class UserTower(nn.Module):
         hidden: int = 256,
         recent_len: int = RECENT_LEN,
         use_recent: bool = True,
+        blocks: int = 0,
+        heads: int = 2,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.user_id = nn.Embedding(num_users + 1, 32, padding_idx=0)
@@ -80,6 +111,7 @@ class UserTower(nn.Module):
         side = 32 + 8 + 4 + 8 + 8 + 8 + 4 + 8 + 8
         self.query = nn.Linear(side, s)
         self.key = nn.Linear(s, s)
+        self.blocks = nn.ModuleList([SelfAttentionBlock(s, heads, dropout) for _ in range(blocks)])
         self.mlp = nn.Sequential(nn.Linear(side + 3 * s, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
     def forward(self, user: Tensor, recent: Tensor, time: Tensor) -> Tensor:
@@ -105,6 +137,11 @@ class UserTower(nn.Module):
         items = self.item(recent)  # (B, L, s)
         length = recent.shape[1]
         pos = torch.arange(self.recent_len - length, self.recent_len, device=recent.device)
+        if len(self.blocks) > 0:
+            x = items + self.position(pos)[None, :, :]
+            for block in self.blocks:
+                x = block(x, valid)
+            items = x * valid[:, :, None]
         keys = self.key(items + self.position(pos)[None, :, :])
         # attention pooling: a query from the user's features and time attends over the items
         att = (keys * self.query(side)[:, None, :]).sum(2) / math.sqrt(keys.shape[2])
@@ -172,6 +209,9 @@ class TwoTower(nn.Module):
             config.hidden,
             config.recent_len,
             config.use_recent,
+            config.blocks,
+            config.heads,
+            config.dropout,
         )
         self.item = ItemTower(data.num_items, data.item_genres.shape[1], config.dim, config.hidden)
         self.features = ItemFeatures.of(data)
@@ -222,6 +262,7 @@ class Examples:
     recent: np.ndarray  # (n, L) int64 recent items strictly before the example
     last_ts: np.ndarray  # (n,) int64
     start: np.ndarray  # (n,) int64 row of the user's first example
+    count: np.ndarray  # (n,) int64 number of train examples of the row's user
     reference_ts: int  # last train timestamp (the trend feature counts weeks before it)
 
 
@@ -230,7 +271,8 @@ def build_examples(data: MovieLens, train: np.ndarray, length: int) -> Examples:
     users = data.inter_user[idx]
     recent, last_ts = recent_before(data, train, length)
     first = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
-    start = np.repeat(first, np.diff(np.r_[first, len(idx)]))
+    sizes = np.diff(np.r_[first, len(idx)])
+    start = np.repeat(first, sizes)
     return Examples(
         user_rows(data, users),
         data.inter_item[idx],
@@ -238,19 +280,22 @@ def build_examples(data: MovieLens, train: np.ndarray, length: int) -> Examples:
         recent,
         last_ts,
         start,
+        np.repeat(sizes, sizes),
         int(data.inter_ts[idx].max()),
     )
 
 
 def _shifted_context(
-    ex: Examples, rows: np.ndarray, rng: np.random.Generator, shift: int
+    ex: Examples, rows: np.ndarray, rng: np.random.Generator, shift: int, frac: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Context of each example taken up to ``shift`` interactions earlier (never later): the
-    test targets are the next several items after the context, not only the next one."""
-    if shift <= 0:
+    """Context of each example taken up to ``shift`` interactions earlier (or up to ``frac``
+    of the user's train interactions if that is more; never later): the test targets are the
+    next several items after the context, not only the next one."""
+    if shift <= 0 and frac <= 0:
         src = rows
     else:
-        g = rng.integers(0, shift + 1, size=len(rows))
+        top = np.maximum(shift, np.floor(frac * ex.count[rows]).astype(np.int64))
+        g = np.floor(rng.random(len(rows)) * (top + 1)).astype(np.int64)
         src = np.maximum(rows - g, ex.start[rows])
     return ex.recent[src], time_features(ex.ts[rows], ex.last_ts[src], ex.reference_ts)
 
@@ -280,7 +325,7 @@ def train_two_tower(
         for s in range(0, len(perm), config.batch_size):
             rows = perm[s : s + config.batch_size]
             b = len(rows)
-            recent, tfeat = _shifted_context(ex, rows, rng, config.context_shift)
+            recent, tfeat = _shifted_context(ex, rows, rng, config.context_shift, config.shift_frac)
             user = ex.user[rows].copy()
             drop = rng.random(b) < config.id_dropout
             user[drop, 0] = 0
