@@ -40,14 +40,14 @@ class TwoTowerConfig:
     weight_decay: float = 1e-6
     temperature: float = 0.07
     logq: bool = True
-    uniform_negatives: int = 256  # extra uniform catalogue negatives per batch (mixed negatives)
+    uniform_negatives: int = 0  # extra uniform catalogue negatives per batch (mixed negatives)
     recent_len: int = RECENT_LEN
     use_recent: bool = True
     id_dropout: float = 0.1  # share of examples whose user / item id is replaced by "unknown"
     context_shift: int = 8  # context ends up to this many interactions before the target
     shift_frac: float = 0.0  # ... or up to this share of the user's train interactions if more
     hidden: int = 256
-    blocks: int = 1  # self-attention blocks over the recent-item sequence (0 = pooling only)
+    blocks: int = 0  # self-attention blocks over the recent-item sequence (0 = pooling only)
     heads: int = 2
     dropout: float = 0.1  # dropout inside the self-attention blocks
     seed: int = 0
@@ -294,8 +294,11 @@ def _shifted_context(
     if shift <= 0 and frac <= 0:
         src = rows
     else:
-        top = np.maximum(shift, np.floor(frac * ex.count[rows]).astype(np.int64))
-        g = np.floor(rng.random(len(rows)) * (top + 1)).astype(np.int64)
+        if frac <= 0:
+            g = rng.integers(0, shift + 1, size=len(rows))
+        else:
+            top = np.maximum(shift, np.floor(frac * ex.count[rows]).astype(np.int64))
+            g = np.floor(rng.random(len(rows)) * (top + 1)).astype(np.int64)
         src = np.maximum(rows - g, ex.start[rows])
     return ex.recent[src], time_features(ex.ts[rows], ex.last_ts[src], ex.reference_ts)
 
