@@ -106,6 +106,7 @@ def default_bundle(config: ClusterConfig, progress: bool = True) -> Path:
             index_params=index.params(),
             seed=ds.seed,
             progress=progress,
+            source=ds.path or None,
         )
     from annfleet.bundle import Bundle, build_bundle
     from annfleet.synthetic import make_catalogue
@@ -440,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
     try:
         return int(args.func(args) or 0)
-    except AnnfleetError as exc:
+    except (AnnfleetError, FileNotFoundError) as exc:
         print(f"annfleet {args.command}: {exc}", file=sys.stderr)
         return 2
 

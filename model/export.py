@@ -260,16 +260,18 @@ def ensure_movielens_bundle(
     index_params: dict[str, Any],
     seed: int = 0,
     progress: bool = True,
+    source: Path | str | None = None,
 ) -> Path:
     """The MovieLens bundle for these parameters under ``data_dir``; trained on first call.
 
     ``data_dir`` is annfleet's data/cache directory (the bundle lands in
-    ``data_dir/bundles/movielens-<key>``); the MovieLens files come from the recbole wheel.
+    ``data_dir/bundles/movielens-<key>``); the MovieLens files come from ``source`` (a
+    directory with ml-100k.{inter,item,user}) or, by default, the recbole wheel.
     The key hashes shards, index type and params, seed, model version and the data files.
     """
     from annfleet.model.data import resolve_data_dir
 
-    source = resolve_data_dir(None)
+    source = resolve_data_dir(source)
     digest = hashlib.sha256()
     for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
         digest.update((source / name).read_bytes())
@@ -286,6 +288,7 @@ def ensure_movielens_bundle(
     path.parent.mkdir(parents=True, exist_ok=True)
     train_and_export(
         path,
+        data_dir=source,
         config=replace(TwoTowerConfig(), seed=seed),
         num_shards=num_shards,
         index_type=index_type,

@@ -203,3 +203,11 @@ def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
         out, _ = shard.communicate(timeout=30)
     assert shard.returncode == 0, out
     assert f"shard 1 listening on 127.0.0.1:{port}" in out
+
+
+def test_up_with_a_wrong_movielens_path_fails_clearly(tmp_path: Path) -> None:
+    config = tmp_path / "ml.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\ndataset: {{path: {tmp_path}}}\n")
+    done = run("up", "--config", str(config), timeout=60)
+    assert done.returncode == 2
+    assert "missing MovieLens file(s)" in done.stderr and str(tmp_path) in done.stderr
