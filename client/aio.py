@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 
 from annfleet.client import results as r
-from annfleet.client.errors import from_rpc_error
-from annfleet.client.sync import CHANNEL_OPTIONS, RETRY_BACKOFF_S
+from annfleet.client.errors import from_rpc_error, retry_backoff
+from annfleet.client.sync import CHANNEL_OPTIONS
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -26,15 +26,7 @@ async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float,
         try:
             return await call(max(deadline - time.monotonic(), 0.001))
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
-            backoff = RETRY_BACKOFF_S * 2**attempt
-            if (
-                error.code != grpc.StatusCode.UNAVAILABLE
-                or attempt >= retries
-                or time.monotonic() + backoff >= deadline
-            ):
-                raise error from None
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(retry_backoff(from_rpc_error(exc), attempt, retries, deadline))
             attempt += 1
 
 

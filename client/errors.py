@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 
 
@@ -52,6 +54,25 @@ _BY_CODE: dict[grpc.StatusCode, type[AnnfleetError]] = {
         ResourceExhausted,
     )
 }
+
+
+RETRY_BACKOFF_S = 0.05
+
+
+def retry_backoff(error: AnnfleetError, attempt: int, retries: int, deadline: float) -> float:
+    """Seconds to wait before retry number ``attempt + 1``; raises ``error`` to give up.
+
+    Only UNAVAILABLE is retried, at most ``retries`` times, 50 ms doubling, never past
+    ``deadline`` (``time.monotonic()``). The sync and async clients share this rule.
+    """
+    backoff = RETRY_BACKOFF_S * 2**attempt
+    if (
+        error.code != grpc.StatusCode.UNAVAILABLE
+        or attempt >= retries
+        or time.monotonic() + backoff >= deadline
+    ):
+        raise error from None
+    return backoff
 
 
 def from_rpc_error(error: grpc.RpcError) -> AnnfleetError:

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 
 from annfleet.client import results as r
-from annfleet.client.errors import from_rpc_error
+from annfleet.client.errors import from_rpc_error, retry_backoff
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -19,7 +19,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
 ]
-RETRY_BACKOFF_S = 0.05
 
 
 def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) -> T:
@@ -31,15 +30,7 @@ def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) ->
         try:
             return call(max(deadline - time.monotonic(), 0.001))
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
-            backoff = RETRY_BACKOFF_S * 2**attempt
-            if (
-                error.code != grpc.StatusCode.UNAVAILABLE
-                or attempt >= retries
-                or time.monotonic() + backoff >= deadline
-            ):
-                raise error from None
-            time.sleep(backoff)
+            time.sleep(retry_backoff(from_rpc_error(exc), attempt, retries, deadline))
             attempt += 1
 
 
