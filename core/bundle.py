@@ -41,6 +41,23 @@ FORMAT_VERSION = 1
 METRICS = ("ip", "l2")
 TABLE_POPULAR_IDS = "popular_ids"
 TABLE_ITEM_TITLES = "item_titles"
+# Items each user has already engaged with, as CSR over users/ids.npy order:
+# user_seen_offsets (u + 1,) int64, user_seen_ids (nnz,) int64 item ids.
+TABLE_SEEN_OFFSETS = "user_seen_offsets"
+TABLE_SEEN_IDS = "user_seen_ids"
+
+
+def seen_table(
+    user_ids: np.ndarray, inter_users: np.ndarray, inter_items: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Interactions (user id, item id) -> the two CSR tables, rows in ``user_ids`` order."""
+    row_of = {int(u): i for i, u in enumerate(user_ids)}
+    rows = np.fromiter((row_of[int(u)] for u in inter_users), np.int64, len(inter_users))
+    order = np.lexsort((inter_items, rows))
+    pairs = np.unique(np.stack([rows[order], inter_items[order]], axis=1), axis=0)
+    offsets = np.zeros(len(user_ids) + 1, np.int64)
+    np.add.at(offsets, pairs[:, 0] + 1, 1)
+    return {TABLE_SEEN_OFFSETS: np.cumsum(offsets), TABLE_SEEN_IDS: pairs[:, 1].astype(np.int64)}
 
 
 def shard_dirname(shard_id: int) -> str:

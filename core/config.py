@@ -82,6 +82,7 @@ class RouterConfig:
     # Concurrent searches with equal (k, params) share a shard RPC once this many batches
     # are out per lane (adaptive batching); 0 = one shard RPC per request.
     coalesce_in_flight: int = 2
+    filter_seen: bool = True  # Retrieve drops the user's seen items (bundle table) and context
     user_cache_size: int = 100_000
     user_cache_ttl_s: float = 3600.0
     grace_s: float = 5.0

@@ -35,7 +35,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from annfleet.bundle import Bundle, build_bundle
+from annfleet.bundle import Bundle, build_bundle, seen_table
 from annfleet.model.data import GAP_EDGES, MovieLens, load_movielens
 from annfleet.model.features import TREND_WEEKS, USER_TOWER_INPUTS, time_features, user_rows
 from annfleet.model.two_tower import (
@@ -49,7 +49,7 @@ from annfleet.model.two_tower import (
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "two_tower_movielens100k"
-MODEL_VERSION = "2"
+MODEL_VERSION = "3"
 NEIGHBOURS = 20
 USER_COLUMNS: list[str] = list(cast(dict[str, Any], USER_TOWER_INPUTS["user"])["columns"])
 RECENT_WINDOW_DAYS = 7
@@ -163,7 +163,13 @@ def train_and_export(
     co_ids, co_scores = coengagement(data, everything)
     user_table = np.concatenate([data.user_ids[:, None], urows], axis=1).astype(np.int64)
 
+    seen = seen_table(
+        data.user_ids.astype(np.int64),
+        data.user_ids[data.inter_user - 1].astype(np.int64),
+        data.item_ids[data.inter_item - 1].astype(np.int64),
+    )
     tables: dict[str, Any] = {
+        **seen,
         "popular_ids": popular_ids,
         "popular_recent_ids": popular_recent,
         "item_titles": {"ids": data.item_ids.tolist(), "titles": data.titles},

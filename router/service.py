@@ -13,7 +13,13 @@ import numpy as np
 from cachetools import TTLCache
 
 from annfleet.arrays import F32, I64, U8, check_k, decode_ids, decode_matrix, to_bytes
-from annfleet.bundle import TABLE_ITEM_TITLES, TABLE_POPULAR_IDS, Bundle
+from annfleet.bundle import (
+    TABLE_ITEM_TITLES,
+    TABLE_POPULAR_IDS,
+    TABLE_SEEN_IDS,
+    TABLE_SEEN_OFFSETS,
+    Bundle,
+)
 from annfleet.config import RouterConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
@@ -35,6 +41,31 @@ SOURCE_NAMES: dict[int, str] = {
 }
 
 
+@dataclass(frozen=True)
+class SeenItems:
+    """Items each user of the bundle has engaged with (the bundle's CSR seen tables)."""
+
+    row: dict[int, int]
+    offsets: np.ndarray  # (u + 1,) int64
+    ids: np.ndarray  # (nnz,) int64
+
+    @classmethod
+    def load(cls, bundle: Bundle) -> SeenItems:
+        offsets, ids = bundle.table(TABLE_SEEN_OFFSETS), bundle.table(TABLE_SEEN_IDS)
+        users = bundle.manifest.get("users")
+        if offsets is None or ids is None or not users:
+            return cls({}, np.zeros(1, np.int64), np.empty(0, np.int64))
+        user_ids = bundle.load_array(users["ids"])
+        return cls({int(u): i for i, u in enumerate(user_ids)}, offsets, ids)
+
+    def of(self, user_id: int) -> np.ndarray:
+        """(n,) int64 item ids; empty for a user the bundle does not know."""
+        row = self.row.get(int(user_id))
+        if row is None:
+            return self.ids[:0]
+        return self.ids[self.offsets[row] : self.offsets[row + 1]]
+
+
 @dataclass
 class RouterState:
     """Everything the router serves from one bundle. Replaced as a whole, never mutated."""
@@ -45,6 +76,7 @@ class RouterState:
     embedder: UserEmbedder
     popular_ids: np.ndarray  # (p,) int64, most popular first; may be empty
     titles: dict[int, str]
+    seen: SeenItems
 
     @classmethod
     def load(
@@ -61,7 +93,7 @@ class RouterState:
         searcher = Coalescer(
             scatter, max_in_flight=config.coalesce_in_flight, max_rows=config.max_batch
         )
-        return cls(bundle, scatter, searcher, embedder, popular_ids, titles)
+        return cls(bundle, scatter, searcher, embedder, popular_ids, titles, SeenItems.load(bundle))
 
 
 def _context(request: retrieval_pb2.RetrieveRequest) -> RequestContext:
@@ -169,6 +201,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         check_params(request.params, k)
         exclude = decode_ids(request.exclude_ids, name="exclude_ids")
         ctx = _context(request)
+        if self.config.filter_seen:
+            recent = np.fromiter(ctx.recent_item_ids, np.int64, len(ctx.recent_item_ids))
+            exclude = np.concatenate([exclude, state.seen.of(request.user_id), recent])
         timeout = self._timeout(context)
         vector = await self._embed(state, request.user_id, ctx)
         embedded = time.perf_counter()

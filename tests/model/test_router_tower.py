@@ -20,6 +20,15 @@ def _catalogue(bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     return ids, vectors
 
 
+def _seen(bundle: Bundle, user_id: int) -> list[int]:
+    """User's rated items from the raw MovieLens file (independent of the bundle tables)."""
+    from annfleet.model.data import load_movielens
+
+    data = load_movielens()
+    rows = data.inter_user == int(np.flatnonzero(data.user_ids == user_id)[0]) + 1
+    return data.item_ids[data.inter_item[rows] - 1].tolist()
+
+
 def test_router_answers_with_the_exported_tower(cluster_factory, small_bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
     cluster = cluster_factory(small_bundle, RouterConfig(oversample=2.0))  # 2 shards: exact
     embedder = TowerEmbedder(small_bundle)
@@ -31,8 +40,12 @@ def test_router_answers_with_the_exported_tower(cluster_factory, small_bundle: B
         stranger = client.retrieve(10**9, 20, recent_items=recent, timestamp=WHEN)
         no_context = client.retrieve(10**9, 5)
 
+    # Expected: the exact top 20 among items user 1 has not seen (bundle table + context).
+    seen = set(_seen(small_bundle, 1)) | set(recent)
+    assert len(seen) > 20 and not seen & set(known.ids.tolist())
+    unseen = ~np.isin(ids, list(seen))
     query = embedder.embed(1, RequestContext(recent_item_ids=recent, timestamp=WHEN))
-    expected, _ = exact_topk(vectors, ids, query[None, :], 20)
+    expected, _ = exact_topk(vectors[unseen], ids[unseen], query[None, :], 20)
     assert known.ids.tolist() == expected[0].tolist()
     assert known.bundle_id == small_bundle.id and not known.coverage.degraded
     assert known.source_names == ["ann"] * 20
@@ -41,7 +54,8 @@ def test_router_answers_with_the_exported_tower(cluster_factory, small_bundle: B
 
     # An unknown user is embedded from the context alone, not refused.
     query = embedder.embed(10**9, RequestContext(recent_item_ids=recent, timestamp=WHEN))
-    expected, _ = exact_topk(vectors, ids, query[None, :], 20)
+    unseen = ~np.isin(ids, list(recent))  # a stranger has seen only the context items
+    expected, _ = exact_topk(vectors[unseen], ids[unseen], query[None, :], 20)
     assert stranger.ids.tolist() == expected[0].tolist()
     assert stranger.ids.tolist() != known.ids.tolist()
     assert len(no_context.ids) == 5

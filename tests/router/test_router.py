@@ -206,3 +206,33 @@ def test_malformed_exclude_ids_are_invalid_argument(
         with pytest.raises(grpc.RpcError) as info:
             stub.Search(retrieval_pb2.SearchRequest(queries=b"\x00" * 10, dim=32, k=5), timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_retrieve_filters_seen_items(cluster_factory, bundles_dir, catalogue: Catalogue) -> None:  # type: ignore[no-untyped-def]
+    from annfleet.bundle import build_bundle, seen_table
+
+    user = int(catalogue.user_ids[0])
+    plain = exact_topk(catalogue.vectors, catalogue.ids, catalogue.user_vectors[:1], 30)[0][0]
+    seen = plain[::3]  # the user has engaged with every third of their best items
+    bundle = build_bundle(
+        bundles_dir / "seen",
+        catalogue.ids,
+        catalogue.vectors,
+        num_shards=3,
+        index_type="flat",
+        user_ids=catalogue.user_ids,
+        user_vectors=catalogue.user_vectors,
+        tables=seen_table(catalogue.user_ids, np.full(len(seen), user), seen),
+        progress=False,
+    )
+    filtering = cluster_factory(bundle, RouterConfig(oversample=3.0))
+    keeping = cluster_factory(bundle, RouterConfig(oversample=3.0, filter_seen=False))
+    with Client(filtering.router_target, timeout=10) as client:
+        filtered = client.retrieve(user, 10, recent_items=[int(plain[1])])
+        other = client.retrieve(int(catalogue.user_ids[1]), 10)
+    with Client(keeping.router_target, timeout=10) as client:
+        kept = client.retrieve(user, 10, recent_items=[int(plain[1])])
+    dropped = set(seen.tolist()) | {int(plain[1])}
+    assert filtered.ids.tolist() == [i for i in plain.tolist() if i not in dropped][:10]
+    assert kept.ids.tolist() == plain[:10].tolist()
+    assert len(other.ids) == 10  # users without seen items are unaffected
