@@ -95,40 +95,36 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-class RouterSystem(System):
+class _ClientSystem(System):
+    """The cluster through one of annfleet's own clients (the router or direct scatter)."""
+
+    def __init__(self, client: Any) -> None:
+        super().__init__()
+        self.client = client
+
+    def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
+        return np.asarray(self.client.search(query, k, **params).ids)[0]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RouterSystem(_ClientSystem):
     name = "router"
 
     def __init__(self, target: str, timeout: float = 5.0) -> None:
-        super().__init__()
         from annfleet.client import Client
 
-        self.client = Client(target, timeout=timeout)
-
-    def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
-        return np.asarray(self.client.search(query, k, **params).ids)[0]
-
-    def close(self) -> None:
-        close = getattr(self.client, "close", None)
-        if close:
-            close()
+        super().__init__(Client(target, timeout=timeout))
 
 
-class ScatterSystem(System):
+class ScatterSystem(_ClientSystem):
     name = "scatter"
 
     def __init__(self, shard_targets: list[str], timeout: float = 5.0) -> None:
-        super().__init__()
         from annfleet.client import ScatterClient
 
-        self.client = ScatterClient(shard_targets, timeout=timeout)
-
-    def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
-        return np.asarray(self.client.search(query, k, **params).ids)[0]
-
-    def close(self) -> None:
-        close = getattr(self.client, "close", None)
-        if close:
-            close()
+        super().__init__(ScatterClient(shard_targets, timeout=timeout))
 
 
 # ---------------------------------------------------------------- peers
