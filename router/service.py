@@ -20,6 +20,7 @@ from annfleet.bundle import (
     TABLE_SEEN_OFFSETS,
     Bundle,
 )
+from annfleet.client.results import SOURCE_NAMES  # one name per Source enum value
 from annfleet.config import RouterConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
@@ -31,14 +32,6 @@ from annfleet.serving import rpc
 from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-SOURCE_NAMES: dict[int, str] = {
-    retrieval_pb2.SOURCE_ANN: "ann",
-    retrieval_pb2.SOURCE_POPULAR: "popular",
-    retrieval_pb2.SOURCE_CO_ENGAGEMENT: "co_engagement",
-    retrieval_pb2.SOURCE_CONTENT: "content",
-    retrieval_pb2.SOURCE_EXPLORATION: "exploration",
-}
 
 
 @dataclass(frozen=True)
@@ -204,9 +197,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         if self.config.filter_seen:
             recent = np.fromiter(ctx.recent_item_ids, np.int64, len(ctx.recent_item_ids))
             exclude = np.concatenate([exclude, state.seen.of(request.user_id), recent])
-        timeout = self._timeout(context)
         vector = await self._embed(state, request.user_id, ctx)
         embedded = time.perf_counter()
+        timeout = self._timeout(context)  # what is left of the deadline after embedding
 
         fetch = min(k + len(exclude), self.config.max_k)
         result = await state.searcher.search(vector[None, :], fetch, request.params, timeout)
