@@ -149,7 +149,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             )
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
-        check_params(request.params, k)
+        check_params(request.params)
         result = await state.searcher.search(queries, k, request.params, self._timeout(context))
         coverage = self._coverage(result, "Search")
         return retrieval_pb2.SearchResponse(
@@ -191,7 +191,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         started = time.perf_counter()
         state = self._state()
         k = check_k(request.k, self.config.max_k)
-        check_params(request.params, k)
+        check_params(request.params)
         exclude = decode_ids(request.exclude_ids, name="exclude_ids")
         ctx = _context(request)
         if self.config.filter_seen:

@@ -28,7 +28,7 @@ class LoadedShard:
     index: ShardIndex
 
 
-def check_params(params: common_pb2.SearchParams, k: int) -> None:
+def check_params(params: common_pb2.SearchParams) -> None:
     """Reject search parameters no index accepts (0 means "server default")."""
     if params.ef_search > MAX_EF_SEARCH:
         raise InvalidArgument(f"ef_search={params.ef_search} exceeds {MAX_EF_SEARCH}")
@@ -63,7 +63,7 @@ class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminS
             )
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
-        check_params(request.params, k)
+        check_params(request.params)
         loop = asyncio.get_running_loop()
         ids, scores = await loop.run_in_executor(
             self.executor,
