@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/annfleet/v1/*.proto)
 
-.PHONY: up test lint typecheck protos bench bench-10m clean install
+.PHONY: up test test-deps lint typecheck protos bench bench-10m clean install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,8 +23,12 @@ up: $(STAMP)
 	$(BIN)/annfleet up $(ARGS)
 
 ## Install everything the tests need, then lint, type-check, check generated code and run the suite.
-test: lint
+test: test-deps lint
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## Tools the tests need beyond Python packages (redis-server, chromium, helm, ...).
+test-deps: $(STAMP)
+	VENV=$(VENV) bash tests/install-deps.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
