@@ -132,7 +132,8 @@ def ensure_bundle(
     progress: bool = True,
 ) -> Path:
     """The dataset's bundle for this index and shard count, built once and cached."""
-    from annfleet.bundle import Bundle, build_bundle
+    from annfleet.bundle import Bundle
+    from annfleet.server.builder import build_bundle
 
     if dataset.bundle_path is not None:
         existing = Bundle.open(dataset.bundle_path, verify=False)

@@ -1,19 +1,63 @@
-"""Result types and the protobuf <-> numpy translation shared by every client."""
+"""Result types and the protobuf <-> numpy translation shared by every client.
+
+Uses only core's wire modules (arrays, merge, validation, names). Whatever they or numpy and
+protobuf raise leaves this module as an ``annfleet.client`` error: arguments that cannot be
+encoded as ``InvalidArgument``, a response that does not decode as ``AnnfleetError``
+(INTERNAL).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
+import grpc
 import numpy as np
 
-from annfleet.arrays import F32, I64, U8, decode_rows, to_bytes
+from annfleet import errors as core_errors
+from annfleet.arrays import F32, I64, U8, decode_ids, decode_rows, to_bytes
+from annfleet.client.errors import AnnfleetError, InvalidArgument
+from annfleet.merge import merge_rows
+from annfleet.names import source_name
 from annfleet.v1 import common_pb2, retrieval_pb2, shard_pb2
+from annfleet.validation import higher_is_better
 
-SOURCE_NAMES = {
-    value.number: value.name.removeprefix("SOURCE_").lower()
-    for value in retrieval_pb2.DESCRIPTOR.enum_types_by_name["Source"].values
-}
+P = ParamSpec("P")
+T = TypeVar("T")
+# What encoding a caller's arguments or decoding a response can raise below the client.
+_LOWER_ERRORS = (core_errors.AnnfleetError, ValueError, TypeError, OverflowError)
+
+
+def _raising(
+    make: Callable[[Exception], AnnfleetError],
+) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """Decorator: what ``_LOWER_ERRORS`` a call raises leaves it as ``make(exc)``."""
+
+    def decorate(func: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return func(*args, **kwargs)
+            except AnnfleetError:
+                raise
+            except _LOWER_ERRORS as exc:
+                raise make(exc) from exc
+
+        return wrapper
+
+    return decorate
+
+
+# Arguments that cannot become a request -> InvalidArgument (nothing is sent).
+_from_caller = _raising(lambda exc: InvalidArgument(str(exc)))
+# A response that does not decode -> AnnfleetError with code INTERNAL.
+_from_server = _raising(
+    lambda exc: AnnfleetError(
+        f"malformed response from the server: {exc}", grpc.StatusCode.INTERNAL
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -54,23 +98,26 @@ class RetrieveResult:
 
     @property
     def source_names(self) -> list[str]:
-        return [SOURCE_NAMES.get(int(s), "unknown") for s in self.sources]
+        return [source_name(s) for s in self.sources]
 
 
+@_from_caller
 def as_queries(vectors: np.ndarray | Sequence[float]) -> np.ndarray:
     """(d,) or (nq, d) -> (nq, d) float32."""
     queries = np.asarray(vectors, dtype=np.float32)
     if queries.ndim == 1:
         queries = queries[None, :]
     if queries.ndim != 2:
-        raise ValueError(f"vectors must be (d,) or (nq, d), got shape {queries.shape}")
+        raise InvalidArgument(f"vectors must be (d,) or (nq, d), got shape {queries.shape}")
     return queries
 
 
+@_from_caller
 def search_params(ef_search: int, nprobe: int, rerank: int) -> common_pb2.SearchParams:
     return common_pb2.SearchParams(ef_search=ef_search, nprobe=nprobe, rerank=rerank)
 
 
+@_from_caller
 def search_request(
     queries: np.ndarray, k: int, params: common_pb2.SearchParams
 ) -> retrieval_pb2.SearchRequest:
@@ -79,6 +126,7 @@ def search_request(
     )
 
 
+@_from_caller
 def shard_request(
     queries: np.ndarray, k: int, params: common_pb2.SearchParams
 ) -> shard_pb2.ShardSearchRequest:
@@ -87,6 +135,7 @@ def shard_request(
     )
 
 
+@_from_caller
 def retrieve_request(
     user_id: int,
     k: int,
@@ -111,6 +160,7 @@ def retrieve_request(
     )
 
 
+@_from_server
 def search_result(r: retrieval_pb2.SearchResponse) -> SearchResult:
     return SearchResult(
         ids=decode_rows(r.ids, I64, r.num_queries, r.k, name="ids"),
@@ -121,12 +171,15 @@ def search_result(r: retrieval_pb2.SearchResponse) -> SearchResult:
     )
 
 
+@_from_server
 def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
-    ids = np.frombuffer(r.ids, dtype=I64)
+    ids = decode_ids(r.ids, name="ids")
+    scores = decode_rows(r.scores, F32, 1, len(ids), name="scores")[0]
+    sources = decode_rows(r.sources, U8, 1, len(ids), name="sources")[0]
     return RetrieveResult(
         ids=ids,
-        scores=np.frombuffer(r.scores, dtype=F32),
-        sources=np.frombuffer(r.sources, U8),
+        scores=scores,
+        sources=sources,
         bundle_id=r.bundle_id,
         coverage=Coverage.from_proto(r.coverage),
         titles=tuple(r.titles),
@@ -135,22 +188,29 @@ def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
     )
 
 
+@_from_server
 def merge_shard_responses(
     responses: Sequence[shard_pb2.ShardSearchResponse | BaseException], k: int
 ) -> SearchResult:
-    """Client-side scatter: merge the shards that answered; coverage says which did."""
-    from annfleet.router.merge import merge_rows  # numpy-only
+    """Client-side scatter: merge the shards that answered; coverage says which did.
 
+    When no shard answered, the first failure is raised (as an ``annfleet.client`` error).
+    """
     ok = [r for r in responses if isinstance(r, shard_pb2.ShardSearchResponse)]
     if not ok:
-        raise next(r for r in responses if isinstance(r, BaseException))
+        error = next(r for r in responses if isinstance(r, BaseException))
+        if isinstance(error, AnnfleetError) or not isinstance(error, Exception):
+            raise error  # a client error already, or a cancellation to propagate
+        raise AnnfleetError(f"no shard answered: {error!r}") from error
     nq = ok[0].num_queries
     ids = np.concatenate([decode_rows(r.ids, I64, nq, r.k, name="ids") for r in ok], axis=1)
     scores = np.concatenate(
         [decode_rows(r.scores, F32, nq, r.k, name="scores") for r in ok], axis=1
     )
     metric = ok[0].metric
-    merged_ids, merged_scores = merge_rows(ids, scores, k, higher_is_better=metric == "ip")
+    merged_ids, merged_scores = merge_rows(
+        ids, scores, k, higher_is_better=higher_is_better(metric)
+    )
     coverage = Coverage(
         len(ok), len(responses), tuple(sorted(r.shard_id for r in ok)), len(ok) < len(responses)
     )

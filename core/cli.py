@@ -59,7 +59,7 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- build-bundle
 def cmd_build_bundle(args: argparse.Namespace) -> int:
-    from annfleet.bundle import build_bundle
+    from annfleet.server.builder import build_bundle
 
     vectors = _load_npy(args.vectors, "--vectors")
     ids = _load_npy(args.ids, "--ids") if args.ids else np.arange(len(vectors), dtype=np.int64)
@@ -108,7 +108,8 @@ def default_bundle(config: ClusterConfig, progress: bool = True) -> Path:
             progress=progress,
             source=ds.path or None,
         )
-    from annfleet.bundle import Bundle, build_bundle
+    from annfleet.bundle import Bundle
+    from annfleet.server.builder import build_bundle
     from annfleet.synthetic import make_catalogue
 
     key = json.dumps(

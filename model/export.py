@@ -35,9 +35,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from annfleet.bundle import Bundle, build_bundle, seen_table
+from annfleet.bundle import Bundle
 from annfleet.model.data import GAP_EDGES, MovieLens, load_movielens
 from annfleet.model.features import TREND_WEEKS, USER_TOWER_INPUTS, time_features, user_rows
+from annfleet.model.tables import seen_table
 from annfleet.model.two_tower import (
     TwoTower,
     TwoTowerConfig,
@@ -45,6 +46,7 @@ from annfleet.model.two_tower import (
     train_two_tower,
     user_vectors,
 )
+from annfleet.server.builder import build_bundle
 
 log = logging.getLogger(__name__)
 

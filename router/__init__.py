@@ -1,4 +1,6 @@
-"""Router: scatter-gather over the index shards, merge, sources, the Retrieval service.
+"""Router: scatter-gather over the index shards, sources, the Retrieval service.
 
-Kept import-light: ``annfleet.router.merge`` is numpy-only so the client can reuse it.
+The router process imports neither faiss nor torch (torch only through ``tower.py``, for a
+bundle with a user tower); the rules it shares with shards and clients live in core
+(``annfleet.merge``, ``annfleet.validation``, ``annfleet.names``).
 """

@@ -16,10 +16,11 @@ import grpc
 import numpy as np
 
 from annfleet.arrays import F32, I64, decode_rows, to_bytes
+from annfleet.merge import merge_rows, per_shard_k
 from annfleet.metrics import SHARD_FAILURES
-from annfleet.router.merge import merge_rows, per_shard_k
 from annfleet.serving import GRPC_OPTIONS
 from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
+from annfleet.validation import higher_is_better
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class Scatter:
     ) -> None:
         self.endpoints = list(endpoints)
         self.bundle_id = bundle_id
-        self.higher_is_better = metric == "ip"
+        self.higher_is_better = higher_is_better(metric)
         self.oversample = oversample
 
     async def _one(

@@ -20,16 +20,16 @@ from annfleet.bundle import (
     TABLE_SEEN_OFFSETS,
     Bundle,
 )
-from annfleet.client.results import SOURCE_NAMES  # one name per Source enum value
 from annfleet.config import RouterConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
+from annfleet.names import SOURCE_NAMES
 from annfleet.router.coalesce import Coalescer
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.users import RequestContext, UserEmbedder
-from annfleet.server.service import check_params
 from annfleet.serving import rpc
 from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
+from annfleet.validation import check_params
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 
 from annfleet.errors import BundleError, InvalidArgument
+from annfleet.validation import higher_is_better, worst_score
 
 # faiss switches from its own kernels to BLAS above this many queries x items; the default
 # (128000) makes batched exact search ~9x slower at our sizes.
@@ -30,14 +31,6 @@ DEFAULT_PARAMS: dict[str, dict[str, int]] = {
     "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
     "ivfpq": {"nlist": 1024, "pq_m": 16, "nbits": 8, "nprobe": 32, "rerank": 256},
 }
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric == "ip"
-
-
-def worst_score(metric: str) -> float:
-    return -math.inf if higher_is_better(metric) else math.inf
 
 
 @dataclass(frozen=True)
@@ -181,7 +174,7 @@ class ShardIndex:
         """Exact scores from the stored vectors for the approximate candidates, best k kept."""
         valid = positions >= 0
         cand = self.vectors[np.where(valid, positions, 0)]  # (nq, fetch, d)
-        if self.metric == "ip":
+        if higher_is_better(self.metric):
             exact = np.einsum("qd,qfd->qf", queries, cand)
             exact[~valid] = -np.inf
             order = np.argsort(-exact, axis=1, kind="stable")[:, :k]

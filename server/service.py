@@ -15,10 +15,8 @@ from annfleet.config import ShardsConfig
 from annfleet.errors import FailedPrecondition, InvalidArgument, Unavailable
 from annfleet.server.index import ShardIndex
 from annfleet.serving import rpc
-from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
-
-MAX_EF_SEARCH = 1 << 15
-MAX_RERANK = 1 << 16
+from annfleet.v1 import shard_pb2, shard_pb2_grpc
+from annfleet.validation import check_params
 
 
 @dataclass(frozen=True)
@@ -26,14 +24,6 @@ class LoadedShard:
     bundle: Bundle
     shard_id: int
     index: ShardIndex
-
-
-def check_params(params: common_pb2.SearchParams) -> None:
-    """Reject search parameters no index accepts (0 means "server default")."""
-    if params.ef_search > MAX_EF_SEARCH:
-        raise InvalidArgument(f"ef_search={params.ef_search} exceeds {MAX_EF_SEARCH}")
-    if params.rerank and params.rerank > MAX_RERANK:
-        raise InvalidArgument(f"rerank={params.rerank} exceeds {MAX_RERANK}")
 
 
 class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminServicer):

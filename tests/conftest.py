@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from support import Cluster, LoopThread, start_cluster
 
-from annfleet.bundle import Bundle, build_bundle
+from annfleet.bundle import Bundle
 from annfleet.config import RouterConfig, ShardsConfig
+from annfleet.server.builder import build_bundle
 from annfleet.synthetic import Catalogue, make_catalogue
 
 

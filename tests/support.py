@@ -5,10 +5,12 @@ Imported by test modules as ``support`` (``pythonpath = ["tests"]`` in pyproject
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -91,3 +93,21 @@ def exact_topk(
     scores = queries.astype(np.float64) @ vectors.astype(np.float64).T
     order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
     return ids[order], np.take_along_axis(scores, order, axis=1)
+
+
+def imported_modules(package_dir: Path) -> dict[str, set[str]]:
+    """Every module a package's source files import, lazy imports inside functions included.
+
+    {file name: {module, ...}}; ``from a.b import c`` counts as ``a.b`` and ``a.b.c``.
+    """
+    found: dict[str, set[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+                names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        found[str(path.relative_to(package_dir))] = names
+    return found

@@ -172,7 +172,7 @@ def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
     from annfleet.synthetic import make_catalogue
 
     cat = make_catalogue(2000, 8, clusters=4, users=5)
-    from annfleet.bundle import build_bundle
+    from annfleet.server.builder import build_bundle
 
     bundle = build_bundle(
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 
+import grpc
 import numpy as np
 import pytest
 
-from annfleet.client import Client, DeadlineExceeded, InvalidArgument, Unavailable
+from annfleet.client import AnnfleetError, Client, DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.cluster import free_port
+from annfleet.v1 import retrieval_pb2, shard_pb2
 
 
 def test_unavailable_is_retried_a_bounded_number_of_times() -> None:
@@ -35,3 +37,43 @@ def test_deadline_exceeded(cluster_factory, flat_bundle) -> None:  # type: ignor
     cluster = cluster_factory(flat_bundle)
     with Client(cluster.router_target, timeout=1e-6) as client, pytest.raises(DeadlineExceeded):
         client.search(np.zeros(32, np.float32), 10)
+
+
+BAD_CALLS = {
+    "3-d vectors": lambda c: c.search(np.zeros((2, 2, 2), np.float32), 1),
+    "non-numeric vectors": lambda c: c.search(["a", "b"], 1),
+    "k not an int": lambda c: c.search(np.zeros(4, np.float32), "3"),
+    "ef_search beyond uint32": lambda c: c.search(np.zeros(4, np.float32), 1, ef_search=1 << 40),
+    "non-int exclude ids": lambda c: c.retrieve(1, 10, exclude=["x"]),
+    "user id not an int": lambda c: c.retrieve("one", 10),
+}
+
+
+@pytest.mark.parametrize("call", BAD_CALLS.values(), ids=BAD_CALLS.keys())
+def test_arguments_that_cannot_be_encoded_raise_the_clients_invalid_argument(call) -> None:  # type: ignore[no-untyped-def]
+    from annfleet import errors as core_errors
+
+    client = Client(f"127.0.0.1:{free_port()}", timeout=1, retries=0)
+    with client, pytest.raises(InvalidArgument) as raised:
+        call(client)
+    assert not isinstance(raised.value, core_errors.AnnfleetError)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and raised.value.details
+
+
+def test_a_malformed_response_raises_a_client_error_not_a_core_one() -> None:
+    from annfleet import errors as core_errors
+    from annfleet.client import results
+
+    bad_search = retrieval_pb2.SearchResponse(ids=b"\0" * 7, scores=b"", num_queries=1, k=1)
+    bad_retrieve = retrieval_pb2.RetrieveResponse(ids=b"\0" * 16, scores=b"\0" * 4, sources=b"\1")
+    bad_shard = shard_pb2.ShardSearchResponse(ids=b"\0" * 8, scores=b"", num_queries=1, k=1)
+    for decode in (
+        lambda: results.search_result(bad_search),
+        lambda: results.retrieve_result(bad_retrieve),
+        lambda: results.merge_shard_responses([bad_shard], 1),
+        lambda: results.merge_shard_responses([RuntimeError("boom")], 1),
+    ):
+        with pytest.raises(AnnfleetError) as raised:
+            decode()
+        assert not isinstance(raised.value, core_errors.AnnfleetError)
+        assert raised.value.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)

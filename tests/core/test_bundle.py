@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annfleet.bundle import Bundle, build_bundle, content_id
+from annfleet.bundle import Bundle, content_id
 from annfleet.errors import BundleError, InvalidArgument
 from annfleet.partition import shard_of
+from annfleet.server.builder import build_bundle
 
 
 def small(seed: int = 0, n: int = 3000, d: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -162,18 +163,3 @@ def test_users_and_tables_round_trip(tmp_path: Path) -> None:
     assert bundle.table("popular_ids").tolist() == ids[:10].tolist()
     assert bundle.table("item_titles") == {"ids": [3], "titles": ["x"]}
     assert bundle.table("nope") is None
-
-
-def test_seen_table_is_csr_in_user_order() -> None:
-    from annfleet.bundle import seen_table
-
-    tables = seen_table(
-        np.array([7, 3, 9], np.int64),
-        np.array([3, 7, 3, 3, 7], np.int64),
-        np.array([50, 10, 40, 50, 11], np.int64),  # user 3 saw 50 twice
-    )
-    offsets, ids = tables["user_seen_offsets"], tables["user_seen_ids"]
-    assert offsets.tolist() == [0, 2, 4, 4]
-    assert ids[offsets[0] : offsets[1]].tolist() == [10, 11]  # user 7
-    assert ids[offsets[1] : offsets[2]].tolist() == [40, 50]  # user 3
-    assert ids[offsets[2] : offsets[3]].tolist() == []  # user 9

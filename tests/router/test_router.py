@@ -209,7 +209,8 @@ def test_malformed_exclude_ids_are_invalid_argument(
 
 
 def test_retrieve_filters_seen_items(cluster_factory, bundles_dir, catalogue: Catalogue) -> None:  # type: ignore[no-untyped-def]
-    from annfleet.bundle import build_bundle, seen_table
+    from annfleet.model.tables import seen_table
+    from annfleet.server.builder import build_bundle
 
     user = int(catalogue.user_ids[0])
     plain = exact_topk(catalogue.vectors, catalogue.ids, catalogue.user_vectors[:1], 30)[0][0]

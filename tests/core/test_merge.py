@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from annfleet.router.merge import merge_rows, merge_topk, per_shard_k
+from annfleet.merge import merge_rows, merge_topk, per_shard_k
 
 
 def reference(ids: np.ndarray, scores: np.ndarray, k: int, higher: bool) -> list[int]:

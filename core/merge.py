@@ -1,8 +1,9 @@
 """Top-k merge of per-shard results with numpy (argpartition + sort; never heapq).
 
-Metric-aware: for ``ip`` higher scores are better, for ``l2`` lower. Ties are broken by the
-smaller item id, so the merge is deterministic whatever order the shards answer in.
-Ids of -1 are padding and never returned as hits.
+Metric-aware: callers pass ``higher_is_better(metric)`` (``annfleet.validation``). Ties are
+broken by the smaller item id, so the merge is deterministic whatever order the shards answer
+in. Ids of -1 are padding and never returned as hits. numpy only: the router and the client's
+scatter both merge with it.
 """
 
 from __future__ import annotations
