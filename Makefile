@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/annfleet/v1/*.proto)
 
-.PHONY: up test test-deps lint typecheck protos bench bench-10m clean install
+.PHONY: up test test-deps lint typecheck protos bench bench-10m clean install image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(STAMP)
 
 bench-10m: $(STAMP)
 	$(BIN)/annfleet bench scale --items 10000000 --dim 64 --shards 4
+
+## Build the container image (deploy/Dockerfile) where a Docker daemon is reachable.
+IMAGE ?= annfleet:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -422,7 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
         p.set_defaults(func=func)
 
-    for module in ("annfleet.model.cli", "annfleet.benchmarks.cli"):
+    for module in (
+        "annfleet.model.cli",
+        "annfleet.benchmarks.cli",
+        "annfleet.probe",
+    ):
         try:
             registrar = __import__(module, fromlist=["register"])
         except ImportError as exc:  # optional parts (torch, matplotlib) may be missing

