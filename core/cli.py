@@ -16,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from annfleet.config import ClusterConfig, IndexConfig, load_config
+from annfleet.config import ClusterConfig, DatasetConfig, IndexConfig, load_config
 from annfleet.errors import AnnfleetError
 
 log = logging.getLogger("annfleet")
 
-INDEX_FLAGS = ("m", "ef_construction", "ef_search", "nlist", "pq_m", "nbits", "nprobe", "rerank")
+# Build parameters only: search defaults are the serving config's `search:` section.
+INDEX_FLAGS = tuple(f.name for f in dataclasses.fields(IndexConfig) if f.name != "type")
 
 
 def _add_index_flags(p: argparse.ArgumentParser) -> None:
@@ -37,7 +38,8 @@ def _add_index_flags(p: argparse.ArgumentParser) -> None:
             type=int,
             default=None,
             dest=name,
-            help=f"index parameter {name} (see the config reference)",
+            help=f"index build parameter {name} (see the config reference)"
+            + ("; 0 = auto, the largest divisor of dim <= 16" if name == "pq_m" else ""),
         )
 
 
@@ -89,12 +91,33 @@ def cmd_build_bundle(args: argparse.Namespace) -> int:
         f"bundle {bundle.id}: {len(ids)} items x {bundle.dim} dims, {bundle.num_shards} "
         f"{index.type} shards, written to {bundle.path} in {time.monotonic() - started:.1f}s"
     )
+    print(f"index: {_describe_params(bundle, index)}")
     return 0
+
+
+def _describe_params(bundle: Any, index: IndexConfig) -> str:
+    """Shard 0's resolved build parameters, saying which were chosen for the data."""
+    params = bundle.shard(0)["index"]["params"]
+    notes: dict[str, str] = {}
+    if index.type == "ivfpq" and index.pq_m == 0:
+        notes["pq_m"] = f"auto for dim {bundle.dim}"
+    if index.type == "ivfpq" and params.get("nlist") != index.nlist:
+        notes["nlist"] = "capped at shard items / 39"
+    if index.type == "ivfpq" and params.get("nbits") != index.nbits:
+        notes["nbits"] = "fewer bits for a small shard"
+    return f"{index.type} " + " ".join(
+        f"{k}={v}" + (f" ({notes[k]})" if k in notes else "") for k, v in params.items()
+    )
 
 
 # ---------------------------------------------------------------------------- default bundle
 def default_bundle(config: ClusterConfig, progress: bool = True) -> Path:
-    """The bundle `up` serves when none is given: built once from `dataset`, then reused."""
+    """The bundle `up` serves when none is given: built once from `dataset`, then reused.
+
+    Cached by what goes into the bundle (dataset, index build parameters, shard count); the
+    serving config (`search:`, ports, limits) is not part of the key, so editing it never
+    retrains or rebuilds.
+    """
     ds, index = config.dataset, config.index
     if ds.kind == "movielens":
         from annfleet.model.export import ensure_movielens_bundle
@@ -112,11 +135,8 @@ def default_bundle(config: ClusterConfig, progress: bool = True) -> Path:
     from annfleet.server.builder import build_bundle
     from annfleet.synthetic import make_catalogue
 
-    key = json.dumps(
-        [dataclasses.asdict(ds), index.type, index.params(), config.shards.count], sort_keys=True
-    )
-    name = f"synthetic-{ds.items}x{ds.dim}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-    path = config.data_path() / "bundles" / name
+    path = synthetic_bundle_path(config)
+    name = path.name
     if path.exists():
         try:
             return Bundle.open(path).path
@@ -149,6 +169,45 @@ def default_bundle(config: ClusterConfig, progress: bool = True) -> Path:
     return path
 
 
+def default_bundle_path(config: ClusterConfig) -> Path:
+    """Where ``default_bundle`` caches the bundle for ``config`` (built or not)."""
+    if config.dataset.kind == "movielens":
+        from annfleet.model.export import movielens_bundle_path
+
+        return movielens_bundle_path(
+            config.data_path(),
+            num_shards=config.shards.count,
+            index_type=config.index.type,
+            index_params=config.index.params(),
+            seed=config.dataset.seed,
+            source=config.dataset.path or None,
+        )
+    return synthetic_bundle_path(config)
+
+
+def synthetic_bundle_path(config: ClusterConfig) -> Path:
+    """Where the default synthetic bundle for ``config`` is cached."""
+    ds, index = config.dataset, config.index
+    key = json.dumps(
+        [dataclasses.asdict(ds), index.type, index.params(), config.shards.count], sort_keys=True
+    )
+    name = f"synthetic-{ds.items}x{ds.dim}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    return config.data_path() / "bundles" / name
+
+
+def unused_with_bundle(config: ClusterConfig) -> list[str]:
+    """Keys the config sets away from their defaults that a given bundle makes moot."""
+    moot = []
+    for section, default in (("dataset", DatasetConfig()), ("index", IndexConfig())):
+        value = getattr(config, section)
+        moot += [
+            f"{section}.{f.name}"
+            for f in dataclasses.fields(value)
+            if getattr(value, f.name) != getattr(default, f.name)
+        ]
+    return moot
+
+
 def _config(args: argparse.Namespace) -> ClusterConfig:
     config = load_config(args.config)
     if getattr(args, "bundle", None):
@@ -166,6 +225,14 @@ def cmd_up(args: argparse.Namespace) -> int:
             config, router=dataclasses.replace(config.router, port=args.port)
         )
     started = time.monotonic()
+    moot = unused_with_bundle(config) if config.bundle else []
+    if moot:
+        log.warning(
+            "serving the bundle %s with its own index: the config's %s do not apply "
+            "(dataset: and index: only shape the default bundle built when none is given)",
+            config.bundle,
+            ", ".join(moot),
+        )
     bundle_path = Path(config.bundle) if config.bundle else default_bundle(config)
     cluster = LocalCluster(
         bundle_path,
@@ -329,18 +396,31 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
     from annfleet.server.main import start_shard_server
     from annfleet.serving import run, serve_until_signal
 
-    config = load_config(args.config).shards
+    cluster = load_config(args.config)
+    config = cluster.shards
+    host = _given(args.host, config.host)
     start = start_shard_server(
         Path(args.bundle),
         args.shard,
         config,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
+        search=cluster.search,
+        host=host,
+        port=_given(args.port, _nth_port(config.base_port, args.shard)),
+        metrics_port=_given(args.metrics_port, _nth_port(config.metrics_base_port, args.shard)),
     )
     name = f"shard {args.shard}"
-    run(lambda: serve_until_signal(start, name=name, host=args.host, grace=config.grace_s))
+    run(lambda: serve_until_signal(start, name=name, host=host, grace=config.grace_s))
     return 0
+
+
+def _given(flag: Any, configured: Any) -> Any:
+    """A serve-* flag wins over the config only when it was given."""
+    return configured if flag is None else flag
+
+
+def _nth_port(base: int, i: int) -> int:
+    """Shard i's port from a base port; 0 (a free port) and -1 (off) stay as they are."""
+    return base + i if base > 0 else base
 
 
 def cmd_serve_router(args: argparse.Namespace) -> int:
@@ -349,15 +429,16 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
 
     config = load_config(args.config).router
     targets = [t for t in args.shards.split(",") if t]
+    host = _given(args.host, config.host)
     start = start_router(
         Path(args.bundle),
         targets,
         config,
-        host=args.host,
-        port=args.port,
-        metrics_port=args.metrics_port,
+        host=host,
+        port=_given(args.port, config.port),
+        metrics_port=_given(args.metrics_port, config.metrics_port),
     )
-    run(lambda: serve_until_signal(start, name="router", host=args.host, grace=config.grace_s))
+    run(lambda: serve_until_signal(start, name="router", host=host, grace=config.grace_s))
     return 0
 
 
@@ -411,9 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--bundle", required=True)
         p.add_argument("--config")
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=0)
-        p.add_argument("--metrics-port", type=int, default=-1, help="-1 = off, 0 = free port")
+        section = "shards" if name == "serve-shard" else "router"
+        p.add_argument("--host", help=f"listen address (default: the config's {section}.host)")
+        p.add_argument("--port", type=int, help="0 = free port (default: from the config)")
+        p.add_argument(
+            "--metrics-port", type=int, help="-1 = off, 0 = free port (default: from the config)"
+        )
         if name == "serve-shard":
             p.add_argument("--shard", type=int, required=True)
         else:

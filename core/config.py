@@ -15,6 +15,7 @@ from typing import Any, TypeVar, get_type_hints
 import yaml
 
 from annfleet.errors import ConfigError
+from annfleet.validation import MAX_EF_SEARCH, MAX_RERANK
 
 
 @dataclass(frozen=True)
@@ -32,26 +33,35 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    """Index type, build parameters and per-shard search defaults."""
+    """How the default bundle's shard indexes are built. Build parameters belong to the
+    bundle: with ``bundle`` (or ``--bundle``) set, this section does not apply."""
 
     type: str = "hnsw"  # hnsw | ivfpq | flat
     m: int = 32  # hnsw: graph degree
-    ef_construction: int = 200  # hnsw
-    ef_search: int = 128  # hnsw: default when a request sets 0
+    ef_construction: int = 200  # hnsw: build beam
     nlist: int = 1024  # ivfpq: inverted lists per shard (capped by shard size)
-    pq_m: int = 16  # ivfpq: sub-quantizers (must divide dim)
-    nbits: int = 8  # ivfpq: bits per sub-quantizer code
-    nprobe: int = 32  # ivfpq: default lists visited
-    rerank: int = 256  # ivfpq: candidates re-ranked exactly from stored vectors
+    pq_m: int = 0  # ivfpq: sub-quantizers, must divide dim; 0 = auto (chosen and printed)
+    nbits: int = 8  # ivfpq: bits per sub-quantizer code (fewer for small shards)
 
     def params(self) -> dict[str, int]:
-        """The parameters that apply to ``type`` (the bundle's index params)."""
+        """The build parameters that apply to ``type`` (the bundle's index params)."""
         keys = {
             "flat": (),
-            "hnsw": ("m", "ef_construction", "ef_search"),
-            "ivfpq": ("nlist", "pq_m", "nbits", "nprobe", "rerank"),
+            "hnsw": ("m", "ef_construction"),
+            "ivfpq": ("nlist", "pq_m", "nbits"),
         }[self.type]
         return {k: getattr(self, k) for k in keys}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What a shard server searches with when a request leaves a parameter at 0. Serving
+    config, not bundle content: editing it never rebuilds a bundle, and it wins over the
+    search defaults an older bundle's manifest stored."""
+
+    ef_search: int = 128  # hnsw: search beam (at least k)
+    nprobe: int = 32  # ivfpq: inverted lists visited (at most nlist)
+    rerank: int = 256  # ivfpq: candidates re-ranked exactly from stored vectors (at least k)
 
 
 @dataclass(frozen=True)
@@ -91,14 +101,19 @@ class RouterConfig:
 @dataclass(frozen=True)
 class ClusterConfig:
     bundle: str = ""  # a bundle directory; "" = build/reuse the default from `dataset`
-    data_dir: str = "~/.cache/annfleet"  # $ANNFLEET_DATA overrides
+    # Cached bundles, logs, cluster.json. "" = $ANNFLEET_DATA, else ~/.cache/annfleet; a
+    # directory set here wins over the variable (status and up of one config agree).
+    data_dir: str = ""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
 
     def data_path(self) -> Path:
-        return Path(os.environ.get("ANNFLEET_DATA") or self.data_dir).expanduser()
+        return Path(
+            self.data_dir or os.environ.get("ANNFLEET_DATA") or DEFAULT_DATA_DIR
+        ).expanduser()
 
     def validate(self, source: str = "<config>") -> ClusterConfig:
         checks = [
@@ -108,6 +123,14 @@ class ClusterConfig:
                 "synthetic or movielens",
             ),
             (self.index.type in ("hnsw", "ivfpq", "flat"), "index.type", "hnsw, ivfpq or flat"),
+            (self.index.pq_m >= 0, "index.pq_m", ">= 0 (0 = auto)"),
+            (
+                1 <= self.search.ef_search <= MAX_EF_SEARCH,
+                "search.ef_search",
+                f"in [1, {MAX_EF_SEARCH}]",
+            ),
+            (self.search.nprobe >= 1, "search.nprobe", ">= 1"),
+            (1 <= self.search.rerank <= MAX_RERANK, "search.rerank", f"in [1, {MAX_RERANK}]"),
             (self.shards.count >= 1, "shards.count", ">= 1"),
             (0.0 < self.router.min_coverage <= 1.0, "router.min_coverage", "in (0, 1]"),
             (self.router.oversample >= 1.0, "router.oversample", ">= 1"),
@@ -120,7 +143,12 @@ class ClusterConfig:
         return self
 
 
+DEFAULT_DATA_DIR = "~/.cache/annfleet"
+
 T = TypeVar("T")
+
+# Keys that moved: an old file gets told where they live now.
+MOVED = {f"index.{name}": f"search.{name}" for name in ("ef_search", "nprobe", "rerank")}
 
 
 def _build(cls: type[T], data: Any, source: str, prefix: str) -> T:
@@ -130,6 +158,11 @@ def _build(cls: type[T], data: Any, source: str, prefix: str) -> T:
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        if f"{prefix}{key}" in MOVED:
+            raise ConfigError(
+                f"{source}: '{prefix}{key}' moved to '{MOVED[prefix + key]}' (search defaults "
+                "are serving config; index: holds build parameters only)"
+            )
         if key not in fields:
             raise ConfigError(
                 f"{source}: unknown key '{prefix}{key}' (known: {', '.join(sorted(fields))})"

@@ -260,6 +260,30 @@ def _cache_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def movielens_bundle_path(
+    data_dir: Path,
+    *,
+    num_shards: int,
+    index_type: str,
+    index_params: dict[str, Any],
+    seed: int = 0,
+    source: Path | str | None = None,
+) -> Path:
+    """Where ``ensure_movielens_bundle`` caches the bundle for these parameters.
+
+    The key hashes what goes into the bundle: shards, index type and build params, seed,
+    model version and config, and the data files. Search defaults are serving config and
+    not part of it.
+    """
+    from annfleet.model.data import resolve_data_dir
+
+    digest = hashlib.sha256()
+    for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
+        digest.update((resolve_data_dir(source) / name).read_bytes())
+    key = _cache_key(num_shards, index_type, dict(index_params), seed, digest.hexdigest()[:16])
+    return Path(data_dir) / "bundles" / f"movielens-{key}"
+
+
 def ensure_movielens_bundle(
     data_dir: Path,
     *,
@@ -275,16 +299,19 @@ def ensure_movielens_bundle(
     ``data_dir`` is annfleet's data/cache directory (the bundle lands in
     ``data_dir/bundles/movielens-<key>``); the MovieLens files come from ``source`` (a
     directory with ml-100k.{inter,item,user}) or, by default, the recbole wheel.
-    The key hashes shards, index type and params, seed, model version and the data files.
+    The key: see ``movielens_bundle_path``.
     """
     from annfleet.model.data import resolve_data_dir
 
     source = resolve_data_dir(source)
-    digest = hashlib.sha256()
-    for name in ("ml-100k.inter", "ml-100k.item", "ml-100k.user"):
-        digest.update((source / name).read_bytes())
-    key = _cache_key(num_shards, index_type, dict(index_params), seed, digest.hexdigest()[:16])
-    path = Path(data_dir) / "bundles" / f"movielens-{key}"
+    path = movielens_bundle_path(
+        data_dir,
+        num_shards=num_shards,
+        index_type=index_type,
+        index_params=index_params,
+        seed=seed,
+        source=source,
+    )
     if (path / "manifest.json").is_file():
         try:
             Bundle.open(path, verify=False)

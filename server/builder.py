@@ -101,9 +101,11 @@ def build_bundle(
     if out.exists() and not overwrite:
         raise InvalidArgument(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     # Validate the spec up front so a typo fails before any work.
-    IndexSpec(index_type, dict(index_params or {})).resolved(
+    spec = IndexSpec(index_type, dict(index_params or {})).resolved(
         len(ids) // num_shards, vectors.shape[1]
     )
+    if index_type == "ivfpq" and not (index_params or {}).get("pq_m"):
+        log.info("ivfpq pq_m auto: %d for dim %d", spec.params["pq_m"], vectors.shape[1])
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)

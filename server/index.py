@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
+from annfleet.config import SearchConfig
 from annfleet.errors import BundleError, InvalidArgument
 from annfleet.validation import higher_is_better, worst_score
 
@@ -26,16 +27,27 @@ faiss.cvar.distance_compute_blas_threshold = 20
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 
+# Build parameters (they belong to the bundle). What a search uses when a request says 0 is
+# the serving config's ``search:`` section (SearchConfig), never the bundle's.
 DEFAULT_PARAMS: dict[str, dict[str, int]] = {
     "flat": {},
-    "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
-    "ivfpq": {"nlist": 1024, "pq_m": 16, "nbits": 8, "nprobe": 32, "rerank": 256},
+    "hnsw": {"m": 32, "ef_construction": 200},
+    "ivfpq": {"nlist": 1024, "pq_m": 0, "nbits": 8},  # pq_m 0 = auto_pq_m(dim)
 }
+SEARCH_PARAMS = tuple(f.name for f in fields(SearchConfig))
+MAX_AUTO_PQ_M = 16
+
+
+def auto_pq_m(dim: int) -> int:
+    """IVF-PQ sub-quantizers for ``dim``: the largest divisor of dim that is <= 16 and leaves
+    >= 2 dims per sub-quantizer (64 -> 16, 50 -> 10, 32 -> 16, 16 -> 8); 1 if none does."""
+    fits = [m for m in range(1, MAX_AUTO_PQ_M + 1) if dim % m == 0 and dim // m >= 2]
+    return max(fits, default=1)
 
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """Which index a shard gets and its parameters (build and default search)."""
+    """Which index a shard gets and its build parameters."""
 
     type: str = "hnsw"
     params: dict[str, int] = field(default_factory=dict)
@@ -44,6 +56,12 @@ class IndexSpec:
         """Fill defaults and adapt size-dependent parameters to a shard of ``num_items``."""
         if self.type not in INDEX_TYPES:
             raise InvalidArgument(f"index type {self.type!r} unknown; choose one of {INDEX_TYPES}")
+        searched = sorted(set(self.params) & set(SEARCH_PARAMS))
+        if searched:
+            raise InvalidArgument(
+                f"{', '.join(searched)}: search parameter(s), not build ones; set them in the "
+                "serving config's search: section or per request"
+            )
         unknown = set(self.params) - set(DEFAULT_PARAMS[self.type])
         if unknown:
             raise InvalidArgument(
@@ -56,8 +74,14 @@ class IndexSpec:
             params["nlist"] = max(1, min(params["nlist"], num_items // 39))
             # PQ codebooks want >= 39 points per centroid too: fewer bits for small shards.
             params["nbits"] = max(4, min(params["nbits"], int(math.log2(max(num_items // 39, 16)))))
-            if dim % params["pq_m"]:
-                raise InvalidArgument(f"ivfpq pq_m={params['pq_m']} must divide dim {dim}")
+            if params["pq_m"] == 0:
+                params["pq_m"] = auto_pq_m(dim)
+            elif dim % params["pq_m"]:
+                divisors = [m for m in range(1, MAX_AUTO_PQ_M + 1) if dim % m == 0]
+                raise InvalidArgument(
+                    f"ivfpq pq_m={params['pq_m']} must divide dim {dim} (e.g. "
+                    f"{', '.join(map(str, divisors))}; pq_m 0 picks {auto_pq_m(dim)})"
+                )
         return IndexSpec(self.type, params)
 
     def factory_string(self, dim: int) -> str:
@@ -81,7 +105,6 @@ def build_index(vectors: np.ndarray, spec: IndexSpec, metric: str, seed: int = 0
     elif spec.type == "hnsw":
         index = faiss.IndexHNSWFlat(dim, p["m"], faiss_metric)
         index.hnsw.efConstruction = p["ef_construction"]
-        index.hnsw.efSearch = p["ef_search"]
     else:
         quantizer = faiss.IndexFlat(dim, faiss_metric)
         index = faiss.IndexIVFPQ(quantizer, dim, p["nlist"], p["pq_m"], p["nbits"], faiss_metric)
@@ -91,7 +114,6 @@ def build_index(vectors: np.ndarray, spec: IndexSpec, metric: str, seed: int = 0
         train_n = min(n, max(256 * p["nlist"], 1 << 16))
         sample = vectors[np.sort(rng.choice(n, size=train_n, replace=False))]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        index.nprobe = p["nprobe"]
     index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     return index
 
@@ -106,7 +128,11 @@ def set_threads(n: int) -> None:
 
 
 class ShardIndex:
-    """One shard's faiss index + its item ids and stored vectors (for exact re-rank)."""
+    """One shard's faiss index + its item ids and stored vectors (for exact re-rank).
+
+    ``defaults`` (the serving config's ``search:``) fill search parameters a request leaves
+    at 0; search defaults an older bundle stored in its manifest are not used.
+    """
 
     def __init__(
         self,
@@ -115,6 +141,7 @@ class ShardIndex:
         vectors: np.ndarray,
         metric: str,
         spec: IndexSpec,
+        defaults: SearchConfig | None = None,
     ) -> None:
         if index.ntotal != len(ids) or len(ids) != len(vectors):
             raise BundleError(
@@ -128,17 +155,24 @@ class ShardIndex:
         self.vectors = vectors
         self.metric = metric
         self.spec = spec
+        self.defaults = defaults or SearchConfig()
         self.dim = int(index.d)
 
     @classmethod
-    def load(cls, shard_dir: Path, metric: str, spec: IndexSpec) -> ShardIndex:
+    def load(
+        cls,
+        shard_dir: Path,
+        metric: str,
+        spec: IndexSpec,
+        defaults: SearchConfig | None = None,
+    ) -> ShardIndex:
         ids = np.load(shard_dir / "ids.npy", allow_pickle=False)
         vectors = np.load(shard_dir / "vectors.npy", allow_pickle=False, mmap_mode="r")
         try:
             index = faiss.read_index(str(shard_dir / "index.faiss"))
         except RuntimeError as exc:
             raise BundleError(f"{shard_dir / 'index.faiss'}: not a readable faiss index") from exc
-        return cls(index, ids, vectors, metric, spec)
+        return cls(index, ids, vectors, metric, spec, defaults)
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.spec.type, "params": self.spec.params, "num_items": len(self.ids)}
@@ -149,18 +183,18 @@ class ShardIndex:
         """queries (nq, d) float32 -> ids (nq, k) int64, scores (nq, k) float32, best first."""
         if queries.shape[1] != self.dim:
             raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
-        p = self.spec.params
+        p, d = self.spec.params, self.defaults
         fetch = k
         params: faiss.SearchParameters | None = None
         if self.spec.type == "hnsw":
             params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # stubs lag faiss
-                efSearch=max(ef_search or p["ef_search"], k)
+                efSearch=max(ef_search or d.ef_search, k)
             )
         elif self.spec.type == "ivfpq":
             params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
-                nprobe=min(nprobe or p["nprobe"], p["nlist"])
+                nprobe=min(nprobe or d.nprobe, p["nlist"])
             )
-            fetch = max(k, rerank or p["rerank"])
+            fetch = max(k, rerank or d.rerank)
         fetch = min(fetch, len(self.ids)) if len(self.ids) else 1
         x = np.ascontiguousarray(queries, dtype=np.float32)
         scores, positions = self.index.search(x, fetch, params=params)

@@ -6,11 +6,11 @@ import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from annfleet.bundle import Bundle
-from annfleet.config import ShardsConfig
+from annfleet.config import SearchConfig, ShardsConfig
 from annfleet.errors import BundleError
 from annfleet.server.index import IndexSpec, ShardIndex, set_threads
 from annfleet.server.service import LoadedShard, ShardService
@@ -25,13 +25,14 @@ SERVICE_NAMES = [
 ]
 
 
-def load_shard(bundle_path: Path, shard_id: int) -> LoadedShard:
-    """Open the bundle, verify this shard's files (sha256) and load its index."""
+def load_shard(bundle_path: Path, shard_id: int, search: SearchConfig | None = None) -> LoadedShard:
+    """Open the bundle, verify this shard's files (sha256) and load its index; ``search``
+    fills the search parameters a request leaves at 0."""
     bundle = Bundle.open(bundle_path, verify=False)
     shard = bundle.shard(shard_id)
     bundle.verify(only=[shard["dir"] + "/"])
     spec = IndexSpec(shard["index"]["type"], shard["index"]["params"])
-    index = ShardIndex.load(bundle.shard_dir(shard_id), bundle.metric, spec)
+    index = ShardIndex.load(bundle.shard_dir(shard_id), bundle.metric, spec, search)
     if index.dim != bundle.dim:
         raise BundleError(f"shard {shard_id} index has dim {index.dim}, manifest says {bundle.dim}")
     return LoadedShard(bundle, shard_id, index)
@@ -42,12 +43,14 @@ class ShardServer:
     grpc: GrpcServer
     service: ShardService
     executor: ThreadPoolExecutor
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     @classmethod
     async def bind(
         cls,
         config: ShardsConfig | None = None,
         *,
+        search: SearchConfig | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         metrics_port: int = -1,
@@ -72,7 +75,7 @@ class ShardServer:
             port=port,
             metrics_port=metrics_port,
         )
-        return cls(server, service, executor)
+        return cls(server, service, executor, search or SearchConfig())
 
     @property
     def port(self) -> int:
@@ -85,7 +88,9 @@ class ShardServer:
         already loaded keeps serving.
         """
         loop = asyncio.get_running_loop()
-        shard = await loop.run_in_executor(self.executor, load_shard, Path(bundle_path), shard_id)
+        shard = await loop.run_in_executor(
+            self.executor, load_shard, Path(bundle_path), shard_id, self.search
+        )
         self.service.shard = shard
         await self.grpc.set_serving(True)
         log.info(
@@ -106,12 +111,15 @@ async def start_shard_server(
     shard_id: int,
     config: ShardsConfig | None = None,
     *,
+    search: SearchConfig | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
     metrics_port: int = -1,
 ) -> ShardServer:
     """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded."""
-    server = await ShardServer.bind(config, host=host, port=port, metrics_port=metrics_port)
+    server = await ShardServer.bind(
+        config, search=search, host=host, port=port, metrics_port=metrics_port
+    )
     try:
         await server.load(bundle_path, shard_id)
     except BaseException:

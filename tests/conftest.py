@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,14 @@ from annfleet.bundle import Bundle
 from annfleet.config import RouterConfig, ShardsConfig
 from annfleet.server.builder import build_bundle
 from annfleet.synthetic import Catalogue, make_catalogue
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the shell's ANNFLEET_* variables (data dir, caches, tokens), and neither do
+    the subprocesses it starts: each sets what it needs."""
+    for name in [n for n in os.environ if n.startswith("ANNFLEET_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +68,7 @@ def hnsw_bundle(bundles_dir: Path, catalogue: Catalogue) -> Bundle:
 
 @pytest.fixture(scope="session")
 def ivfpq_bundle(bundles_dir: Path, catalogue: Catalogue) -> Bundle:
-    return _bundle(bundles_dir, catalogue, "ivfpq", nlist=64, pq_m=8, nprobe=16, rerank=200)
+    return _bundle(bundles_dir, catalogue, "ivfpq", nlist=64, pq_m=8)
 
 
 @pytest.fixture

@@ -188,6 +188,8 @@ def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
             "1",
             "--port",
             str(port),
+            "--metrics-port",
+            "-1",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -211,3 +213,102 @@ def test_up_with_a_wrong_movielens_path_fails_clearly(tmp_path: Path) -> None:
     done = run("up", "--config", str(config), timeout=60)
     assert done.returncode == 2
     assert "missing MovieLens file(s)" in done.stderr and str(tmp_path) in done.stderr
+
+
+def test_editing_search_defaults_never_rebuilds_the_default_bundle(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from annfleet.cli import default_bundle
+    from annfleet.config import ClusterConfig, DatasetConfig, IndexConfig, SearchConfig
+
+    base = ClusterConfig(
+        data_dir=str(tmp_path),
+        dataset=DatasetConfig(kind="synthetic", items=3000, dim=8, clusters=4, users=10),
+        index=IndexConfig(type="ivfpq", nlist=16),
+        shards=replace(ClusterConfig().shards, count=2),
+    )
+    first = default_bundle(base, progress=False)
+    built = (first / "manifest.json").stat().st_mtime_ns
+    edited = replace(base, search=SearchConfig(ef_search=512, nprobe=4, rerank=64))
+    assert default_bundle(edited, progress=False) == first
+    assert (first / "manifest.json").stat().st_mtime_ns == built  # reused, not rebuilt
+    other = default_bundle(replace(base, index=replace(base.index, nlist=8)), progress=False)
+    assert other != first and Bundle.open(other).shard(0)["index"]["params"]["nlist"] == 8
+
+
+def test_ivfpq_build_on_50_dims_picks_and_prints_pq_m(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "x.npy", rng.standard_normal((3000, 50)).astype(np.float32))
+    out = tmp_path / "glove-like"
+    done = run("build-bundle", "--vectors", str(tmp_path / "x.npy"), "--shards", "2")
+    assert done.returncode == 2 and "--out" in done.stderr  # argparse: required
+    done = run(
+        "build-bundle",
+        *("--vectors", str(tmp_path / "x.npy"), "--shards", "2", "--index", "ivfpq"),
+        *("--out", str(out)),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "pq_m=10 (auto for dim 50)" in done.stdout
+    assert Bundle.open(out).shard(1)["index"]["params"]["pq_m"] == 10
+    search_flag = run(
+        "build-bundle",
+        *("--vectors", str(tmp_path / "x.npy"), "--shards", "2", "--ef-search", "64"),
+        *("--out", str(tmp_path / "b2")),
+    )
+    assert search_flag.returncode == 2 and "--ef-search" in search_flag.stderr
+
+
+def test_up_with_a_bundle_says_the_index_section_does_not_apply(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'data'}\nindex: {{type: ivfpq, nlist: 64}}\n")
+    done = run("up", "--config", str(config), "--bundle", str(tmp_path / "absent"), timeout=60)
+    assert done.returncode == 2 and "not a bundle" in done.stderr
+    assert "the config's index.type, index.nlist do not apply" in done.stderr
+
+
+def _wait_serving(target: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    from annfleet.cluster import health_status
+
+    deadline = time.monotonic() + timeout
+    while health_status(target) != "SERVING":
+        assert process.poll() is None, process.communicate()[0]
+        assert time.monotonic() < deadline, f"{target} never SERVING"
+        time.sleep(0.1)
+
+
+def test_serve_flags_override_the_config_only_when_given(tmp_path: Path) -> None:
+    from annfleet.server.builder import build_bundle
+    from annfleet.synthetic import make_catalogue
+
+    cat = make_catalogue(2000, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    shard1_port, router_port, flag_port = free_port(), free_port(), free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"shards: {{base_port: {shard1_port - 1}, metrics_base_port: -1, grace_s: 0.5}}\n"
+        f"router: {{port: {router_port}, metrics_port: -1, grace_s: 0.5}}\n"
+    )
+    common = ["--bundle", str(bundle.path), "--config", str(config)]
+    procs = []
+    try:
+        for extra in (["--shard", "1"], ["--shard", "0", "--port", str(flag_port)]):
+            procs.append(_popen("serve-shard", *common, *extra))
+        _wait_serving(f"127.0.0.1:{shard1_port}", procs[0])  # base_port + 1 from the config
+        _wait_serving(f"127.0.0.1:{flag_port}", procs[1])  # the flag wins
+        shards = f"127.0.0.1:{flag_port},127.0.0.1:{shard1_port}"
+        procs.append(_popen("serve-router", *common, "--shards", shards))
+        _wait_serving(f"127.0.0.1:{router_port}", procs[2])  # router.port from the config
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.communicate(timeout=30)
+    assert [p.returncode for p in procs] == [0, 0, 0]
+
+
+def _popen(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [*ANNFLEET, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )

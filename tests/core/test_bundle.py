@@ -125,20 +125,25 @@ def test_bad_input_is_rejected(tmp_path: Path, change, message: str) -> None:  #
 
 def test_bad_index_params_and_existing_out(tmp_path: Path) -> None:
     ids, vectors = small()
-    with pytest.raises(InvalidArgument, match="unknown hnsw index parameter"):
-        build_bundle(
-            tmp_path / "b", ids, vectors, num_shards=2, index_params={"nprobe": 3}, progress=False
-        )
-    with pytest.raises(InvalidArgument, match="must divide dim"):
-        build_bundle(
-            tmp_path / "b",
-            ids,
-            vectors,
-            num_shards=2,
-            index_type="ivfpq",
-            index_params={"pq_m": 5},
-            progress=False,
-        )
+    for index_type, params, message in [
+        ("hnsw", {"nlist": 3}, "unknown hnsw index parameter"),
+        ("hnsw", {"ef_search": 9}, "ef_search: search parameter"),
+        (
+            "ivfpq",
+            {"pq_m": 5},
+            r"pq_m=5 must divide dim 16 \(e.g. 1, 2, 4, 8, 16; pq_m 0 picks 8\)",
+        ),
+    ]:
+        with pytest.raises(InvalidArgument, match=message):
+            build_bundle(
+                tmp_path / "b",
+                ids,
+                vectors,
+                num_shards=2,
+                index_type=index_type,
+                index_params=params,
+                progress=False,
+            )
     build_bundle(tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False)
     with pytest.raises(InvalidArgument, match="exists"):
         build_bundle(tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False)
@@ -163,3 +168,20 @@ def test_users_and_tables_round_trip(tmp_path: Path) -> None:
     assert bundle.table("popular_ids").tolist() == ids[:10].tolist()
     assert bundle.table("item_titles") == {"ids": [3], "titles": ["x"]}
     assert bundle.table("nope") is None
+
+
+@pytest.mark.parametrize(("dim", "pq_m"), [(50, 10), (64, 16), (32, 16), (16, 8), (17, 1), (2, 1)])
+def test_auto_pq_m_is_the_largest_divisor_up_to_16_with_2_dims_each(dim: int, pq_m: int) -> None:
+    from annfleet.server.index import auto_pq_m
+
+    assert auto_pq_m(dim) == pq_m
+
+
+def test_ivfpq_on_50_dims_builds_with_the_default_pq_m(tmp_path: Path) -> None:
+    ids, vectors = small(n=2000, d=50)  # GloVe-like: 16 does not divide 50
+    bundle = build_bundle(
+        tmp_path / "b", ids, vectors, num_shards=2, index_type="ivfpq", progress=False
+    )
+    for s in range(2):
+        assert bundle.shard(s)["index"]["params"]["pq_m"] == 10
+        assert "PQ10x" in bundle.shard(s)["index"]["factory"]

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 
 import pytest
+import yaml
 
-from annfleet.config import ClusterConfig, load_config
+from annfleet.config import ClusterConfig, DatasetConfig, IndexConfig, SearchConfig, load_config
 from annfleet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,6 +33,9 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("router:\n  port: fast\n", "'router.port' must be int"),
         ("router:\n  min_coverage: 0\n", "router.min_coverage must be in"),
         ("index:\n  type: lsh\n", "index.type must be"),
+        ("index:\n  pq_m: -1\n", "index.pq_m must be >= 0"),
+        ("search:\n  ef_search: 0\n", "search.ef_search must be in [1, 32768]"),
+        ("search:\n  rerank: 100000\n", "search.rerank must be in [1, 65536]"),
         ("shards: 3\n", "shards must be a mapping"),
         ("a: [\n", "not valid YAML"),
     ],
@@ -48,7 +54,57 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.yaml")
 
 
-def test_shipped_synthetic_config_loads() -> None:
+def _keys(value: object, prefix: str = "") -> set[str]:
+    """Dotted keys of a YAML mapping or of a config dataclass, recursively."""
+    if dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if not isinstance(value, dict):
+        return {prefix.rstrip(".")}
+    return {k for name, v in value.items() for k in _keys(v, f"{prefix}{name}.")}
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "synthetic.yaml"])
+def test_shipped_configs_list_every_key(name: str) -> None:
+    listed = _keys(yaml.safe_load((REPO / "deploy" / name).read_text()))
+    assert listed == _keys(ClusterConfig())
+
+
+def test_synthetic_config_differs_from_the_defaults_only_in_the_dataset_kind() -> None:
     config = load_config(REPO / "deploy" / "synthetic.yaml")
-    assert config.dataset.kind == "synthetic" and config.dataset.items == 200_000
-    assert config.router == ClusterConfig().router
+    assert config == dataclasses.replace(
+        ClusterConfig(), dataset=dataclasses.replace(DatasetConfig(), kind="synthetic")
+    )
+
+
+def test_search_defaults_are_their_own_section_and_not_index_params(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("index: {type: ivfpq}\nsearch: {ef_search: 64, nprobe: 8, rerank: 100}\n")
+    config = load_config(path)
+    assert config.search == SearchConfig(ef_search=64, nprobe=8, rerank=100)
+    assert config.index.params() == {"nlist": 1024, "pq_m": 0, "nbits": 8}
+    assert IndexConfig(type="hnsw").params() == {"m": 32, "ef_construction": 200}
+
+
+def test_a_search_key_left_under_index_says_where_it_moved(tmp_path: Path) -> None:
+    path = tmp_path / "old.yaml"
+    path.write_text("index:\n  ef_search: 64\n")
+    with pytest.raises(ConfigError, match=r"'index.ef_search' moved to 'search.ef_search'"):
+        load_config(path)
+
+
+def test_no_annfleet_variable_reaches_a_test() -> None:
+    """`ANNFLEET_DATA=/tmp/elsewhere make test` must pass: conftest clears them."""
+    assert not [name for name in os.environ if name.startswith("ANNFLEET_")]
+
+
+def test_data_dir_from_the_config_wins_over_annfleet_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANNFLEET_DATA", str(tmp_path / "elsewhere"))
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'mine'}\n")
+    assert load_config(path).data_path() == tmp_path / "mine"
+    # Without a data_dir the variable is the default, and ~/.cache/annfleet without either.
+    assert load_config(REPO / "deploy" / "local.yaml").data_path() == tmp_path / "elsewhere"
+    monkeypatch.delenv("ANNFLEET_DATA")
+    assert ClusterConfig().data_path() == Path("~/.cache/annfleet").expanduser()

@@ -52,3 +52,17 @@ def test_unknown_user_is_embedded_from_context(small_bundle: Bundle) -> None:
         10**9, RequestContext(recent_item_ids=(1, 50, 100, 999_999), timestamp=893286638)
     )
     assert np.allclose(a, d, atol=1e-6)
+
+
+def test_the_default_movielens_bundle_is_keyed_by_build_not_search_params(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from annfleet.cli import default_bundle_path
+    from annfleet.config import ClusterConfig, SearchConfig
+
+    base = ClusterConfig(data_dir=str(tmp_path))
+    edited = replace(base, search=SearchConfig(ef_search=512, nprobe=4, rerank=64))
+    assert default_bundle_path(edited) == default_bundle_path(base)
+    assert default_bundle_path(replace(base, index=replace(base.index, m=16))) != (
+        default_bundle_path(base)
+    )

@@ -16,7 +16,7 @@ from support import LoopThread
 
 from annfleet.arrays import F32, I64, decode_rows, to_bytes
 from annfleet.bundle import Bundle
-from annfleet.config import ShardsConfig
+from annfleet.config import SearchConfig, ShardsConfig
 from annfleet.errors import BundleError
 from annfleet.server.main import ShardServer, start_shard_server
 from annfleet.synthetic import Catalogue
@@ -250,3 +250,51 @@ def test_faiss_threads_apply_in_the_search_threads(loop_thread: LoopThread) -> N
         assert loop_thread.run(threads_in_executor(server)) == 1
     finally:
         loop_thread.run(server.stop(0))
+
+
+def _search_ids(port: int, queries: np.ndarray, params: common_pb2.SearchParams) -> np.ndarray:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = shard_pb2_grpc.IndexShardStub(channel).Search(
+            request(queries, k=10, params=params), timeout=10
+        )
+    return decode_rows(reply.ids, I64, len(queries), 10, name="ids")
+
+
+def test_search_defaults_come_from_the_serving_config_not_the_bundle(
+    loop_thread: LoopThread, ivfpq_bundle: Bundle, catalogue: Catalogue, tmp_path: Path
+) -> None:
+    """A request's 0 means the shard's `search:` config, even over an older bundle whose
+    manifest stored its own search defaults."""
+    import json
+
+    from annfleet.bundle import content_id
+
+    old = tmp_path / "old-manifest"
+    shutil.copytree(ivfpq_bundle.path, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    for shard_entry in manifest["shards"]:
+        shard_entry["index"]["params"].update(nprobe=64, rerank=1000)
+    manifest["bundle_id"] = content_id(manifest)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+
+    queries = catalogue.user_vectors[:50]
+    explicit = {}
+    for nprobe in (1, 64):
+        server = loop_thread.run(start_shard_server(ivfpq_bundle.path, 0))
+        try:
+            explicit[nprobe] = _search_ids(
+                server.port, queries, common_pb2.SearchParams(nprobe=nprobe, rerank=10)
+            )
+        finally:
+            loop_thread.run(server.stop(0))
+    assert not np.array_equal(explicit[1], explicit[64])  # nprobe matters on these queries
+
+    for nprobe in (1, 64):
+        server = loop_thread.run(
+            start_shard_server(old, 0, search=SearchConfig(nprobe=nprobe, rerank=10))
+        )
+        try:
+            got = _search_ids(server.port, queries, common_pb2.SearchParams())
+        finally:
+            loop_thread.run(server.stop(0))
+        assert np.array_equal(got, explicit[nprobe])
