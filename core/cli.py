@@ -52,18 +52,27 @@ def _index_config(base: IndexConfig, args: argparse.Namespace) -> IndexConfig:
     return dataclasses.replace(base, **changes)
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
+def _load_npy(path: str, what: str, mmap: bool = False) -> np.ndarray:
     try:
-        return np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"annfleet: cannot read {what} from {path}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- build-bundle
 def cmd_build_bundle(args: argparse.Namespace) -> int:
-    from annfleet.server.builder import build_bundle
+    from annfleet.server.builder import (
+        build_bundle,
+        build_shard_part,
+        finalize_bundle,
+        parts_dir,
+    )
 
-    vectors = _load_npy(args.vectors, "--vectors")
+    split = args.only_shard is not None or args.finalize
+    if args.only_shard is not None and args.finalize:
+        raise SystemExit("annfleet: --only-shard and --finalize are separate steps")
+    # a split step reads only its rows of a (possibly huge) matrix: memory-map it
+    vectors = _load_npy(args.vectors, "--vectors", mmap=split)
     ids = _load_npy(args.ids, "--ids") if args.ids else np.arange(len(vectors), dtype=np.int64)
     users: dict[str, Any] = {}
     if bool(args.user_vectors) != bool(args.user_ids):
@@ -74,19 +83,33 @@ def cmd_build_bundle(args: argparse.Namespace) -> int:
             "user_ids": _load_npy(args.user_ids, "--user-ids"),
         }
     index = _index_config(IndexConfig(), args)
+    common: dict[str, Any] = {
+        "num_shards": args.shards,
+        "index_type": index.type,
+        "index_params": index.params(),
+        "metric": args.metric,
+    }
     started = time.monotonic()
-    bundle = build_bundle(
-        Path(args.out),
-        ids,
-        vectors,
-        num_shards=args.shards,
-        index_type=index.type,
-        index_params=index.params(),
-        metric=args.metric,
-        model={"name": args.model_name, "version": args.model_version},
-        overwrite=args.overwrite,
+    if args.only_shard is not None:
+        part = build_shard_part(Path(args.out), ids, vectors, shard_id=args.only_shard, **common)
+        print(
+            f"shard {args.only_shard} of {args.shards}: {part['num_items']} items, "
+            f"{index.type} index built into {parts_dir(Path(args.out))} in "
+            f"{time.monotonic() - started:.1f}s; `build-bundle --finalize` with the same "
+            "arguments writes the bundle once every shard is built"
+        )
+        return 0
+    bundle_args: dict[str, Any] = {
+        "model": {"name": args.model_name, "version": args.model_version},
+        "overwrite": args.overwrite,
         **users,
-    )
+    }
+    if args.finalize:
+        bundle = finalize_bundle(
+            Path(args.out), ids, vectors, wait_s=args.wait_s, **common, **bundle_args
+        )
+    else:
+        bundle = build_bundle(Path(args.out), ids, vectors, **common, **bundle_args)
     print(
         f"bundle {bundle.id}: {len(ids)} items x {bundle.dim} dims, {bundle.num_shards} "
         f"{index.type} shards, written to {bundle.path} in {time.monotonic() - started:.1f}s"
@@ -463,6 +486,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", default="0")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument(
+        "--only-shard",
+        type=int,
+        metavar="I",
+        help="split build: build only shard I (e.g. one Kubernetes Job pod per shard)",
+    )
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="split build: write the bundle once every shard is built (same arguments)",
+    )
+    p.add_argument(
+        "--wait-s",
+        type=float,
+        default=0.0,
+        help="with --finalize: wait this long for shards still being built",
+    )
     _add_index_flags(p)
     p.set_defaults(func=cmd_build_bundle)
 
