@@ -549,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
     for module in (
         "annfleet.model.cli",
         "annfleet.benchmarks.cli",
+        "annfleet.capacity",
         "annfleet.probe",
     ):
         try:
