@@ -16,12 +16,17 @@ from annfleet.server.builder import build_bundle
 from annfleet.synthetic import Catalogue, make_catalogue
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test sees the shell's ANNFLEET_* variables (data dir, caches, tokens), and neither do
-    the subprocesses it starts: each sets what it needs."""
-    for name in [n for n in os.environ if n.startswith("ANNFLEET_")]:
-        monkeypatch.delenv(name)
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test, fixture or subprocess sees the shell's ANNFLEET_* variables (data dir, caches,
+    tokens); session-scoped so it is in place before any module or session fixture runs.
+    ANNFLEET_DATA points into the session's tmp dir, so code that falls back to the default
+    data dir (logs of the benchmark harness's local cluster) never writes to ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [n for n in os.environ if n.startswith("ANNFLEET_")]:
+            patch.delenv(name)
+        patch.setenv("ANNFLEET_DATA", str(tmp_path_factory.mktemp("annfleet-data")))
+        yield
 
 
 @pytest.fixture(scope="session")

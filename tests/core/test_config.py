@@ -92,9 +92,13 @@ def test_a_search_key_left_under_index_says_where_it_moved(tmp_path: Path) -> No
         load_config(path)
 
 
-def test_no_annfleet_variable_reaches_a_test() -> None:
-    """`ANNFLEET_DATA=/tmp/elsewhere make test` must pass: conftest clears them."""
-    assert not [name for name in os.environ if name.startswith("ANNFLEET_")]
+def test_no_annfleet_variable_of_the_shell_reaches_a_test(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """`ANNFLEET_DATA=/tmp/elsewhere make test` must pass: conftest clears the shell's
+    variables and points ANNFLEET_DATA into the session's tmp dir."""
+    assert [name for name in os.environ if name.startswith("ANNFLEET_")] == ["ANNFLEET_DATA"]
+    assert Path(os.environ["ANNFLEET_DATA"]).is_relative_to(tmp_path_factory.getbasetemp())
 
 
 def test_data_dir_from_the_config_wins_over_annfleet_data(
