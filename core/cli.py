@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from annfleet.config import ClusterConfig, DatasetConfig, IndexConfig, load_config
-from annfleet.errors import AnnfleetError
+from annfleet.errors import AnnfleetError, ConfigError
 
 log = logging.getLogger("annfleet")
 
@@ -283,10 +283,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             if child.metrics_port
             else ""
         )
+        admin = f"  admin {child.admin_target}" if child.admin_target else ""
         print(
-            f"  {child.name:<9} {child.target:<21} pid {child.pid:<7}{metrics}"
+            f"  {child.name:<9} {child.target:<21} pid {child.pid:<7}{metrics}{admin}"
             f"  log {child.log_path}"
         )
+    if cluster.admin_token_source:
+        print(f"admin token (annfleet items/rollout): {cluster.admin_token_source}")
     print(
         f"router listening on {cluster.router_target}  (ready in "
         f"{time.monotonic() - started:.1f}s)",
@@ -396,22 +399,31 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _shard_bundle(target: str) -> str:
-    """What a shard process says it serves, e.g. "shard 2/4 of b1234 (50000 items, hnsw)"."""
+    """What a shard process serves and holds, e.g. "shard 2/4 of b1234 (50000 items, hnsw)"."""
     import grpc
 
     from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
     with grpc.insecure_channel(target) as channel:
         try:
-            info = shard_pb2_grpc.ShardAdminStub(channel).Describe(
-                shard_pb2.DescribeRequest(), timeout=1.0
-            )
+            info = shard_pb2_grpc.IndexShardStub(channel).Info(shard_pb2.InfoRequest(), timeout=1.0)
         except grpc.RpcError as exc:
             return f"({exc.code().name})"
-    return (
+    line = (
         f"shard {info.shard_id}/{info.num_shards} of {info.bundle_id} "
         f"({info.num_items} items, {info.index_type})"
     )
+    for held in info.bundles:
+        updates = (
+            f", +{held.upserted_items} upserted -{held.deleted_items} deleted"
+            if held.upserted_items or held.deleted_items
+            else ""
+        )
+        line += (
+            f"\n{'':<12}{'active' if held.active else 'held':<7}{held.bundle_id}  "
+            f"{held.num_items} items{updates}"
+        )
+    return line
 
 
 # ---------------------------------------------------------------------------- serve-*
@@ -422,6 +434,23 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
     cluster = load_config(args.config)
     config = cluster.shards
     host = _given(args.host, config.host)
+    admin_port = _given(args.admin_port, _nth_port(config.admin_base_port, args.shard))
+    token = None
+    if admin_port >= 0:
+        from annfleet.auth import read_token
+
+        admin = cluster.admin
+        if args.admin_token_file:
+            admin = dataclasses.replace(admin, token_file=args.admin_token_file, token_env="")
+        token = read_token(admin)
+        if token is None and args.admin_port is not None:
+            raise ConfigError(
+                f"--admin-port {args.admin_port} needs an admin token: set admin.token_file, "
+                f"${admin.token_env} or --admin-token-file"
+            )
+        if token is None:
+            log.warning("no admin token configured: shard %d serves no admin port", args.shard)
+            admin_port = -1
     start = start_shard_server(
         Path(args.bundle),
         args.shard,
@@ -430,6 +459,9 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
         host=host,
         port=_given(args.port, _nth_port(config.base_port, args.shard)),
         metrics_port=_given(args.metrics_port, _nth_port(config.metrics_base_port, args.shard)),
+        admin_port=admin_port,
+        admin_token=token,
+        replica=args.replica,
     )
     name = f"shard {args.shard}"
     run(lambda: serve_until_signal(start, name=name, host=host, grace=config.grace_s))
@@ -540,6 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "serve-shard":
             p.add_argument("--shard", type=int, required=True)
+            p.add_argument("--replica", type=int, default=0, help="replica index (update log)")
+            p.add_argument(
+                "--admin-port",
+                type=int,
+                help="ShardAdmin port; -1 = off, 0 = free (default: from the config)",
+            )
+            p.add_argument("--admin-token-file", help="admin token file (overrides the config)")
         else:
             p.add_argument(
                 "--shards", required=True, help="comma-separated shard HOST:PORTs, in shard order"
@@ -547,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     for module in (
+        "annfleet.admin_cli",
         "annfleet.model.cli",
         "annfleet.benchmarks.cli",
         "annfleet.capacity",

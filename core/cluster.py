@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
 from annfleet.config import ClusterConfig
 
@@ -70,6 +71,7 @@ class Child:
     target: str
     metrics_port: int | None
     log_path: Path
+    admin_target: str = ""  # the ShardAdmin port, when served
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -146,8 +148,17 @@ class LocalCluster:
         common = ["--bundle", str(self.bundle.path)]
         if config_path:
             common += ["--config", str(config_path)]
+        admin_args: list[str] = []
+        self.admin_token_source = ""
+        if shards_cfg.admin_base_port >= 0:
+            admin_args, self.admin_token_source = self._admin_token_args()
         self.shards: list[Child] = []
         for i in range(self.bundle.num_shards):
+            admin_port = -1
+            if shards_cfg.admin_base_port >= 0:
+                admin_port = (
+                    shards_cfg.admin_base_port + i if fixed_ports else free_port(shards_cfg.host)
+                )
             port = shards_cfg.base_port + i if fixed_ports else free_port(shards_cfg.host)
             metrics = (
                 shards_cfg.metrics_base_port + i
@@ -169,10 +180,14 @@ class LocalCluster:
                         str(port),
                         "--metrics-port",
                         str(metrics),
+                        "--admin-port",
+                        str(admin_port),
+                        *(admin_args if admin_port >= 0 else []),
                     ],
                     target,
                     metrics if metrics >= 0 else None,
                     self.log_dir / f"shard-{i:02d}.log",
+                    f"{shards_cfg.host}:{admin_port}" if admin_port >= 0 else "",
                 )
             )
         router_port = router_cfg.port if fixed_ports else free_port(router_cfg.host)
@@ -195,6 +210,20 @@ class LocalCluster:
             router_metrics if router_metrics >= 0 else None,
             self.log_dir / "router.log",
         )
+
+    def _admin_token_args(self) -> tuple[list[str], str]:
+        """How the shard processes get the admin token, and where it is (for humans).
+
+        The configured file, else the configured environment variable (inherited), else a
+        token generated once in the data dir (what `annfleet items`/`rollout` find there).
+        """
+        admin = self.config.admin
+        if admin.token_file:
+            return ["--admin-token-file", admin.token_file], admin.token_file
+        if read_token(admin) is not None:
+            return [], f"${admin.token_env}"
+        path = ensure_token_file(default_token_path(self.config))
+        return ["--admin-token-file", str(path)], str(path)
 
     @property
     def children(self) -> list[Child]:
@@ -253,6 +282,7 @@ class LocalCluster:
         return {
             "bundle": str(self.bundle.path),
             "bundle_id": self.bundle.id,
+            "admin_token": self.admin_token_source,
             "children": [
                 {
                     "name": c.name,
@@ -262,6 +292,7 @@ class LocalCluster:
                     "metrics": f"http://{c.target.rsplit(':', 1)[0]}:{c.metrics_port}/metrics"
                     if c.metrics_port
                     else None,
+                    **({"admin_target": c.admin_target} if c.admin_target else {}),
                 }
                 for c in self.children
             ],

@@ -74,6 +74,12 @@ class ShardsConfig:
     max_batch: int = 1024  # queries per request
     search_threads: int = 1  # faiss threads per shard process
     grace_s: float = 5.0  # drain time on SIGTERM
+    # ShardAdmin (prepare/commit/release bundles, live upserts) on its own port, token needed:
+    # shard i on admin_base_port + i; 0 = free ports, -1 = off.
+    admin_base_port: int = 50161
+    updates_dir: str = ""  # update logs; "" = beside each bundle (<bundle>.updates/)
+    max_delta_items: int = 1_000_000  # upserted items a shard holds per bundle (exact search)
+    memory_limit_mb: int = 0  # cap on a shard process's memory for Prepare; 0 = the machine's
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,14 @@ class RouterConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """Where the admin ports' bearer token comes from: the file, else the variable."""
+
+    token_file: str = ""  # relative paths are resolved against the config file
+    token_env: str = "ANNFLEET_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     bundle: str = ""  # a bundle directory; "" = build/reuse the default from `dataset`
     # Cached bundles, logs, cluster.json. "" = $ANNFLEET_DATA, else ~/.cache/annfleet; a
@@ -109,6 +123,7 @@ class ClusterConfig:
     search: SearchConfig = field(default_factory=SearchConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     def data_path(self) -> Path:
         return Path(
@@ -136,6 +151,9 @@ class ClusterConfig:
             (self.router.oversample >= 1.0, "router.oversample", ">= 1"),
             (self.router.max_k >= 1 and self.shards.max_k >= 1, "max_k", ">= 1"),
             (self.router.default_timeout_s > 0, "router.default_timeout_s", "> 0"),
+            (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
+            (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
+            (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -179,6 +197,13 @@ def _build(cls: type[T], data: Any, source: str, prefix: str) -> T:
     return cls(**kwargs)
 
 
+def _beside(config_path: Path, value: str) -> str:
+    """A path from the config file: relative ones are resolved against the file's directory."""
+    if not value or Path(value).expanduser().is_absolute():
+        return value
+    return str((config_path.parent / value).resolve())
+
+
 def load_config(path: Path | str | None = None) -> ClusterConfig:
     """Defaults, or the YAML file at ``path`` over them."""
     if path is None:
@@ -193,4 +218,11 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
     config = _build(ClusterConfig, data, str(path), "")
     if config.bundle and not Path(config.bundle).is_absolute():
         config = dataclasses.replace(config, bundle=str((path.parent / config.bundle).resolve()))
+    config = dataclasses.replace(
+        config,
+        admin=dataclasses.replace(config.admin, token_file=_beside(path, config.admin.token_file)),
+        shards=dataclasses.replace(
+            config.shards, updates_dir=_beside(path, config.shards.updates_dir)
+        ),
+    )
     return config.validate(str(path))

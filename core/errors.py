@@ -39,6 +39,12 @@ class DeadlineExceeded(AnnfleetError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class ResourceExhausted(AnnfleetError):
+    """Not enough of something (memory, queue room, delta capacity) to do it now."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class BundleError(AnnfleetError):
     """A bundle that is missing, corrupt (checksum), or inconsistent (dim, shard count)."""
 

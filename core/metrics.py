@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,14 @@ DEGRADED = Counter(
     "annfleet_router_degraded", "Router responses missing at least one shard", ["method"]
 )
 USER_CACHE = Counter("annfleet_router_user_cache", "User-embedding cache lookups", ["result"])
+ADMIN_REFUSED = Counter(
+    "annfleet_admin_refused", "Admin calls refused before they ran, by status code", ["code"]
+)
+SHARD_ITEMS = Gauge(
+    "annfleet_shard_items",
+    "Items of a held bundle's shard, by kind (bundle, upserted, deleted, searchable)",
+    ["bundle", "kind"],
+)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:

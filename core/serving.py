@@ -103,9 +103,10 @@ async def start_server(
     host: str,
     port: int,
     metrics_port: int = -1,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> GrpcServer:
     """Bind and start; every service (and the overall "") reports NOT_SERVING."""
-    server = grpc.aio.server(options=GRPC_OPTIONS)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=list(interceptors))
     for add, servicer in services:
         add(servicer, server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -45,7 +45,7 @@ async def confirm_shards(
     while pending and time.monotonic() < deadline:
         for shard_id, ep in list(pending.items()):
             try:
-                info = await ep.admin.Describe(shard_pb2.DescribeRequest(), timeout=1.0)
+                info = await ep.stub.Info(shard_pb2.InfoRequest(), timeout=1.0)
             except grpc.aio.AioRpcError:
                 continue
             if info.bundle_id != bundle.id or info.shard_id != shard_id:

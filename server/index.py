@@ -157,6 +157,7 @@ class ShardIndex:
         self.spec = spec
         self.defaults = defaults or SearchConfig()
         self.dim = int(index.d)
+        self.hidden = PositionMask(len(ids))  # deleted/replaced items (server/delta.py)
 
     @classmethod
     def load(
@@ -178,28 +179,55 @@ class ShardIndex:
         return {"type": self.spec.type, "params": self.spec.params, "num_items": len(self.ids)}
 
     def search(
-        self, queries: np.ndarray, k: int, *, ef_search: int = 0, nprobe: int = 0, rerank: int = 0
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """queries (nq, d) float32 -> ids (nq, k) int64, scores (nq, k) float32, best first."""
+        """queries (nq, d) float32 -> ids (nq, k) int64, scores (nq, k) float32, best first.
+
+        Positions in ``self.hidden`` (deleted or replaced items) are skipped inside faiss.
+        """
         if queries.shape[1] != self.dim:
             raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
         p, d = self.spec.params, self.defaults
         fetch = k
+        sel = self.hidden.selector if self.hidden.count else None
         params: faiss.SearchParameters | None = None
         if self.spec.type == "hnsw":
             params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # stubs lag faiss
-                efSearch=max(ef_search or d.ef_search, k)
+                efSearch=max(ef_search or d.ef_search, k), sel=sel
             )
         elif self.spec.type == "ivfpq":
             params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
-                nprobe=min(nprobe or d.nprobe, p["nlist"])
+                nprobe=min(nprobe or d.nprobe, p["nlist"]), sel=sel
             )
             fetch = max(k, rerank or d.rerank)
+        elif sel is not None:
+            params = faiss.SearchParameters(sel=sel)  # type: ignore[call-arg]
         fetch = min(fetch, len(self.ids)) if len(self.ids) else 1
         x = np.ascontiguousarray(queries, dtype=np.float32)
         scores, positions = self.index.search(x, fetch, params=params)
         if self.spec.type == "ivfpq":
             scores, positions = self._rerank(x, positions, k)
+        return self._to_ids(positions, scores, k)
+
+    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the stored vectors but hidden ones -> ids, scores (nq, k)."""
+        if queries.shape[1] != self.dim:
+            raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
+        skip = self.hidden.count
+        fetch = max(1, min(k + skip, len(self.ids)))
+        positions, scores = exact_search(self.vectors, queries, fetch, self.metric)
+        if skip:
+            drop = (positions >= 0) & self.hidden.contains(np.where(positions >= 0, positions, 0))
+            positions = np.where(drop, -1, positions)
+            order = np.argsort(drop, axis=1, kind="stable")  # kept hits first, in rank order
+            positions = np.take_along_axis(positions, order, axis=1)
+            scores = np.take_along_axis(scores, order, axis=1)
         return self._to_ids(positions, scores, k)
 
     def _rerank(
@@ -238,11 +266,42 @@ class ShardIndex:
 def exact_search(
     vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force ground truth: positions (nq, k) int64 and scores (nq, k) float32."""
-    index = faiss.IndexFlat(vectors.shape[1], METRICS[metric])
-    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-    scores, positions = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return positions, scores
+    """Brute-force ground truth over vectors (n, d) float32, not copied: positions (nq, k)
+    int64 (-1 pads when n < k) and scores (nq, k) float32, best first."""
+    scores, positions = faiss.knn(
+        np.ascontiguousarray(queries, dtype=np.float32),
+        np.ascontiguousarray(vectors, dtype=np.float32),
+        k,
+        metric=METRICS[metric],
+    )
+    scores = np.where(positions >= 0, scores, worst_score(metric)).astype(np.float32)
+    return positions.astype(np.int64), scores
+
+
+class PositionMask:
+    """Positions of one shard index hidden from search (deleted or replaced items).
+
+    A bitmap of kept positions behind a faiss ``IDSelectorBitmap``; bits are cleared in
+    place (never set again), so a search that starts after ``hide`` returns never sees them.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.bits = np.full((n + 7) // 8, 0xFF, dtype=np.uint8)
+        self.selector = faiss.IDSelectorBitmap(self.bits)  # type: ignore[call-arg,arg-type]
+        self.count = 0
+
+    def hide(self, positions: np.ndarray) -> None:
+        """positions (m,) int64 in [0, n); hiding one twice is a no-op."""
+        positions = np.unique(np.asarray(positions, dtype=np.int64))
+        new = positions[~self.contains(positions)]
+        np.bitwise_and.at(self.bits, new >> 3, ~(np.uint8(1) << (new & 7).astype(np.uint8)))
+        self.count += len(new)
+
+    def contains(self, positions: np.ndarray) -> np.ndarray:
+        """positions (...) int64 in [0, n) -> bool (...), True where hidden."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return (self.bits[positions >> 3] >> (positions & 7).astype(np.uint8)) & 1 == 0
 
 
 def spec_to_json(spec: IndexSpec) -> str:

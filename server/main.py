@@ -1,49 +1,44 @@
-"""Start a shard server: bind, load and verify the shard, then go SERVING; drain on SIGTERM."""
+"""Start a shard server: bind, load and verify the shard, then go SERVING; drain on SIGTERM.
+
+Two gRPC servers per process: the serving port (IndexShard, health, reflection) and, when
+an admin port and token are configured, the admin port (ShardAdmin behind the bearer-token
+interceptor, health, reflection).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from annfleet.bundle import Bundle
+from annfleet.auth import BearerTokenInterceptor
 from annfleet.config import SearchConfig, ShardsConfig
-from annfleet.errors import BundleError
-from annfleet.server.index import IndexSpec, ShardIndex, set_threads
-from annfleet.server.service import LoadedShard, ShardService
+from annfleet.errors import ConfigError, FailedPrecondition
+from annfleet.server.admin import ShardAdminService
+from annfleet.server.holdings import Holdings, load_shard
+from annfleet.server.index import set_threads
+from annfleet.server.service import ShardService
 from annfleet.serving import GrpcServer, start_server
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
+__all__ = ["ShardServer", "load_shard", "start_shard_server"]
+
 log = logging.getLogger(__name__)
 
-SERVICE_NAMES = [
-    shard_pb2.DESCRIPTOR.services_by_name["IndexShard"].full_name,
-    shard_pb2.DESCRIPTOR.services_by_name["ShardAdmin"].full_name,
-]
-
-
-def load_shard(bundle_path: Path, shard_id: int, search: SearchConfig | None = None) -> LoadedShard:
-    """Open the bundle, verify this shard's files (sha256) and load its index; ``search``
-    fills the search parameters a request leaves at 0."""
-    bundle = Bundle.open(bundle_path, verify=False)
-    shard = bundle.shard(shard_id)
-    bundle.verify(only=[shard["dir"] + "/"])
-    spec = IndexSpec(shard["index"]["type"], shard["index"]["params"])
-    index = ShardIndex.load(bundle.shard_dir(shard_id), bundle.metric, spec, search)
-    if index.dim != bundle.dim:
-        raise BundleError(f"shard {shard_id} index has dim {index.dim}, manifest says {bundle.dim}")
-    return LoadedShard(bundle, shard_id, index)
+SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["IndexShard"].full_name]
+ADMIN_SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ShardAdmin"].full_name]
 
 
 @dataclass
 class ShardServer:
     grpc: GrpcServer
     service: ShardService
+    admin: ShardAdminService
+    admin_grpc: GrpcServer | None
     executor: ThreadPoolExecutor
-    search: SearchConfig = field(default_factory=SearchConfig)
+    loader: ThreadPoolExecutor
 
     @classmethod
     async def bind(
@@ -54,9 +49,19 @@ class ShardServer:
         host: str = "127.0.0.1",
         port: int = 0,
         metrics_port: int = -1,
+        admin_port: int = -1,
+        admin_token: str | None = None,
+        shard_id: int | None = None,
+        replica: int = 0,
     ) -> ShardServer:
-        """Listen with no shard loaded: health NOT_SERVING, Search answers UNAVAILABLE."""
+        """Listen with no shard loaded: health NOT_SERVING, Search answers UNAVAILABLE.
+
+        ``admin_port`` >= 0 (0 = a free port) also serves ShardAdmin there, which needs
+        ``admin_token``. ``search`` fills the search parameters a request leaves at 0.
+        """
         config = config or ShardsConfig()
+        if admin_port >= 0 and not admin_token:
+            raise ConfigError("the shard admin port needs a token (admin.token_file/token_env)")
         # OpenMP's thread count is per thread: set it in every thread that runs faiss.
         executor = ThreadPoolExecutor(
             max_workers=os.cpu_count() or 2,
@@ -64,46 +69,82 @@ class ShardServer:
             initializer=set_threads,
             initargs=(config.search_threads,),
         )
-        service = ShardService(config, executor)
+        # Bundle loads and update-log writes, one at a time, apart from the searches.
+        loader = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="admin",
+            initializer=set_threads,
+            initargs=(config.search_threads,),
+        )
+        holdings = Holdings(config, search, shard_id, replica)
+        service = ShardService(config, executor, holdings)
+        admin = ShardAdminService(service, loader, loader)
         server = await start_server(
-            [
-                (shard_pb2_grpc.add_IndexShardServicer_to_server, service),
-                (shard_pb2_grpc.add_ShardAdminServicer_to_server, service),
-            ],
+            [(shard_pb2_grpc.add_IndexShardServicer_to_server, service)],
             SERVICE_NAMES,
             host=host,
             port=port,
             metrics_port=metrics_port,
         )
-        return cls(server, service, executor, search or SearchConfig())
+        admin_grpc = None
+        if admin_port >= 0:
+            assert admin_token
+            try:
+                admin_grpc = await start_server(
+                    [(shard_pb2_grpc.add_ShardAdminServicer_to_server, admin)],
+                    ADMIN_SERVICE_NAMES,
+                    host=host,
+                    port=admin_port,
+                    interceptors=[BearerTokenInterceptor(admin_token)],
+                )
+            except BaseException:
+                await server.stop(0)
+                raise
+            await admin_grpc.set_serving(True)  # usable before any bundle is loaded
+        return cls(server, service, admin, admin_grpc, executor, loader)
 
     @property
     def port(self) -> int:
         return self.grpc.port
 
+    @property
+    def admin_port(self) -> int | None:
+        return self.admin_grpc.port if self.admin_grpc else None
+
+    @property
+    def holdings(self) -> Holdings:
+        return self.service.holdings
+
     async def load(self, bundle_path: Path, shard_id: int) -> None:
-        """Verify and load a shard off the event loop, then go SERVING.
+        """Verify and load a shard off the event loop, make it active, then go SERVING.
 
         A bundle that fails verification raises BundleError and changes nothing: a shard
         already loaded keeps serving.
         """
-        loop = asyncio.get_running_loop()
-        shard = await loop.run_in_executor(
-            self.executor, load_shard, Path(bundle_path), shard_id, self.search
-        )
-        self.service.shard = shard
+        holdings = self.holdings
+        if holdings.shard_id is None:
+            holdings.shard_id = shard_id
+        elif holdings.shard_id != shard_id:
+            raise FailedPrecondition(
+                f"this process serves shard {holdings.shard_id}, not shard {shard_id}"
+            )
+        holding = await self.admin.prepare(str(bundle_path))
+        holdings.commit(holding.id)
         await self.grpc.set_serving(True)
         log.info(
             "shard %d of bundle %s serving on port %d (%d items)",
             shard_id,
-            shard.bundle.id,
+            holding.id,
             self.port,
-            len(shard.index.ids),
+            holding.delta.num_items,
         )
 
     async def stop(self, grace: float = 0.0) -> None:
+        if self.admin_grpc is not None:
+            await self.admin_grpc.stop(0)
         await self.grpc.stop(grace)
         self.executor.shutdown(wait=False)
+        self.loader.shutdown(wait=False)
 
 
 async def start_shard_server(
@@ -115,10 +156,21 @@ async def start_shard_server(
     host: str = "127.0.0.1",
     port: int = 0,
     metrics_port: int = -1,
+    admin_port: int = -1,
+    admin_token: str | None = None,
+    replica: int = 0,
 ) -> ShardServer:
     """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded."""
     server = await ShardServer.bind(
-        config, search=search, host=host, port=port, metrics_port=metrics_port
+        config,
+        search=search,
+        host=host,
+        port=port,
+        metrics_port=metrics_port,
+        admin_port=admin_port,
+        admin_token=admin_token,
+        shard_id=shard_id,
+        replica=replica,
     )
     try:
         await server.load(bundle_path, shard_id)

@@ -5,51 +5,72 @@ from __future__ import annotations
 import asyncio
 import json
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import grpc
 
 from annfleet.arrays import F32, I64, check_k, decode_matrix, to_bytes
-from annfleet.bundle import Bundle
 from annfleet.config import ShardsConfig
-from annfleet.errors import FailedPrecondition, InvalidArgument, Unavailable
-from annfleet.server.index import ShardIndex
+from annfleet.errors import InvalidArgument
+from annfleet.server.holdings import Holding, Holdings
 from annfleet.serving import rpc
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 from annfleet.validation import check_params
 
 
-@dataclass(frozen=True)
-class LoadedShard:
-    bundle: Bundle
-    shard_id: int
-    index: ShardIndex
+def held_bundle(holding: Holding, active: bool) -> shard_pb2.HeldBundle:
+    delta = holding.delta
+    return shard_pb2.HeldBundle(
+        bundle_id=holding.id,
+        active=active,
+        path=str(holding.bundle.path),
+        num_shards=holding.bundle.num_shards,
+        dim=holding.index.dim,
+        metric=holding.index.metric,
+        index_type=holding.index.spec.type,
+        bundle_items=len(holding.index.ids),
+        upserted_items=delta.upserted,
+        deleted_items=delta.deleted,
+        num_items=delta.num_items,
+        memory_bytes=holding.memory_bytes + delta.rows.vectors.nbytes,
+        loaded_at=holding.loaded_at,
+        updates_log=str(delta.log.directory) if delta.log else "",
+        update_records=delta.log.records if delta.log else 0,
+    )
 
 
-class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminServicer):
-    def __init__(self, config: ShardsConfig, executor: Executor) -> None:
+def shard_info(holdings: Holdings, config: ShardsConfig) -> shard_pb2.ShardInfo:
+    """What a shard process serves (the active bundle) and every bundle it holds."""
+    info = shard_pb2.ShardInfo(
+        shard_id=holdings.shard_id or 0, max_k=config.max_k, max_batch=config.max_batch
+    )
+    active = holdings.active
+    for holding in holdings.all():
+        info.bundles.append(held_bundle(holding, holding is active))
+    if active is not None:
+        info.bundle_id = active.id
+        info.num_shards = active.bundle.num_shards
+        info.num_items = active.delta.num_items
+        info.dim = active.index.dim
+        info.metric = active.index.metric
+        info.index_type = active.index.spec.type
+        info.index_params = json.dumps(active.index.spec.params)
+    return info
+
+
+class ShardService(shard_pb2_grpc.IndexShardServicer):
+    def __init__(self, config: ShardsConfig, executor: Executor, holdings: Holdings) -> None:
         self.config = config
         self.executor = executor
-        self.shard: LoadedShard | None = None
+        self.holdings = holdings
 
-    def _loaded(self) -> LoadedShard:
-        if self.shard is None:
-            raise Unavailable("shard is starting: no bundle loaded yet")
-        return self.shard
-
-    @rpc("IndexShard")
-    async def Search(
-        self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
+    async def answer(
+        self, request: shard_pb2.ShardSearchRequest, *, exact: bool = False
     ) -> shard_pb2.ShardSearchResponse:
-        shard = self._loaded()
-        if request.bundle_id and request.bundle_id != shard.bundle.id:
-            raise FailedPrecondition(
-                f"bundle {request.bundle_id} is not held by shard {shard.shard_id} "
-                f"(it serves {shard.bundle.id})"
-            )
-        if request.dim != shard.index.dim:
+        """Search (or brute-force) the bundle the request pins."""
+        holding = self.holdings.get(request.bundle_id)
+        if request.dim != holding.index.dim:
             raise InvalidArgument(
-                f"dim {request.dim} does not match the index dim {shard.index.dim}"
+                f"dim {request.dim} does not match the index dim {holding.index.dim}"
             )
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
@@ -57,12 +78,16 @@ class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminS
         loop = asyncio.get_running_loop()
         ids, scores = await loop.run_in_executor(
             self.executor,
-            lambda: shard.index.search(
-                queries,
-                k,
-                ef_search=request.params.ef_search,
-                nprobe=request.params.nprobe,
-                rerank=request.params.rerank,
+            lambda: (
+                holding.exact(queries, k)
+                if exact
+                else holding.search(
+                    queries,
+                    k,
+                    ef_search=request.params.ef_search,
+                    nprobe=request.params.nprobe,
+                    rerank=request.params.rerank,
+                )
             ),
         )
         return shard_pb2.ShardSearchResponse(
@@ -70,25 +95,20 @@ class ShardService(shard_pb2_grpc.IndexShardServicer, shard_pb2_grpc.ShardAdminS
             scores=to_bytes(scores, F32),
             num_queries=len(queries),
             k=k,
-            shard_id=shard.shard_id,
-            bundle_id=shard.bundle.id,
-            metric=shard.index.metric,
+            shard_id=holding.shard_id,
+            bundle_id=holding.id,
+            metric=holding.index.metric,
         )
 
-    @rpc("ShardAdmin")
-    async def Describe(
-        self, request: shard_pb2.DescribeRequest, context: grpc.aio.ServicerContext
-    ) -> shard_pb2.DescribeResponse:
-        shard = self._loaded()
-        return shard_pb2.DescribeResponse(
-            bundle_id=shard.bundle.id,
-            shard_id=shard.shard_id,
-            num_shards=shard.bundle.num_shards,
-            num_items=len(shard.index.ids),
-            dim=shard.index.dim,
-            metric=shard.index.metric,
-            index_type=shard.index.spec.type,
-            index_params=json.dumps(shard.index.spec.params),
-            max_k=self.config.max_k,
-            max_batch=self.config.max_batch,
-        )
+    @rpc("IndexShard")
+    async def Search(
+        self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardSearchResponse:
+        return await self.answer(request)
+
+    @rpc("IndexShard")
+    async def Info(
+        self, request: shard_pb2.InfoRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardInfo:
+        self.holdings.get()  # UNAVAILABLE before a bundle is active
+        return shard_info(self.holdings, self.config)

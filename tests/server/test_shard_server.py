@@ -17,7 +17,7 @@ from support import LoopThread
 from annfleet.arrays import F32, I64, decode_rows, to_bytes
 from annfleet.bundle import Bundle
 from annfleet.config import SearchConfig, ShardsConfig
-from annfleet.errors import BundleError
+from annfleet.errors import BundleError, FailedPrecondition
 from annfleet.server.main import ShardServer, start_shard_server
 from annfleet.synthetic import Catalogue
 from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
@@ -96,11 +96,12 @@ def test_wrong_bundle_id_is_failed_precondition(stub: shard_pb2_grpc.IndexShardS
     assert "bother" in info.value.details()
 
 
-def test_describe(shard: ShardServer, flat_bundle: Bundle) -> None:
+def test_info_on_the_serving_port(shard: ShardServer, flat_bundle: Bundle) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{shard.port}") as channel:
-        info = shard_pb2_grpc.ShardAdminStub(channel).Describe(shard_pb2.DescribeRequest())
+        info = shard_pb2_grpc.IndexShardStub(channel).Info(shard_pb2.InfoRequest())
     assert info.bundle_id == flat_bundle.id and info.num_shards == 3 and info.dim == 32
     assert info.num_items == flat_bundle.shard(0)["num_items"] and info.index_type == "flat"
+    assert [(b.bundle_id, b.active) for b in info.bundles] == [(flat_bundle.id, True)]
 
 
 def _health(port: int) -> str:
@@ -125,11 +126,8 @@ def test_health_transitions_and_reflection(loop_thread: LoopThread, flat_bundle:
                 iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
             )
             names = {s.name for r in services for s in r.list_services_response.service}
-        assert {
-            "annfleet.v1.IndexShard",
-            "annfleet.v1.ShardAdmin",
-            "grpc.health.v1.Health",
-        } <= names
+        assert {"annfleet.v1.IndexShard", "grpc.health.v1.Health"} <= names
+        assert "annfleet.v1.ShardAdmin" not in names  # only on the admin port
         loop_thread.run(server.load(flat_bundle.path, 1))
         assert _health(server.port) == "SERVING"
         loop_thread.run(server.grpc.set_serving(False))  # what stop() does before draining
@@ -141,6 +139,7 @@ def test_health_transitions_and_reflection(loop_thread: LoopThread, flat_bundle:
 def test_corrupt_bundle_is_refused_and_loaded_shard_keeps_serving(
     loop_thread: LoopThread,
     flat_bundle: Bundle,
+    hnsw_bundle: Bundle,
     tmp_path: Path,
     catalogue: Catalogue,
 ) -> None:
@@ -151,18 +150,18 @@ def test_corrupt_bundle_is_refused_and_loaded_shard_keeps_serving(
         f.write(b"\x01\x02\x03")
     with pytest.raises(BundleError, match=r"checksum mismatch for shard-00/vectors\.npy"):
         loop_thread.run(start_shard_server(corrupt, 0))
-    server = loop_thread.run(start_shard_server(flat_bundle.path, 0))
+    server = loop_thread.run(start_shard_server(hnsw_bundle.path, 0))
     try:
         with pytest.raises(BundleError, match="checksum mismatch"):
             loop_thread.run(server.load(corrupt, 0))
-        with pytest.raises(BundleError, match=r"has shards 0\.\.2, not 5"):
-            loop_thread.run(server.load(flat_bundle.path, 5))
+        with pytest.raises(FailedPrecondition, match="serves shard 0, not shard 1"):
+            loop_thread.run(server.load(flat_bundle.path, 1))
         assert _health(server.port) == "SERVING"
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             reply = shard_pb2_grpc.IndexShardStub(channel).Search(
                 request(catalogue.vectors[:1]), timeout=5
             )
-        assert reply.bundle_id == flat_bundle.id
+        assert reply.bundle_id == hnsw_bundle.id
     finally:
         loop_thread.run(server.stop(0))
 

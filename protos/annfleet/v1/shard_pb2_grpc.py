@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class IndexShardStub:
     """One shard of a retrieval bundle, searched by the router (or a client scattering directly).
+    A shard process holds one or more bundles' copies of its shard (see ShardAdmin); one of
+    them is active.
     """
 
     def __init__(self, channel):
@@ -40,23 +42,43 @@ class IndexShardStub:
                 request_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
                 response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
                 _registered_method=True)
+        self.Info = channel.unary_unary(
+                '/annfleet.v1.IndexShard/Info',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+                _registered_method=True)
 
 
 class IndexShardServicer:
     """One shard of a retrieval bundle, searched by the router (or a client scattering directly).
+    A shard process holds one or more bundles' copies of its shard (see ShardAdmin); one of
+    them is active.
     """
 
     def Search(self, request, context):
-        """Top-k search of a batch of query vectors in this shard.
+        """Top-k search of a batch of query vectors in this shard, over the bundle the request
+        pins (bundle_id), or the active bundle when it pins none. Items upserted through
+        ShardAdmin are searched exactly and merged in; deleted items are never returned.
         Status codes:
         OK
         INVALID_ARGUMENT    dim differs from the index, queries empty or not a whole number of
         float32 rows, NaN/Inf in a query, k <= 0 or k > max_k, batch larger
         than max_batch, a search parameter out of range.
-        FAILED_PRECONDITION bundle_id is set and is not the bundle this shard holds.
-        UNAVAILABLE         the shard has no bundle loaded yet, or is shutting down.
+        FAILED_PRECONDITION bundle_id is set and this shard does not hold that bundle.
+        UNAVAILABLE         the shard has no active bundle yet, or is shutting down.
         DEADLINE_EXCEEDED   the caller's deadline passed.
         INTERNAL            unexpected failure in the index (a bug; the server keeps serving).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Info(self, request, context):
+        """Read-only description of what this shard process serves: the active bundle and every
+        bundle it holds. On the serving port (no admin token) for routers, probes and status.
+        Status codes:
+        OK
+        UNAVAILABLE         no bundle is active yet.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +92,11 @@ def add_IndexShardServicer_to_server(servicer, server):
                     request_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.FromString,
                     response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.SerializeToString,
             ),
+            'Info': grpc.unary_unary_rpc_method_handler(
+                    servicer.Info,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.InfoRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'annfleet.v1.IndexShard', rpc_method_handlers)
@@ -80,6 +107,8 @@ def add_IndexShardServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class IndexShard:
     """One shard of a retrieval bundle, searched by the router (or a client scattering directly).
+    A shard process holds one or more bundles' copies of its shard (see ShardAdmin); one of
+    them is active.
     """
 
     @staticmethod
@@ -109,9 +138,40 @@ class IndexShard:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def Info(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.IndexShard/Info',
+            annfleet_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ShardAdminStub:
-    """Read-only description of what a shard process serves. Runs on the same port as IndexShard.
+    """Changes what a shard process serves. Served on its own port (shards.admin_base_port),
+    never on the serving port. Every call carries gRPC metadata `authorization: Bearer <token>`
+    (the token named by the config's admin.token_file / admin.token_env); before any method
+    runs, a call without it gets UNAUTHENTICATED and one with a wrong token PERMISSION_DENIED.
+    Those two codes apply to every RPC below and are not repeated.
     """
 
     def __init__(self, channel):
@@ -120,19 +180,144 @@ class ShardAdminStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Prepare = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/Prepare',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.PrepareRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.HeldBundle.FromString,
+                _registered_method=True)
+        self.Commit = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/Commit',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.CommitRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+                _registered_method=True)
+        self.Release = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/Release',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.ReleaseRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+                _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/Upsert',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.UpdateResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/Delete',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.UpdateResponse.FromString,
+                _registered_method=True)
         self.Describe = channel.unary_unary(
                 '/annfleet.v1.ShardAdmin/Describe',
                 request_serializer=annfleet_dot_v1_dot_shard__pb2.DescribeRequest.SerializeToString,
-                response_deserializer=annfleet_dot_v1_dot_shard__pb2.DescribeResponse.FromString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+                _registered_method=True)
+        self.ExactSearch = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/ExactSearch',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
                 _registered_method=True)
 
 
 class ShardAdminServicer:
-    """Read-only description of what a shard process serves. Runs on the same port as IndexShard.
+    """Changes what a shard process serves. Served on its own port (shards.admin_base_port),
+    never on the serving port. Every call carries gRPC metadata `authorization: Bearer <token>`
+    (the token named by the config's admin.token_file / admin.token_env); before any method
+    runs, a call without it gets UNAUTHENTICATED and one with a wrong token PERMISSION_DENIED.
+    Those two codes apply to every RPC below and are not repeated.
     """
 
+    def Prepare(self, request, context):
+        """Load and verify (sha256) this shard of another bundle beside the active one, off the
+        event loop, after checking that the memory it needs is available. A prepared bundle
+        serves requests that pin it; Commit makes it the active one. Idempotent: preparing a
+        bundle already held answers OK with what is held. Nothing changes on any error.
+        Status codes:
+        OK                  held; the reply describes it.
+        INVALID_ARGUMENT    bundle empty, or a URI scheme other than file://.
+        NOT_FOUND           nothing at that path.
+        FAILED_PRECONDITION not a bundle or a corrupt one (manifest, checksum, unreadable or
+        inconsistent index: the message names the file); its shard count
+        differs from the active bundle's (or expect_num_shards), its dim
+        from expect_dim; this shard id is not in it; the shard process
+        has no shard id yet.
+        RESOURCE_EXHAUSTED  the estimated memory exceeds what is available (message: both).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Commit(self, request, context):
+        """Make a held bundle the active one: Search requests that pin no bundle get it from now
+        on; requests in flight finish on the bundle they started on.
+        Status codes:
+        OK                  the reply describes the shard after the switch.
+        INVALID_ARGUMENT    bundle_id empty.
+        FAILED_PRECONDITION the bundle is not held (Prepare it first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Release(self, request, context):
+        """Drop a held bundle; searches already running on it finish first.
+        Status codes:
+        OK
+        INVALID_ARGUMENT    bundle_id empty.
+        NOT_FOUND           the bundle is not held.
+        FAILED_PRECONDITION it is the active bundle (Commit another one first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Upsert(self, request, context):
+        """Insert or replace items of one bundle's shard. Searchable by the next request; written
+        to the bundle shard's update log first (replayed when the shard process restarts). An
+        upserted id that is also in the bundle's index replaces it. Every id must belong to
+        this shard (splitmix64(id) mod num_shards). All or nothing.
+        Status codes:
+        OK
+        INVALID_ARGUMENT    dim differs from the bundle's, vectors not a whole number of rows,
+        NaN/Inf, ids and vectors of different counts, duplicate ids, id -1,
+        an id that belongs to another shard (named, with its shard).
+        FAILED_PRECONDITION bundle_id is set and not held.
+        UNAVAILABLE         bundle_id is empty and no bundle is active.
+        RESOURCE_EXHAUSTED  the update would take the shard past shards.max_delta_items
+        upserted items.
+        INTERNAL            the update log could not be written (nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete items of one bundle's shard: never returned again, by any search. Logged like
+        Upsert. All or nothing.
+        Status codes:
+        OK
+        INVALID_ARGUMENT    ids empty or malformed, id -1, an id of another shard.
+        NOT_FOUND           an id is neither in the bundle nor upserted, or already deleted
+        (the message names up to 10), unless missing_ok.
+        FAILED_PRECONDITION, UNAVAILABLE, INTERNAL   as for Upsert.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Describe(self, request, context):
-        """Status codes: OK; UNAVAILABLE while no bundle is loaded.
+        """What this shard process holds: as IndexShard.Info, also before any bundle is active
+        (then bundle_id is empty).
+        Status codes:
+        OK
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExactSearch(self, request, context):
+        """Brute-force (Flat) top-k over exactly the vectors Search sees for that bundle: its
+        items minus deleted and replaced ones, plus upserted ones. The ground truth for live
+        recall sampling. params are ignored.
+        Status codes: as IndexShard.Search.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -141,10 +326,40 @@ class ShardAdminServicer:
 
 def add_ShardAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Prepare': grpc.unary_unary_rpc_method_handler(
+                    servicer.Prepare,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.PrepareRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.HeldBundle.SerializeToString,
+            ),
+            'Commit': grpc.unary_unary_rpc_method_handler(
+                    servicer.Commit,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.CommitRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.SerializeToString,
+            ),
+            'Release': grpc.unary_unary_rpc_method_handler(
+                    servicer.Release,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.ReleaseRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.UpsertRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.UpdateResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.DeleteRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.UpdateResponse.SerializeToString,
+            ),
             'Describe': grpc.unary_unary_rpc_method_handler(
                     servicer.Describe,
                     request_deserializer=annfleet_dot_v1_dot_shard__pb2.DescribeRequest.FromString,
-                    response_serializer=annfleet_dot_v1_dot_shard__pb2.DescribeResponse.SerializeToString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardInfo.SerializeToString,
+            ),
+            'ExactSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExactSearch,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -155,8 +370,147 @@ def add_ShardAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ShardAdmin:
-    """Read-only description of what a shard process serves. Runs on the same port as IndexShard.
+    """Changes what a shard process serves. Served on its own port (shards.admin_base_port),
+    never on the serving port. Every call carries gRPC metadata `authorization: Bearer <token>`
+    (the token named by the config's admin.token_file / admin.token_env); before any method
+    runs, a call without it gets UNAUTHENTICATED and one with a wrong token PERMISSION_DENIED.
+    Those two codes apply to every RPC below and are not repeated.
     """
+
+    @staticmethod
+    def Prepare(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/Prepare',
+            annfleet_dot_v1_dot_shard__pb2.PrepareRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.HeldBundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Commit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/Commit',
+            annfleet_dot_v1_dot_shard__pb2.CommitRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Release(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/Release',
+            annfleet_dot_v1_dot_shard__pb2.ReleaseRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/Upsert',
+            annfleet_dot_v1_dot_shard__pb2.UpsertRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/Delete',
+            annfleet_dot_v1_dot_shard__pb2.DeleteRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.UpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def Describe(request,
@@ -174,7 +528,34 @@ class ShardAdmin:
             target,
             '/annfleet.v1.ShardAdmin/Describe',
             annfleet_dot_v1_dot_shard__pb2.DescribeRequest.SerializeToString,
-            annfleet_dot_v1_dot_shard__pb2.DescribeResponse.FromString,
+            annfleet_dot_v1_dot_shard__pb2.ShardInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExactSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/ExactSearch',
+            annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

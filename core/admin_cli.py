@@ -1,0 +1,282 @@
+"""``annfleet items upsert|delete``: live catalogue changes through the shards' admin ports.
+
+Each id goes to its shard (``splitmix64(id) mod num_shards`` of the active bundle) and to
+every replica of that shard, pinned to the bundle the shards serve when the command starts,
+so a concurrent bundle switch cannot split one update over two bundles. Updates are
+idempotent: when a replica fails, the command says so and exits 1; running it again
+converges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from annfleet.arrays import F32, I64, to_bytes
+from annfleet.auth import client_token, metadata
+from annfleet.config import ClusterConfig, load_config
+from annfleet.errors import ConfigError, FailedPrecondition, InvalidArgument
+from annfleet.partition import shard_of
+from annfleet.serving import GRPC_OPTIONS
+from annfleet.v1 import shard_pb2, shard_pb2_grpc
+
+BATCH_ROWS = 8192
+TIMEOUT_S = 60.0
+
+
+@dataclass
+class ShardReplica:
+    target: str
+    channel: grpc.Channel = field(repr=False)
+    stub: shard_pb2_grpc.ShardAdminStub = field(repr=False)
+    info: shard_pb2.ShardInfo = field(repr=False)
+
+
+@dataclass
+class Fleet:
+    """Every shard replica's admin endpoint, grouped by shard id (learned from Describe)."""
+
+    token: str
+    shards: dict[int, list[ShardReplica]]
+    num_shards: int
+    bundle_id: str
+
+    @classmethod
+    def connect(cls, targets: Sequence[str], token: str, bundle_id: str = "") -> Fleet:
+        shards: dict[int, list[ShardReplica]] = defaultdict(list)
+        for target in targets:
+            channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+            stub = shard_pb2_grpc.ShardAdminStub(channel)
+            try:
+                info = stub.Describe(
+                    shard_pb2.DescribeRequest(), metadata=metadata(token), timeout=10.0
+                )
+            except grpc.RpcError as exc:
+                channel.close()
+                raise FailedPrecondition(
+                    f"shard admin {target}: {exc.code().name}: {exc.details()}"
+                ) from exc
+            shards[info.shard_id].append(ShardReplica(target, channel, stub, info))
+        serving = {r.info.bundle_id for replicas in shards.values() for r in replicas}
+        if not bundle_id:
+            if len(serving) != 1:
+                raise FailedPrecondition(
+                    f"the shards serve different bundles ({', '.join(sorted(serving))}); "
+                    "pass --bundle-id"
+                )
+            bundle_id = serving.pop()
+        held = [r.info for replicas in shards.values() for r in replicas if r.info.bundle_id]
+        num_shards = next(
+            (b.num_shards for info in held for b in info.bundles if b.bundle_id == bundle_id), 0
+        )
+        if not num_shards:
+            raise FailedPrecondition(f"no shard holds bundle {bundle_id}")
+        missing = sorted(set(range(num_shards)) - set(shards))
+        if missing:
+            raise FailedPrecondition(
+                f"bundle {bundle_id} has {num_shards} shards; no admin target for shard(s) "
+                f"{missing}"
+            )
+        return cls(token, dict(shards), num_shards, bundle_id)
+
+    def close(self) -> None:
+        for replicas in self.shards.values():
+            for replica in replicas:
+                replica.channel.close()
+
+    def route(self, ids: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+        """(shard id, row indices into ids) for every shard with ids, in chunks."""
+        owner = shard_of(ids, self.num_shards)
+        for shard in range(self.num_shards):
+            rows = np.flatnonzero(owner == shard)
+            for start in range(0, len(rows), BATCH_ROWS):
+                yield shard, rows[start : start + BATCH_ROWS]
+
+
+@dataclass
+class Tally:
+    counts: dict[tuple[int, str], dict[str, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
+    failures: list[str] = field(default_factory=list)
+    searchable: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def add(self, shard: int, target: str, reply: shard_pb2.UpdateResponse) -> None:
+        counts = self.counts[(shard, target)]
+        for key in ("inserted", "replaced", "deleted", "missing"):
+            counts[key] += getattr(reply, key)
+        self.searchable[(shard, target)] = reply.bundle.num_items
+
+    def print(self, fleet: Fleet, keys: Sequence[str], as_json: bool) -> None:
+        if as_json:
+            rows = [
+                {"shard": s, "target": t, **dict(c), "searchable": self.searchable.get((s, t))}
+                for (s, t), c in sorted(self.counts.items())
+            ]
+            summary = {"bundle_id": fleet.bundle_id, "replicas": rows, "failures": self.failures}
+            print(json.dumps(summary, indent=2))
+            return
+        print(f"bundle {fleet.bundle_id}, {fleet.num_shards} shards")
+        for (shard, target), counts in sorted(self.counts.items()):
+            done = ", ".join(f"{counts[k]} {k}" for k in keys)
+            print(
+                f"  shard {shard}  {target:<21} {done}  "
+                f"({self.searchable.get((shard, target), 0)} searchable)"
+            )
+        for failure in self.failures:
+            print(f"  FAILED {failure}", file=sys.stderr)
+
+
+def _update(fleet: Fleet, ids: np.ndarray, request_for: Any, method: str) -> Tally:
+    """Send ``request_for(rows)`` for every shard's rows to each replica of that shard."""
+    tally = Tally()
+    for shard, rows in fleet.route(ids):
+        request = request_for(rows)
+        for replica in fleet.shards[shard]:
+            try:
+                reply = getattr(replica.stub, method)(
+                    request, metadata=metadata(fleet.token), timeout=TIMEOUT_S
+                )
+            except grpc.RpcError as exc:
+                tally.failures.append(
+                    f"shard {shard} {replica.target}: {exc.code().name}: {exc.details()}"
+                )
+                continue
+            tally.add(shard, replica.target, reply)
+    return tally
+
+
+def upsert(fleet: Fleet, ids: np.ndarray, vectors: np.ndarray) -> Tally:
+    """ids (n,) int64, vectors (n, d) float32 -> every replica of each id's shard."""
+    dim = vectors.shape[1]
+    return _update(
+        fleet,
+        ids,
+        lambda rows: shard_pb2.UpsertRequest(
+            bundle_id=fleet.bundle_id,
+            ids=to_bytes(ids[rows], I64),
+            vectors=to_bytes(vectors[rows], F32),
+            dim=dim,
+        ),
+        "Upsert",
+    )
+
+
+def delete(fleet: Fleet, ids: np.ndarray, missing_ok: bool = False) -> Tally:
+    return _update(
+        fleet,
+        ids,
+        lambda rows: shard_pb2.DeleteRequest(
+            bundle_id=fleet.bundle_id, ids=to_bytes(ids[rows], I64), missing_ok=missing_ok
+        ),
+        "Delete",
+    )
+
+
+# ---------------------------------------------------------------------------- targets
+def admin_targets(config: ClusterConfig) -> list[str]:
+    """Every shard replica's admin address: from the running local cluster's state file."""
+    from annfleet.cluster import state_path
+
+    path = state_path(config)
+    if not path.exists():
+        raise ConfigError(
+            f"no local cluster recorded in {path}; pass --targets HOST:PORT,... (the shards' "
+            "admin addresses)"
+        )
+    state = json.loads(path.read_text())
+    targets = [c["admin_target"] for c in state["children"] if c.get("admin_target")]
+    if not targets:
+        raise ConfigError(f"the cluster in {path} serves no shard admin ports")
+    return targets
+
+
+def _load_array(path: str, flag: str, dtype: Any, ndim: int) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"cannot read {flag} {path}: {exc}") from exc
+    if array.ndim != ndim:
+        raise InvalidArgument(f"{flag} {path}: expected a {ndim}-d array, got {array.shape}")
+    if dtype is I64:
+        if not np.issubdtype(array.dtype, np.integer):
+            raise InvalidArgument(f"{flag} {path}: expected integer ids, got {array.dtype}")
+        return array.astype(np.int64)
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _ids(value: str) -> np.ndarray:
+    """--ids: a .npy file of int64 ids, or a comma-separated list."""
+    if value.endswith(".npy") or Path(value).is_file():
+        return _load_array(value, "--ids", I64, 1)
+    try:
+        return np.array([int(x) for x in value.split(",") if x.strip()], dtype=np.int64)
+    except ValueError as exc:
+        raise InvalidArgument(f"--ids {value!r}: not a .npy file or a list of integers") from exc
+
+
+def cmd_items(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    token = client_token(config, args.token_file)
+    targets = [t for t in args.targets.split(",") if t] if args.targets else admin_targets(config)
+    ids = _ids(args.ids)
+    if len(ids) == 0:
+        raise InvalidArgument("--ids: no ids given")
+    fleet = Fleet.connect(targets, token, args.bundle_id or "")
+    try:
+        if args.action == "upsert":
+            vectors = _load_array(args.vectors, "--vectors", F32, 2)
+            if len(vectors) != len(ids):
+                raise InvalidArgument(f"--vectors has {len(vectors)} rows, --ids {len(ids)} ids")
+            tally = upsert(fleet, ids, vectors)
+            keys: Sequence[str] = ("inserted", "replaced")
+        else:
+            tally = delete(fleet, ids, args.missing_ok)
+            keys = ("deleted", "missing")
+    finally:
+        fleet.close()
+    tally.print(fleet, keys, args.json)
+    if tally.failures:
+        print(
+            f"annfleet items {args.action}: {len(tally.failures)} replica call(s) failed; "
+            "updates are idempotent: run the command again",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("items", help="upsert or delete catalogue items live (admin port)")
+    actions = p.add_subparsers(dest="action", required=True)
+    for action, help_text in (
+        ("upsert", "insert or replace items: searchable at once, kept across restarts"),
+        ("delete", "delete items: never returned again"),
+    ):
+        q = actions.add_parser(action, help=help_text)
+        q.add_argument(
+            "--ids", required=True, help="item ids: int64 .npy file or comma-separated list"
+        )
+        if action == "upsert":
+            q.add_argument("--vectors", required=True, help="float32 (n, dim) .npy, row per id")
+        else:
+            q.add_argument(
+                "--missing-ok", action="store_true", help="skip ids a shard does not have"
+            )
+        q.add_argument("--config", help="cluster YAML (data dir, admin token)")
+        q.add_argument(
+            "--targets", help="shard admin HOST:PORTs, comma-separated (default: the local cluster)"
+        )
+        q.add_argument("--token-file", help="admin token file (default: from the config)")
+        q.add_argument("--bundle-id", help="the bundle to change (default: the active one)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(func=cmd_items)

@@ -1,0 +1,144 @@
+"""ShardAdmin: what a shard process holds and serves, and live item updates.
+
+Served on the shard's admin port behind the bearer-token interceptor (``annfleet.auth``);
+a thin edge like ``service.py``: protobuf <-> numpy, exceptions <-> status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import Executor
+
+import grpc
+
+from annfleet.arrays import decode_ids, decode_matrix
+from annfleet.errors import InvalidArgument
+from annfleet.metrics import SHARD_ITEMS
+from annfleet.server.holdings import Holding, Holdings, bundle_path, open_bundle
+from annfleet.server.service import ShardService, held_bundle, shard_info
+from annfleet.serving import rpc
+from annfleet.v1 import shard_pb2, shard_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+def export_gauges(holdings: Holdings) -> None:
+    """annfleet_shard_items{bundle, kind} for every held bundle."""
+    for holding in holdings.all():
+        delta = holding.delta
+        for kind, value in (
+            ("bundle", len(holding.index.ids)),
+            ("upserted", delta.upserted),
+            ("deleted", delta.deleted),
+            ("searchable", delta.num_items),
+        ):
+            SHARD_ITEMS.labels(holding.id, kind).set(value)
+
+
+def forget_gauges(bundle_id: str) -> None:
+    for kind in ("bundle", "upserted", "deleted", "searchable"):
+        with contextlib.suppress(KeyError):
+            SHARD_ITEMS.remove(bundle_id, kind)
+
+
+class ShardAdminService(shard_pb2_grpc.ShardAdminServicer):
+    """``loader`` runs Prepare's blocking load (one at a time); ``updater`` the log writes."""
+
+    def __init__(self, shards: ShardService, loader: Executor, updater: Executor) -> None:
+        self.shards = shards
+        self.holdings: Holdings = shards.holdings
+        self.config = shards.config
+        self.loader = loader
+        self.updater = updater
+        self._prepare_lock = asyncio.Lock()
+
+    async def prepare(
+        self, source: str, expect_num_shards: int = 0, expect_dim: int = 0
+    ) -> Holding:
+        """Load and hold a bundle off the event loop (idempotent); nothing changes on error."""
+        path = bundle_path(source)
+        loop = asyncio.get_running_loop()
+        async with self._prepare_lock:
+            bundle = await loop.run_in_executor(self.loader, open_bundle, path)
+            if self.holdings.is_held(bundle.id):
+                return self.holdings.get(bundle.id)
+            holding = await loop.run_in_executor(
+                self.loader, self.holdings.load, path, expect_num_shards, expect_dim
+            )
+            held = self.holdings.add(holding)
+        export_gauges(self.holdings)
+        return held
+
+    @rpc("ShardAdmin")
+    async def Prepare(
+        self, request: shard_pb2.PrepareRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.HeldBundle:
+        holding = await self.prepare(request.bundle, request.expect_num_shards, request.expect_dim)
+        return held_bundle(holding, holding is self.holdings.active)
+
+    @rpc("ShardAdmin")
+    async def Commit(
+        self, request: shard_pb2.CommitRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardInfo:
+        self.holdings.commit(request.bundle_id)
+        return shard_info(self.holdings, self.config)
+
+    @rpc("ShardAdmin")
+    async def Release(
+        self, request: shard_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardInfo:
+        self.holdings.release(request.bundle_id)
+        forget_gauges(request.bundle_id)
+        return shard_info(self.holdings, self.config)
+
+    @rpc("ShardAdmin")
+    async def Upsert(
+        self, request: shard_pb2.UpsertRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.UpdateResponse:
+        holding = self.holdings.get(request.bundle_id)
+        if request.dim != holding.index.dim:
+            raise InvalidArgument(
+                f"dim {request.dim} does not match the bundle's dim {holding.index.dim}"
+            )
+        ids = decode_ids(request.ids)
+        vectors = decode_matrix(request.vectors, request.dim, name="vectors")
+        loop = asyncio.get_running_loop()
+        inserted, replaced = await loop.run_in_executor(
+            self.updater, holding.delta.upsert, ids, vectors
+        )
+        return self._updated(holding, inserted=inserted, replaced=replaced)
+
+    @rpc("ShardAdmin")
+    async def Delete(
+        self, request: shard_pb2.DeleteRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.UpdateResponse:
+        holding = self.holdings.get(request.bundle_id)
+        ids = decode_ids(request.ids)
+        loop = asyncio.get_running_loop()
+        deleted, missing = await loop.run_in_executor(
+            self.updater, lambda: holding.delta.delete(ids, missing_ok=request.missing_ok)
+        )
+        return self._updated(holding, deleted=deleted, missing=missing)
+
+    def _updated(self, holding: Holding, **counts: int) -> shard_pb2.UpdateResponse:
+        export_gauges(self.holdings)
+        return shard_pb2.UpdateResponse(
+            bundle_id=holding.id,
+            shard_id=holding.shard_id,
+            bundle=held_bundle(holding, holding is self.holdings.active),
+            **counts,
+        )
+
+    @rpc("ShardAdmin")
+    async def Describe(
+        self, request: shard_pb2.DescribeRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardInfo:
+        return shard_info(self.holdings, self.config)
+
+    @rpc("ShardAdmin")
+    async def ExactSearch(
+        self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardSearchResponse:
+        return await self.shards.answer(request, exact=True)

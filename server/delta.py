@@ -1,0 +1,385 @@
+"""Live item updates of one bundle's shard: upserts and deletes between bundle builds.
+
+The bundle stays immutable. Upserted items live in a small exact index (their vectors,
+searched brute force) whose hits are merged with the bundle index's; an upserted id that
+the bundle also has hides the bundle's copy, and a deleted one is hidden inside faiss (an
+``IDSelectorBitmap`` over index positions), so it never comes back from any search.
+
+Every update is written to an update log before it is applied, and the log is replayed
+when the shard process loads the bundle again. Layout (safe formats only: JSON and .npy)::
+
+    <updates root>/<bundle_id>.updates/shard-00-r0/
+        log.jsonl             first line: header {format, bundle_id, shard_id, num_shards, dim}
+                              then one record per update {seq, op, ids, vectors?, count, time}
+        00000001-ids.npy      int64 (n,)
+        00000001-vectors.npy  float32 (n, dim)   (upserts)
+
+A record counts once its JSON line is complete (fsynced after its segments); a torn last
+line from a crash is dropped at the next open. Searches never take a lock: updates are
+published copy-on-write (appends go past the end readers know), and a bundle item is
+hidden before the row that replaces it is published, so no search sees an id twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from annfleet.errors import BundleError, InvalidArgument, NotFound, ResourceExhausted
+from annfleet.merge import merge_rows
+from annfleet.partition import shard_of
+from annfleet.server.index import ShardIndex, exact_search
+from annfleet.validation import higher_is_better
+
+log = logging.getLogger(__name__)
+
+LOG_NAME = "log.jsonl"
+LOG_FORMAT = 1
+SHOW_IDS = 10  # ids named in an error message
+
+
+def updates_dir(root: Path, bundle_id: str, shard_id: int, replica: int) -> Path:
+    """Where one replica of one bundle shard keeps its update log."""
+    return root / f"{bundle_id}.updates" / f"shard-{shard_id:02d}-r{replica}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """Write a .npy durably: temp file, fsync, rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class UpdateLog:
+    """The append-only log of one bundle shard's updates (created on the first append)."""
+
+    def __init__(self, directory: Path, header: dict[str, Any]) -> None:
+        self.directory = directory
+        self.header = {"format": LOG_FORMAT, **header}
+        self.path = directory / LOG_NAME
+        self.records = 0
+
+    def replay(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
+        """Yield (op, ids, vectors or None) for every complete record, oldest first."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_bytes().split(b"\n")
+        complete, torn = lines[:-1], lines[-1]
+        if torn:
+            log.warning("%s: dropping a torn last record (%d bytes)", self.path, len(torn))
+            self._truncate(sum(len(line) + 1 for line in complete))
+        if not complete:
+            return
+        header = self._parse(complete[0], 1)
+        for key in ("bundle_id", "shard_id", "num_shards", "dim"):
+            if header.get(key) != self.header[key]:
+                raise BundleError(
+                    f"{self.path}: update log of {key} {header.get(key)!r}, "
+                    f"expected {self.header[key]!r}"
+                )
+        for number, line in enumerate(complete[1:], start=2):
+            record = self._parse(line, number)
+            try:
+                ids = self._load(record["ids"])
+                vectors = self._load(record["vectors"]) if record["op"] == "upsert" else None
+            except KeyError as exc:
+                raise BundleError(f"{self.path}:{number}: record lacks {exc}") from exc
+            self.records += 1
+            yield str(record["op"]), ids, vectors
+
+    def append(self, op: str, ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
+        """Write the segments, then the record line; fsync both. Raises OSError."""
+        if not self.path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with self.path.open("ab") as f:
+                f.write(json.dumps(self.header, sort_keys=True).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(self.directory)
+        seq = self.records + 1
+        record: dict[str, Any] = {"seq": seq, "op": op, "count": len(ids), "time": time.time()}
+        record["ids"] = f"{seq:08d}-ids.npy"
+        _save(self.directory / record["ids"], ids)
+        if vectors is not None:
+            record["vectors"] = f"{seq:08d}-vectors.npy"
+            _save(self.directory / record["vectors"], vectors)
+        with self.path.open("ab") as f:
+            f.write(json.dumps(record, sort_keys=True).encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records = seq
+
+    def size_bytes(self) -> int:
+        if not self.directory.is_dir():
+            return 0
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def _parse(self, line: bytes, number: int) -> dict[str, Any]:
+        try:
+            value = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{self.path}:{number}: not a JSON record ({exc})") from exc
+        if not isinstance(value, dict):
+            raise BundleError(f"{self.path}:{number}: not a JSON object")
+        return value
+
+    def _load(self, name: str) -> np.ndarray:
+        path = self.directory / Path(name).name  # never outside the log directory
+        try:
+            return np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"{self.path}: cannot read segment {path.name}: {exc}") from exc
+
+    def _truncate(self, size: int) -> None:
+        with self.path.open("r+b") as f:
+            f.truncate(size)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The upserted items a search sees: the first ``n`` rows of ``ids`` and ``vectors``."""
+
+    ids: np.ndarray  # (capacity,) int64
+    vectors: np.ndarray  # (capacity, dim) float32
+    n: int
+
+
+class Delta:
+    """Upserts and deletes over one bundle shard's index, searched together with it."""
+
+    def __init__(
+        self,
+        index: ShardIndex,
+        *,
+        shard_id: int,
+        num_shards: int,
+        log: UpdateLog | None = None,
+        max_items: int = 1_000_000,
+    ) -> None:
+        self.index = index
+        self.shard_id = shard_id
+        self.num_shards = num_shards
+        self.log = log
+        self.max_items = max_items
+        self.hidden = index.hidden
+        self.rows = Rows(np.empty(0, np.int64), np.empty((0, index.dim), np.float32), 0)
+        self._row_of: dict[int, int] = {}  # upserted id -> row
+        self._replacing = 0  # upserted ids that hide a bundle item
+        self._sorted: np.ndarray | None = None  # argsort of the bundle ids, built on first use
+        self._lock = threading.Lock()  # one writer at a time; readers never lock
+
+    # ------------------------------------------------------------------ reads (any thread)
+    @property
+    def upserted(self) -> int:
+        return self.rows.n
+
+    @property
+    def deleted(self) -> int:
+        """Bundle items deleted (replaced ones not counted)."""
+        return self.hidden.count - self._replacing
+
+    @property
+    def num_items(self) -> int:
+        return len(self.index.ids) - self.hidden.count + self.rows.n
+
+    def search(
+        self, queries: np.ndarray, k: int, *, ef_search: int = 0, nprobe: int = 0, rerank: int = 0
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """queries (nq, d) float32 -> ids, scores (nq, k): the bundle index's hits minus hidden
+        ones, merged with the exact hits among upserted items."""
+        rows = self.rows  # before the index search: see the module docstring
+        ids, scores = self.index.search(
+            queries, k, ef_search=ef_search, nprobe=nprobe, rerank=rerank
+        )
+        return self._merge(rows, queries, k, ids, scores)
+
+    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over exactly what ``search`` sees (the ground truth for recall)."""
+        rows = self.rows
+        ids, scores = self.index.exact(queries, k)
+        return self._merge(rows, queries, k, ids, scores)
+
+    def _merge(
+        self, rows: Rows, queries: np.ndarray, k: int, ids: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if rows.n == 0:
+            return ids, scores
+        positions, delta_scores = exact_search(
+            rows.vectors[: rows.n], queries, min(k, rows.n), self.index.metric
+        )
+        delta_ids = np.where(positions >= 0, rows.ids[np.maximum(positions, 0)], -1)
+        return merge_rows(
+            np.concatenate([ids, delta_ids], axis=1),
+            np.concatenate([scores, delta_scores], axis=1),
+            k,
+            higher_is_better=higher_is_better(self.index.metric),
+        )
+
+    # ------------------------------------------------------------------ writes (one at a time)
+    def upsert(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[int, int]:
+        """ids (n,) int64, vectors (n, d) float32 (finite) -> (inserted, replaced)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if vectors.ndim != 2 or vectors.shape[1] != self.index.dim:
+            raise InvalidArgument(
+                f"vectors have shape {vectors.shape}, expected (n, {self.index.dim})"
+            )
+        if len(ids) != len(vectors):
+            raise InvalidArgument(f"{len(ids)} ids but {len(vectors)} vectors")
+        self._check_ids(ids)
+        if not np.isfinite(vectors).all():
+            bad = int(np.argwhere(~np.isfinite(vectors))[0][0])
+            raise InvalidArgument(f"vectors: row {bad} (id {int(ids[bad])}) contains NaN or Inf")
+        with self._lock:
+            new = sum(1 for i in ids.tolist() if i not in self._row_of)
+            if self.rows.n + new > self.max_items:
+                raise ResourceExhausted(
+                    f"upserting {new} new items would hold {self.rows.n + new} upserted items "
+                    f"in shard {self.shard_id}, over shards.max_delta_items {self.max_items}"
+                )
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            if self.log is not None:
+                self.log.append("upsert", ids, vectors)
+            return self._apply_upsert(ids, vectors)
+
+    def delete(self, ids: np.ndarray, *, missing_ok: bool = False) -> tuple[int, int]:
+        """ids (n,) int64 -> (deleted, missing); NotFound for missing ids unless missing_ok."""
+        ids = np.asarray(ids, dtype=np.int64)
+        self._check_ids(ids)
+        with self._lock:
+            present = self._present(ids)
+            if not missing_ok and not present.all():
+                missing = ids[~present]
+                raise NotFound(
+                    f"{len(missing)} id(s) not in shard {self.shard_id} (never there, or "
+                    f"already deleted): {missing[:SHOW_IDS].tolist()}"
+                )
+            found = ids[present]
+            if len(found) and self.log is not None:
+                self.log.append("delete", found)
+            self._apply_delete(found)
+            return len(found), len(ids) - len(found)
+
+    def replay(self) -> int:
+        """Apply the update log's records (at load, before the bundle serves)."""
+        if self.log is None:
+            return 0
+        with self._lock:
+            for op, ids, vectors in self.log.replay():
+                if op == "upsert" and vectors is not None:
+                    self._apply_upsert(ids.astype(np.int64), vectors.astype(np.float32))
+                elif op == "delete":
+                    self._apply_delete(ids[self._present(ids.astype(np.int64))])
+                else:
+                    raise BundleError(f"{self.log.path}: unknown record op {op!r}")
+            return self.log.records
+
+    # ------------------------------------------------------------------ internals (locked)
+    def _check_ids(self, ids: np.ndarray) -> None:
+        if ids.ndim != 1 or len(ids) == 0:
+            raise InvalidArgument("ids: empty; expected at least one int64 id")
+        if (ids == -1).any():
+            raise InvalidArgument("ids: -1 is reserved (it pads short result rows)")
+        if len(np.unique(ids)) != len(ids):
+            values, counts = np.unique(ids, return_counts=True)
+            raise InvalidArgument(f"ids: duplicates {values[counts > 1][:SHOW_IDS].tolist()}")
+        owner = shard_of(ids, self.num_shards)
+        foreign = owner != self.shard_id
+        if foreign.any():
+            named = ", ".join(
+                f"{i} (shard {s})"
+                for i, s in zip(ids[foreign][:SHOW_IDS], owner[foreign][:SHOW_IDS], strict=True)
+            )
+            raise InvalidArgument(
+                f"{int(foreign.sum())} id(s) belong to other shards of {self.num_shards} "
+                f"(splitmix64 mod {self.num_shards}), not shard {self.shard_id}: {named}"
+            )
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """ids (n,) -> their positions in the bundle index, -1 where the bundle lacks them."""
+        bundle_ids = self.index.ids
+        if len(bundle_ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        if self._sorted is None:
+            self._sorted = np.argsort(bundle_ids, kind="stable")
+        where = np.searchsorted(bundle_ids, ids, sorter=self._sorted)
+        where = np.minimum(where, len(bundle_ids) - 1)
+        positions = self._sorted[where]
+        return np.where(bundle_ids[positions] == ids, positions, -1).astype(np.int64)
+
+    def _present(self, ids: np.ndarray) -> np.ndarray:
+        """ids (n,) -> bool (n,): searchable now (upserted, or in the bundle and not hidden)."""
+        positions = self._positions(ids)
+        in_bundle = positions >= 0
+        visible = in_bundle.copy()
+        visible[in_bundle] = ~self.hidden.contains(positions[in_bundle])
+        upserted = np.fromiter((i in self._row_of for i in ids.tolist()), bool, len(ids))
+        return visible | upserted
+
+    def _apply_upsert(self, ids: np.ndarray, vectors: np.ndarray) -> tuple[int, int]:
+        positions = self._positions(ids)
+        known = np.fromiter((i in self._row_of for i in ids.tolist()), bool, len(ids))
+        visible_in_bundle = positions >= 0
+        visible_in_bundle[visible_in_bundle] = ~self.hidden.contains(positions[visible_in_bundle])
+        # Bundle copies hidden first, then the new rows published (no id seen twice).
+        newly_replacing = (positions >= 0) & ~known
+        self.hidden.hide(positions[positions >= 0])
+        self._replacing += int(newly_replacing.sum())
+        rows = self.rows
+        if known.any():  # replace upserted rows: a new copy, never an in-place write
+            vecs = rows.vectors[: rows.n].copy()
+            vecs[[self._row_of[i] for i in ids[known].tolist()]] = vectors[known]
+            rows = Rows(rows.ids[: rows.n].copy(), vecs, rows.n)
+        fresh_ids, fresh_vectors = ids[~known], vectors[~known]
+        self.rows = self._append(rows, fresh_ids, fresh_vectors)
+        for offset, item in enumerate(fresh_ids.tolist()):
+            self._row_of[item] = rows.n + offset
+        replaced = int(known.sum() + (visible_in_bundle & ~known).sum())
+        return len(ids) - replaced, replaced
+
+    def _append(self, rows: Rows, ids: np.ndarray, vectors: np.ndarray) -> Rows:
+        if len(ids) == 0:
+            return rows
+        end = rows.n + len(ids)
+        if end > len(rows.ids):  # grow: new buffers (readers keep the old ones)
+            capacity = max(end, 2 * len(rows.ids), 1024)
+            grown_ids = np.empty(capacity, np.int64)
+            grown_vectors = np.empty((capacity, self.index.dim), np.float32)
+            grown_ids[: rows.n] = rows.ids[: rows.n]
+            grown_vectors[: rows.n] = rows.vectors[: rows.n]
+            rows = Rows(grown_ids, grown_vectors, rows.n)
+        rows.ids[rows.n : end] = ids  # past every reader's n
+        rows.vectors[rows.n : end] = vectors
+        return Rows(rows.ids, rows.vectors, end)
+
+    def _apply_delete(self, ids: np.ndarray) -> None:
+        positions = self._positions(ids)
+        self.hidden.hide(positions[positions >= 0])
+        gone = [i for i in ids.tolist() if i in self._row_of]
+        if not gone:
+            return
+        self._replacing -= int(np.count_nonzero(self._positions(np.array(gone, np.int64)) >= 0))
+        rows = self.rows
+        keep = np.ones(rows.n, bool)
+        keep[[self._row_of.pop(i) for i in gone]] = False
+        self.rows = Rows(rows.ids[: rows.n][keep], rows.vectors[: rows.n][keep], int(keep.sum()))
+        self._row_of = {int(item): row for row, item in enumerate(self.rows.ids.tolist())}
