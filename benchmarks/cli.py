@@ -1,4 +1,4 @@
-"""`annfleet bench ...`: recall-latency, load, scale.
+"""`annfleet bench ...`: recall-latency, load, scale, fuzz.
 
 ``register(subparsers)`` adds the ``bench`` command to the annfleet CLI; ``main()`` runs it
 standalone (``python -m annfleet.benchmarks.cli bench recall-latency --quick``).
@@ -29,7 +29,7 @@ def _kv(text: str) -> dict[str, int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    bench = subparsers.add_parser("bench", help="benchmarks: recall vs latency, load, scale")
+    bench = subparsers.add_parser("bench", help="benchmarks: recall vs latency, load, scale, fuzz")
     sub = bench.add_subparsers(dest="bench_command", required=True)
 
     rl = sub.add_parser(
@@ -180,6 +180,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     sc.add_argument("--no-progress", action="store_true")
     sc.set_defaults(func=cmd_scale)
 
+    fz = sub.add_parser(
+        "fuzz", help="hostile requests to every RPC of a local cluster, counted by status code"
+    )
+    fz.add_argument(
+        "--per-service", type=int, default=10_000, help="requests per service (split over RPCs)"
+    )
+    fz.add_argument("--batch", type=int, default=100, help="requests in flight per batch")
+    fz.add_argument("--seed", type=int, default=None, help="derandomize hypothesis")
+    fz.add_argument("--name", help="write results under benchmarks/results/<name>/")
+    fz.add_argument("--out", type=Path)
+    fz.add_argument("--data-dir", type=Path)
+    fz.set_defaults(func=cmd_fuzz)
+
 
 # ---------------------------------------------------------------- commands
 
@@ -293,6 +306,13 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     _exit_on_sigterm()
     from annfleet.benchmarks.scale import cmd
+
+    return cmd(args)
+
+
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
+    from annfleet.benchmarks.fuzz import cmd
 
     return cmd(args)
 

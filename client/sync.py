@@ -9,16 +9,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from annfleet.arrays import GRPC_OPTIONS
 from annfleet.client import results as r
 from annfleet.client.errors import from_rpc_error, retry_backoff
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
 
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 << 20),
-    ("grpc.max_send_message_length", 64 << 20),
-]
+CHANNEL_OPTIONS = GRPC_OPTIONS
 
 
 def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) -> T:

@@ -9,6 +9,14 @@ import numpy as np
 
 from annfleet.errors import InvalidArgument
 
+# Every server and channel the project opens sets these limits explicitly (grpc's own default
+# is 4 MiB received, unlimited sent); a larger message is RESOURCE_EXHAUSTED.
+MAX_MESSAGE_BYTES = 64 << 20
+GRPC_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
 F32 = np.dtype("<f4")
 I64 = np.dtype("<i8")
 U8 = np.dtype("u1")

@@ -1,33 +1,40 @@
 """What every annfleet gRPC process shares: server set-up, health, reflection, metrics,
-exception -> status mapping, and SIGTERM draining.
+safe request parsing, exception -> status mapping, and SIGTERM draining.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from annfleet.arrays import GRPC_OPTIONS
 from annfleet.errors import status_of
 from annfleet.metrics import LATENCY, REQUESTS, serve_metrics
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 << 20
-GRPC_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
-
 R = TypeVar("R")
+# A status message travels in a trailer; past 8 KiB of metadata the client drops the whole
+# status (RESOURCE_EXHAUSTED "metadata size exceeds soft limit"). Messages can quote input.
+MAX_STATUS_MESSAGE = 1000
+
+
+def short_message(message: str) -> str:
+    if len(message) <= MAX_STATUS_MESSAGE:
+        return message
+    return f"{message[:MAX_STATUS_MESSAGE]}... ({len(message)} characters, cut)"
+
+
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
 
@@ -53,7 +60,7 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
                 code, message = status_of(exc)
                 if code == grpc.StatusCode.INTERNAL:
                     log.exception("%s.%s failed", service, name)
-                await context.abort(code, message)
+                await context.abort(code, short_message(message))
                 raise  # unreachable: abort raises
             finally:
                 REQUESTS.labels(service, name, code.name).inc()
@@ -62,6 +69,91 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
         return wrapper
 
     return decorate
+
+
+# ---------------------------------------------------------------- safe request parsing
+# grpc parses a request before the servicer runs, and a payload that does not parse comes
+# back UNKNOWN ("Unexpected <class 'DecodeError'>"). Every service registered through
+# ``start_server`` instead receives the raw bytes and parses them inside the call, so a
+# malformed payload is INVALID_ARGUMENT with a message (and counted like any other RPC).
+
+
+class _HandlerCapture:
+    """Stands in for a server when a generated ``add_*Servicer_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        pass  # the same table also arrives through add_registered_method_handlers
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.services[service] = handlers
+
+
+async def _parse(
+    deserialize: Callable[[bytes], Any], raw: bytes, context: Any, service: str, method: str
+) -> Any:
+    try:
+        return deserialize(raw)
+    except Exception as exc:  # DecodeError, or whatever a deserializer raises on bad bytes
+        REQUESTS.labels(service, method, grpc.StatusCode.INVALID_ARGUMENT.name).inc()
+        message_type = getattr(getattr(deserialize, "__self__", None), "DESCRIPTOR", None)
+        name = getattr(message_type, "full_name", f"{method} request")
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"malformed request: {len(raw)} bytes are not a valid {name} ({exc})",
+        )
+
+
+def safe_handler(handler: grpc.RpcMethodHandler, service: str, method: str) -> Any:
+    """The same handler with its request parsed inside the call (unary requests only)."""
+    deserialize: Any = handler.request_deserializer
+    if handler.request_streaming or deserialize is None:
+        return handler  # streaming requests (reflection) keep grpc's own parsing
+    short = service.rsplit(".", 1)[-1]
+    if not handler.response_streaming:
+        behavior: Any = handler.unary_unary
+
+        async def unary_unary(raw: bytes, context: Any) -> Any:
+            request = await _parse(deserialize, raw, context, short, method)
+            result = behavior(request, context)
+            return await result if inspect.isawaitable(result) else result
+
+        return handler._replace(request_deserializer=None, unary_unary=unary_unary)  # type: ignore[attr-defined]
+    stream: Any = handler.unary_stream
+    if inspect.isasyncgenfunction(stream):
+
+        async def unary_stream_gen(raw: bytes, context: Any) -> AsyncIterator[Any]:
+            request = await _parse(deserialize, raw, context, short, method)
+            async for item in stream(request, context):
+                yield item
+
+        return handler._replace(request_deserializer=None, unary_stream=unary_stream_gen)  # type: ignore[attr-defined]
+
+    async def unary_stream(raw: bytes, context: Any) -> Any:  # writes with context.write
+        request = await _parse(deserialize, raw, context, short, method)
+        return await stream(request, context)
+
+    return handler._replace(request_deserializer=None, unary_stream=unary_stream)  # type: ignore[attr-defined]
+
+
+def add_safely(
+    add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
+) -> list[str]:
+    """Register ``servicer`` the way the generated ``add`` would, with safe request parsing.
+
+    Returns the full names of the services registered.
+    """
+    capture = _HandlerCapture()
+    add(servicer, capture)
+    for service, handlers in capture.services.items():
+        safe = {m: safe_handler(h, service, m) for m, h in handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, safe),))
+        server.add_registered_method_handlers(service, safe)  # type: ignore[attr-defined]
+    return list(capture.services)
 
 
 class GrpcServer:
@@ -91,9 +183,24 @@ class GrpcServer:
             await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
-        """NOT_SERVING first (load balancers stop sending), then drain for ``grace`` seconds."""
-        await self.set_serving(False)
+        """NOT_SERVING first (load balancers stop sending), then drain for ``grace`` seconds.
+
+        Health stays NOT_SERVING for good: a load finishing during the drain cannot flip it.
+        """
+        await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+async def not_serving_health(service_names: Sequence[str]) -> Any:
+    """A health servicer that answers NOT_SERVING for every name (and "") from the start.
+
+    grpc's ``HealthServicer()`` starts with "" SERVING: registered as is, a client polling
+    as the port opens would be told SERVING before anything is loaded.
+    """
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    for name in [*service_names, ""]:
+        await servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    return servicer
 
 
 async def start_server(
@@ -105,23 +212,26 @@ async def start_server(
     metrics_port: int = -1,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> GrpcServer:
-    """Bind and start; every service (and the overall "") reports NOT_SERVING."""
+    """Bind and start; every service (and the overall "") reports NOT_SERVING.
+
+    Health is NOT_SERVING before the port opens: grpc's HealthServicer starts with "" SERVING,
+    so a client polling as the port opens would otherwise be told SERVING too early.
+    Every service's requests are parsed inside the call (``add_safely``).
+    """
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=list(interceptors))
     for add, servicer in services:
-        add(servicer, server)
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        add_safely(add, servicer, server)
+    health_servicer = await not_serving_health(service_names)
+    add_safely(health_pb2_grpc.add_HealthServicer_to_server, health_servicer, server)
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
+    handle = GrpcServer(server, bound, service_names, health_servicer, None)
     await server.start()
-    handle = GrpcServer(
-        server, bound, service_names, health_servicer, serve_metrics(metrics_port, host)
-    )
-    await handle.set_serving(False)
+    handle.metrics_port = serve_metrics(metrics_port, host)
     return handle
 
 

@@ -30,6 +30,8 @@ class RouterAdminStub:
     status. Served on its own port (router.admin_port), never on the serving port, with the
     same rule as ShardAdmin: every call carries `authorization: Bearer <token>` metadata; a
     call without it gets UNAUTHENTICATED, one with a wrong token PERMISSION_DENIED (every RPC).
+    Every RPC also answers INVALID_ARGUMENT to a payload that does not parse as its request
+    message and RESOURCE_EXHAUSTED to a message over 64 MiB.
     """
 
     def __init__(self, channel):
@@ -70,6 +72,8 @@ class RouterAdminServicer:
     status. Served on its own port (router.admin_port), never on the serving port, with the
     same rule as ShardAdmin: every call carries `authorization: Bearer <token>` metadata; a
     call without it gets UNAUTHENTICATED, one with a wrong token PERMISSION_DENIED (every RPC).
+    Every RPC also answers INVALID_ARGUMENT to a payload that does not parse as its request
+    message and RESOURCE_EXHAUSTED to a message over 64 MiB.
     """
 
     def Rollout(self, request, context):
@@ -188,6 +192,8 @@ class RouterAdmin:
     status. Served on its own port (router.admin_port), never on the serving port, with the
     same rule as ShardAdmin: every call carries `authorization: Bearer <token>` metadata; a
     call without it gets UNAUTHENTICATED, one with a wrong token PERMISSION_DENIED (every RPC).
+    Every RPC also answers INVALID_ARGUMENT to a payload that does not parse as its request
+    message and RESOURCE_EXHAUSTED to a message over 64 MiB.
     """
 
     @staticmethod

@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class RetrievalStub:
     """The router: what ranking services call.
+    Every RPC also answers INVALID_ARGUMENT (with a message) to a payload that does not parse as
+    its request message, and RESOURCE_EXHAUSTED to a message larger than the 64 MiB limit.
     """
 
     def __init__(self, channel):
@@ -49,14 +51,17 @@ class RetrievalStub:
 
 class RetrievalServicer:
     """The router: what ranking services call.
+    Every RPC also answers INVALID_ARGUMENT (with a message) to a payload that does not parse as
+    its request message, and RESOURCE_EXHAUSTED to a message larger than the 64 MiB limit.
     """
 
     def Search(self, request, context):
         """Raw query vectors -> merged top-k over every shard (benchmarks, debugging).
         Status codes:
         OK                  possibly degraded: coverage says which shards answered.
-        INVALID_ARGUMENT    wrong dim, malformed bytes, NaN/Inf, k <= 0 or k > max_k,
-        batch larger than max_batch.
+        INVALID_ARGUMENT    the payload is not a valid SearchRequest; wrong dim, malformed
+        bytes, NaN/Inf, k <= 0 or k > max_k, batch larger than max_batch,
+        a search parameter out of range.
         UNAVAILABLE         fewer shards answered than min_coverage requires (incl. all down),
         or the router has no bundle loaded.
         DEADLINE_EXCEEDED   the caller's deadline passed before enough shards answered.
@@ -70,7 +75,8 @@ class RetrievalServicer:
         Status codes:
         OK                  possibly degraded (see coverage); k is kept full from backfill
         sources when the bundle has them.
-        INVALID_ARGUMENT    k <= 0 or k > max_k, malformed exclude_ids.
+        INVALID_ARGUMENT    the payload is not a valid RetrieveRequest; k <= 0 or k > max_k,
+        malformed exclude_ids, a search parameter out of range.
         NOT_FOUND           unknown user id and the bundle cannot embed users from context.
         UNAVAILABLE         as for Search.
         DEADLINE_EXCEEDED   as for Search.
@@ -102,6 +108,8 @@ def add_RetrievalServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Retrieval:
     """The router: what ranking services call.
+    Every RPC also answers INVALID_ARGUMENT (with a message) to a payload that does not parse as
+    its request message, and RESOURCE_EXHAUSTED to a message larger than the 64 MiB limit.
     """
 
     @staticmethod

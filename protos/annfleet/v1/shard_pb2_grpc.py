@@ -29,6 +29,9 @@ class IndexShardStub:
     """One shard of a retrieval bundle, searched by the router (or a client scattering directly).
     A shard process holds one or more bundles' copies of its shard (see ShardAdmin); one of
     them is active.
+    Every RPC of every annfleet service also answers INVALID_ARGUMENT (with a message) to a
+    payload that does not parse as its request message, and RESOURCE_EXHAUSTED to a message
+    larger than the 64 MiB limit.
     """
 
     def __init__(self, channel):
@@ -53,6 +56,9 @@ class IndexShardServicer:
     """One shard of a retrieval bundle, searched by the router (or a client scattering directly).
     A shard process holds one or more bundles' copies of its shard (see ShardAdmin); one of
     them is active.
+    Every RPC of every annfleet service also answers INVALID_ARGUMENT (with a message) to a
+    payload that does not parse as its request message, and RESOURCE_EXHAUSTED to a message
+    larger than the 64 MiB limit.
     """
 
     def Search(self, request, context):
@@ -66,7 +72,10 @@ class IndexShardServicer:
         than max_batch, a search parameter out of range.
         FAILED_PRECONDITION bundle_id is set and this shard does not hold that bundle.
         UNAVAILABLE         the shard has no active bundle yet, or is shutting down.
-        DEADLINE_EXCEEDED   the caller's deadline passed.
+        DEADLINE_EXCEEDED   the caller's deadline passed (a search whose deadline passes while
+        it is queued is dropped before it reaches the index).
+        RESOURCE_EXHAUSTED  shards.max_queue searches are already queued or running in this
+        process: answered at once; retry later or on another replica.
         INTERNAL            unexpected failure in the index (a bug; the server keeps serving).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -109,6 +118,9 @@ class IndexShard:
     """One shard of a retrieval bundle, searched by the router (or a client scattering directly).
     A shard process holds one or more bundles' copies of its shard (see ShardAdmin); one of
     them is active.
+    Every RPC of every annfleet service also answers INVALID_ARGUMENT (with a message) to a
+    payload that does not parse as its request message, and RESOURCE_EXHAUSTED to a message
+    larger than the 64 MiB limit.
     """
 
     @staticmethod
@@ -171,7 +183,8 @@ class ShardAdminStub:
     never on the serving port. Every call carries gRPC metadata `authorization: Bearer <token>`
     (the token named by the config's admin.token_file / admin.token_env); before any method
     runs, a call without it gets UNAUTHENTICATED and one with a wrong token PERMISSION_DENIED.
-    Those two codes apply to every RPC below and are not repeated.
+    Those two codes apply to every RPC below and are not repeated; so do INVALID_ARGUMENT for a
+    payload that does not parse and RESOURCE_EXHAUSTED for a message over 64 MiB.
     """
 
     def __init__(self, channel):
@@ -222,7 +235,8 @@ class ShardAdminServicer:
     never on the serving port. Every call carries gRPC metadata `authorization: Bearer <token>`
     (the token named by the config's admin.token_file / admin.token_env); before any method
     runs, a call without it gets UNAUTHENTICATED and one with a wrong token PERMISSION_DENIED.
-    Those two codes apply to every RPC below and are not repeated.
+    Those two codes apply to every RPC below and are not repeated; so do INVALID_ARGUMENT for a
+    payload that does not parse and RESOURCE_EXHAUSTED for a message over 64 MiB.
     """
 
     def Prepare(self, request, context):
@@ -374,7 +388,8 @@ class ShardAdmin:
     never on the serving port. Every call carries gRPC metadata `authorization: Bearer <token>`
     (the token named by the config's admin.token_file / admin.token_env); before any method
     runs, a call without it gets UNAUTHENTICATED and one with a wrong token PERMISSION_DENIED.
-    Those two codes apply to every RPC below and are not repeated.
+    Those two codes apply to every RPC below and are not repeated; so do INVALID_ARGUMENT for a
+    payload that does not parse and RESOURCE_EXHAUSTED for a message over 64 MiB.
     """
 
     @staticmethod
