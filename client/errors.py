@@ -57,20 +57,25 @@ _BY_CODE: dict[grpc.StatusCode, type[AnnfleetError]] = {
 
 
 RETRY_BACKOFF_S = 0.05
+RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+# grpc's own RESOURCE_EXHAUSTED for an over-size message: the same request fails again.
+MESSAGE_SIZE = ("Received message larger than max", "Sent message larger than max")
+
+
+def retryable(error: AnnfleetError) -> bool:
+    """UNAVAILABLE (server down or starting) and RESOURCE_EXHAUSTED (a full queue shed the
+    request), except grpc's message-size RESOURCE_EXHAUSTED."""
+    return error.code in RETRIED and not error.details.startswith(MESSAGE_SIZE)
 
 
 def retry_backoff(error: AnnfleetError, attempt: int, retries: int, deadline: float) -> float:
     """Seconds to wait before retry number ``attempt + 1``; raises ``error`` to give up.
 
-    Only UNAVAILABLE is retried, at most ``retries`` times, 50 ms doubling, never past
-    ``deadline`` (``time.monotonic()``). The sync and async clients share this rule.
+    Only ``retryable`` errors are retried, at most ``retries`` times, 50 ms doubling, never
+    past ``deadline`` (``time.monotonic()``). The sync and async clients share this rule.
     """
     backoff = RETRY_BACKOFF_S * 2**attempt
-    if (
-        error.code != grpc.StatusCode.UNAVAILABLE
-        or attempt >= retries
-        or time.monotonic() + backoff >= deadline
-    ):
+    if not retryable(error) or attempt >= retries or time.monotonic() + backoff >= deadline:
         raise error from None
     return backoff
 

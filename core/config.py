@@ -73,6 +73,7 @@ class ShardsConfig:
     max_k: int = 4096
     max_batch: int = 1024  # queries per request
     search_threads: int = 1  # faiss threads per shard process
+    max_queue: int = 64  # searches queued or running per process; beyond: RESOURCE_EXHAUSTED
     grace_s: float = 5.0  # drain time on SIGTERM
     # ShardAdmin (prepare/commit/release bundles, live upserts) on its own port, token needed:
     # shard i on admin_base_port + i; 0 = free ports, -1 = off.
@@ -147,6 +148,7 @@ class ClusterConfig:
             (self.search.nprobe >= 1, "search.nprobe", ">= 1"),
             (1 <= self.search.rerank <= MAX_RERANK, "search.rerank", f"in [1, {MAX_RERANK}]"),
             (self.shards.count >= 1, "shards.count", ">= 1"),
+            (self.shards.max_queue >= 1, "shards.max_queue", ">= 1"),
             (0.0 < self.router.min_coverage <= 1.0, "router.min_coverage", "in (0, 1]"),
             (self.router.oversample >= 1.0, "router.oversample", ">= 1"),
             (self.router.max_k >= 1 and self.shards.max_k >= 1, "max_k", ">= 1"),

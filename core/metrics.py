@@ -46,6 +46,13 @@ SHARD_FAILURES = Counter(
 DEGRADED = Counter(
     "annfleet_router_degraded", "Router responses missing at least one shard", ["method"]
 )
+SHARD_DROPPED = Counter(
+    "annfleet_shard_dropped",
+    "Searches a shard dropped before they reached the index "
+    "(deadline: expired on arrival or in the queue; cancelled: caller gone while queued; "
+    "queue_full: max_queue reached, RESOURCE_EXHAUSTED)",
+    ["reason"],
+)
 USER_CACHE = Counter("annfleet_router_user_cache", "User-embedding cache lookups", ["result"])
 ADMIN_REFUSED = Counter(
     "annfleet_admin_refused", "Admin calls refused before they ran, by status code", ["code"]

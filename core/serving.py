@@ -38,6 +38,15 @@ def short_message(message: str) -> str:
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 
 
+def deadline_of(context: grpc.aio.ServicerContext, default_s: float | None = None) -> float | None:
+    """The request's absolute deadline (``time.monotonic()`` seconds), computed once where
+    it enters: the caller's ``time_remaining()``, else ``default_s`` from now, else None."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        remaining = default_s
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
     """Decorate a servicer method: count and time it, and turn exceptions into statuses."""
 

@@ -18,7 +18,7 @@ from annfleet.errors import InvalidArgument
 from annfleet.metrics import SHARD_ITEMS
 from annfleet.server.holdings import Holding, Holdings, bundle_path, open_bundle
 from annfleet.server.service import ShardService, held_bundle, shard_info
-from annfleet.serving import rpc
+from annfleet.serving import deadline_of, rpc
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -141,4 +141,4 @@ class ShardAdminService(shard_pb2_grpc.ShardAdminServicer):
     async def ExactSearch(
         self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ShardSearchResponse:
-        return await self.shards.answer(request, exact=True)
+        return await self.shards.answer(request, exact=True, deadline=deadline_of(context))

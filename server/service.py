@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import TypeVar
 
 import grpc
 
 from annfleet.arrays import F32, I64, check_k, decode_matrix, to_bytes
 from annfleet.config import ShardsConfig
-from annfleet.errors import InvalidArgument
+from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from annfleet.metrics import SHARD_DROPPED
 from annfleet.server.holdings import Holding, Holdings
-from annfleet.serving import rpc
+from annfleet.serving import deadline_of, rpc
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 from annfleet.validation import check_params
+
+T = TypeVar("T")
 
 
 def held_bundle(holding: Holding, active: bool) -> shard_pb2.HeldBundle:
@@ -57,16 +63,74 @@ def shard_info(holdings: Holdings, config: ShardsConfig) -> shard_pb2.ShardInfo:
     return info
 
 
+def _expired(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
+class SearchQueue:
+    """The shard's bounded queue in front of faiss: at most ``max_queue`` searches queued or
+    running; beyond it RESOURCE_EXHAUSTED at once. Work whose deadline (absolute,
+    ``time.monotonic()``) has passed is dropped before it reaches the index: on arrival, and
+    again when an executor thread picks it up. Used from the event loop thread only.
+    """
+
+    def __init__(self, executor: Executor, max_queue: int) -> None:
+        self.executor = executor
+        self.max_queue = max_queue
+        self.admitted = 0  # queued + running, released when the executor job ends
+
+    async def run(self, deadline: float | None, work: Callable[[], T]) -> T:
+        if _expired(deadline):
+            SHARD_DROPPED.labels("deadline").inc()
+            raise DeadlineExceeded("deadline passed before the search was queued")
+        if self.admitted >= self.max_queue:
+            SHARD_DROPPED.labels("queue_full").inc()
+            raise ResourceExhausted(
+                f"{self.admitted} searches queued or running (max_queue {self.max_queue}); "
+                "retry later or on another replica"
+            )
+        loop = asyncio.get_running_loop()
+        queued_at = time.monotonic()
+
+        def job() -> T:
+            if _expired(deadline):
+                SHARD_DROPPED.labels("deadline").inc()
+                raise DeadlineExceeded(
+                    f"deadline passed after {(time.monotonic() - queued_at) * 1e3:.1f} ms "
+                    "in the shard's queue"
+                )
+            return work()
+
+        self.admitted += 1
+        future = self.executor.submit(job)
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        try:
+            return await asyncio.wrap_future(future, loop=loop)
+        except asyncio.CancelledError:  # the caller went away (typically its deadline)
+            if future.cancel():  # still queued: it never reaches the index
+                SHARD_DROPPED.labels("cancelled").inc()
+            raise
+
+    def _release(self) -> None:
+        self.admitted -= 1
+
+
 class ShardService(shard_pb2_grpc.IndexShardServicer):
     def __init__(self, config: ShardsConfig, executor: Executor, holdings: Holdings) -> None:
         self.config = config
         self.executor = executor
         self.holdings = holdings
+        self.queue = SearchQueue(executor, config.max_queue)
 
     async def answer(
-        self, request: shard_pb2.ShardSearchRequest, *, exact: bool = False
+        self,
+        request: shard_pb2.ShardSearchRequest,
+        *,
+        exact: bool = False,
+        deadline: float | None = None,
     ) -> shard_pb2.ShardSearchResponse:
-        """Search (or brute-force) the bundle the request pins."""
+        """Search (or brute-force) the bundle the request pins, through the bounded queue;
+        ``deadline`` is absolute (``time.monotonic()``)."""
         holding = self.holdings.get(request.bundle_id)
         if request.dim != holding.index.dim:
             raise InvalidArgument(
@@ -75,9 +139,8 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
-        loop = asyncio.get_running_loop()
-        ids, scores = await loop.run_in_executor(
-            self.executor,
+        ids, scores = await self.queue.run(
+            deadline,
             lambda: (
                 holding.exact(queries, k)
                 if exact
@@ -104,7 +167,7 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
     async def Search(
         self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ShardSearchResponse:
-        return await self.answer(request)
+        return await self.answer(request, deadline=deadline_of(context))
 
     @rpc("IndexShard")
     async def Info(
