@@ -42,6 +42,8 @@ def bundle_path(source: str) -> Path:
     """A bundle location as Prepare receives it (path or file:// URI) -> a local path."""
     if not source:
         raise InvalidArgument("bundle: empty; give the bundle directory (path or file:// URI)")
+    if "\x00" in source:
+        raise InvalidArgument("bundle: a path cannot contain a NUL character")
     if "://" in source:
         uri = urlparse(source)
         if uri.scheme != "file":
@@ -52,7 +54,11 @@ def bundle_path(source: str) -> Path:
 
 def open_bundle(path: Path) -> Bundle:
     """The manifest of the bundle at ``path`` (checked, files not yet hashed)."""
-    if not path.exists():
+    try:
+        exists = path.exists()
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise InvalidArgument(f"bundle {str(path)[:200]!r}: {exc.strerror}") from exc
+    if not exists:
         raise NotFound(f"no bundle at {path}")
     return Bundle.open(path, verify=False)
 

@@ -246,7 +246,8 @@ class ShardAdminServicer:
         bundle already held answers OK with what is held. Nothing changes on any error.
         Status codes:
         OK                  held; the reply describes it.
-        INVALID_ARGUMENT    bundle empty, or a URI scheme other than file://.
+        INVALID_ARGUMENT    bundle empty, a URI scheme other than file://, or a path the file
+        system refuses (too long, a NUL character).
         NOT_FOUND           nothing at that path.
         FAILED_PRECONDITION not a bundle or a corrupt one (manifest, checksum, unreadable or
         inconsistent index: the message names the file); its shard count
