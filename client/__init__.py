@@ -7,6 +7,7 @@ with Client("127.0.0.1:50051", timeout=0.05) as client:
 """
 
 from annfleet.client.aio import AsyncClient, AsyncScatterClient
+from annfleet.client.channels import tls_credentials
 from annfleet.client.errors import (
     AnnfleetError,
     DeadlineExceeded,
@@ -34,4 +35,5 @@ __all__ = [
     "ScatterClient",
     "SearchResult",
     "Unavailable",
+    "tls_credentials",
 ]

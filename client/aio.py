@@ -11,15 +11,15 @@ import grpc
 import numpy as np
 
 from annfleet.client import results as r
+from annfleet.client.channels import open_aio_channel
 from annfleet.client.errors import from_rpc_error, retry_backoff
-from annfleet.client.sync import CHANNEL_OPTIONS
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
 
 
 async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float, retries: int) -> T:
-    """Async twin of ``annfleet.client.sync.call_with_retry`` (UNAVAILABLE only, bounded)."""
+    """Async twin of ``annfleet.client.sync.call_with_retry`` (same retry rule, bounded)."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
@@ -33,11 +33,18 @@ async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float,
 class AsyncClient:
     """Calls the router from asyncio code; same methods as ``Client``, as coroutines."""
 
-    def __init__(self, target: str, *, timeout: float = 1.0, retries: int = 2) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 1.0,
+        retries: int = 2,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = open_aio_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
     async def search(
@@ -97,11 +104,15 @@ class AsyncClient:
 class AsyncScatterClient:
     """asyncio twin of ``ScatterClient``: all shards concurrently, merged client-side."""
 
-    def __init__(self, shard_targets: Sequence[str], *, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        shard_targets: Sequence[str],
+        *,
+        timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.timeout = timeout
-        self._channels = [
-            grpc.aio.insecure_channel(t, options=CHANNEL_OPTIONS) for t in shard_targets
-        ]
+        self._channels = [open_aio_channel(t, credentials) for t in shard_targets]
         self._stubs = [shard_pb2_grpc.IndexShardStub(c) for c in self._channels]
 
     async def search(

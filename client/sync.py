@@ -9,19 +9,18 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from annfleet.arrays import GRPC_OPTIONS
 from annfleet.client import results as r
+from annfleet.client.channels import open_channel
 from annfleet.client.errors import from_rpc_error, retry_backoff
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
 
-CHANNEL_OPTIONS = GRPC_OPTIONS
-
 
 def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) -> T:
-    """Run ``call(remaining_timeout)``; retry on UNAVAILABLE only, at most ``retries`` times,
-    never past ``timeout``. Other failures raise the mapped annfleet exception at once."""
+    """Run ``call(remaining_timeout)``; retry what ``retry_backoff`` allows (UNAVAILABLE, a
+    shed RESOURCE_EXHAUSTED), at most ``retries`` times, never past ``timeout``. Other
+    failures raise the mapped annfleet exception at once."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
@@ -35,11 +34,19 @@ def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) ->
 class Client:
     """Calls the router. ``timeout`` (seconds) applies to each call unless overridden."""
 
-    def __init__(self, target: str, *, timeout: float = 1.0, retries: int = 2) -> None:
+    def __init__(
+        self,
+        target: str,
+        *,
+        timeout: float = 1.0,
+        retries: int = 2,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """``credentials``: None = plaintext; ``tls_credentials(ca=, cert=, key=)`` = TLS."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
-        self._channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
     def search(
@@ -105,9 +112,15 @@ class ScatterClient:
     Shards that fail are left out and reported in ``coverage``; all failing raises.
     """
 
-    def __init__(self, shard_targets: Sequence[str], *, timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        shard_targets: Sequence[str],
+        *,
+        timeout: float = 1.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.timeout = timeout
-        self._channels = [grpc.insecure_channel(t, options=CHANNEL_OPTIONS) for t in shard_targets]
+        self._channels = [open_channel(t, credentials) for t in shard_targets]
         self._stubs = [shard_pb2_grpc.IndexShardStub(c) for c in self._channels]
 
     def search(

@@ -295,7 +295,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{time.monotonic() - started:.1f}s)",
         flush=True,
     )
-    _print_sample(cluster.router_target, cluster.bundle)
+    _print_sample(cluster.router_target, cluster.bundle, cluster.credentials)
     print("Ctrl-C stops the cluster.", flush=True)
     try:
         while not stop["now"]:
@@ -310,14 +310,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_sample(target: str, bundle: Any) -> None:
+def _print_sample(target: str, bundle: Any, credentials: Any = None) -> None:
     from annfleet.client import AnnfleetError as ClientError
     from annfleet.client import Client
 
     users = bundle.users()
     user = int(users[0][0]) if users is not None else 1
     try:
-        with Client(target, timeout=5.0) as client:
+        with Client(target, timeout=5.0, credentials=credentials) as client:
             result = client.retrieve(user, 10, include_titles=True)
     except ClientError as exc:
         print(f"sample Retrieve(user {user}) failed: {exc}")
@@ -340,13 +340,34 @@ def _print_candidates(result: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- query / status
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca", help="CA certificates (PEM) to verify the servers: TLS")
+    p.add_argument("--cert", help="client certificate (PEM), for mutual TLS")
+    p.add_argument("--key", help="client private key (PEM), for mutual TLS")
+
+
+def _credentials(args: argparse.Namespace, config: ClusterConfig | None) -> Any:
+    """Channel credentials: --ca/--cert/--key when given, else the config's tls section,
+    else None (plaintext)."""
+    if args.ca or args.cert or args.key:
+        from annfleet.client import tls_credentials
+
+        return tls_credentials(ca=args.ca, cert=args.cert, key=args.key)
+    if config is not None and config.tls.enabled:
+        from annfleet.serving import channel_credentials
+
+        return channel_credentials(config.tls)
+    return None
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from annfleet.client import AnnfleetError as ClientError
     from annfleet.client import Client
 
     recent = [int(x) for x in args.recent.split(",") if x] if args.recent else []
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        credentials = _credentials(args, load_config(args.config) if args.config else None)
+        with Client(args.target, timeout=args.timeout, credentials=credentials) as client:
             result = client.retrieve(args.user, args.k, recent_items=recent, include_titles=True)
     except ClientError as exc:
         print(f"annfleet query: {exc.code.name}: {exc.details}", file=sys.stderr)
@@ -385,26 +406,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no local cluster recorded in {path} (is `annfleet up` running?)")
         return 1
+    credentials = _credentials(args, config)
     state = json.loads(path.read_text())
     print(f"bundle {state['bundle_id']}  ({state['bundle']})")
     worst = 0
     for child in state["children"]:
-        status = health_status(child["target"])
+        status = health_status(child["target"], credentials=credentials)
         worst = max(worst, 0 if status == "SERVING" else 1)
-        held = _shard_bundle(child["target"]) if child["name"].startswith("shard") else ""
+        shard = child["name"].startswith("shard")
+        held = _shard_bundle(child["target"], credentials) if shard else ""
         print(
             f"  {child['name']:<9} {child['target']:<21} pid {child['pid']:<7} {status:<12} {held}"
         )
     return worst
 
 
-def _shard_bundle(target: str) -> str:
+def _shard_bundle(target: str, credentials: Any = None) -> str:
     """What a shard process serves and holds, e.g. "shard 2/4 of b1234 (50000 items, hnsw)"."""
     import grpc
 
+    from annfleet.client.channels import open_channel
     from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    with open_channel(target, credentials) as channel:
         try:
             info = shard_pb2_grpc.IndexShardStub(channel).Info(shard_pb2.InfoRequest(), timeout=1.0)
         except grpc.RpcError as exc:
@@ -460,6 +484,7 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
         port=_given(args.port, _nth_port(config.base_port, args.shard)),
         metrics_port=_given(args.metrics_port, _nth_port(config.metrics_base_port, args.shard)),
         admin_port=admin_port,
+        tls=cluster.tls,
         admin_token=token,
         replica=args.replica,
     )
@@ -482,7 +507,8 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
     from annfleet.router.main import start_router
     from annfleet.serving import run, serve_until_signal
 
-    config = load_config(args.config).router
+    cluster = load_config(args.config)
+    config = cluster.router
     targets = [t for t in args.shards.split(",") if t]
     host = _given(args.host, config.host)
     start = start_router(
@@ -492,6 +518,7 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
         host=host,
         port=_given(args.port, config.port),
         metrics_port=_given(args.metrics_port, config.metrics_port),
+        tls=cluster.tls,
     )
     run(lambda: serve_until_signal(start, name="router", host=host, grace=config.grace_s))
     return 0
@@ -551,10 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
+    _add_tls_flags(p)
     p.set_defaults(func=cmd_query)
 
     p = sub.add_parser("status", help="health and bundle of each local cluster process")
     p.add_argument("--config")
+    _add_tls_flags(p)
     p.set_defaults(func=cmd_status)
 
     for name, func, help_text in (

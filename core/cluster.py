@@ -27,6 +27,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
 from annfleet.config import ClusterConfig
+from annfleet.errors import ConfigError
+from annfleet.serving import channel_credentials
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class Child:
     metrics_port: int | None
     log_path: Path
     admin_target: str = ""  # the ShardAdmin port, when served
+    credentials: grpc.ChannelCredentials | None = None  # TLS for health checks
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -108,7 +111,7 @@ class Child:
                     f"{self.name} exited with code {code} before it was ready; "
                     f"last lines of {self.log_path}:\n{self.log_tail()}"
                 )
-            if health_status(self.target, timeout=0.5) == "SERVING":
+            if health_status(self.target, 0.5, credentials=self.credentials) == "SERVING":
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s (log: {self.log_path})")
@@ -210,6 +213,13 @@ class LocalCluster:
             router_metrics if router_metrics >= 0 else None,
             self.log_dir / "router.log",
         )
+        if self.config.tls.enabled and not config_path:
+            raise ConfigError(
+                "tls is enabled: the processes read it from the config file, so pass config_path"
+            )
+        self.credentials = channel_credentials(self.config.tls)  # None = plaintext
+        for child in self.children:
+            child.credentials = self.credentials
 
     def _admin_token_args(self) -> tuple[list[str], str]:
         """How the shard processes get the admin token, and where it is (for humans).

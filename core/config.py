@@ -114,6 +114,22 @@ class AdminConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """TLS for every gRPC port and every channel the cluster opens (metrics stay plain HTTP).
+
+    ``cert``/``key`` are this process's identity: its server certificate and, on channels it
+    opens (router -> shards, health checks, the CLI), its client certificate. ``ca`` verifies
+    the peers. Relative paths are resolved against the config file.
+    """
+
+    enabled: bool = False
+    cert: str = ""  # PEM certificate chain
+    key: str = ""  # PEM private key
+    ca: str = ""  # PEM CA certificates that sign peers ("" = system roots, for channels)
+    require_client_cert: bool = False  # mutual TLS: clients need a certificate signed by ca
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     bundle: str = ""  # a bundle directory; "" = build/reuse the default from `dataset`
     # Cached bundles, logs, cluster.json. "" = $ANNFLEET_DATA, else ~/.cache/annfleet; a
@@ -125,6 +141,7 @@ class ClusterConfig:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     router: RouterConfig = field(default_factory=RouterConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     def data_path(self) -> Path:
         return Path(
@@ -156,6 +173,11 @@ class ClusterConfig:
             (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
+        ]
+        tls = self.tls
+        checks += [
+            (not tls.enabled or bool(tls.cert and tls.key), "tls.cert and tls.key", "set"),
+            (not tls.require_client_cert or bool(tls.ca), "tls.ca", "set for mutual TLS"),
         ]
         for ok, key, expected in checks:
             if not ok:
@@ -225,6 +247,12 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
         admin=dataclasses.replace(config.admin, token_file=_beside(path, config.admin.token_file)),
         shards=dataclasses.replace(
             config.shards, updates_dir=_beside(path, config.shards.updates_dir)
+        ),
+        tls=dataclasses.replace(
+            config.tls,
+            cert=_beside(path, config.tls.cert),
+            key=_beside(path, config.tls.key),
+            ca=_beside(path, config.tls.ca),
         ),
     )
     return config.validate(str(path))

@@ -8,7 +8,6 @@ service ("") by default, the one that goes SERVING only once the bundle is loade
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import grpc
 
@@ -17,16 +16,12 @@ from annfleet.cluster import health_status
 
 def tls_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
     """Channel credentials from PEM files: the CA to trust, and a client cert/key for mTLS."""
-    if bool(cert) != bool(key):
-        raise SystemExit("annfleet probe: --cert and --key go together")
+    from annfleet.client import AnnfleetError, tls_credentials
+
     try:
-        return grpc.ssl_channel_credentials(
-            root_certificates=Path(ca).read_bytes(),
-            private_key=Path(key).read_bytes() if key else None,
-            certificate_chain=Path(cert).read_bytes() if cert else None,
-        )
-    except OSError as exc:
-        raise SystemExit(f"annfleet probe: cannot read {exc.filename}: {exc.strerror}") from exc
+        return tls_credentials(ca=ca, cert=cert or None, key=key or None)
+    except AnnfleetError as exc:
+        raise SystemExit(f"annfleet probe: {exc.details}") from exc
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

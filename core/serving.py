@@ -11,6 +11,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import grpc
@@ -18,7 +19,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from annfleet.arrays import GRPC_OPTIONS
-from annfleet.errors import status_of
+from annfleet.client.channels import tls_credentials
+from annfleet.config import TlsConfig
+from annfleet.errors import ConfigError, status_of
 from annfleet.metrics import LATENCY, REQUESTS, serve_metrics
 
 log = logging.getLogger(__name__)
@@ -200,6 +203,34 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
+# ---------------------------------------------------------------- TLS
+def _read_pem(path: str, key: str) -> bytes:
+    try:
+        return Path(path).expanduser().read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"tls.{key}: cannot read {path}: {exc.strerror}") from exc
+
+
+def server_credentials(tls: TlsConfig | None) -> grpc.ServerCredentials | None:
+    """TLS (mutual with ``require_client_cert``) for a server port; None = plaintext."""
+    if tls is None or not tls.enabled:
+        return None
+    return grpc.ssl_server_credentials(
+        [(_read_pem(tls.key, "key"), _read_pem(tls.cert, "cert"))],
+        root_certificates=_read_pem(tls.ca, "ca") if tls.ca else None,
+        require_client_auth=tls.require_client_cert,
+    )
+
+
+def channel_credentials(tls: TlsConfig | None) -> grpc.ChannelCredentials | None:
+    """What this process's own channels (router -> shards, health checks, CLI) use: ``ca``
+    to verify servers, ``cert``/``key`` as the client certificate. None = plaintext."""
+    if tls is None or not tls.enabled:
+        return None
+    pem = {k: _read_pem(getattr(tls, k), k) for k in ("ca", "cert", "key") if getattr(tls, k)}
+    return tls_credentials(ca=pem.get("ca"), cert=pem.get("cert"), key=pem.get("key"))
+
+
 async def not_serving_health(service_names: Sequence[str]) -> Any:
     """A health servicer that answers NOT_SERVING for every name (and "") from the start.
 
@@ -220,6 +251,7 @@ async def start_server(
     port: int,
     metrics_port: int = -1,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    tls: TlsConfig | None = None,
 ) -> GrpcServer:
     """Bind and start; every service (and the overall "") reports NOT_SERVING.
 
@@ -235,7 +267,11 @@ async def start_server(
     reflection.enable_server_reflection(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    credentials = server_credentials(tls)
+    if credentials is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", credentials)
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     handle = GrpcServer(server, bound, service_names, health_servicer, None)

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 
 from annfleet.bundle import Bundle
-from annfleet.config import RouterConfig
+from annfleet.config import RouterConfig, TlsConfig
 from annfleet.errors import BundleError
 from annfleet.router.scatter import Scatter, ShardEndpoint
 from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
-from annfleet.serving import GrpcServer, start_server
+from annfleet.serving import GrpcServer, channel_credentials, start_server
 from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc, shard_pb2
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ async def start_router(
     host: str = "127.0.0.1",
     port: int = 0,
     metrics_port: int = -1,
+    tls: TlsConfig | None = None,
 ) -> RouterServer:
     """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING."""
     config = config or RouterConfig()
@@ -99,6 +100,7 @@ async def start_router(
         host=host,
         port=port,
         metrics_port=metrics_port,
+        tls=tls,
     )
     try:
         loop = asyncio.get_running_loop()
@@ -112,8 +114,9 @@ async def start_router(
             bundle.manifest.get("num_items")
             or sum(s["num_items"] for s in bundle.manifest["shards"])
         )
+        credentials = channel_credentials(tls)  # TLS to the shards, as to the router
         endpoints = [
-            ShardEndpoint.connect(i, target, bundle.shard(i)["num_items"] / total)
+            ShardEndpoint.connect(i, target, bundle.shard(i)["num_items"] / total, credentials)
             for i, target in enumerate(shard_targets)
         ]
         embedder = await loop.run_in_executor(executor, load_embedder, bundle)

@@ -35,8 +35,18 @@ class ShardEndpoint:
     admin: shard_pb2_grpc.ShardAdminStub = field(repr=False)
 
     @classmethod
-    def connect(cls, shard_id: int, target: str, share: float) -> ShardEndpoint:
-        channel = grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+    def connect(
+        cls,
+        shard_id: int,
+        target: str,
+        share: float,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> ShardEndpoint:
+        channel = (
+            grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=GRPC_OPTIONS)
+        )
         return cls(
             shard_id,
             target,

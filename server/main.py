@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annfleet.auth import BearerTokenInterceptor
-from annfleet.config import SearchConfig, ShardsConfig
+from annfleet.config import SearchConfig, ShardsConfig, TlsConfig
 from annfleet.errors import ConfigError, FailedPrecondition
 from annfleet.server.admin import ShardAdminService
 from annfleet.server.holdings import Holdings, load_shard
@@ -53,11 +53,13 @@ class ShardServer:
         admin_token: str | None = None,
         shard_id: int | None = None,
         replica: int = 0,
+        tls: TlsConfig | None = None,
     ) -> ShardServer:
         """Listen with no shard loaded: health NOT_SERVING, Search answers UNAVAILABLE.
 
         ``admin_port`` >= 0 (0 = a free port) also serves ShardAdmin there, which needs
         ``admin_token``. ``search`` fills the search parameters a request leaves at 0.
+        ``tls`` (enabled) serves both ports over TLS, mutual with ``require_client_cert``.
         """
         config = config or ShardsConfig()
         if admin_port >= 0 and not admin_token:
@@ -85,6 +87,7 @@ class ShardServer:
             host=host,
             port=port,
             metrics_port=metrics_port,
+            tls=tls,
         )
         admin_grpc = None
         if admin_port >= 0:
@@ -96,6 +99,7 @@ class ShardServer:
                     host=host,
                     port=admin_port,
                     interceptors=[BearerTokenInterceptor(admin_token)],
+                    tls=tls,
                 )
             except BaseException:
                 await server.stop(0)
@@ -159,6 +163,7 @@ async def start_shard_server(
     admin_port: int = -1,
     admin_token: str | None = None,
     replica: int = 0,
+    tls: TlsConfig | None = None,
 ) -> ShardServer:
     """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded."""
     server = await ShardServer.bind(
@@ -171,6 +176,7 @@ async def start_shard_server(
         admin_token=admin_token,
         shard_id=shard_id,
         replica=replica,
+        tls=tls,
     )
     try:
         await server.load(bundle_path, shard_id)

@@ -71,13 +71,13 @@ TODO(issue 8 replicas): once serve-router takes replicas per shard, list
 {{/*
 Config keys the chart sets but core/config.py on main does not know yet: they are left out
 of the rendered ConfigMap until they land (an unknown key is an error in load_config).
-TODO: drop each entry when its key lands (issue 8: shards.replicas, tls; issue 9: admin,
-shards.admin_base_port, router.admin_port).
+TODO: drop each entry when its key lands (issue 8: shards.replicas; issue 9:
+router.admin_port).
 */}}
 {{- define "annfleet.pendingConfigKeys" -}}
-shards: [replicas, admin_base_port]
+shards: [replicas]
 router: [admin_port]
-top: [tls, admin]
+top: []
 {{- end -}}
 
 {{/* The annfleet config file served to every process (YAML). */}}
