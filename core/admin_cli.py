@@ -194,7 +194,11 @@ def admin_targets(config: ClusterConfig) -> list[str]:
             "admin addresses)"
         )
     state = json.loads(path.read_text())
-    targets = [c["admin_target"] for c in state["children"] if c.get("admin_target")]
+    targets = [
+        c["admin_target"]
+        for c in state["children"]
+        if c.get("admin_target") and c["name"].startswith("shard")
+    ]
     if not targets:
         raise ConfigError(f"the cluster in {path} serves no shard admin ports")
     return targets

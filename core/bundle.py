@@ -26,10 +26,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 
-from annfleet.errors import BundleError
+from annfleet.errors import BundleError, InvalidArgument
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -167,3 +168,17 @@ class Bundle:
         if rel.endswith(".npy"):
             return self.load_array(rel)
         return json.loads((self.path / rel).read_text())
+
+
+def bundle_path(source: str) -> Path:
+    """A bundle location as Prepare receives it (path or file:// URI) -> a local path."""
+    if not source:
+        raise InvalidArgument("bundle: empty; give the bundle directory (path or file:// URI)")
+    if "\x00" in source:
+        raise InvalidArgument("bundle: a path cannot contain a NUL character")
+    if "://" in source:
+        uri = urlparse(source)
+        if uri.scheme != "file":
+            raise InvalidArgument(f"bundle {source!r}: only file:// URIs are supported")
+        return Path(unquote(uri.path))
+    return Path(source).expanduser()

@@ -413,12 +413,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     for child in state["children"]:
         status = health_status(child["target"], credentials=credentials)
         worst = max(worst, 0 if status == "SERVING" else 1)
-        shard = child["name"].startswith("shard")
-        held = _shard_bundle(child["target"], credentials) if shard else ""
+        if child["name"].startswith("shard"):
+            held = _shard_bundle(child["target"], credentials)
+        else:
+            held = _router_bundle(config)
         print(
             f"  {child['name']:<9} {child['target']:<21} pid {child['pid']:<7} {status:<12} {held}"
         )
     return worst
+
+
+def _router_bundle(config: ClusterConfig) -> str:
+    """What the router serves and still holds, from the rollout state in the data dir."""
+    from annfleet.rollout_state import read_state, state_file
+
+    state = read_state(state_file(config.data_path()))
+    if state is None or state.stable is None:
+        return ""
+    line = f"serves {state.stable.bundle_id}"
+    if state.previous is not None:
+        left = max(0.0, state.previous_release_at - time.time())
+        line += f"\n{'':<12}held   {state.previous.bundle_id}  (rollback target, {left:.0f}s left)"
+    if state.holder:
+        line += f"\n{'':<12}rollout of {state.target.bundle_id if state.target else '?'} "
+        line += f"running ({state.phase}), held by {state.holder}"
+    return line
 
 
 def _shard_bundle(target: str, credentials: Any = None) -> str:
@@ -459,24 +478,10 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
     config = cluster.shards
     host = _given(args.host, config.host)
     admin_port = _given(args.admin_port, _nth_port(config.admin_base_port, args.shard))
-    token = None
-    if admin_port >= 0:
-        from annfleet.auth import read_token
-
-        admin = cluster.admin
-        if args.admin_token_file:
-            admin = dataclasses.replace(admin, token_file=args.admin_token_file, token_env="")
-        token = read_token(admin)
-        if token is None and args.admin_port is not None:
-            raise ConfigError(
-                f"--admin-port {args.admin_port} needs an admin token: set admin.token_file, "
-                f"${admin.token_env} or --admin-token-file"
-            )
-        if token is None:
-            log.warning("no admin token configured: shard %d serves no admin port", args.shard)
-            admin_port = -1
+    token, admin_port = _admin_token(cluster, args, admin_port, f"shard {args.shard}")
+    bundle = _stable_bundle(args) or Path(args.bundle)
     start = start_shard_server(
-        Path(args.bundle),
+        bundle,
         args.shard,
         config,
         search=cluster.search,
@@ -491,6 +496,40 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
     name = f"shard {args.shard}"
     run(lambda: serve_until_signal(start, name=name, host=host, grace=config.grace_s))
     return 0
+
+
+def _admin_token(
+    cluster: ClusterConfig, args: argparse.Namespace, admin_port: int, name: str
+) -> tuple[str | None, int]:
+    """(the admin token, the admin port): -1 (off, with a warning) when no token is
+    configured and the port came from the config; an error when --admin-port was given."""
+    if admin_port < 0:
+        return None, admin_port
+    from annfleet.auth import read_token
+
+    admin = cluster.admin
+    if args.admin_token_file:
+        admin = dataclasses.replace(admin, token_file=args.admin_token_file, token_env="")
+    token = read_token(admin)
+    if token is None and args.admin_port is not None:
+        raise ConfigError(
+            f"--admin-port {args.admin_port} needs an admin token: set admin.token_file, "
+            f"${admin.token_env} or --admin-token-file"
+        )
+    if token is None:
+        log.warning("no admin token configured: %s serves no admin port", name)
+        return None, -1
+    return token, admin_port
+
+
+def _stable_bundle(args: argparse.Namespace) -> Path | None:
+    """The stable bundle of the rollout state file (--rollout-state), if it names one."""
+    from annfleet.rollout_state import stable_bundle
+
+    path = stable_bundle(Path(args.rollout_state) if args.rollout_state else None)
+    if path is not None and path != Path(args.bundle):
+        log.info("serving %s, the stable bundle of %s (not --bundle)", path, args.rollout_state)
+    return path
 
 
 def _given(flag: Any, configured: Any) -> Any:
@@ -511,6 +550,9 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
     config = cluster.router
     targets = [t for t in args.shards.split(",") if t]
     host = _given(args.host, config.host)
+    token, admin_port = _admin_token(
+        cluster, args, _given(args.admin_port, config.admin_port), "the router"
+    )
     start = start_router(
         Path(args.bundle),
         targets,
@@ -519,6 +561,10 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
         port=_given(args.port, config.port),
         metrics_port=_given(args.metrics_port, config.metrics_port),
         tls=cluster.tls,
+        admin_port=admin_port,
+        admin_token=token,
+        shard_admin_targets=[t for t in (args.shard_admins or "").split(",") if t],
+        rollout_state=Path(args.rollout_state) if args.rollout_state else None,
     )
     run(lambda: serve_until_signal(start, name="router", host=host, grace=config.grace_s))
     return 0
@@ -600,23 +646,33 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--metrics-port", type=int, help="-1 = off, 0 = free port (default: from the config)"
         )
+        admin_service = "ShardAdmin" if name == "serve-shard" else "RouterAdmin"
+        p.add_argument(
+            "--admin-port",
+            type=int,
+            help=f"{admin_service} port; -1 = off, 0 = free (default: from the config)",
+        )
+        p.add_argument("--admin-token-file", help="admin token file (overrides the config)")
+        p.add_argument(
+            "--rollout-state",
+            help="rollout state file (JSON); the stable bundle it names wins over --bundle",
+        )
         if name == "serve-shard":
             p.add_argument("--shard", type=int, required=True)
             p.add_argument("--replica", type=int, default=0, help="replica index (update log)")
-            p.add_argument(
-                "--admin-port",
-                type=int,
-                help="ShardAdmin port; -1 = off, 0 = free (default: from the config)",
-            )
-            p.add_argument("--admin-token-file", help="admin token file (overrides the config)")
         else:
             p.add_argument(
                 "--shards", required=True, help="comma-separated shard HOST:PORTs, in shard order"
+            )
+            p.add_argument(
+                "--shard-admins",
+                help="comma-separated ShardAdmin HOST:PORTs of every shard replica (rollouts)",
             )
         p.set_defaults(func=func)
 
     for module in (
         "annfleet.admin_cli",
+        "annfleet.rollout_cli",
         "annfleet.model.cli",
         "annfleet.benchmarks.cli",
         "annfleet.capacity",

@@ -28,6 +28,8 @@ from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
 from annfleet.config import ClusterConfig
 from annfleet.errors import ConfigError
+from annfleet.rollout_state import BundleRef, RolloutState, write_state
+from annfleet.rollout_state import state_file as rollout_state_file
 from annfleet.serving import channel_credentials
 
 log = logging.getLogger(__name__)
@@ -143,14 +145,22 @@ class LocalCluster:
         fixed_ports: bool = False,
         log_dir: Path | None = None,
         config_path: Path | None = None,
+        rollout_state: Path | None = None,
     ) -> None:
         self.config = config or ClusterConfig()
         self.bundle = Bundle.open(bundle_path, verify=False)
         self.log_dir = log_dir or self.config.data_path() / "logs"
+        # Where rollouts persist their state (every child reads it at start): the data dir
+        # for `annfleet up`; tests and benchmarks name one or go without.
+        self.rollout_state = rollout_state or (
+            rollout_state_file(self.config.data_path()) if fixed_ports else None
+        )
         shards_cfg, router_cfg = self.config.shards, self.config.router
         common = ["--bundle", str(self.bundle.path)]
         if config_path:
             common += ["--config", str(config_path)]
+        if self.rollout_state is not None:
+            common += ["--rollout-state", str(self.rollout_state)]
         admin_args: list[str] = []
         self.admin_token_source = ""
         if shards_cfg.admin_base_port >= 0:
@@ -195,6 +205,13 @@ class LocalCluster:
             )
         router_port = router_cfg.port if fixed_ports else free_port(router_cfg.host)
         router_metrics = router_cfg.metrics_port if fixed_ports else -1
+        router_admin: list[str] = []
+        self.router_admin_target = ""
+        if router_cfg.admin_port >= 0 and self.admin_token_source:
+            port = router_cfg.admin_port if fixed_ports else free_port(router_cfg.host)
+            self.router_admin_target = f"{router_cfg.host}:{port}"
+            router_admin = ["--admin-port", str(port), *admin_args]
+            router_admin += ["--shard-admins", ",".join(s.admin_target for s in self.shards)]
         self.router = Child(
             "router",
             [
@@ -208,10 +225,12 @@ class LocalCluster:
                 str(router_port),
                 "--metrics-port",
                 str(router_metrics),
+                *(router_admin or ["--admin-port", "-1"]),
             ],
             f"{router_cfg.host}:{router_port}",
             router_metrics if router_metrics >= 0 else None,
             self.log_dir / "router.log",
+            self.router_admin_target,
         )
         if self.config.tls.enabled and not config_path:
             raise ConfigError(
@@ -252,6 +271,11 @@ class LocalCluster:
         return {c.name: c.pid for c in self.children}
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> LocalCluster:
+        if self.rollout_state is not None:  # a fresh cluster starts on its bundle
+            write_state(
+                self.rollout_state,
+                RolloutState(stable=BundleRef(self.bundle.id, str(self.bundle.path))),
+            )
         try:
             for shard in self.shards:
                 shard.start()

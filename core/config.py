@@ -103,6 +103,9 @@ class RouterConfig:
     user_cache_size: int = 100_000
     user_cache_ttl_s: float = 3600.0
     grace_s: float = 5.0
+    # RouterAdmin (rollout, rollback) on its own port, token needed; 0 = free port, -1 = off.
+    admin_port: int = 50052
+    release_grace_s: float = 60.0  # a replaced bundle stays held (rollback instant) this long
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,8 @@ class ClusterConfig:
             (self.router.max_k >= 1 and self.shards.max_k >= 1, "max_k", ">= 1"),
             (self.router.default_timeout_s > 0, "router.default_timeout_s", "> 0"),
             (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
+            (self.router.admin_port >= -1, "router.admin_port", ">= -1"),
+            (self.router.release_grace_s >= 0, "router.release_grace_s", ">= 0"),
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
         ]

@@ -45,6 +45,16 @@ class ResourceExhausted(AnnfleetError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Aborted(AnnfleetError):
+    """Refused because of a concurrent operation (e.g. another rollout is running)."""
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Unimplemented(AnnfleetError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class BundleError(AnnfleetError):
     """A bundle that is missing, corrupt (checksum), or inconsistent (dim, shard count)."""
 

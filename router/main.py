@@ -13,26 +13,28 @@ from pathlib import Path
 
 import grpc
 
+from annfleet.auth import BearerTokenInterceptor
 from annfleet.bundle import Bundle
 from annfleet.config import RouterConfig, TlsConfig
-from annfleet.errors import BundleError
+from annfleet.errors import BundleError, ConfigError
+from annfleet.rollout_state import stable_bundle
+from annfleet.router.admin import RouterAdminService
+from annfleet.router.rollout import RolloutController, open_router_bundle
 from annfleet.router.scatter import Scatter, ShardEndpoint
 from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
 from annfleet.serving import GrpcServer, channel_credentials, start_server
-from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc, shard_pb2
+from annfleet.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc, shard_pb2
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = [retrieval_pb2.DESCRIPTOR.services_by_name["Retrieval"].full_name]
+ADMIN_SERVICE_NAMES = [admin_pb2.DESCRIPTOR.services_by_name["RouterAdmin"].full_name]
 
 
 def load_router_bundle(bundle_path: Path) -> Bundle:
     """Open the bundle and verify every file the router uses (all but the shards')."""
-    bundle = Bundle.open(bundle_path, verify=False)
-    shard_dirs = tuple(s["dir"] + "/" for s in bundle.manifest["shards"])
-    bundle.verify(only=[rel for rel in bundle.manifest["files"] if not rel.startswith(shard_dirs)])
-    return bundle
+    return open_router_bundle(bundle_path)
 
 
 async def confirm_shards(
@@ -68,12 +70,21 @@ class RouterServer:
     grpc: GrpcServer
     service: RetrievalService
     executor: ThreadPoolExecutor
+    rollouts: RolloutController
+    admin_grpc: GrpcServer | None = None
 
     @property
     def port(self) -> int:
         return self.grpc.port
 
+    @property
+    def admin_port(self) -> int | None:
+        return self.admin_grpc.port if self.admin_grpc else None
+
     async def stop(self, grace: float = 0.0) -> None:
+        if self.admin_grpc is not None:
+            await self.admin_grpc.stop(0)
+        await self.rollouts.close()
         await self.grpc.stop(grace)
         if self.service.state is not None:
             await self.service.state.scatter.close()
@@ -89,11 +100,32 @@ async def start_router(
     port: int = 0,
     metrics_port: int = -1,
     tls: TlsConfig | None = None,
+    admin_port: int = -1,
+    admin_token: str | None = None,
+    shard_admin_targets: Sequence[str] = (),
+    rollout_state: Path | None = None,
 ) -> RouterServer:
-    """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING."""
+    """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING.
+
+    ``admin_port`` >= 0 (0 = a free port) also serves RouterAdmin there (it needs
+    ``admin_token``, and ``shard_admin_targets`` to roll out). With ``rollout_state``, the
+    stable bundle it names wins over ``bundle_path``, and every rollout step is written to it.
+    """
     config = config or RouterConfig()
+    if admin_port >= 0 and not admin_token:
+        raise ConfigError("the router admin port needs a token (admin.token_file/token_env)")
+    bundle_path = stable_bundle(rollout_state) or Path(bundle_path)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="router")
     service = RetrievalService(config, executor)
+    rollouts = RolloutController(
+        service,
+        config,
+        executor,
+        admin_targets=shard_admin_targets,
+        token=admin_token or "",
+        state_path=rollout_state,
+        credentials=channel_credentials(tls),
+    )
     server = await start_server(
         [(retrieval_pb2_grpc.add_RetrievalServicer_to_server, service)],
         SERVICE_NAMES,
@@ -123,8 +155,21 @@ async def start_router(
         scatter = Scatter(endpoints, bundle.id, bundle.metric, config.oversample)
         await confirm_shards(endpoints, bundle, config.connect_timeout_s)
         service.state = RouterState.load(bundle, scatter, embedder, config)
+        admin_grpc = None
+        if admin_port >= 0:
+            assert admin_token
+            admin_grpc = await start_server(
+                [(admin_pb2_grpc.add_RouterAdminServicer_to_server, RouterAdminService(rollouts))],
+                ADMIN_SERVICE_NAMES,
+                host=host,
+                port=admin_port,
+                interceptors=[BearerTokenInterceptor(admin_token)],
+                tls=tls,
+            )
+            await admin_grpc.set_serving(True)
     except BaseException:
         await server.stop(0)
+        await rollouts.close()
         executor.shutdown(wait=False)
         raise
     await server.set_serving(True)
@@ -135,4 +180,4 @@ async def start_router(
         server.port,
         len(endpoints),
     )
-    return RouterServer(server, service, executor)
+    return RouterServer(server, service, executor, rollouts, admin_grpc)

@@ -14,9 +14,10 @@ from concurrent.futures import Executor
 import grpc
 
 from annfleet.arrays import decode_ids, decode_matrix
+from annfleet.bundle import bundle_path
 from annfleet.errors import InvalidArgument
 from annfleet.metrics import SHARD_ITEMS
-from annfleet.server.holdings import Holding, Holdings, bundle_path, open_bundle
+from annfleet.server.holdings import Holding, Holdings, open_bundle
 from annfleet.server.service import ShardService, held_bundle, shard_info
 from annfleet.serving import deadline_of, rpc
 from annfleet.v1 import shard_pb2, shard_pb2_grpc

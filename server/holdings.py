@@ -16,7 +16,6 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -36,20 +35,6 @@ from annfleet.server.index import IndexSpec, ShardIndex
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
-
-
-def bundle_path(source: str) -> Path:
-    """A bundle location as Prepare receives it (path or file:// URI) -> a local path."""
-    if not source:
-        raise InvalidArgument("bundle: empty; give the bundle directory (path or file:// URI)")
-    if "\x00" in source:
-        raise InvalidArgument("bundle: a path cannot contain a NUL character")
-    if "://" in source:
-        uri = urlparse(source)
-        if uri.scheme != "file":
-            raise InvalidArgument(f"bundle {source!r}: only file:// URIs are supported")
-        return Path(unquote(uri.path))
-    return Path(source).expanduser()
 
 
 def open_bundle(path: Path) -> Bundle:

@@ -63,6 +63,24 @@ TODO(issue 8 replicas): once serve-router takes replicas per shard, list
 {{- join "," $targets -}}
 {{- end -}}
 
+{{/*
+Every shard replica's admin address (--shard-admins of the router, which prepares,
+commits and releases bundles on each replica during `annfleet rollout`): the StatefulSet
+pod <shard-i>-<r> under the shard's headless Service.
+*/}}
+{{- define "annfleet.shardAdminTargets" -}}
+{{- $ports := include "annfleet.ports" . | fromYaml -}}
+{{- $replicas := include "annfleet.shardReplicas" . | int -}}
+{{- $targets := list -}}
+{{- range $i := until (include "annfleet.shardCount" . | int) -}}
+{{- $name := include "annfleet.shardName" (dict "root" $ "shard" $i) -}}
+{{- range $r := until $replicas -}}
+{{- $targets = append $targets (printf "%s-%d.%s.%s.svc.%s:%d" $name $r $name $.Release.Namespace $.Values.clusterDomain (int $ports.shardAdmin)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $targets -}}
+{{- end -}}
+
 {{/* terminationGracePeriodSeconds for a component whose drain time is grace_s. */}}
 {{- define "annfleet.terminationGrace" -}}
 {{- add (int .root.Values.preStopSleepSeconds) (ceil (.grace | default 5.0) | int) (int .root.Values.terminationMarginSeconds) -}}
@@ -71,12 +89,11 @@ TODO(issue 8 replicas): once serve-router takes replicas per shard, list
 {{/*
 Config keys the chart sets but core/config.py on main does not know yet: they are left out
 of the rendered ConfigMap until they land (an unknown key is an error in load_config).
-TODO: drop each entry when its key lands (issue 8: shards.replicas; issue 9:
-router.admin_port).
+TODO: drop each entry when its key lands (issue 8: shards.replicas).
 */}}
 {{- define "annfleet.pendingConfigKeys" -}}
 shards: [replicas]
-router: [admin_port]
+router: []
 top: []
 {{- end -}}
 

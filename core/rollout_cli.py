@@ -1,0 +1,149 @@
+"""``annfleet rollout``: an ordinary client of the router's admin port (RouterAdmin).
+
+``--bundle DIR`` runs the two-phase swap and prints its progress per shard and replica as
+it streams; ``--rollback`` flips back to the previous bundle while it is held;
+``--status`` prints what the router and every shard replica serve and hold. Exit 0 on
+success, 1 when the router refuses or aborts (the old bundle keeps serving), 2 on a usage
+or config error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from annfleet.auth import client_token, metadata
+from annfleet.client.channels import open_channel
+from annfleet.config import load_config
+from annfleet.errors import InvalidArgument
+from annfleet.serving import channel_credentials
+from annfleet.v1 import admin_pb2, admin_pb2_grpc
+
+TIMEOUT_S = 900.0
+UPDATES = {
+    "": admin_pb2.UPDATES_UNSPECIFIED,
+    "carry": admin_pb2.UPDATES_CARRY,
+    "drop": admin_pb2.UPDATES_DROP,
+}
+
+
+def _holder() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()} (annfleet rollout)"
+
+
+def print_status(status: admin_pb2.RolloutStatus, out: Any = sys.stdout) -> None:
+    print(f"stable  {status.stable_bundle_id}", file=out)
+    if status.previous_bundle_id:
+        left = max(0.0, status.previous_release_at - time.time())
+        print(
+            f"previous {status.previous_bundle_id} (rollback possible, released in {left:.0f}s)",
+            file=out,
+        )
+    if status.rollout_holder:
+        print(f"rollout running, held by {status.rollout_holder}", file=out)
+    for r in status.replicas:
+        where = f"shard {r.shard_id} replica {r.replica} {r.target}"
+        if r.error:
+            print(f"  {where}: {r.error}", file=out)
+        else:
+            held = ", ".join(b for b in r.held_bundle_ids if b != r.active_bundle_id)
+            print(f"  {where}: active {r.active_bundle_id}; held {held or '-'}", file=out)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    token = client_token(config, args.token_file)
+    target = args.router or f"{config.router.host}:{config.router.admin_port}"
+    if sum(bool(x) for x in (args.bundle, args.rollback, args.status)) != 1:
+        raise InvalidArgument("give exactly one of --bundle DIR, --rollback, --status")
+    with open_channel(target, channel_credentials(config.tls)) as channel:
+        stub = admin_pb2_grpc.RouterAdminStub(channel)
+        auth = metadata(token)
+        try:
+            if args.status:
+                status = stub.Status(admin_pb2.StatusRequest(), metadata=auth, timeout=30.0)
+            elif args.rollback:
+                started = time.monotonic()
+                status = stub.Rollback(admin_pb2.RollbackRequest(), metadata=auth, timeout=30.0)
+                if not args.json:
+                    print(f"rolled back in {time.monotonic() - started:.3f}s")
+            else:
+                status = _rollout(stub, auth, args)
+        except grpc.RpcError as exc:
+            print(f"annfleet rollout: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(MessageToDict(status, preserving_proto_field_name=True), indent=2))
+    else:
+        print_status(status)
+    return 0
+
+
+def _rollout(
+    stub: admin_pb2_grpc.RouterAdminStub, auth: Any, args: argparse.Namespace
+) -> admin_pb2.RolloutStatus:
+    bundle = (
+        str(Path(args.bundle).expanduser().absolute()) if "://" not in args.bundle else args.bundle
+    )
+    request = admin_pb2.RolloutRequest(
+        bundle=bundle,
+        grace_s=args.grace or 0.0,
+        canary_percent=args.canary or 0.0,
+        holder=_holder(),
+        updates=UPDATES[args.updates or ""],
+    )
+    status = admin_pb2.RolloutStatus()
+    for progress in stub.Rollout(request, metadata=auth, timeout=TIMEOUT_S):
+        phase = admin_pb2.RolloutPhase.Name(progress.phase).removeprefix("PHASE_").lower()
+        where = (
+            f" shard {progress.shard_id} replica {progress.replica} {progress.target}"
+            if progress.phase == admin_pb2.PHASE_PREPARE
+            else ""
+        )
+        line = f"[{progress.elapsed_s:7.2f}s] {phase:<13}{where} {progress.message}"
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+        if progress.phase == admin_pb2.PHASE_DONE:
+            status = progress.status
+    return status
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "rollout", help="swap the cluster to another bundle (two-phase), or roll back"
+    )
+    p.add_argument("--bundle", help="bundle directory, as the shards and router see it")
+    p.add_argument(
+        "--rollback", action="store_true", help="flip back to the previous bundle while held"
+    )
+    p.add_argument("--status", action="store_true", help="what the router and shards serve")
+    p.add_argument("--config", help="cluster YAML (router admin port, admin token)")
+    p.add_argument(
+        "--router", help="router admin HOST:PORT (default: router.host:router.admin_port)"
+    )
+    p.add_argument("--token-file", help="admin token file (default: from the config)")
+    p.add_argument(
+        "--grace", type=float, help="seconds the old bundle stays held (router.release_grace_s)"
+    )
+    p.add_argument(
+        "--canary", type=float, help="serve this percent of users from the bundle (not yet)"
+    )
+    p.add_argument(
+        "--updates",
+        choices=["carry", "drop"],
+        help="live item updates of the old bundle: drop them (carry: not implemented yet)",
+    )
+    p.add_argument("--json", action="store_true", help="print the final status as JSON")
+    p.set_defaults(func=cmd_rollout)

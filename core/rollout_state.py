@@ -1,0 +1,102 @@
+"""The router's rollout state, persisted next to the data dir (``rollout.json``).
+
+Written atomically (temp file + ``os.replace``) at every step of a rollout, so that a
+process that restarts mid-rollout comes back serving what it says: a shard replica loads
+the stable bundle named here (not the one on its command line), and so does the router.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annfleet.errors import ConfigError
+
+FILE_NAME = "rollout.json"
+
+
+@dataclass(frozen=True)
+class BundleRef:
+    bundle_id: str
+    path: str
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    stable: BundleRef | None = None
+    previous: BundleRef | None = None  # rollback target while still held
+    previous_release_at: float = 0.0  # unix seconds
+    holder: str = ""  # non-empty while a rollout runs
+    started_at: float = 0.0
+    target: BundleRef | None = None  # the bundle being rolled out
+    phase: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<rollout state>") -> RolloutState:
+        try:
+            data = json.loads(text)
+
+            def ref(key: str) -> BundleRef | None:
+                value = data.get(key)
+                return BundleRef(str(value["bundle_id"]), str(value["path"])) if value else None
+
+            return cls(
+                stable=ref("stable"),
+                previous=ref("previous"),
+                previous_release_at=float(data.get("previous_release_at", 0.0)),
+                holder=str(data.get("holder", "")),
+                started_at=float(data.get("started_at", 0.0)),
+                target=ref("target"),
+                phase=str(data.get("phase", "")),
+                history=list(data.get("history", [])),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"rollout state {source}: malformed: {exc}") from exc
+
+
+def state_file(data_dir: Path) -> Path:
+    return data_dir / FILE_NAME
+
+
+def read_state(path: Path) -> RolloutState | None:
+    """The persisted state, or None when there is no file yet."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"rollout state {path}: cannot read: {exc.strerror}") from exc
+    return RolloutState.from_json(text, str(path))
+
+
+def write_state(path: Path, state: RolloutState) -> None:
+    """Atomically replace ``path`` (a reader sees the old or the new file, never half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(state.to_json())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def stable_bundle(path: Path | None) -> Path | None:
+    """The stable bundle the state at ``path`` says to serve, if any."""
+    if path is None:
+        return None
+    state = read_state(path)
+    if state is None or state.stable is None:
+        return None
+    return Path(state.stable.path)

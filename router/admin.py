@@ -1,0 +1,66 @@
+"""RouterAdmin: the router's control plane (rollout, rollback, status) on its admin port.
+
+Served behind the bearer-token interceptor (``annfleet.auth``); a thin edge over
+``rollout.RolloutController``: protobuf in and out, exceptions -> status codes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from annfleet.errors import Unimplemented, status_of
+from annfleet.metrics import REQUESTS
+from annfleet.router.rollout import RolloutController
+from annfleet.serving import rpc
+from annfleet.v1 import admin_pb2, admin_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
+    def __init__(self, controller: RolloutController) -> None:
+        self.controller = controller
+
+    async def Rollout(
+        self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[admin_pb2.RolloutProgress]:
+        code = grpc.StatusCode.OK
+        try:
+            async for progress in self.controller.rollout(request):
+                yield progress
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            code, message = status_of(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("RouterAdmin.Rollout failed")
+            await context.abort(code, message)
+        finally:
+            REQUESTS.labels("RouterAdmin", "Rollout", code.name).inc()
+
+    @rpc("RouterAdmin")
+    async def Rollback(
+        self, request: admin_pb2.RollbackRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RolloutStatus:
+        return await self.controller.rollback()
+
+    @rpc("RouterAdmin")
+    async def Promote(
+        self, request: admin_pb2.PromoteRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RolloutStatus:
+        raise Unimplemented("canaries are not implemented yet: nothing to promote")
+
+    @rpc("RouterAdmin")
+    async def Abort(
+        self, request: admin_pb2.AbortRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RolloutStatus:
+        raise Unimplemented("canaries are not implemented yet: nothing to abort")
+
+    @rpc("RouterAdmin")
+    async def Status(
+        self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.RolloutStatus:
+        return await self.controller.status()

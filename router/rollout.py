@@ -1,0 +1,500 @@
+"""Two-phase bundle rollout, driven by the router over the shards' admin ports.
+
+prepare on every replica of every shard -> the router loads the bundle's tower and tables
+-> atomic flip of the router's state (``RetrievalService.state`` is replaced as a whole; a
+request keeps the state object it started with, and every shard RPC pins that state's
+bundle id, so requests in flight finish on the old bundle) -> commit on the shards -> the
+old bundle is released after ``router.release_grace_s``; until then ``rollback`` flips back
+at once. Any prepare failure aborts: what this rollout prepared is released and the old
+bundle keeps serving. One rollout at a time; each step is persisted (``rollout_state``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from annfleet.auth import metadata
+from annfleet.bundle import Bundle, bundle_path
+from annfleet.client.channels import open_aio_channel
+from annfleet.config import RouterConfig
+from annfleet.errors import (
+    Aborted,
+    AnnfleetError,
+    BundleError,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    Unimplemented,
+)
+from annfleet.rollout_state import BundleRef, RolloutState, read_state, write_state
+from annfleet.router.service import RetrievalService, RouterState
+from annfleet.router.users import load_embedder
+from annfleet.v1 import admin_pb2, shard_pb2, shard_pb2_grpc
+from annfleet.validation import higher_is_better
+
+log = logging.getLogger(__name__)
+
+ADMIN_TIMEOUT_S = 10.0
+PREPARE_TIMEOUT_S = 600.0
+
+
+@dataclass
+class AdminReplica:
+    """One shard replica's admin endpoint; shard id and replica index learned by Describe."""
+
+    target: str
+    channel: grpc.aio.Channel = field(repr=False)
+    stub: shard_pb2_grpc.ShardAdminStub = field(repr=False)
+    shard_id: int = -1
+    replica: int = 0
+
+
+def _rpc_error(replica: AdminReplica, what: str, exc: grpc.aio.AioRpcError) -> AnnfleetError:
+    message = (
+        f"shard {replica.shard_id} replica {replica.replica} ({replica.target}): {what}: "
+        f"{exc.code().name}: {exc.details()}"
+    )
+    if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(message)
+    return FailedPrecondition(message)
+
+
+def open_router_bundle(path: Path) -> Bundle:
+    """Open a bundle and verify every file the router uses (all but the shards')."""
+    if not path.exists():
+        raise BundleError(f"no bundle at {path}")
+    bundle = Bundle.open(path, verify=False)
+    shard_dirs = tuple(s["dir"] + "/" for s in bundle.manifest["shards"])
+    bundle.verify(only=[rel for rel in bundle.manifest["files"] if not rel.startswith(shard_dirs)])
+    return bundle
+
+
+def with_bundle(state: RouterState, bundle: Bundle, config: RouterConfig) -> RouterState:
+    """A new router state serving ``bundle`` over the same shard connections."""
+    scatter = copy.copy(state.scatter)
+    scatter.bundle_id = bundle.id
+    scatter.higher_is_better = higher_is_better(bundle.metric)
+    return RouterState.load(bundle, scatter, load_embedder(bundle), config)
+
+
+def _ref(state: RouterState) -> BundleRef:
+    return BundleRef(state.bundle.id, str(state.bundle.path))
+
+
+class RolloutController:
+    def __init__(
+        self,
+        service: RetrievalService,
+        config: RouterConfig,
+        executor: Executor,
+        *,
+        admin_targets: Sequence[str] = (),
+        token: str = "",
+        state_path: Path | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.executor = executor
+        self.token = token
+        self.state_path = state_path
+        self.credentials = credentials  # TLS to the shards' admin ports, as to their serving
+        self._targets = list(admin_targets)
+        self._replicas: list[AdminReplica] | None = None
+        self.holder = ""
+        self.started_at = 0.0
+        self.previous: RouterState | None = None
+        self.previous_release_at = 0.0
+        self._release: asyncio.Task[None] | None = None
+        self._history: list[dict[str, object]] = []
+        if state_path is not None:
+            persisted = read_state(state_path)
+            if persisted is not None:
+                self._history = persisted.history[-20:]
+
+    # ------------------------------------------------------------------ shard replicas
+    async def replicas(self) -> list[AdminReplica]:
+        """Every shard replica's admin endpoint, sorted by (shard, replica)."""
+        if self._replicas is None:
+            replicas = []
+            for target in self._targets:
+                channel = open_aio_channel(target, self.credentials)
+                replicas.append(
+                    AdminReplica(target, channel, shard_pb2_grpc.ShardAdminStub(channel))
+                )
+            infos = await asyncio.gather(
+                *(self._describe(r) for r in replicas), return_exceptions=True
+            )
+            seen: dict[int, int] = {}
+            for replica, info in zip(replicas, infos, strict=True):
+                if isinstance(info, BaseException):
+                    for r in replicas:
+                        await r.channel.close(None)
+                    raise Unavailable(f"shard admin {replica.target} cannot be asked: {info}")
+                replica.shard_id = info.shard_id
+                replica.replica = seen.get(info.shard_id, 0)
+                seen[info.shard_id] = replica.replica + 1
+            self._replicas = sorted(replicas, key=lambda r: (r.shard_id, r.replica))
+        return self._replicas
+
+    async def _describe(self, replica: AdminReplica) -> shard_pb2.ShardInfo:
+        try:
+            return await replica.stub.Describe(
+                shard_pb2.DescribeRequest(), metadata=metadata(self.token), timeout=ADMIN_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _rpc_error(replica, "Describe", exc) from exc
+
+    async def _on_all(
+        self, what: str, bundle_id: str, replicas: Sequence[AdminReplica]
+    ) -> list[str]:
+        """Commit or Release ``bundle_id`` on every replica; the failures, as lines."""
+        calls = []
+        for r in replicas:
+            if what == "Commit":
+                calls.append(
+                    r.stub.Commit(
+                        shard_pb2.CommitRequest(bundle_id=bundle_id),
+                        metadata=metadata(self.token),
+                        timeout=ADMIN_TIMEOUT_S,
+                    )
+                )
+            else:
+                calls.append(
+                    r.stub.Release(
+                        shard_pb2.ReleaseRequest(bundle_id=bundle_id),
+                        metadata=metadata(self.token),
+                        timeout=ADMIN_TIMEOUT_S,
+                    )
+                )
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        failures = []
+        for r, outcome in zip(replicas, outcomes, strict=True):
+            if isinstance(outcome, grpc.aio.AioRpcError):
+                if what == "Release" and outcome.code() == grpc.StatusCode.NOT_FOUND:
+                    continue  # already gone (e.g. the replica restarted)
+                failures.append(str(_rpc_error(r, f"{what} {bundle_id}", outcome)))
+            elif isinstance(outcome, BaseException):
+                failures.append(f"{r.target}: {what} {bundle_id}: {outcome!r}")
+        for line in failures:
+            log.warning("%s", line)
+        return failures
+
+    # ------------------------------------------------------------------ persisted state
+    def persist(self, *, target: BundleRef | None = None, phase: str = "") -> None:
+        if self.state_path is None:
+            return
+        current = self.service.state
+        write_state(
+            self.state_path,
+            RolloutState(
+                stable=_ref(current) if current is not None else None,
+                previous=_ref(self.previous) if self.previous is not None else None,
+                previous_release_at=self.previous_release_at,
+                holder=self.holder,
+                started_at=self.started_at,
+                target=target,
+                phase=phase,
+                history=self._history[-20:],
+            ),
+        )
+
+    def _note(self, event: str, **details: object) -> None:
+        self._history.append({"at": time.time(), "event": event, **details})
+
+    # ------------------------------------------------------------------ release after grace
+    def _schedule_release(self, grace_s: float) -> None:
+        self._cancel_release()
+        self.previous_release_at = time.time() + grace_s
+        self._release = asyncio.get_running_loop().create_task(self._release_after(grace_s))
+
+    def _cancel_release(self) -> None:
+        if self._release is not None and not self._release.done():
+            self._release.cancel()
+        self._release = None
+
+    async def _release_after(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await self.release_previous()
+
+    async def release_previous(self) -> None:
+        """Release the replaced bundle on every replica now (rollback is no longer possible)."""
+        previous = self.previous
+        if previous is None:
+            return
+        self.previous, self.previous_release_at = None, 0.0
+        current = self.service.state
+        if current is not None and current.bundle.id != previous.bundle.id:
+            await self._on_all("Release", previous.bundle.id, await self.replicas())
+            self._note("released", bundle_id=previous.bundle.id)
+            log.info("released bundle %s on every shard replica", previous.bundle.id)
+        self.persist()
+
+    # ------------------------------------------------------------------ rollout
+    def _claim(self, holder: str) -> None:
+        if self.holder:
+            raise Aborted(
+                f"a rollout is already running: held by {self.holder} since "
+                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.started_at))}"
+            )
+        self.holder = holder or "unknown"
+        self.started_at = time.time()
+
+    async def rollout(
+        self, request: admin_pb2.RolloutRequest
+    ) -> AsyncIterator[admin_pb2.RolloutProgress]:
+        """Run one rollout, yielding progress; raises (status) when it is refused or aborted."""
+        if request.canary_percent != 0:
+            if not 0 < request.canary_percent < 100:
+                raise InvalidArgument(
+                    f"canary_percent {request.canary_percent}: must be in [0, 100)"
+                )
+            raise Unimplemented("canary rollouts are not implemented yet; roll out to everyone")
+        if request.grace_s < 0:
+            raise InvalidArgument(f"grace_s {request.grace_s}: must be >= 0")
+        path = bundle_path(request.bundle)
+        self._claim(request.holder)
+        try:
+            async for progress in self._rollout(request, path):
+                yield progress
+        finally:
+            self.holder, self.started_at = "", 0.0
+            self.persist()
+
+    async def _rollout(
+        self, request: admin_pb2.RolloutRequest, path: Path
+    ) -> AsyncIterator[admin_pb2.RolloutProgress]:
+        started = time.monotonic()
+
+        def progress(phase: int, message: str, **fields: object) -> admin_pb2.RolloutProgress:
+            return admin_pb2.RolloutProgress(
+                phase=phase,  # type: ignore[arg-type]
+                message=message,
+                elapsed_s=time.monotonic() - started,
+                **fields,  # type: ignore[arg-type]
+            )
+
+        old = self.service.state
+        if old is None:
+            raise Unavailable("router is starting: no bundle loaded yet")
+        loop = asyncio.get_running_loop()
+        try:
+            manifest = await loop.run_in_executor(
+                self.executor, lambda: Bundle.open(path, verify=False)
+            )
+        except FileNotFoundError as exc:
+            raise BundleError(f"no bundle at {path}") from exc
+        new_id = manifest.id
+        if new_id == old.bundle.id:
+            raise FailedPrecondition(f"bundle {new_id} is already the stable bundle")
+        if manifest.num_shards != old.bundle.num_shards:
+            raise BundleError(
+                f"bundle {new_id} has {manifest.num_shards} shards, this cluster has "
+                f"{old.bundle.num_shards}"
+            )
+        replicas = await self.replicas()
+        shard_ids = {r.shard_id for r in replicas}
+        if shard_ids != set(range(old.bundle.num_shards)):
+            raise FailedPrecondition(
+                f"the shard admin ports cover shards {sorted(shard_ids)}, the bundle has "
+                f"{old.bundle.num_shards}"
+            )
+        infos = await asyncio.gather(*(self._describe(r) for r in replicas))
+        self._check_updates(request.updates, old.bundle.id, infos)
+        held_before = {
+            r.target
+            for r, info in zip(replicas, infos, strict=True)
+            if any(b.bundle_id == new_id for b in info.bundles)
+        }
+        if self.previous is not None:  # an older bundle still held: it goes now
+            self._cancel_release()
+            await self.release_previous()
+        self._note("rollout", bundle_id=new_id, holder=self.holder, replacing=old.bundle.id)
+        target = BundleRef(new_id, str(path))
+        self.persist(target=target, phase="prepare")
+
+        # 1. PREPARE everywhere, one progress message per replica as each finishes.
+        prepared: list[AdminReplica] = []
+        failure: AnnfleetError | None = None
+
+        async def prepare(replica: AdminReplica) -> tuple[AdminReplica, BaseException | None]:
+            try:
+                await replica.stub.Prepare(
+                    shard_pb2.PrepareRequest(
+                        bundle=str(path), expect_num_shards=old.bundle.num_shards
+                    ),
+                    metadata=metadata(self.token),
+                    timeout=PREPARE_TIMEOUT_S,
+                )
+            except grpc.aio.AioRpcError as exc:
+                return replica, _rpc_error(replica, f"Prepare {new_id}", exc)
+            except Exception as exc:
+                return replica, exc
+            return replica, None
+
+        for done in asyncio.as_completed([prepare(r) for r in replicas]):
+            replica, error = await done
+            if error is None:
+                prepared.append(replica)
+            elif failure is None:
+                failure = (
+                    error
+                    if isinstance(error, AnnfleetError)
+                    else FailedPrecondition(f"{replica.target}: Prepare {new_id}: {error!r}")
+                )
+            yield progress(
+                admin_pb2.PHASE_PREPARE,
+                "prepared" if error is None else f"failed: {error}",
+                shard_id=replica.shard_id,
+                replica=replica.replica,
+                target=replica.target,
+            )
+        if failure is not None:
+            await self._abort(new_id, prepared, held_before, str(failure))
+            raise type(failure)(
+                f"rollout of {new_id} aborted, {old.bundle.id} keeps serving: {failure}"
+            )
+
+        # 2. ROUTER_LOAD: the bundle's router files, verified, and its user tower.
+        try:
+            bundle = await loop.run_in_executor(self.executor, open_router_bundle, path)
+            if bundle.id != new_id:
+                raise BundleError(
+                    f"bundle at {path} changed during the rollout ({new_id} -> {bundle.id})"
+                )
+            new = await loop.run_in_executor(self.executor, with_bundle, old, bundle, self.config)
+        except Exception as exc:
+            await self._abort(new_id, prepared, held_before, str(exc))
+            raise FailedPrecondition(
+                f"rollout of {new_id} aborted, {old.bundle.id} keeps serving: the router could "
+                f"not load the bundle: {exc}"
+            ) from exc
+        yield progress(admin_pb2.PHASE_ROUTER_LOAD, f"router loaded {new_id}")
+        yield progress(
+            admin_pb2.PHASE_CARRY_UPDATES,
+            "live updates of the old bundle dropped"
+            if request.updates == admin_pb2.UPDATES_DROP
+            else "no live updates to carry",
+        )
+
+        # 3. FLIP: new requests get the new state; requests in flight keep the old one.
+        if self.service.state is not old:
+            await self._abort(new_id, prepared, held_before, "the router state changed")
+            raise Aborted("the router's bundle changed during the rollout; aborted")
+        self.service.state = new
+        self.previous = old
+        grace = request.grace_s or self.config.release_grace_s
+        self.previous_release_at = time.time() + grace
+        self._note("flip", bundle_id=new_id, previous=old.bundle.id)
+        self.persist(target=target, phase="commit")
+        yield progress(admin_pb2.PHASE_FLIP, f"router serves {new_id} (was {old.bundle.id})")
+
+        # 4. COMMIT on the shards (what a request that pins no bundle gets).
+        failures = await self._on_all("Commit", new_id, replicas)
+        self._schedule_release(grace)
+        message = f"{new_id} serving; {old.bundle.id} released in {grace:g}s unless rolled back"
+        if failures:
+            message += "; commit failed on: " + "; ".join(failures)
+        self.holder, self.started_at = "", 0.0  # done: the status below shows no rollout
+        self.persist()
+        yield progress(admin_pb2.PHASE_DONE, message, status=await self.status(describe=False))
+
+    def _check_updates(
+        self, policy: int, stable_id: str, infos: Sequence[shard_pb2.ShardInfo]
+    ) -> None:
+        updated = sum(
+            b.upserted_items + b.deleted_items
+            for info in infos
+            for b in info.bundles
+            if b.bundle_id == stable_id
+        )
+        if not updated or policy == admin_pb2.UPDATES_DROP:
+            return
+        if policy == admin_pb2.UPDATES_CARRY:
+            raise Unimplemented("carrying live updates over is not implemented yet; use drop")
+        raise FailedPrecondition(
+            f"bundle {stable_id} has {updated} live item updates (summed over replicas): say "
+            "whether to carry them over or drop them (--updates drop)"
+        )
+
+    async def _abort(
+        self, bundle_id: str, prepared: Sequence[AdminReplica], held_before: set[str], why: str
+    ) -> None:
+        self._note("aborted", bundle_id=bundle_id, reason=why)
+        log.warning("rollout of %s aborted: %s", bundle_id, why)
+        fresh = [r for r in prepared if r.target not in held_before]
+        if fresh:
+            await self._on_all("Release", bundle_id, fresh)
+
+    # ------------------------------------------------------------------ rollback
+    async def rollback(self) -> admin_pb2.RolloutStatus:
+        """Flip back to the previous bundle while it is still held."""
+        if self.holder:
+            raise Aborted(f"a rollout is running (held by {self.holder}); roll back after it")
+        previous, current = self.previous, self.service.state
+        if previous is None or current is None:
+            raise FailedPrecondition("nothing to roll back to (no previous bundle is held)")
+        self._cancel_release()
+        self.service.state = previous  # instant: new requests are on the old bundle now
+        self.previous = current
+        self._note("rollback", bundle_id=previous.bundle.id, from_bundle=current.bundle.id)
+        log.info("rolled back from %s to %s", current.bundle.id, previous.bundle.id)
+        self.persist()
+        await self._on_all("Commit", previous.bundle.id, await self.replicas())
+        # The rolled-back bundle drains (requests in flight on it) and is then released.
+        self._schedule_release(self.config.default_timeout_s + self.config.shard_timeout_s)
+        self.persist()
+        return await self.status(describe=False)
+
+    # ------------------------------------------------------------------ status
+    async def status(self, describe: bool = True) -> admin_pb2.RolloutStatus:
+        current = self.service.state
+        reply = admin_pb2.RolloutStatus(
+            stable_bundle_id=current.bundle.id if current else "",
+            previous_bundle_id=self.previous.bundle.id if self.previous else "",
+            previous_release_at=self.previous_release_at if self.previous else 0.0,
+            rollout_holder=self.holder,
+            rollout_started_at=self.started_at,
+        )
+        if current is not None:
+            reply.variants.append(
+                admin_pb2.Variant(name="stable", bundle_id=current.bundle.id, percent=100.0)
+            )
+        if describe and self._targets:
+            try:
+                replicas = await self.replicas()
+            except AnnfleetError as exc:
+                for target in self._targets:
+                    reply.replicas.append(admin_pb2.ReplicaBundles(target=target, error=str(exc)))
+                return reply
+            infos = await asyncio.gather(
+                *(self._describe(r) for r in replicas), return_exceptions=True
+            )
+            for r, info in zip(replicas, infos, strict=True):
+                entry = admin_pb2.ReplicaBundles(
+                    shard_id=r.shard_id, replica=r.replica, target=r.target
+                )
+                if isinstance(info, BaseException):
+                    entry.error = str(info)
+                else:
+                    entry.active_bundle_id = info.bundle_id
+                    entry.held_bundle_ids.extend(b.bundle_id for b in info.bundles)
+                reply.replicas.append(entry)
+        return reply
+
+    async def close(self) -> None:
+        self._cancel_release()
+        for r in self._replicas or []:
+            with contextlib.suppress(Exception):
+                await r.channel.close(None)

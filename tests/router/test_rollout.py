@@ -1,0 +1,434 @@
+"""Two-phase bundle rollouts through RouterAdmin, against real servers on port 0.
+
+Two bundles with DISJOINT item-id sets (B's ids are A's + 10^8): every response names the
+bundle that answered, and every id it returns must belong to that bundle, so a response
+mixing bundles (a new user tower with old items, or shards of two versions) is visible.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from support import LoopThread
+
+from annfleet.auth import metadata
+from annfleet.bundle import Bundle
+from annfleet.client import AnnfleetError as ClientError
+from annfleet.client import Client
+from annfleet.config import RouterConfig, ShardsConfig
+from annfleet.rollout_state import read_state
+from annfleet.router.main import RouterServer, start_router
+from annfleet.server.builder import build_bundle
+from annfleet.server.main import ShardServer, start_shard_server
+from annfleet.synthetic import make_catalogue
+from annfleet.v1 import admin_pb2, admin_pb2_grpc, shard_pb2, shard_pb2_grpc
+
+TOKEN = "rollout-test-token"
+AUTH = metadata(TOKEN)
+OFFSET = 100_000_000
+SHARDS = 3
+
+
+def _build(root: Path, name: str, seed: int, offset: int) -> Bundle:
+    cat = make_catalogue(3_000, 16, clusters=16, users=50, seed=seed)
+    return build_bundle(
+        root / name,
+        cat.ids + offset,
+        cat.vectors,
+        num_shards=SHARDS,
+        index_type="flat",
+        index_params={},
+        user_ids=cat.user_ids,
+        user_vectors=cat.user_vectors,
+        tables={"popular_ids": cat.popular_ids + offset},
+        progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Bundle, Bundle]:
+    root = tmp_path_factory.mktemp("rollout-bundles")
+    return _build(root, "a", 1, 0), _build(root, "b", 2, OFFSET)
+
+
+def ids_of(bundle: Bundle) -> set[int]:
+    ids: set[int] = set()
+    for i in range(bundle.num_shards):
+        ids.update(int(x) for x in np.load(bundle.shard_dir(i) / "ids.npy", allow_pickle=False))
+    return ids
+
+
+@dataclass
+class Fleet:
+    """Shard servers (admin ports on) and a router with its admin port, all in-process."""
+
+    lt: LoopThread
+    shards: list[ShardServer]
+    router: RouterServer
+    state: Path
+    channel: grpc.Channel = field(init=False)
+    admin: admin_pb2_grpc.RouterAdminStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.router.admin_port}")
+        self.admin = admin_pb2_grpc.RouterAdminStub(self.channel)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.router.port}"
+
+    def rollout(self, bundle: Path | str, **fields: object) -> list[admin_pb2.RolloutProgress]:
+        request = admin_pb2.RolloutRequest(bundle=str(bundle), holder="test", **fields)  # type: ignore[arg-type]
+        return list(self.admin.Rollout(request, metadata=AUTH, timeout=60))
+
+    def describe(self) -> list[shard_pb2.ShardInfo]:
+        infos = []
+        for shard in self.shards:
+            with grpc.insecure_channel(f"127.0.0.1:{shard.admin_port}") as channel:
+                stub = shard_pb2_grpc.ShardAdminStub(channel)
+                infos.append(stub.Describe(shard_pb2.DescribeRequest(), metadata=AUTH, timeout=10))
+        return infos
+
+    def close(self) -> None:
+        self.channel.close()
+        self.lt.run(self.router.stop(0))
+        for shard in self.shards:
+            self.lt.run(shard.stop(0))
+
+
+@pytest.fixture
+def fleet(
+    loop_thread: LoopThread, bundles: tuple[Bundle, Bundle], tmp_path: Path
+) -> Iterator[Fleet]:
+    a, _ = bundles
+    config = ShardsConfig(updates_dir=str(tmp_path / "updates"))
+    shards = [
+        loop_thread.run(start_shard_server(a.path, i, config, admin_port=0, admin_token=TOKEN))
+        for i in range(a.num_shards)
+    ]
+    state = tmp_path / "rollout.json"
+    router = loop_thread.run(
+        start_router(
+            a.path,
+            [f"127.0.0.1:{s.port}" for s in shards],
+            RouterConfig(default_timeout_s=5.0, shard_timeout_s=5.0, release_grace_s=30.0),
+            admin_port=0,
+            admin_token=TOKEN,
+            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in shards],
+            rollout_state=state,
+        )
+    )
+    f = Fleet(loop_thread, shards, router, state)
+    yield f
+    f.close()
+
+
+class Load:
+    """A background thread of Retrieve and Search calls through the real client."""
+
+    def __init__(self, target: str, dim: int) -> None:
+        self.client = Client(target, timeout=10.0, retries=0)
+        self.queries = np.random.default_rng(0).standard_normal((8, dim)).astype(np.float32)
+        self.answers: list[tuple[str, np.ndarray]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            try:
+                if n % 2:
+                    r = self.client.retrieve(1 + n % 50, 20)
+                    self.answers.append((r.bundle_id, np.asarray(r.ids)))
+                else:
+                    s = self.client.search(self.queries[n % 8], 20)
+                    self.answers.append((s.bundle_id, np.asarray(s.ids).ravel()))
+            except ClientError as exc:
+                self.errors.append(f"{exc.code.name}: {exc.details}")
+            n += 1
+
+    def __enter__(self) -> Load:
+        self._thread.start()
+        return self
+
+    def wait_for(self, bundle_id: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        start = len(self.answers)
+        while time.monotonic() < deadline:
+            if any(b == bundle_id for b, _ in self.answers[start:]):
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"no answer from {bundle_id} within {timeout}s")
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        self.client.close()
+
+
+def assert_no_mixing(answers: list[tuple[str, np.ndarray]], id_sets: dict[str, set[int]]) -> None:
+    for bundle_id, ids in answers:
+        assert bundle_id in id_sets, f"unknown bundle {bundle_id}"
+        returned = {int(i) for i in ids if i >= 0}
+        foreign = returned - id_sets[bundle_id]
+        assert not foreign, (
+            f"{bundle_id} answered with ids of another bundle: {sorted(foreign)[:5]}"
+        )
+
+
+def test_swap_under_load_then_rollback(fleet: Fleet, bundles: tuple[Bundle, Bundle]) -> None:
+    a, b = bundles
+    id_sets = {a.id: ids_of(a), b.id: ids_of(b)}
+    assert not id_sets[a.id] & id_sets[b.id]
+    with Load(fleet.target, a.dim) as load:
+        load.wait_for(a.id)
+        progress = fleet.rollout(b.path)
+        load.wait_for(b.id)
+        rolled = fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+        load.wait_for(a.id)
+        time.sleep(0.2)
+    assert load.errors == []
+    assert len(load.answers) > 20
+    assert_no_mixing(load.answers, id_sets)
+    seen = [bundle_id for bundle_id, _ in load.answers]
+    # A, then B, then A again: no answer from A between the flip and the rollback.
+    first_b, last_b = seen.index(b.id), len(seen) - 1 - seen[::-1].index(b.id)
+    assert set(seen[first_b : last_b + 1]) == {b.id}
+
+    phases = [p.phase for p in progress]
+    prepares = [p for p in progress if p.phase == admin_pb2.PHASE_PREPARE]
+    assert sorted(p.shard_id for p in prepares) == list(range(SHARDS))
+    assert all(p.message == "prepared" and p.target for p in prepares)
+    assert phases[-3:] == [
+        admin_pb2.PHASE_CARRY_UPDATES,
+        admin_pb2.PHASE_FLIP,
+        admin_pb2.PHASE_DONE,
+    ]
+    assert progress[-1].status.stable_bundle_id == b.id
+    assert progress[-1].status.previous_bundle_id == a.id
+
+    # Rolled back: A stable, B still held until its short drain, then released.
+    assert rolled.stable_bundle_id == a.id
+    infos = fleet.describe()
+    assert all(info.bundle_id == a.id for info in infos)
+    state = read_state(fleet.state)
+    assert state is not None and state.stable is not None and state.stable.bundle_id == a.id
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if all(len(info.bundles) == 1 for info in fleet.describe()):
+            break
+        time.sleep(0.1)
+    assert [[h.bundle_id for h in info.bundles] for info in fleet.describe()] == [[a.id]] * SHARDS
+
+
+def test_rollout_commits_and_releases_after_grace(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle]
+) -> None:
+    a, b = bundles
+    done = fleet.rollout(b.path, grace_s=0.5)[-1]
+    assert done.phase == admin_pb2.PHASE_DONE
+    infos = fleet.describe()
+    assert all(info.bundle_id == b.id for info in infos)  # committed everywhere
+    assert all({h.bundle_id for h in info.bundles} == {a.id, b.id} for info in infos)
+    state = read_state(fleet.state)
+    assert state is not None and state.stable is not None and state.previous is not None
+    assert (state.stable.bundle_id, state.previous.bundle_id, state.holder) == (b.id, a.id, "")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(len(i.bundles) > 1 for i in fleet.describe()):
+        time.sleep(0.1)
+    assert [[h.bundle_id for h in info.bundles] for info in fleet.describe()] == [[b.id]] * SHARDS
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    with Client(fleet.target, timeout=10) as client:
+        assert client.retrieve(3, 10).bundle_id == b.id
+
+
+def _corrupt_copy(bundle: Bundle, dest: Path) -> Path:
+    shutil.copytree(bundle.path, dest)
+    vectors = dest / bundle.shard(1)["dir"] / "vectors.npy"
+    data = bytearray(vectors.read_bytes())
+    data[-8:] = b"\xff" * 8
+    vectors.write_bytes(bytes(data))
+    return dest
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "missing", "wrong-shard-count"])
+def test_failed_prepare_aborts_and_nothing_changes(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path, kind: str
+) -> None:
+    a, b = bundles
+    if kind == "corrupt":
+        path = _corrupt_copy(b, tmp_path / "corrupt")
+    elif kind == "missing":
+        path = tmp_path / "no-such-bundle"
+    else:
+        cat = make_catalogue(500, 16, clusters=4, users=5, seed=3)
+        path = build_bundle(
+            tmp_path / "two",
+            cat.ids,
+            cat.vectors,
+            num_shards=2,
+            index_type="flat",
+            index_params={},
+            user_ids=cat.user_ids,
+            user_vectors=cat.user_vectors,
+            progress=False,
+        ).path
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.rollout(path)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = err.value.details()
+    expected = {
+        "corrupt": ["aborted", f"{a.id} keeps serving", "shard 1", "checksum mismatch"],
+        "missing": [str(path)],
+        "wrong-shard-count": ["has 2 shards", f"has {SHARDS}"],
+    }[kind]
+    assert all(part in details for part in expected), details
+    # Nothing changed: A serves, no replica holds anything else, the router answers from A.
+    assert [[h.bundle_id for h in i.bundles] for i in fleet.describe()] == [[a.id]] * SHARDS
+    with Client(fleet.target, timeout=10) as client:
+        assert client.retrieve(3, 10).bundle_id == a.id
+    status = fleet.admin.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+    assert (status.stable_bundle_id, status.previous_bundle_id, status.rollout_holder) == (
+        a.id,
+        "",
+        "",
+    )
+
+
+def test_concurrent_rollout_is_refused(fleet: Fleet, bundles: tuple[Bundle, Bundle]) -> None:
+    _, b = bundles
+    # Hold shard 2's loader (one thread) so the first rollout's Prepare waits there.
+    gate = threading.Event()
+    fleet.shards[2].loader.submit(gate.wait, 30)
+    first: list[object] = []
+    runner = threading.Thread(target=lambda: first.append(fleet.rollout(b.path)), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            status = fleet.admin.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+            if status.rollout_holder:
+                break
+            time.sleep(0.02)
+        assert status.rollout_holder == "test"
+        with pytest.raises(grpc.RpcError) as err:
+            fleet.rollout(b.path)
+        assert err.value.code() == grpc.StatusCode.ABORTED
+        assert "held by test" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+        assert err.value.code() == grpc.StatusCode.ABORTED
+    finally:
+        gate.set()
+        runner.join(60)
+    assert first and first[0][-1].status.stable_bundle_id == b.id  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    ("auth", "code"),
+    [
+        ((), grpc.StatusCode.UNAUTHENTICATED),
+        (metadata("wrong-token"), grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_admin_calls_need_the_token(
+    fleet: Fleet,
+    bundles: tuple[Bundle, Bundle],
+    auth: tuple[tuple[str, str], ...],
+    code: grpc.StatusCode,
+) -> None:
+    a, b = bundles
+    calls = [
+        lambda: fleet.admin.Status(admin_pb2.StatusRequest(), metadata=auth, timeout=10),
+        lambda: fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=auth, timeout=10),
+        lambda: list(
+            fleet.admin.Rollout(
+                admin_pb2.RolloutRequest(bundle=str(b.path)), metadata=auth, timeout=10
+            )
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == code
+    assert [i.bundle_id for i in fleet.describe()] == [a.id] * SHARDS
+
+
+def test_bad_requests_get_precise_statuses(fleet: Fleet, bundles: tuple[Bundle, Bundle]) -> None:
+    a, _ = bundles
+    for request, code in [
+        (admin_pb2.RolloutRequest(bundle=""), grpc.StatusCode.INVALID_ARGUMENT),
+        (
+            admin_pb2.RolloutRequest(bundle=str(a.path), grace_s=-1),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (admin_pb2.RolloutRequest(bundle=str(a.path)), grpc.StatusCode.FAILED_PRECONDITION),
+        (admin_pb2.RolloutRequest(bundle="s3://x/y"), grpc.StatusCode.INVALID_ARGUMENT),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            list(fleet.admin.Rollout(request, metadata=AUTH, timeout=10))
+        assert err.value.code() == code, err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_cli_rollout_on_a_local_cluster_and_a_restarted_replica_follows_the_state(
+    bundles: tuple[Bundle, Bundle], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`annfleet rollout` against real processes; a shard process that dies after the
+    rollout comes back on the rolled-out bundle (rollout.json), not its --bundle."""
+    from annfleet.cli import main
+    from annfleet.cluster import LocalCluster
+    from annfleet.config import AdminConfig, ClusterConfig
+
+    a, b = bundles
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    config = ClusterConfig(data_dir=str(tmp_path / "data"), admin=AdminConfig(str(token), ""))
+    state = tmp_path / "data" / "rollout.json"
+    with LocalCluster(a.path, config, rollout_state=state) as cluster:
+        admin = cluster.router_admin_target
+        assert admin
+        base = ["rollout", "--router", admin, "--token-file", str(token)]
+        assert main([*base, "--bundle", str(b.path)]) == 0
+        out = capsys.readouterr().out
+        prepares = [line for line in out.splitlines() if "] prepare " in line]
+        assert len(prepares) == SHARDS and all(line.endswith("prepared") for line in prepares)
+        assert f"stable  {b.id}" in out and "rollout running" not in out
+        with Client(cluster.router_target, timeout=10) as client:
+            assert client.retrieve(2, 10).bundle_id == b.id
+
+        shard = cluster.shards[1]
+        assert shard.process is not None
+        shard.process.kill()
+        shard.process.wait()
+        cluster.restart_dead()
+        shard.wait_ready(120)
+        with grpc.insecure_channel(shard.target) as channel:
+            info = shard_pb2_grpc.IndexShardStub(channel).Info(shard_pb2.InfoRequest(), timeout=10)
+        assert info.bundle_id == b.id  # from rollout.json, not --bundle a
+        with Client(cluster.router_target, timeout=10) as client:
+            result = client.retrieve(2, 10)
+        assert result.bundle_id == b.id and result.coverage.shards_answered == SHARDS
+
+        assert main([*base, "--rollback"]) == 0
+        with Client(cluster.router_target, timeout=10) as client:
+            assert client.retrieve(2, 10).bundle_id == a.id
+        assert main([*base, "--bundle", str(tmp_path / "nowhere")]) == 1
+        assert "FAILED_PRECONDITION" in capsys.readouterr().err
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-the-token\n")
+        assert main(["rollout", "--router", admin, "--token-file", str(wrong), "--status"]) == 1
+        assert "PERMISSION_DENIED" in capsys.readouterr().err
