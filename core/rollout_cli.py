@@ -44,7 +44,8 @@ def _holder() -> str:
     return f"{user}@{socket.gethostname()} (annfleet rollout)"
 
 
-def print_status(status: admin_pb2.RolloutStatus, out: Any = sys.stdout) -> None:
+def print_status(status: admin_pb2.RolloutStatus, out: Any = None) -> None:
+    out = out or sys.stdout
     print(f"stable  {status.stable_bundle_id}", file=out)
     if status.previous_bundle_id:
         left = max(0.0, status.previous_release_at - time.time())
