@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 FILES = ("ml-100k.inter", "ml-100k.item", "ml-100k.user")
 AGE_EDGES = (18, 25, 35, 45, 50, 56)  # the MovieLens-1M age groups; bucket 0 = unknown
 YEAR_MIN, YEAR_MAX = 1920, 2000  # release years are bucketed by 5 years inside this range
+FINE_YEAR_MIN = 1990  # ... and by single years from here (fine_year_bucket)
+FINE_YEAR_BUCKETS = 2 + YEAR_MAX - FINE_YEAR_MIN + 1
 TITLE_BUCKETS = 1024  # hashed bag of title words; bucket 0 = padding
 TITLE_WORDS = 8  # at most this many words per title
 GAP_EDGES = (60, 600, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)  # seconds since last item
@@ -74,10 +76,19 @@ def age_bucket(age: int) -> int:
 
 
 def year_bucket(year: int) -> int:
-    """1..18 (5-year buckets, clipped to [1920, 2000]), 0 if unknown."""
+    """1..17 (5-year buckets, clipped to [1920, 2000]), 0 if unknown."""
     if year <= 0:
         return 0
     return 1 + (min(max(year, YEAR_MIN), YEAR_MAX) - YEAR_MIN) // 5
+
+
+def fine_year_bucket(years: np.ndarray) -> np.ndarray:
+    """(n,) int64 release years (0 = unknown) -> (n,) int64: 0 unknown, 1 before
+    FINE_YEAR_MIN, then one bucket per year up to YEAR_MAX (most of the catalogue is from the
+    1990s, and a new release is a different item from a 1995 one)."""
+    years = np.asarray(years, dtype=np.int64)
+    fine = 2 + np.clip(years, FINE_YEAR_MIN, YEAR_MAX) - FINE_YEAR_MIN
+    return np.where(years <= 0, 0, np.where(years < FINE_YEAR_MIN, 1, fine)).astype(np.int64)
 
 
 def title_hashes(title: str) -> np.ndarray:
@@ -104,7 +115,8 @@ class MovieLens:
     inter_row (n,) int64 row in the file. user_ids (U,) / item_ids (N,) int64 original ids, so
     dense index i is ``user_ids[i - 1]``. user_feats (U + 1, 4) int64 columns age bucket,
     gender, occupation, zip region (row 0 = unknown user, all zeros). item_genres (N + 1, G)
-    float32 multi-hot; item_year (N + 1,) int64 bucket; item_title (N + 1, TITLE_WORDS) int64.
+    float32 multi-hot; item_year (N + 1,) int64 bucket; item_release_year (N + 1,) int64
+    release year (0 = unknown); item_title (N + 1, TITLE_WORDS) int64.
     """
 
     root: Path
@@ -117,6 +129,7 @@ class MovieLens:
     user_feats: np.ndarray
     item_genres: np.ndarray
     item_year: np.ndarray
+    item_release_year: np.ndarray
     item_title: np.ndarray
     titles: list[str]
     genres: list[str]
@@ -201,6 +214,7 @@ def load_movielens(path: Path | str | None = None) -> MovieLens:
     n_items = len(item_ids)
     item_genres = np.zeros((n_items + 1, len(genres)), dtype=np.float32)
     item_year = np.zeros(n_items + 1, dtype=np.int64)
+    release_year = np.zeros(n_items + 1, dtype=np.int64)
     item_title = np.zeros((n_items + 1, TITLE_WORDS), dtype=np.int64)
     titles: list[str] = []
     for k, i in enumerate(item_ids.tolist(), start=1):
@@ -208,7 +222,8 @@ def load_movielens(path: Path | str | None = None) -> MovieLens:
         title = r[ic["movie_title"]] if r else ""
         titles.append(title)
         year = r[ic["release_year"]] if r else ""
-        item_year[k] = year_bucket(int(year)) if year.isdigit() else 0
+        release_year[k] = int(year) if year.isdigit() else 0
+        item_year[k] = year_bucket(release_year[k])
         item_title[k] = title_hashes(title)
         for g in genre_lists[k - 1]:
             item_genres[k, gpos[g]] = 1.0
@@ -224,6 +239,7 @@ def load_movielens(path: Path | str | None = None) -> MovieLens:
         user_feats=user_feats,
         item_genres=item_genres,
         item_year=item_year,
+        item_release_year=release_year,
         item_title=item_title,
         titles=titles,
         genres=genres,

@@ -2,7 +2,12 @@
 tower (id + genres + year + hashed title words), trained with in-batch sampled softmax,
 temperature, logQ correction and optional mixed uniform negatives.
 
-The towers share no parameters; both outputs are L2-normalised and scored by dot product.
+Options that are off by default (tried on validation, see benchmarks/results/eval/README.md):
+a weighted logQ correction, a second softmax over content-only item vectors (cold start), a
+per-year release-year embedding, and one item-id embedding shared by both towers.
+
+By default the towers share no parameters; both outputs are L2-normalised and scored by dot
+product.
 The user tower is TorchScript-able (it is what the router runs); the item tower runs offline.
 """
 
@@ -19,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from annfleet.model.data import TITLE_BUCKETS, MovieLens
+from annfleet.model.data import FINE_YEAR_BUCKETS, TITLE_BUCKETS, MovieLens, fine_year_bucket
 from annfleet.model.features import (
     RECENT_LEN,
     TREND_WEEKS,
@@ -40,10 +45,15 @@ class TwoTowerConfig:
     weight_decay: float = 1e-6
     temperature: float = 0.07
     logq: bool = True
+    logq_weight: float = 1.0  # logits - w * log q: 1 = full correction, 0 = none
     uniform_negatives: int = 0  # extra uniform catalogue negatives per batch (mixed negatives)
     recent_len: int = RECENT_LEN
     use_recent: bool = True
-    id_dropout: float = 0.1  # share of examples whose user / item id is replaced by "unknown"
+    id_dropout: float = 0.1  # share of examples whose user id is replaced by "unknown"
+    item_id_dropout: float = 0.1  # share of candidates whose item id is replaced by "unknown"
+    content_loss: float = 0.0  # weight of a second softmax over content-only item vectors
+    fine_year: bool = False  # item tower also embeds the release year itself (1990s on)
+    share_items: bool = False  # user tower's recent items use the item tower's id embedding
     context_shift: int = 8  # context ends up to this many interactions before the target
     shift_frac: float = 0.0  # ... or up to this share of the user's train interactions if more
     hidden: int = 256
@@ -160,21 +170,30 @@ class ItemTower(nn.Module):
     Item index 0 means "no id" (cold items): the vector then comes from content alone.
     """
 
-    def __init__(self, num_items: int, num_genres: int, dim: int, hidden: int = 256) -> None:
+    def __init__(
+        self, num_items: int, num_genres: int, dim: int, hidden: int = 256, fine_year: bool = False
+    ) -> None:
         super().__init__()
         self.item_id = nn.Embedding(num_items + 1, 64, padding_idx=0)
         self.genres = nn.Linear(num_genres, 16)
         self.year = nn.Embedding(20, 8)
         self.title = nn.EmbeddingBag(TITLE_BUCKETS, 16, mode="mean", padding_idx=0)
-        self.mlp = nn.Sequential(
-            nn.Linear(64 + 16 + 8 + 16, hidden), nn.ReLU(), nn.Linear(hidden, dim)
-        )
+        self.fine_year = nn.Embedding(FINE_YEAR_BUCKETS, 8) if fine_year else None
+        width = 64 + 16 + 8 + 16 + (8 if fine_year else 0)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, dim))
 
-    def forward(self, item: Tensor, genres: Tensor, year: Tensor, title: Tensor) -> Tensor:
-        x = torch.cat(
-            [self.item_id(item), self.genres(genres), self.year(year), self.title(title)], dim=1
-        )
-        return F.normalize(self.mlp(x), dim=1)
+    def forward(
+        self,
+        item: Tensor,
+        genres: Tensor,
+        year: Tensor,
+        title: Tensor,
+        fine_year: Tensor | None = None,
+    ) -> Tensor:
+        parts = [self.item_id(item), self.genres(genres), self.year(year), self.title(title)]
+        if self.fine_year is not None and fine_year is not None:
+            parts.append(self.fine_year(fine_year))
+        return F.normalize(self.mlp(torch.cat(parts, dim=1)), dim=1)
 
 
 @dataclass
@@ -184,6 +203,7 @@ class ItemFeatures:
     genres: Tensor  # (N + 1, G) float32
     year: Tensor  # (N + 1,) int64
     title: Tensor  # (N + 1, W) int64
+    fine_year: Tensor  # (N + 1,) int64 fine_year_bucket of the release year
 
     @classmethod
     def of(cls, data: MovieLens) -> ItemFeatures:
@@ -191,6 +211,7 @@ class ItemFeatures:
             torch.from_numpy(data.item_genres),
             torch.from_numpy(data.item_year),
             torch.from_numpy(data.item_title),
+            torch.from_numpy(fine_year_bucket(data.item_release_year)),
         )
 
 
@@ -213,7 +234,11 @@ class TwoTower(nn.Module):
             config.heads,
             config.dropout,
         )
-        self.item = ItemTower(data.num_items, data.item_genres.shape[1], config.dim, config.hidden)
+        self.item = ItemTower(
+            data.num_items, data.item_genres.shape[1], config.dim, config.hidden, config.fine_year
+        )
+        if config.share_items:  # one id embedding serves the recent items and the candidates
+            self.user.item = self.item.item_id
         self.features = ItemFeatures.of(data)
         self.losses: list[float] = []  # mean training loss per epoch
 
@@ -221,7 +246,7 @@ class TwoTower(nn.Module):
         """index (n,) int64 item indices -> (n, dim); where id_known is False, content only."""
         ids = index if id_known is None else torch.where(id_known, index, torch.zeros_like(index))
         f = self.features
-        return self.item(ids, f.genres[index], f.year[index], f.title[index])
+        return self.item(ids, f.genres[index], f.year[index], f.title[index], f.fine_year[index])
 
 
 def sampled_softmax_logits(
@@ -250,6 +275,42 @@ def sampled_softmax_loss(
     clash[torch.arange(b), torch.arange(b)] = False
     logits = logits.masked_fill(clash, -1e9)
     return F.cross_entropy(logits, torch.arange(b))
+
+
+def logq_correction(
+    p: np.ndarray, cand: np.ndarray, batch: int, uniform: int = 0, weight: float = 1.0
+) -> np.ndarray:
+    """p (N + 1,) float64 item sampling probabilities, cand (M,) int64 candidate items ->
+    (M,) float32 weight * log of each candidate's expected count in the sampled set
+    (batch * p_j, plus uniform / N for mixed uniform negatives)."""
+    expected = batch * p[cand] + uniform / (len(p) - 1)
+    return (weight * np.log(np.maximum(expected, 1e-12))).astype(np.float32)
+
+
+def two_tower_loss(
+    model: TwoTower,
+    user: Tensor,
+    pos_item: Tensor,
+    cand_item: Tensor,
+    id_known: Tensor,
+    log_q: Tensor | None,
+) -> Tensor:
+    """The training loss of one batch: user (B, d) vectors, pos_item (B,) their positives,
+    cand_item (M,) candidates (the positives first), id_known (M,) bool, log_q (M,) or None.
+
+    In-batch sampled softmax over the candidates' vectors, plus ``content_loss`` times the same
+    softmax with every candidate scored from its content alone (so the content features carry
+    the signal by themselves: that is all a cold item has).
+    """
+    c = model.config
+    v = model.item_vectors(cand_item, id_known)
+    loss = sampled_softmax_loss(user, v, pos_item, cand_item, log_q, c.temperature)
+    if c.content_loss > 0:
+        content = model.item_vectors(cand_item, torch.zeros_like(id_known))
+        loss = loss + c.content_loss * sampled_softmax_loss(
+            user, content, pos_item, cand_item, log_q, c.temperature
+        )
+    return loss
 
 
 @dataclass
@@ -336,22 +397,16 @@ def train_two_tower(
             cand = pos
             if config.uniform_negatives:
                 cand = np.r_[pos, rng.integers(1, n_items + 1, size=config.uniform_negatives)]
-            # expected count of each candidate in the sampled set: B p_j (+ M / N if mixed)
-            expected = b * p[cand] + config.uniform_negatives / n_items
-            log_q = torch.from_numpy(np.log(np.maximum(expected, 1e-12)).astype(np.float32))
-            id_known = torch.from_numpy(rng.random(len(cand)) >= config.id_dropout)
+            log_q = torch.from_numpy(
+                logq_correction(p, cand, b, config.uniform_negatives, config.logq_weight)
+            )
+            id_known = torch.from_numpy(rng.random(len(cand)) >= config.item_id_dropout)
             cand_t = torch.from_numpy(cand)
             u = model.user(
                 torch.from_numpy(user), torch.from_numpy(recent), torch.from_numpy(tfeat)
             )
-            v = model.item_vectors(cand_t, id_known)
-            loss = sampled_softmax_loss(
-                u,
-                v,
-                torch.from_numpy(pos),
-                cand_t,
-                log_q if config.logq else None,
-                config.temperature,
+            loss = two_tower_loss(
+                model, u, torch.from_numpy(pos), cand_t, id_known, log_q if config.logq else None
             )
             opt.zero_grad()
             loss.backward()

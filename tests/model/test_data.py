@@ -10,6 +10,7 @@ import numpy as np
 from annfleet.model.data import (
     MovieLens,
     age_bucket,
+    fine_year_bucket,
     global_split,
     load_movielens,
     make_split,
@@ -103,3 +104,14 @@ def test_queries_context_is_train_only(movielens: MovieLens) -> None:
 
 def test_age_bucket() -> None:
     assert [age_bucket(a) for a in (0, 7, 18, 24, 25, 49, 56, 73)] == [0, 1, 2, 2, 3, 5, 7, 7]
+
+
+def test_fine_year_bucket() -> None:
+    years = np.array([0, 1950, 1989, 1990, 1995, 1998, 2000, 2010])
+    assert fine_year_bucket(years).tolist() == [0, 1, 1, 2, 7, 10, 12, 12]
+
+
+def test_release_years_loaded(movielens: MovieLens) -> None:
+    assert movielens.item_release_year[0] == 0  # padding row
+    assert movielens.item_release_year[1] == 1995  # Toy Story
+    assert movielens.item_release_year.max() == 1998

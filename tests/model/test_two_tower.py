@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
 from annfleet.model.data import MovieLens, per_user_split
 from annfleet.model.features import build_queries
 from annfleet.model.two_tower import (
+    TwoTower,
     TwoTowerConfig,
+    logq_correction,
     sampled_softmax_logits,
     sampled_softmax_loss,
     train_two_tower,
+    two_tower_loss,
 )
 
 
@@ -24,6 +29,16 @@ def test_logq_shifts_logits_by_minus_log_q() -> None:
     corrected = sampled_softmax_logits(u, v, torch.log(q), 0.1)
     assert torch.allclose(corrected - plain, -torch.log(q)[None, :].expand(4, 6), atol=1e-6)
     assert torch.allclose(plain, u @ v.T / 0.1, atol=1e-6)
+
+
+def test_logq_correction_is_weighted_log_expected_count() -> None:
+    p = np.array([0.0, 0.5, 0.25, 0.25])
+    cand = np.array([1, 3, 2])
+    full = logq_correction(p, cand, batch=4)
+    assert np.allclose(full, np.log([2.0, 1.0, 1.0]))
+    assert np.allclose(logq_correction(p, cand, batch=4, weight=0.5), 0.5 * full)
+    # mixed uniform negatives: + M / N expected occurrences of every item
+    assert np.allclose(logq_correction(p, cand, batch=4, uniform=6), np.log([4.0, 3.0, 3.0]))
 
 
 def test_duplicate_positives_are_not_negatives() -> None:
@@ -66,3 +81,54 @@ def test_torchscript_equals_eager(movielens: MovieLens, tmp_path) -> None:  # ty
     assert eager.shape == (943, 16)
     assert torch.allclose(eager, script, atol=1e-5)
     assert torch.allclose(eager.norm(dim=1), torch.ones(943), atol=1e-5)
+
+
+def test_fine_year_separates_items_that_differ_only_in_release_year(movielens: MovieLens) -> None:
+    # the first 1995 and the first 1998 release: the same 5-year bucket
+    years = movielens.item_release_year
+    a = int(np.flatnonzero(years == 1995)[0])
+    b = int(np.flatnonzero(years == 1998)[0])
+    for fine in (False, True):
+        model = TwoTower(movielens, TwoTowerConfig(dim=8, fine_year=fine))
+        f = model.features
+        assert f.year[a] == f.year[b]  # one coarse bucket (1995-1999)
+        # swap b's content for a's except the year: only the fine year differs
+        f.genres[b], f.title[b] = f.genres[a].clone(), f.title[a].clone()
+        with torch.no_grad():
+            vec = model.item_vectors(torch.tensor([a, b]), torch.tensor([False, False]))
+        assert torch.allclose(vec[0], vec[1]) != fine
+
+
+def test_content_loss_adds_the_softmax_over_content_only_vectors(movielens: MovieLens) -> None:
+    torch.manual_seed(0)
+    model = TwoTower(movielens, TwoTowerConfig(dim=8, content_loss=0.5, fine_year=True))
+    user = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    pos = torch.tensor([5, 50, 7])
+    cand = torch.tensor([5, 50, 7, 100])
+    known = torch.tensor([True, False, True, True])
+    log_q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    with torch.no_grad():
+        both = two_tower_loss(model, user, pos, cand, known, log_q)
+        full = sampled_softmax_loss(user, model.item_vectors(cand, known), pos, cand, log_q, 0.07)
+        content = model.item_vectors(cand, torch.zeros(4, dtype=torch.bool))
+        alone = sampled_softmax_loss(user, content, pos, cand, log_q, 0.07)
+        model.config = replace(model.config, content_loss=0.0)
+        plain = two_tower_loss(model, user, pos, cand, known, log_q)
+    assert torch.isclose(both, full + 0.5 * alone)
+    assert torch.isclose(plain, full)
+    assert not torch.isclose(full, alone)
+
+
+def test_shared_item_embedding_is_one_parameter_and_scripts(movielens: MovieLens, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cfg = TwoTowerConfig(dim=8, share_items=True, fine_year=True)
+    model = TwoTower(movielens, cfg).eval()
+    assert model.user.item is model.item.item_id
+    plain = TwoTower(movielens, replace(cfg, share_items=False))
+    size = sum(p.numel() for p in model.parameters())
+    assert size == sum(p.numel() for p in plain.parameters()) - plain.user.item.weight.numel()
+    path = tmp_path / "tower.pt"
+    torch.jit.script(model.user.eval()).save(str(path))
+    q = build_queries(movielens, per_user_split(movielens))
+    inputs = (torch.from_numpy(q.user), torch.from_numpy(q.recent), torch.from_numpy(q.time))
+    with torch.no_grad():
+        assert torch.allclose(model.user(*inputs), torch.jit.load(str(path))(*inputs), atol=1e-5)
