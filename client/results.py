@@ -95,6 +95,7 @@ class RetrieveResult:
     titles: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
     source_counts: dict[str, int] = field(default_factory=dict)
+    variant: str = ""  # "stable" or "canary": which of the router's live bundles answered
 
     @property
     def source_names(self) -> list[str]:
@@ -185,6 +186,7 @@ def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
         titles=tuple(r.titles),
         timings_ms=dict(r.timings_ms),
         source_counts=dict(r.source_counts),
+        variant=r.variant,
     )
 
 

@@ -385,6 +385,7 @@ def cmd_query(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "bundle_id": result.bundle_id,
+                    "variant": result.variant,
                     "coverage": result.coverage.fraction,
                     "degraded": result.coverage.degraded,
                     "answered_shards": list(result.coverage.answered_shard_ids),

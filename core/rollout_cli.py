@@ -68,14 +68,23 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     token = client_token(config, args.token_file)
     target = args.router or f"{config.router.host}:{config.router.admin_port}"
-    if sum(bool(x) for x in (args.bundle, args.rollback, args.status)) != 1:
-        raise InvalidArgument("give exactly one of --bundle DIR, --rollback, --status")
+    actions = (args.bundle or args.canary, args.rollback, args.status, args.promote, args.abort)
+    if sum(bool(x) for x in actions) != 1:
+        raise InvalidArgument(
+            "give exactly one of --bundle DIR [--canary P], --canary P (move a live canary's "
+            "share), --rollback, --promote, --abort, --status"
+        )
     with open_channel(target, channel_credentials(config.tls)) as channel:
         stub = admin_pb2_grpc.RouterAdminStub(channel)
         auth = metadata(token)
         try:
             if args.status:
                 status = stub.Status(admin_pb2.StatusRequest(), metadata=auth, timeout=30.0)
+            elif args.promote:
+                request = admin_pb2.PromoteRequest(force=args.force)
+                status = stub.Promote(request, metadata=auth, timeout=30.0)
+            elif args.abort:
+                status = stub.Abort(admin_pb2.AbortRequest(), metadata=auth, timeout=30.0)
             elif args.rollback:
                 started = time.monotonic()
                 status = stub.Rollback(admin_pb2.RollbackRequest(), metadata=auth, timeout=30.0)
@@ -96,9 +105,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
 def _rollout(
     stub: admin_pb2_grpc.RouterAdminStub, auth: Any, args: argparse.Namespace
 ) -> admin_pb2.RolloutStatus:
-    bundle = (
-        str(Path(args.bundle).expanduser().absolute()) if "://" not in args.bundle else args.bundle
-    )
+    bundle = args.bundle or ""
+    if bundle and "://" not in bundle:
+        bundle = str(Path(bundle).expanduser().absolute())
     request = admin_pb2.RolloutRequest(
         bundle=bundle,
         grace_s=args.grace or 0.0,
@@ -139,8 +148,14 @@ def register(sub: Any) -> None:
         "--grace", type=float, help="seconds the old bundle stays held (router.release_grace_s)"
     )
     p.add_argument(
-        "--canary", type=float, help="serve this percent of users from the bundle (not yet)"
+        "--canary",
+        type=float,
+        help="serve this percent of users (by user id) from the bundle; alone: move the live "
+        "canary's share",
     )
+    p.add_argument("--promote", action="store_true", help="make the live canary stable")
+    p.add_argument("--abort", action="store_true", help="end the canary: all users on stable")
+    p.add_argument("--force", action="store_true", help="with --promote (reserved)")
     p.add_argument(
         "--updates",
         choices=["carry", "drop"],

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from annfleet.errors import Unimplemented, status_of
+from annfleet.errors import status_of
 from annfleet.metrics import REQUESTS
 from annfleet.router.rollout import RolloutController
 from annfleet.serving import rpc
@@ -51,13 +51,13 @@ class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
     async def Promote(
         self, request: admin_pb2.PromoteRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RolloutStatus:
-        raise Unimplemented("canaries are not implemented yet: nothing to promote")
+        return await self.controller.promote(request)
 
     @rpc("RouterAdmin")
     async def Abort(
         self, request: admin_pb2.AbortRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RolloutStatus:
-        raise Unimplemented("canaries are not implemented yet: nothing to abort")
+        return await self.controller.abort()
 
     @rpc("RouterAdmin")
     async def Status(

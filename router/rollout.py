@@ -40,6 +40,7 @@ from annfleet.errors import (
 from annfleet.rollout_state import BundleRef, RolloutState, read_state, write_state
 from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
+from annfleet.router.variants import CANARY, STABLE, Canary
 from annfleet.v1 import admin_pb2, shard_pb2, shard_pb2_grpc
 from annfleet.validation import higher_is_better
 
@@ -118,6 +119,7 @@ class RolloutController:
         self.previous_release_at = 0.0
         self._release: asyncio.Task[None] | None = None
         self._history: list[dict[str, object]] = []
+        self._aborted: asyncio.Task[None] | None = None
         if state_path is not None:
             persisted = read_state(state_path)
             if persisted is not None:
@@ -255,14 +257,29 @@ class RolloutController:
         self, request: admin_pb2.RolloutRequest
     ) -> AsyncIterator[admin_pb2.RolloutProgress]:
         """Run one rollout, yielding progress; raises (status) when it is refused or aborted."""
-        if request.canary_percent != 0:
-            if not 0 < request.canary_percent < 100:
-                raise InvalidArgument(
-                    f"canary_percent {request.canary_percent}: must be in [0, 100)"
-                )
-            raise Unimplemented("canary rollouts are not implemented yet; roll out to everyone")
+        percent = request.canary_percent
+        if not 0 <= percent < 100:
+            raise InvalidArgument(f"canary_percent {percent}: must be in [0, 100)")
         if request.grace_s < 0:
             raise InvalidArgument(f"grace_s {request.grace_s}: must be >= 0")
+        canary = self.service.canary
+        if canary is not None and not self.holder:
+            same = not request.bundle or (
+                bundle_path(request.bundle).resolve() == canary.state.bundle.path.resolve()
+            )
+            if percent > 0 and same:  # move the live canary's share: no prepare needed
+                self.service.canary = Canary(canary.state, percent)
+                self._note("canary", bundle_id=canary.state.bundle.id, percent=percent)
+                self.persist()
+                message = f"canary {canary.state.bundle.id}: {canary.percent:g}% -> {percent:g}%"
+                yield admin_pb2.RolloutProgress(
+                    phase=admin_pb2.PHASE_DONE, message=message, status=await self.status(False)
+                )
+                return
+            raise Aborted(
+                f"canary {canary.state.bundle.id} is live ({canary.percent:g}% of users): "
+                "promote or abort it first"
+            )
         path = bundle_path(request.bundle)
         self._claim(request.holder)
         try:
@@ -388,6 +405,21 @@ class RolloutController:
             else "no live updates to carry",
         )
 
+        if request.canary_percent > 0:  # a canary: stable untouched, no commit on shards
+            self.service.canary = Canary(new, request.canary_percent)
+            self._note("canary", bundle_id=new_id, percent=request.canary_percent)
+            self.holder, self.started_at = "", 0.0
+            self.persist()
+            yield progress(
+                admin_pb2.PHASE_FLIP,
+                f"{request.canary_percent:g}% of users on {new_id} (canary), the rest on "
+                f"{old.bundle.id}",
+            )
+            yield progress(
+                admin_pb2.PHASE_DONE, f"canary {new_id} live", status=await self.status(False)
+            )
+            return
+
         # 3. FLIP: new requests get the new state; requests in flight keep the old one.
         if self.service.state is not old:
             await self._abort(new_id, prepared, held_before, "the router state changed")
@@ -442,6 +474,8 @@ class RolloutController:
         """Flip back to the previous bundle while it is still held."""
         if self.holder:
             raise Aborted(f"a rollout is running (held by {self.holder}); roll back after it")
+        if self.service.canary is not None:
+            raise FailedPrecondition("a canary is live: abort it (--abort) before a rollback")
         previous, current = self.previous, self.service.state
         if previous is None or current is None:
             raise FailedPrecondition("nothing to roll back to (no previous bundle is held)")
@@ -457,6 +491,53 @@ class RolloutController:
         self.persist()
         return await self.status(describe=False)
 
+    # ------------------------------------------------------------------ canary
+    async def promote(self, request: admin_pb2.PromoteRequest) -> admin_pb2.RolloutStatus:
+        """The canary becomes the stable bundle for everyone; the old stable one is released
+        after the grace period (rollback instant until then). Live recall is not measured
+        yet, so ``min_recall`` is not checked."""
+        if self.holder:
+            raise Aborted(f"a rollout is running (held by {self.holder})")
+        canary, old = self.service.canary, self.service.state
+        if canary is None or old is None:
+            raise FailedPrecondition("no canary is live: nothing to promote")
+        if self.previous is not None:
+            self._cancel_release()
+            await self.release_previous()
+        self.service.state, self.service.canary = canary.state, None
+        self.previous = old
+        grace = self.config.release_grace_s
+        self.previous_release_at = time.time() + grace
+        self._note("promote", bundle_id=canary.state.bundle.id, previous=old.bundle.id)
+        self.persist()
+        await self._on_all("Commit", canary.state.bundle.id, await self.replicas())
+        self._schedule_release(grace)
+        self.persist()
+        return await self.status(describe=False)
+
+    async def abort(self) -> admin_pb2.RolloutStatus:
+        """End the canary: every user back on the stable bundle; the canary's is released
+        once requests in flight on it are done."""
+        if self.holder:
+            raise Aborted(f"a rollout is running (held by {self.holder})")
+        canary = self.service.canary
+        if canary is None:
+            raise FailedPrecondition("no canary is live: nothing to abort")
+        self.service.canary = None
+        bundle_id = canary.state.bundle.id
+        self._note("abort", bundle_id=bundle_id)
+        self.persist()
+        drain = self.config.default_timeout_s + self.config.shard_timeout_s
+
+        async def release() -> None:
+            await asyncio.sleep(drain)
+            current = self.service.state
+            if current is not None and current.bundle.id != bundle_id:
+                await self._on_all("Release", bundle_id, await self.replicas())
+
+        self._aborted = asyncio.get_running_loop().create_task(release())
+        return await self.status(describe=False)
+
     # ------------------------------------------------------------------ status
     async def status(self, describe: bool = True) -> admin_pb2.RolloutStatus:
         current = self.service.state
@@ -467,9 +548,20 @@ class RolloutController:
             rollout_holder=self.holder,
             rollout_started_at=self.started_at,
         )
+        canary = self.service.canary
         if current is not None:
             reply.variants.append(
-                admin_pb2.Variant(name="stable", bundle_id=current.bundle.id, percent=100.0)
+                admin_pb2.Variant(
+                    name=STABLE,
+                    bundle_id=current.bundle.id,
+                    percent=100.0 - (canary.percent if canary else 0.0),
+                )
+            )
+        if canary is not None:
+            reply.variants.append(
+                admin_pb2.Variant(
+                    name=CANARY, bundle_id=canary.state.bundle.id, percent=canary.percent
+                )
             )
         if describe and self._targets:
             try:

@@ -27,6 +27,7 @@ from annfleet.names import SOURCE_NAMES
 from annfleet.router.coalesce import Coalescer
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.users import RequestContext, UserEmbedder
+from annfleet.router.variants import CANARY, STABLE, Canary
 from annfleet.serving import rpc
 from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from annfleet.validation import check_params
@@ -100,7 +101,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
     def __init__(self, config: RouterConfig, executor: Executor) -> None:
         self.config = config
         self.executor = executor
-        self.state: RouterState | None = None
+        self.state: RouterState | None = None  # the stable bundle
+        self.canary: Canary | None = None  # a bundle serving a share of users (variants.py)
         self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
             maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
         )
@@ -109,6 +111,13 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         if self.state is None:
             raise Unavailable("router is starting: no bundle loaded yet")
         return self.state
+
+    def _variant(self, user_id: int) -> tuple[RouterState, str]:
+        """The state that serves this user: the canary's for its share of users, else stable."""
+        state, canary = self._state(), self.canary
+        if canary is not None and canary.serves(user_id):
+            return canary.state, CANARY
+        return state, STABLE
 
     def _timeout(self, context: grpc.aio.ServicerContext) -> float:
         """Seconds the shard RPCs may take: the caller's deadline less a margin, capped."""
@@ -189,7 +198,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RetrieveResponse:
         started = time.perf_counter()
-        state = self._state()
+        state, variant = self._variant(request.user_id)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
         exclude = decode_ids(request.exclude_ids, name="exclude_ids")
@@ -225,6 +234,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             scores=to_bytes(scores, F32),
             sources=to_bytes(sources, U8),
             bundle_id=state.bundle.id,
+            variant=variant,
             coverage=coverage,
             source_counts={
                 SOURCE_NAMES[int(c)]: int(n) for c, n in zip(codes, counts, strict=True)

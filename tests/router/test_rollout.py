@@ -432,3 +432,87 @@ def test_cli_rollout_on_a_local_cluster_and_a_restarted_replica_follows_the_stat
         wrong.write_text("not-the-token\n")
         assert main(["rollout", "--router", admin, "--token-file", str(wrong), "--status"]) == 1
         assert "PERMISSION_DENIED" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- canaries
+def test_user_buckets_are_stable_and_a_moved_percentage_moves_only_that_share() -> None:
+    from annfleet.router.variants import user_bucket
+
+    users = np.arange(1, 200_001, dtype=np.int64)
+    buckets = user_bucket(users)
+    assert np.array_equal(buckets, user_bucket(users))  # deterministic
+    at10, at20 = buckets < 10, buckets < 20
+    assert abs(at10.mean() - 0.10) < 0.005 and abs(at20.mean() - 0.20) < 0.005
+    assert not (at10 & ~at20).any()  # nobody leaves the canary when it grows
+    moved = at20 & ~at10
+    assert abs(moved.mean() - 0.10) < 0.005  # only the 10% between 10 and 20 moved
+
+
+def _variants(fleet: Fleet, users: range) -> dict[int, tuple[str, str, set[int]]]:
+    with Client(fleet.target, timeout=10) as client:
+        out = {}
+        for user in users:
+            r = client.retrieve(user, 10)
+            out[user] = (r.variant, r.bundle_id, {int(i) for i in r.ids})
+        return out
+
+
+def test_canary_is_stable_by_user_then_promoted(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle]
+) -> None:
+    from annfleet.router.variants import user_bucket
+
+    a, b = bundles
+    id_sets = {a.id: ids_of(a), b.id: ids_of(b)}
+    users = range(1, 51)
+    fleet.rollout(b.path, canary_percent=30)
+    at30 = _variants(fleet, users)
+    fleet.rollout(b.path, canary_percent=60)  # move the share: no prepare, same bundle
+    at60 = _variants(fleet, users)
+    for seen in (at30, at60):
+        for variant, bundle_id, ids in seen.values():
+            assert (variant == "canary") == (bundle_id == b.id)
+            assert ids <= id_sets[bundle_id]
+    for percent, seen in ((30, at30), (60, at60)):
+        expected = {u for u in users if user_bucket(u)[0] < percent}
+        assert {u for u, (v, _, _) in seen.items() if v == "canary"} == expected
+    canary30 = {u for u, (v, _, _) in at30.items() if v == "canary"}
+    canary60 = {u for u, (v, _, _) in at60.items() if v == "canary"}
+    assert canary30 <= canary60 and 0 < len(canary30) < len(canary60) < len(users)
+    # shards serve the stable bundle to unpinned searches; the canary is only held
+    assert all(info.bundle_id == a.id for info in fleet.describe())
+    status = fleet.admin.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+    assert [(v.name, v.bundle_id, v.percent) for v in status.variants] == [
+        ("stable", a.id, 40.0),
+        ("canary", b.id, 60.0),
+    ]
+    with pytest.raises(grpc.RpcError) as err:  # another bundle while a canary is live
+        fleet.rollout(a.path)
+    assert err.value.code() == grpc.StatusCode.ABORTED and "promote or abort" in err.value.details()
+
+    promoted = fleet.admin.Promote(admin_pb2.PromoteRequest(), metadata=AUTH, timeout=10)
+    assert (promoted.stable_bundle_id, promoted.previous_bundle_id) == (b.id, a.id)
+    after = _variants(fleet, users)
+    assert {(v, bundle_id) for v, bundle_id, _ in after.values()} == {("stable", b.id)}
+    assert all(info.bundle_id == b.id for info in fleet.describe())
+
+
+def test_canary_abort_returns_everyone_to_stable(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle]
+) -> None:
+    a, b = bundles
+    fleet.rollout(b.path, canary_percent=50)
+    assert {bid for _, bid, _ in _variants(fleet, range(1, 51)).values()} == {a.id, b.id}
+    fleet.admin.Abort(admin_pb2.AbortRequest(), metadata=AUTH, timeout=10)
+    assert {(v, bid) for v, bid, _ in _variants(fleet, range(1, 51)).values()} == {("stable", a.id)}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(len(i.bundles) > 1 for i in fleet.describe()):
+        time.sleep(0.1)
+    assert [[h.bundle_id for h in info.bundles] for info in fleet.describe()] == [[a.id]] * SHARDS
+    for call in (
+        lambda: fleet.admin.Abort(admin_pb2.AbortRequest(), metadata=AUTH, timeout=10),
+        lambda: fleet.admin.Promote(admin_pb2.PromoteRequest(), metadata=AUTH, timeout=10),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
