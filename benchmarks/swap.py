@@ -1,0 +1,266 @@
+"""Swap benchmark: open-loop Search load at a fixed rate through a local cluster while
+`annfleet rollout` swaps to a second bundle and then rolls back.
+
+Two bundles with disjoint item ids (the second's are the first's + 10^9), so every response
+is checked for mixing: its ids must all belong to the bundle it names. Writes
+``benchmarks/results/<name>/README.md`` and ``results.json``: p50/p99 per second, per phase
+(before / during the swap / after / after the rollback), the swap and rollback durations.
+
+    python -m annfleet.benchmarks.swap --items 200000 --shards 4 --qps 200 --name swap-200k
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from annfleet.auth import metadata
+from annfleet.client import AnnfleetError, Client
+from annfleet.cluster import LocalCluster
+from annfleet.config import AdminConfig, ClusterConfig, RouterConfig
+from annfleet.server.builder import build_bundle
+from annfleet.synthetic import make_catalogue
+from annfleet.v1 import admin_pb2, admin_pb2_grpc
+
+OFFSET = 1_000_000_000
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    if not latencies:
+        return {"n": 0, "p50_ms": float("nan"), "p99_ms": float("nan")}
+    arr = np.asarray(latencies) * 1e3
+    return {
+        "n": len(arr),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--items", type=int, default=200_000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--index", default="flat")
+    ap.add_argument("--qps", type=float, default=200.0)
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--before-s", type=float, default=10.0)
+    ap.add_argument("--after-s", type=float, default=10.0)
+    ap.add_argument("--name", default="swap-200k")
+    ap.add_argument("--work", default="")
+    args = ap.parse_args()
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-swap-"))
+    bundles = []
+    for seed, offset in ((0, 0), (1, OFFSET)):
+        path = work / f"bundle-{seed}"
+        if not (path / "manifest.json").exists():
+            cat = make_catalogue(args.items, args.dim, users=1000, seed=seed)
+            build_bundle(
+                path,
+                cat.ids + offset,
+                cat.vectors,
+                num_shards=args.shards,
+                index_type=args.index,
+                index_params={},
+                user_ids=cat.user_ids,
+                user_vectors=cat.user_vectors,
+                progress=False,
+            )
+        bundles.append(path)
+    id_sets = []
+    for path in bundles:
+        ids = set()
+        for sid in range(args.shards):
+            ids.update(np.load(path / f"shard-{sid:02d}" / "ids.npy", allow_pickle=False).tolist())
+        id_sets.append(ids)
+    from annfleet.bundle import Bundle
+
+    bundle_ids = [Bundle.open(p, verify=False).id for p in bundles]
+    sets = dict(zip(bundle_ids, id_sets, strict=True))
+
+    token = work / "token"
+    token.write_text("swap-bench-token\n")
+    config = ClusterConfig(
+        data_dir=str(work / "data"),
+        admin=AdminConfig(str(token), ""),
+        router=RouterConfig(release_grace_s=600.0),
+    )
+    queries = make_catalogue(2000, args.dim, users=10, seed=7).vectors
+    records: list[tuple[float, float, str, str]] = []  # (sent, latency, bundle, error)
+    lock = threading.Lock()
+    mixed = 0
+
+    with LocalCluster(bundles[0], config, rollout_state=work / "data" / "rollout.json") as cl:
+        client = Client(cl.router_target, timeout=5.0, retries=0)
+        client.search(queries[0], args.k)
+
+        def one(i: int, sent: float) -> None:
+            nonlocal mixed
+            try:
+                r = client.search(queries[i % len(queries)], args.k)
+                latency = time.perf_counter() - sent
+                ids = {int(x) for x in np.asarray(r.ids).ravel() if x >= 0}
+                bad = bool(ids - sets.get(r.bundle_id, set()))
+                with lock:
+                    mixed += bad
+                    records.append((sent, latency, r.bundle_id, ""))
+            except AnnfleetError as exc:
+                with lock:
+                    records.append((sent, time.perf_counter() - sent, "", exc.code.name))
+
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=64)
+
+        def generate() -> None:
+            interval, i = 1.0 / args.qps, 0
+            start = time.perf_counter()
+            while not stop.is_set():
+                due = start + i * interval
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                pool.submit(one, i, due)  # open loop: latency counted from the due time
+                i += 1
+
+        gen = threading.Thread(target=generate, daemon=True)
+        t0 = time.perf_counter()
+        gen.start()
+        time.sleep(args.before_s)
+        channel = grpc.insecure_channel(cl.router_admin_target)
+        stub = admin_pb2_grpc.RouterAdminStub(channel)
+        auth = metadata("swap-bench-token")
+        swap_start = time.perf_counter()
+        progress = list(
+            stub.Rollout(
+                admin_pb2.RolloutRequest(bundle=str(bundles[1]), holder="bench"),
+                metadata=auth,
+                timeout=600,
+            )
+        )
+        swap_end = time.perf_counter()
+        flip_at = swap_start + next(
+            p.elapsed_s for p in progress if p.phase == admin_pb2.PHASE_FLIP
+        )
+        time.sleep(args.after_s)
+        rb_start = time.perf_counter()
+        stub.Rollback(admin_pb2.RollbackRequest(), metadata=auth, timeout=30)
+        rb_end = time.perf_counter()
+        time.sleep(args.after_s)
+        stop.set()
+        gen.join()
+        pool.shutdown(wait=True)
+        channel.close()
+        client.close()
+
+    # first request sent after the rollback call returned that was answered by the old bundle
+    after_rb = [r for r in records if r[0] >= rb_start]
+    first_old = next((r[0] for r in sorted(after_rb) if r[2] == bundle_ids[0]), float("nan"))
+    last_new = max((r[0] for r in after_rb if r[2] == bundle_ids[1]), default=rb_start)
+    n_new_after_rb = sum(1 for r in after_rb if r[2] == bundle_ids[1])
+    phases = {
+        "before": [r for r in records if r[0] < swap_start],
+        "during_swap": [r for r in records if swap_start <= r[0] < swap_end],
+        "after_swap": [r for r in records if swap_end <= r[0] < rb_start],
+        "after_rollback": [r for r in records if r[0] >= rb_end],
+    }
+    per_second: list[dict[str, Any]] = []
+    for sec in range(int(max(r[0] for r in records) - t0) + 1):
+        rows = [r for r in records if t0 + sec <= r[0] < t0 + sec + 1]
+        ok = [r[1] for r in rows if not r[3]]
+        per_second.append(
+            {
+                "second": sec,
+                **_percentiles(ok),
+                "errors": sum(1 for r in rows if r[3]),
+                "bundles": sorted({r[2][:8] for r in rows if r[2]}),
+            }
+        )
+    result = {
+        "command": "python -m annfleet.benchmarks.swap "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "work"),
+        "git_revision": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}; "
+        "shared with other jobs",
+        "bundles": bundle_ids,
+        "requests": len(records),
+        "errors": sum(1 for r in records if r[3]),
+        "error_codes": sorted({r[3] for r in records if r[3]}),
+        "mixed_responses": mixed,
+        "swap_duration_s": swap_end - swap_start,
+        "flip_after_s": flip_at - swap_start,
+        "rollback_call_s": rb_end - rb_start,
+        "rollback_effective_s": (last_new - rb_start) if after_rb else float("nan"),
+        "first_old_after_rollback_s": first_old - rb_start,
+        "phases": {
+            k: {**_percentiles([r[1] for r in v if not r[3]]), "errors": sum(1 for r in v if r[3])}
+            for k, v in phases.items()
+        },
+        "per_second": per_second,
+        "progress": [
+            {
+                "phase": admin_pb2.RolloutPhase.Name(p.phase),
+                "elapsed_s": p.elapsed_s,
+                "message": p.message,
+            }
+            for p in progress
+        ],
+    }
+    out = Path(__file__).parent / "results" / args.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        f"# {args.name}",
+        "",
+        f"- command: `{result['command']}`",
+        f"- git revision: `{result['git_revision']}`, date {result['date']}",
+        f"- machine: {result['machine']}",
+        f"- catalogue: {args.items} x {args.dim} clustered, {args.shards} shards, index "
+        f"{args.index}, k={args.k}; two bundles with disjoint ids; open-loop Search at "
+        f"{args.qps:g} qps through the router (latency from each request's due time)",
+        "",
+        f"- requests: {result['requests']}, errors: {result['errors']} "
+        f"{result['error_codes']}, mixed responses: {mixed}",
+        f"- swap (Rollout call, prepare on every shard -> flip -> commit): "
+        f"{result['swap_duration_s']:.2f} s, flip at {result['flip_after_s']:.2f} s",
+        f"- rollback call: {result['rollback_call_s'] * 1e3:.1f} ms; requests sent after the "
+        f"call started answered by the rolled-back bundle: {n_new_after_rb} (the flip is the "
+        "first thing the call does; shards are re-committed after it)",
+        "",
+        "| phase | requests | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for k, v in result["phases"].items():
+        lines.append(f"| {k} | {v['n']} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['errors']} |")
+    lines += [
+        "",
+        "| second | n | p50 ms | p99 ms | errors | bundles |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in per_second:
+        lines.append(
+            f"| {row['second']} | {row['n']} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} | "
+            f"{row['errors']} | {' '.join(row['bundles'])} |"
+        )
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
