@@ -79,8 +79,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     idx.add_argument(
         "--peers",
         default="auto",
-        help="comma list of hnswlib,usearch,qdrant-edge,milvus; 'auto' = all in "
-        "full mode, hnswlib,usearch in --quick; 'none'",
+        help="comma list of hnswlib,usearch,qdrant-edge,milvus (or milvus-lite),chroma; "
+        "'auto' = all in full mode, hnswlib,usearch in --quick; 'none'",
     )
     idx.add_argument(
         "--max-seconds-per-point",
@@ -104,7 +104,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--throughput",
         action="store_true",
         help="also measure closed-loop cluster QPS vs in-process faiss at the "
-        "cheapest point with recall >= --throughput-recall (target P2)",
+        "cheapest point with recall >= --throughput-recall (target P2), and the "
+        "closed-loop QPS of the server peers (milvus, chroma) at theirs",
     )
     idx.add_argument("--throughput-recall", type=float, default=0.95)
     idx.add_argument("--throughput-seconds", type=float, default=10.0)
@@ -202,6 +203,24 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
     from annfleet.benchmarks import datasets
     from annfleet.benchmarks.recall_latency import SweepConfig, default_points, run, table
 
+    if args.peers == "auto":
+        peers = (
+            ["hnswlib", "usearch"]
+            if args.quick
+            else ["hnswlib", "usearch", "qdrant-edge", "milvus", "chroma"]
+        )
+    elif args.peers == "none":
+        peers = []
+    else:
+        from annfleet.benchmarks.systems import peer_key
+
+        peers = [p for p in args.peers.split(",") if p]
+        try:
+            for p in peers:
+                peer_key(p)
+        except ValueError as exc:
+            print(f"--peers: {exc}", file=sys.stderr)
+            return 2
     data_dir = args.data_dir or datasets.default_data_dir()
     if args.quick:
         args.items, args.queries = min(args.items, 50_000), min(args.queries, 300)
@@ -238,16 +257,6 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         nprobes = args.nprobe or sorted({p["nprobe"] for p in points})
         reranks = args.rerank or sorted({p["rerank"] for p in points})
         points = [{"nprobe": n, "rerank": r} for n in nprobes for r in reranks]
-    if args.peers == "auto":
-        peers = (
-            ["hnswlib", "usearch"]
-            if args.quick
-            else ["hnswlib", "usearch", "qdrant-edge", "milvus"]
-        )
-    elif args.peers == "none":
-        peers = []
-    else:
-        peers = [p for p in args.peers.split(",") if p]
     cfg = SweepConfig(
         index_type=args.index,
         build_params=args.build,
@@ -260,6 +269,9 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         save_ids=args.save_ids,
         breakdown=args.breakdown,
         cluster_omp_threads=args.cluster_omp_threads,
+        peer_throughput=args.throughput,
+        throughput_recall=args.throughput_recall,
+        throughput_seconds=args.throughput_seconds,
     )
     name = args.name or ("quick" if args.quick else f"{ds.name}-{args.index}")
     throughput = None
@@ -288,6 +300,10 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         from annfleet.benchmarks.recall_latency import throughput_lines
 
         print("\n".join(throughput_lines(result["throughput"])))
+    if result.get("peer_throughput"):
+        from annfleet.benchmarks.recall_latency import peer_throughput_lines
+
+        print("\n".join(peer_throughput_lines(result["peer_throughput"])))
     for note in result["notes"]:
         print(f"note: {note}")
     from annfleet.benchmarks.report import result_dir

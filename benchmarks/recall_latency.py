@@ -4,7 +4,9 @@ For one dataset and one index type it sweeps the search parameters (HNSW efSearc
 nprobe x re-rank depth) and the shard count, and measures, on the same queries in the same
 run: (a) faiss in this process on the whole catalogue, (b) the client scattering directly to
 the shard servers, (c) the router; plus optional peers (HNSW libraries and servers).
-Every query is one request, issued one after the other (latency, not throughput).
+Every query is one request, issued one after the other (latency, not throughput). With
+``peer_throughput``, each server peer also gets a closed-loop QPS run at its cheapest point
+with recall >= ``throughput_recall`` (as ``--throughput`` does for the cluster).
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ class SweepConfig:
     save_ids: bool = False
     breakdown: bool = False
     cluster_omp_threads: int = 0  # >0: OMP_NUM_THREADS for the cluster's processes
+    # Closed-loop QPS of the server peers (milvus-lite, chroma), as --throughput for the cluster.
+    peer_throughput: bool = False
+    throughput_recall: float = 0.95
+    throughput_seconds: float = 10.0
+    throughput_concurrency: int = 32
 
 
 def default_points(index_type: str, k: int, quick: bool = False) -> list[dict[str, int]]:
@@ -347,6 +354,7 @@ def run(
                 for system in systems.values():
                     system.close()
 
+    peer_tp: dict[str, dict[str, Any]] = {}
     if cfg.peers:
         hnsw = cfg.build_params if cfg.index_type == "hnsw" else {}
         peer_points = points if cfg.index_type == "hnsw" else default_points("hnsw", k)
@@ -358,6 +366,7 @@ def run(
                 dataset.vectors,
                 dataset.metric,
                 {"m": 32, "ef_construction": 200, **hnsw},
+                progress=progress,
             )
             if peer is None:
                 notes.append(f"skipped {why}")
@@ -377,6 +386,8 @@ def run(
                         progress=progress,
                     )
                     record(f"{peer.name} (peer)", peer.name, 1, p, row, found)
+                if cfg.peer_throughput and peer.pids:
+                    peer_tp[peer.name] = peer_closed_loop(peer, dataset.queries, rows, cfg)
             finally:
                 peer.close()
 
@@ -399,6 +410,8 @@ def run(
     }
     if throughput_result is not None:
         result["throughput"] = throughput_result
+    if peer_tp:
+        result["peer_throughput"] = compare_closed_loop(peer_tp, throughput_result)
     if breakdown_result is not None:
         result["breakdown"] = breakdown_result
     out = report.result_dir(name, out_root)
@@ -406,6 +419,49 @@ def run(
     if cfg.save_ids:
         np.savez(out / "found_ids.npz", **saved)  # type: ignore[arg-type]
     return result
+
+
+def peer_closed_loop(
+    peer: System, queries: np.ndarray, rows: Sequence[dict[str, Any]], cfg: SweepConfig
+) -> dict[str, Any]:
+    """Closed-loop QPS of a server peer at its cheapest point with recall >= the target
+    (its highest-recall point if none reaches it, flagged ``below_recall_target``)."""
+    from annfleet.benchmarks.closed_loop import closed_loop
+
+    mine = [r for r in rows if r["system"] == peer.name]
+    ok = [r for r in mine if r["recall"] >= cfg.throughput_recall]
+    pick = min(ok, key=lambda r: r["p50_ms"]) if ok else max(mine, key=lambda r: r["recall"])
+    log.info("%s closed loop at %s (recall %.4f)", peer.name, pick["params"], pick["recall"])
+    res = closed_loop(
+        peer,
+        queries,
+        cfg.k,
+        dict(pick["params"]),
+        concurrency=cfg.throughput_concurrency,
+        duration=cfg.throughput_seconds,
+    )
+    return {
+        "recall": pick["recall"],
+        "recall_target": cfg.throughput_recall,
+        "below_recall_target": not ok,
+        **res,
+    }
+
+
+def compare_closed_loop(
+    peer_tp: dict[str, dict[str, Any]], cluster: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
+    """Each peer's closed loop, with cluster QPS / peer QPS when the cluster was measured."""
+    out = {}
+    for name, tp in peer_tp.items():
+        entry = dict(tp)
+        cl = (cluster or {}).get("cluster_closed_loop")
+        if cl is not None and tp["achieved_qps"] > 0:
+            entry["cluster_qps"] = cl["achieved_qps"]
+            entry["cluster_recall"] = cl["recall"]
+            entry["cluster_vs_peer_qps"] = cl["achieved_qps"] / tp["achieved_qps"]
+        out[name] = entry
+    return out
 
 
 # ---------------------------------------------------------------- analysis
@@ -583,6 +639,13 @@ def readme(result: dict[str, Any]) -> str:
         ]
     if result.get("throughput"):
         lines += ["", "## Throughput (target P2)", "", *throughput_lines(result["throughput"])]
+    if result.get("peer_throughput"):
+        lines += [
+            "",
+            "## Closed-loop QPS of the server peers",
+            "",
+            *peer_throughput_lines(result["peer_throughput"]),
+        ]
     if result["notes"]:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
@@ -613,6 +676,26 @@ def throughput_lines(t: dict[str, Any]) -> list[str]:
         "- CPU (cores used during the window): "
         + ", ".join(f"{n} {c['cores_used']}" for n, c in cl["cpu"].items()),
     ]
+
+
+def peer_throughput_lines(peers: dict[str, dict[str, Any]]) -> list[str]:
+    out = []
+    for name, t in peers.items():
+        below = " (below the recall target: its best point)" if t["below_recall_target"] else ""
+        cpu = ", ".join(f"{n} {c['cores_used']}" for n, c in t["cpu"].items())
+        out.append(
+            f"- {name} {t['params']} recall {t['recall']:.3f}{below}: "
+            f"{t['achieved_qps']:.0f} QPS closed loop, {t['concurrency']} in flight "
+            f"(threads of the benchmark process), p50 {t['p50_ms']:.1f} ms, "
+            f"p99 {t['p99_ms']:.1f} ms, errors {t['errors'] or 'none'}; server CPU "
+            f"{t['server_cpu_ms_per_query']:.2f} ms per query; cores used: {cpu}"
+        )
+        if "cluster_vs_peer_qps" in t:
+            out.append(
+                f"  - cluster closed loop {t['cluster_qps']:.0f} QPS (recall "
+                f"{t['cluster_recall']:.3f}) / {name}: {t['cluster_vs_peer_qps']:.2f}x"
+            )
+    return out
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

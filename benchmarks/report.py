@@ -110,7 +110,9 @@ def header(name: str, argv: Sequence[str] | None = None) -> dict[str, Any]:
         "git_revision": git_revision(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
-        "versions": versions(("hnswlib", "usearch", "pymilvus", "milvus-lite", "qdrant-edge-py")),
+        "versions": versions(
+            ("hnswlib", "usearch", "pymilvus", "milvus-lite", "qdrant-edge-py", "chromadb")
+        ),
     }
 
 

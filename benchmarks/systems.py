@@ -6,7 +6,8 @@
 - ``scatter``: the client fanning out directly to the shard servers and merging client-side;
 - ``router``: through the router's ``Retrieval.Search``;
 - peers (optional, skipped with a note when not installed): ``hnswlib``, ``usearch``,
-  ``qdrant-edge`` in process, ``milvus-lite`` as a separate server process.
+  ``qdrant-edge`` in process; ``milvus-lite`` and ``chroma`` as separate server processes
+  (their ``pids`` name the server processes, so their CPU can be accounted).
 """
 
 from __future__ import annotations
@@ -16,27 +17,37 @@ import logging
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-PEERS = ("hnswlib", "usearch", "milvus", "qdrant-edge")
+T = TypeVar("T")
 
 
 class System:
-    """Base: ``search(q (d,) float32, k, params) -> ids (k,) int64`` and ``close()``."""
+    """Base: ``search(q (d,) float32, k, params) -> ids (k,) int64`` and ``close()``.
+
+    ``pids`` names the server processes of a system that runs as its own server (empty for
+    in-process systems); ``search`` of such a system is safe to call from several threads.
+    """
 
     name = "system"
     notes: list[str]
 
     def __init__(self) -> None:
         self.notes = []
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {}
 
     def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
         raise NotImplementedError
@@ -95,6 +106,12 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
+def _insert_bar(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="vec", leave=False, disable=not enabled)
+
+
 class _ClientSystem(System):
     """The cluster through one of annfleet's own clients (the router or direct scatter)."""
 
@@ -134,7 +151,13 @@ class HnswlibPeer(System):
     name = "hnswlib"
 
     def __init__(
-        self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int, ef_construction: int
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        progress: bool = True,  # one add call: nothing to show
     ) -> None:
         super().__init__()
         import hnswlib
@@ -162,7 +185,13 @@ class UsearchPeer(System):
     name = "usearch"
 
     def __init__(
-        self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int, ef_construction: int
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        progress: bool = True,  # one add call: nothing to show
     ) -> None:
         super().__init__()
         from usearch.index import Index
@@ -191,7 +220,13 @@ class QdrantEdgePeer(System):
     name = "qdrant-edge"
 
     def __init__(
-        self, ids: np.ndarray, vectors: np.ndarray, metric: str, m: int, ef_construction: int
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         import qdrant_edge as q
@@ -208,6 +243,7 @@ class QdrantEdgePeer(System):
         self.shard = q.EdgeShard.create(str(self.dir), config)
         t0 = time.perf_counter()
         batch = 10_000
+        bar = _insert_bar(len(ids), "qdrant-edge upsert", progress)
         for start in range(0, len(ids), batch):
             points = [
                 q.Point(int(i), v.tolist())
@@ -216,6 +252,8 @@ class QdrantEdgePeer(System):
                 )
             ]
             self.shard.update(q.UpdateOperation.upsert_points(points))
+            bar.update(len(points))
+        bar.close()
         self.shard.optimize()
         self.build_s = time.perf_counter() - t0
         self.notes.append("qdrant-edge: HNSW built by optimize() after upsert; hnsw_ef per query")
@@ -246,6 +284,78 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _console_script(dist: str, script: str, *args: str) -> list[str]:
+    """argv running a package's console script (with ``args``) with this interpreter.
+
+    No PATH lookup: the server then comes from the same environment as the client library
+    imported here (a venv that borrows another venv's site-packages has no scripts of its own).
+    """
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        eps = distribution(dist).entry_points
+    except PackageNotFoundError as exc:
+        raise ImportError(f"{dist} is not installed", name=dist) from exc
+    ep = next((e for e in eps if e.group == "console_scripts" and e.name == script), None)
+    if ep is None:
+        raise ImportError(f"{dist} has no console script {script!r}", name=dist)
+    module, _, attr = ep.value.partition(":")
+    code = f"import sys; sys.argv[0] = {script!r}; from {module} import {attr}; sys.exit({attr}())"
+    return [sys.executable, "-c", code, *args]
+
+
+class _ServerProcess:
+    """A peer's server as a child process, its output in ``<dir>/server.log``; restartable."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc is not None else -1
+
+    def start(self, ready: Callable[[], T], timeout: float) -> T:
+        """Start the process and poll ``ready()`` until it returns (its value is returned)."""
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(self.argv, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return ready()
+            except Exception as exc:  # the server is still starting
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"{self.name} server did not start: {exc}; log tail: {self.log_tail()!r}"
+                    ) from exc
+                time.sleep(0.2)
+
+    def restart(self, ready: Callable[[], T], timeout: float) -> T:
+        self.stop()
+        self.restarts += 1
+        return self.start(ready, timeout)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, chars: int = 300) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
 class MilvusLitePeer(System):
     """milvus-lite as a separate server process, through pymilvus (HNSW index)."""
 
@@ -259,43 +369,37 @@ class MilvusLitePeer(System):
         m: int,
         ef_construction: int,
         startup_timeout: float = 60.0,
+        progress: bool = True,
     ) -> None:
         super().__init__()
         from pymilvus import DataType, MilvusClient
 
         self.dir = Path(tempfile.mkdtemp(prefix="annfleet-milvus-"))
         port = _free_port()
-        exe = shutil.which("milvus-lite") or str(
-            Path(__import__("sys").executable).parent / "milvus-lite"
+        argv = _console_script(
+            "milvus-lite",
+            "milvus-lite",
+            "server",
+            "--data-dir",
+            str(self.dir / "data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
         )
-        self.log_file = (self.dir / "server.log").open("wb")
-        self.proc = subprocess.Popen(
-            [
-                exe,
-                "server",
-                "--data-dir",
-                str(self.dir / "data"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ],
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid
+        self.server = _ServerProcess("milvus-lite", argv, self.dir / "server.log")
         uri = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            try:
-                self.client = MilvusClient(uri=uri, timeout=5)
-                self.client.list_collections()
-                break
-            except Exception as exc:  # the server is still starting
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError(f"milvus-lite server did not start: {exc}") from exc
-                time.sleep(0.5)
+
+        def ready() -> Any:
+            client = MilvusClient(uri=uri, timeout=5)
+            client.list_collections()
+            return client
+
+        try:
+            self.client = self.server.start(ready, startup_timeout)
+        except BaseException:
+            self.close()
+            raise
         mt = "IP" if metric == "ip" else "L2"
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
@@ -303,6 +407,7 @@ class MilvusLitePeer(System):
         self.client.create_collection("bench", schema=schema)
         t0 = time.perf_counter()
         batch = 20_000
+        bar = _insert_bar(len(ids), "milvus-lite insert", progress)
         for start in range(0, len(ids), batch):
             rows = [
                 {"id": int(i), "v": v.tolist()}
@@ -311,6 +416,8 @@ class MilvusLitePeer(System):
                 )
             ]
             self.client.insert("bench", rows)
+            bar.update(len(rows))
+        bar.close()
         # Must flush before the index is built, else searches are silently exact.
         self.client.flush("bench")
         index_params = self.client.prepare_index_params()
@@ -332,6 +439,10 @@ class MilvusLitePeer(System):
             "no IVF_PQ support (FLAT/IVF_FLAT/IVF_SQ8/HNSW only): compared with its HNSW",
         ]
 
+    @property
+    def pids(self) -> dict[str, int]:
+        return {"milvus-lite-server": self.server.pid}
+
     def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
         ef = max(params.get("ef_search", 128), k)
         res = self.client.search(
@@ -351,13 +462,164 @@ class MilvusLitePeer(System):
         if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log_file.close()
+        self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ChromaPeer(System):
+    """Chroma's server (``chroma run``: Rust frontend, hnswlib-based HNSW, SQLite), over HTTP.
+
+    The collection is created with ``configuration={"hnsw": {...}}`` (space, max_neighbors =
+    M, ef_construction, ef_search), and the server's stored configuration is read back and
+    checked. Chroma's ef_search is per collection, not per query: ``modify`` stores a new
+    value, but the server keeps the loaded index with the ef_search it was loaded with, so
+    changing efSearch means modify, read back, and restart the server (the index reloads from
+    ``--path`` with the stored value). Distances in the "ip" space are ``1 - dot``; recall only
+    needs the ids.
+    """
+
+    name = "chroma"
+    collection_name = "annfleet-bench"
+
+    def __init__(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        startup_timeout: float = 60.0,
+        progress: bool = True,
+        ef_search: int = 100,
+    ) -> None:
+        super().__init__()
+        import chromadb
+        from chromadb.config import Settings
+
+        self._chromadb = chromadb
+        self._settings = Settings(
+            anonymized_telemetry=False,
+            # One kept-alive connection per closed-loop thread (httpx keeps 20 by default).
+            chroma_http_max_keepalive_connections=256,
+        )
+        self.dir = Path(tempfile.mkdtemp(prefix="annfleet-chroma-"))
+        self.port = _free_port()
+        argv = _console_script(
+            "chromadb",
+            "chroma",
+            "run",
+            "--path",
+            str(self.dir / "data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        )
+        self.server = _ServerProcess("chroma", argv, self.dir / "server.log")
+        self.startup_timeout = startup_timeout
+        self._lock = threading.Lock()
+        self.space = "ip" if metric == "ip" else "l2"
+        try:
+            self.client = self.server.start(self._connect, startup_timeout)
+            wanted = {
+                "space": self.space,
+                "max_neighbors": m,
+                "ef_construction": ef_construction,
+                "ef_search": ef_search,
+            }
+            self.collection = self.client.create_collection(
+                self.collection_name,
+                configuration={"hnsw": dict(wanted)},  # type: ignore[typeddict-item]
+                embedding_function=None,
+            )
+            self._check_config(wanted)
+            self._ef = ef_search
+            t0 = time.perf_counter()
+            self._insert(ids, vectors, progress)
+            self.build_s = time.perf_counter() - t0
+        except BaseException:
+            self.close()
+            raise
+        self.notes += [
+            f"chroma {chromadb.__version__}: `chroma run` server process (Rust, hnswlib-based "
+            "HNSW, SQLite), chromadb HttpClient over HTTP/JSON",
+            f'chroma: configuration={{"hnsw": {{"space": "{self.space}", "max_neighbors": {m}, '
+            f'"ef_construction": {ef_construction}, "ef_search": ...}}}} (read back from the '
+            "server and checked)",
+            "chroma: ef_search is per collection; the server keeps a loaded index's ef_search, "
+            "so each efSearch point is modify(configuration) + read back + server restart "
+            "(warm-up queries follow the restart)",
+            f"chroma: inserted in batches of the server's max batch size "
+            f"({self.batch_size}); default `chroma run` configuration otherwise",
+        ]
+
+    def _connect(self) -> Any:
+        client = self._chromadb.HttpClient(
+            host="127.0.0.1", port=self.port, settings=self._settings
+        )
+        client.heartbeat()
+        return client
+
+    def stored_config(self) -> dict[str, Any]:
+        """The collection's HNSW configuration as the server stores it."""
+        coll = self.client.get_collection(self.collection_name, embedding_function=None)
+        return dict(coll.configuration_json.get("hnsw") or {})
+
+    def _check_config(self, wanted: dict[str, Any]) -> None:
+        got = self.stored_config()
+        wrong = {key: (v, got.get(key)) for key, v in wanted.items() if got.get(key) != v}
+        if wrong:
+            raise RuntimeError(f"chroma stored another HNSW configuration (wanted, got): {wrong}")
+
+    def _insert(self, ids: np.ndarray, vectors: np.ndarray, progress: bool) -> None:
+        self.batch_size = int(self.client.get_max_batch_size())
+        bar = _insert_bar(len(ids), "chroma insert", progress)
+        for start in range(0, len(ids), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
+            self.collection.add(
+                ids=[str(int(i)) for i in chunk],
+                embeddings=vectors[start : start + self.batch_size],
+            )
+            bar.update(len(chunk))
+        bar.close()
+        count = self.collection.count()
+        if count != len(ids):
+            raise RuntimeError(f"chroma holds {count} vectors after inserting {len(ids)}")
+
+    @property
+    def pids(self) -> dict[str, int]:
+        return {"chroma-server": self.server.pid}
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef
+
+    def set_ef_search(self, ef: int) -> None:
+        """Store ``ef`` in the collection's configuration, check it, and reload the index."""
+        with self._lock:
+            if ef == self._ef:
+                return
+            self.collection.modify(configuration={"hnsw": {"ef_search": ef}})
+            self._check_config({"ef_search": ef})
+            self.client = self.server.restart(self._connect, self.startup_timeout)
+            self.collection = self.client.get_collection(
+                self.collection_name, embedding_function=None
+            )
+            self._check_config({"ef_search": ef})
+            self._ef = ef
+
+    def search(self, query: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
+        ef = max(params.get("ef_search", 128), k)
+        if ef != self._ef:
+            self.set_ef_search(ef)
+        res = self.collection.query(query_embeddings=query[None, :], n_results=k, include=[])
+        out = np.full(k, -1, dtype=np.int64)
+        got = [int(i) for i in res["ids"][0]][:k]
+        out[: len(got)] = got
+        return out
+
+    def close(self) -> None:
+        self.server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -366,7 +628,19 @@ PEER_FACTORIES: dict[str, Callable[..., System]] = {
     "usearch": UsearchPeer,
     "qdrant-edge": QdrantEdgePeer,
     "milvus": MilvusLitePeer,
+    "chroma": ChromaPeer,
 }
+# Other names accepted by --peers (the series name of the peer).
+PEER_ALIASES = {"milvus-lite": "milvus"}
+
+
+def peer_key(name: str) -> str:
+    """The PEER_FACTORIES key for a --peers name; ValueError naming the valid ones."""
+    key = PEER_ALIASES.get(name, name)
+    if key not in PEER_FACTORIES:
+        valid = ", ".join([*PEER_FACTORIES, *PEER_ALIASES])
+        raise ValueError(f"unknown peer {name!r}; valid: {valid}")
+    return key
 
 
 def make_peer(
@@ -379,7 +653,7 @@ def make_peer(
 ) -> tuple[System | None, str]:
     """A peer or (None, why it was skipped)."""
     try:
-        peer = PEER_FACTORIES[name](
+        peer = PEER_FACTORIES[peer_key(name)](
             ids,
             vectors,
             metric,

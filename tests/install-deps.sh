@@ -52,3 +52,11 @@ fi
 
 # promtool (tests/deploy checks the Prometheus alert rules): Debian's prometheus package.
 have promtool || apt_install prometheus
+
+# chromadb (the Chroma server peer, tests/benchmarks/test_chroma_peer.py): the pin from the
+# bench-peers extra in pyproject.toml, into the test venv, when it is not importable yet.
+if ! "$VENV_DIR/bin/python" -c "import chromadb" >/dev/null 2>&1; then
+  CHROMA_PIN=$(grep -o '"chromadb==[^"]*"' pyproject.toml | tr -d '"')
+  "$VENV_DIR/bin/python" -m pip install --quiet "$CHROMA_PIN" >/dev/null 2>&1 \
+    || echo "install-deps: pip install $CHROMA_PIN failed; the Chroma peer test will skip"
+fi

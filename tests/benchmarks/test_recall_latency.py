@@ -189,3 +189,8 @@ def test_load_generator_against_the_tiny_cluster(
     assert set(cluster.pids) <= set(result["cpu"]) and "client-0" in result["cpu"]
     with pytest.raises(ValueError, match="loopback"):
         run_load(LoadSpec(target="10.0.0.1:1"), queries)
+
+
+def test_unknown_peer_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "recall-latency", "--peers", "milvus-lite,nope", "--no-progress"]) == 2
+    assert "unknown peer 'nope'" in capsys.readouterr().err
