@@ -696,6 +696,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request (bench peers)
     try:
         return int(args.func(args) or 0)
     except (AnnfleetError, FileNotFoundError) as exc:
