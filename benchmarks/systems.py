@@ -372,7 +372,7 @@ class MilvusLitePeer(System):
         progress: bool = True,
     ) -> None:
         super().__init__()
-        from pymilvus import DataType, MilvusClient
+        from pymilvus import MilvusClient
 
         self.dir = Path(tempfile.mkdtemp(prefix="annfleet-milvus-"))
         port = _free_port()
@@ -397,9 +397,28 @@ class MilvusLitePeer(System):
 
         try:
             self.client = self.server.start(ready, startup_timeout)
-        except BaseException:
+            self._build(ids, vectors, metric, m, ef_construction, progress)
+        except BaseException:  # stop the server and remove its files, then report
             self.close()
             raise
+        self.notes += [
+            "milvus-lite 3.2.2: separate server process (faiss inside), pymilvus client",
+            "flushed before create_index (otherwise searches are silently exact)",
+            'HNSW build params passed as params={"params": {...}} (otherwise silently ignored)',
+            "no IVF_PQ support (FLAT/IVF_FLAT/IVF_SQ8/HNSW only): compared with its HNSW",
+        ]
+
+    def _build(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        metric: str,
+        m: int,
+        ef_construction: int,
+        progress: bool,
+    ) -> None:
+        from pymilvus import DataType
+
         mt = "IP" if metric == "ip" else "L2"
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
         schema.add_field("id", DataType.INT64, is_primary=True)
@@ -451,12 +470,6 @@ class MilvusLitePeer(System):
         self.client.load_collection("bench")
         self.build_s = time.perf_counter() - t0
         self.metric_type = mt
-        self.notes += [
-            "milvus-lite 3.2.2: separate server process (faiss inside), pymilvus client",
-            "flushed before create_index (otherwise searches are silently exact)",
-            'HNSW build params passed as params={"params": {...}} (otherwise silently ignored)',
-            "no IVF_PQ support (FLAT/IVF_FLAT/IVF_SQ8/HNSW only): compared with its HNSW",
-        ]
 
     @property
     def pids(self) -> dict[str, int]:
