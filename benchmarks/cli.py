@@ -155,6 +155,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=0,
         help="start the local cluster with OMP_NUM_THREADS=N (0: inherit)",
     )
+    ld.add_argument(
+        "--overload",
+        type=float,
+        default=0.0,
+        help="F > 0: measure unloaded latency and capacity (closed loop at --concurrency), "
+        "then offer F x capacity open-loop: accepted p99, shed fraction, server RSS",
+    )
+    ld.add_argument(
+        "--client-in-flight",
+        type=int,
+        default=4096,
+        help="--overload: requests in flight per client before the schedule backs up",
+    )
+    ld.add_argument("--config", type=Path, help="cluster YAML for the local cluster")
     ld.add_argument("--name", help="write results under benchmarks/results/<name>/")
     ld.add_argument("--out", type=Path)
     ld.add_argument("--data-dir", type=Path)
@@ -314,6 +328,10 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     _exit_on_sigterm()
+    if args.overload > 0:
+        from annfleet.benchmarks.overload import cmd as overload
+
+        return overload(args)
     from annfleet.benchmarks.load import cmd
 
     return cmd(args)
