@@ -46,7 +46,7 @@ from annfleet.arrays import GRPC_OPTIONS
 from annfleet.v1 import retrieval_pb2, shard_pb2
 
 FD = pb_descriptor.FieldDescriptor
-PROTO_FILES = ("shard.proto", "retrieval.proto", "common.proto")
+PROTO_FILES = ("shard.proto", "retrieval.proto", "common.proto", "admin.proto")
 NEVER = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 
@@ -565,9 +565,11 @@ def cluster_targets(
     bundle: Any,
     user_id: int,
     admin_token: str = ADMIN_TOKEN,
+    router_admin: str = "",
 ) -> list[Target]:
-    """Every unary RPC of Retrieval (router), IndexShard (a shard's serving port) and
-    ShardAdmin (its admin port, with the bearer token), each with a valid request to mutate."""
+    """Every unary RPC of Retrieval (router), IndexShard (a shard's serving port), ShardAdmin
+    (its admin port, with the bearer token) and, when served, RouterAdmin (the router's admin
+    port), each with a valid request to mutate."""
     codes = contract()
     dim, bundle_id = bundle.dim, bundle.id
     query = np.ones((1, dim), dtype="<f4").tobytes()
@@ -594,6 +596,8 @@ def cluster_targets(
         (shard, "IndexShard", ()),
         (shard_admin, "ShardAdmin", token),
     ]
+    if router_admin:
+        services.append((router_admin, "RouterAdmin", token))
     targets = []
     for address, service, metadata in services:
         for method in unary_methods([f"annfleet.v1.{service}"]):
@@ -637,7 +641,12 @@ def fuzz_cluster(bundle: Any, work_dir: Path) -> Iterator[tuple[list[Target], Hi
     ) as cluster:
         shard = cluster.shards[0]
         targets = cluster_targets(
-            cluster.router_target, shard.target, shard.admin_target, bundle, user
+            cluster.router_target,
+            shard.target,
+            shard.admin_target,
+            bundle,
+            user,
+            router_admin=getattr(cluster, "router_admin_target", ""),
         )
         yield targets, hints
 
@@ -669,7 +678,8 @@ def readme(head: dict[str, Any], args: argparse.Namespace, result: FuzzResult) -
         f"- {args.per_service} generated requests per service (split over its RPCs), in "
         f"concurrent batches of {args.batch}, {result.seconds:.0f} s; servers: a local "
         "cluster (one process per shard + router, `max_k` 500, `max_batch` 64; ShardAdmin on "
-        "its admin port with the bearer token, update logs in a scratch dir) on a "
+        "its admin port and RouterAdmin on the router's, with the bearer token; update logs in "
+        "a scratch dir) on a "
         "synthetic 20000 x 32 flat bundle with 3 shards\n\n"
         "Counts by status code. Only codes the RPC's `.proto` comment documents may appear "
         "(never UNKNOWN or INTERNAL), every non-OK status carries a message, and health "

@@ -23,10 +23,11 @@ import numpy as np
 
 from annfleet.arrays import F32, I64, to_bytes
 from annfleet.auth import client_token, metadata
+from annfleet.client.channels import open_channel
 from annfleet.config import ClusterConfig, load_config
 from annfleet.errors import ConfigError, FailedPrecondition, InvalidArgument
 from annfleet.partition import shard_of
-from annfleet.serving import GRPC_OPTIONS
+from annfleet.serving import channel_credentials
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 BATCH_ROWS = 8192
@@ -51,10 +52,16 @@ class Fleet:
     bundle_id: str
 
     @classmethod
-    def connect(cls, targets: Sequence[str], token: str, bundle_id: str = "") -> Fleet:
+    def connect(
+        cls,
+        targets: Sequence[str],
+        token: str,
+        bundle_id: str = "",
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> Fleet:
         shards: dict[int, list[ShardReplica]] = defaultdict(list)
         for target in targets:
-            channel = grpc.insecure_channel(target, options=GRPC_OPTIONS)
+            channel = open_channel(target, credentials)  # TLS when the config has it
             stub = shard_pb2_grpc.ShardAdminStub(channel)
             try:
                 info = stub.Describe(
@@ -235,7 +242,7 @@ def cmd_items(args: argparse.Namespace) -> int:
     ids = _ids(args.ids)
     if len(ids) == 0:
         raise InvalidArgument("--ids: no ids given")
-    fleet = Fleet.connect(targets, token, args.bundle_id or "")
+    fleet = Fleet.connect(targets, token, args.bundle_id or "", channel_credentials(config.tls))
     try:
         if args.action == "upsert":
             vectors = _load_array(args.vectors, "--vectors", F32, 2)

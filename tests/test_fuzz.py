@@ -71,6 +71,7 @@ def test_fuzz_every_rpc_only_documented_codes_and_health_stays_serving(
             "/annfleet.v1.ShardAdmin/Prepare",
             "/annfleet.v1.ShardAdmin/Upsert",
             "/annfleet.v1.ShardAdmin/Describe",
+            "/annfleet.v1.RouterAdmin/Status",
         }
         result = run(targets, hints, per_service=PER_SERVICE, batch=100)
         print(format_counts(result), f"{result.seconds:.1f} s")
