@@ -92,9 +92,14 @@ class RouterConfig:
     oversample: float = 2.0  # per-shard k = ceil(k * share * oversample), capped at k
     max_k: int = 4096
     max_batch: int = 1024
+    # One absolute deadline per request, taken where it enters: the caller's deadline less
+    # deadline_margin_s, else default_timeout_s from now; carried through batching, scatter,
+    # hedges and retries. shard_timeout_s caps one attempt at one shard replica (a replica
+    # that has not answered by then is given up and the call retried elsewhere).
     default_timeout_s: float = 1.0  # deadline when the caller sets none
-    shard_timeout_s: float = 0.5  # cap on one shard RPC
+    shard_timeout_s: float = 0.5  # cap on one shard attempt
     deadline_margin_s: float = 0.002  # kept back from the caller's deadline to merge and reply
+    max_in_flight: int = 512  # requests being served at once; beyond: RESOURCE_EXHAUSTED
     connect_timeout_s: float = 30.0  # wait for shards at start-up
     # Concurrent searches with equal (k, params) share a shard RPC once this many batches
     # are out per lane (adaptive batching); 0 = one shard RPC per request.
@@ -178,6 +183,9 @@ class ClusterConfig:
             (self.router.release_grace_s >= 0, "router.release_grace_s", ">= 0"),
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
+            (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
+            (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
+            (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),
         ]
         tls = self.tls
         checks += [

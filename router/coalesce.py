@@ -5,6 +5,10 @@ the router spends its time on RPC overhead. Searches with the same (k, params) s
 *lane*: a search is sent at once while fewer than ``max_in_flight`` batches of its lane are
 out; otherwise it waits and leaves with every other waiting search as one batch when a batch
 returns. At low load nothing waits; at high load batches grow with the load.
+
+Deadlines are never shortened: a batch is sent with the *latest* deadline of its searches,
+and each search collects its rows of whatever the shards answered by its *own* deadline
+(``Scatter.collect``), so one nearly expired search cannot make the others time out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from annfleet.router.scatter import Scatter, ScatterResult
+from annfleet.errors import DeadlineExceeded
+from annfleet.router.scatter import Fanout, Scatter, ScatterResult
 from annfleet.v1 import common_pb2
 
 LaneKey = tuple[int, int, int, int]
@@ -25,7 +30,7 @@ LaneKey = tuple[int, int, int, int]
 class _Waiting:
     queries: np.ndarray  # (n, d) float32
     deadline: float  # time.monotonic()
-    future: asyncio.Future[ScatterResult]
+    future: asyncio.Future[tuple[Fanout, slice]]  # the batch it left with, and its rows
 
 
 @dataclass
@@ -44,22 +49,37 @@ class Coalescer:
         self.max_in_flight = max_in_flight
         self.max_rows = max_rows
         self._lanes: dict[LaneKey, _Lane] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def search(
-        self, queries: np.ndarray, k: int, params: common_pb2.SearchParams, timeout: float
+        self, queries: np.ndarray, k: int, params: common_pb2.SearchParams, deadline: float
     ) -> ScatterResult:
+        """queries (nq, d) float32 -> merged top-k by ``deadline`` (``time.monotonic()``)."""
+        if deadline <= time.monotonic():
+            raise DeadlineExceeded("deadline exceeded before the shards could be asked")
         if self.max_in_flight <= 0:
-            return await self.scatter.search(queries, k, params, timeout)
+            return await self.scatter.search(queries, k, params, deadline)
         key = (k, params.ef_search, params.nprobe, params.rerank)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane(k, params)
-        future: asyncio.Future[ScatterResult] = asyncio.get_running_loop().create_future()
-        lane.waiting.append(_Waiting(queries, time.monotonic() + timeout, future))
+        future: asyncio.Future[tuple[Fanout, slice]] = asyncio.get_running_loop().create_future()
+        lane.waiting.append(_Waiting(queries, deadline, future))
         if lane.in_flight < self.max_in_flight:
             self._dispatch(key, lane)
-        return await future
+        try:
+            fanout, rows = await asyncio.wait_for(future, deadline - time.monotonic())
+        except TimeoutError:
+            raise DeadlineExceeded(
+                "deadline exceeded while waiting for a batch to the shards"
+            ) from None
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                future.result()[0].leave()
+            raise
+        try:
+            return await self.scatter.collect(fanout, rows, deadline)
+        finally:
+            fanout.leave()
 
     def _dispatch(self, key: LaneKey, lane: _Lane) -> None:
         batch: list[_Waiting] = []
@@ -74,38 +94,23 @@ class Coalescer:
             if lane.in_flight == 0:
                 self._lanes.pop(key, None)
             return
+        queries = (
+            batch[0].queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
+        )
+        fanout = self.scatter.send(
+            queries, lane.k, lane.params, max(w.deadline for w in batch), waiters=len(batch)
+        )
         lane.in_flight += 1
-        task = asyncio.create_task(self._run(key, lane, batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        fanout.on_done(lambda: self._finished(key, lane))
+        start = 0
+        for w in batch:
+            end = start + len(w.queries)
+            w.future.set_result((fanout, slice(start, end)))
+            start = end
 
-    async def _run(self, key: LaneKey, lane: _Lane, batch: list[_Waiting]) -> None:
-        try:
-            queries = (
-                batch[0].queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
-            )
-            timeout = max(min(w.deadline for w in batch) - time.monotonic(), 0.001)
-            result = await self.scatter.search(queries, lane.k, lane.params, timeout)
-            start = 0
-            for w in batch:
-                end = start + len(w.queries)
-                if not w.future.done():
-                    w.future.set_result(
-                        ScatterResult(
-                            result.ids[start:end],
-                            result.scores[start:end],
-                            result.answered,
-                            result.failures,
-                        )
-                    )
-                start = end
-        except Exception as exc:
-            for w in batch:
-                if not w.future.done():
-                    w.future.set_exception(exc)
-        finally:
-            lane.in_flight -= 1
-            if lane.waiting:
-                self._dispatch(key, lane)
-            elif lane.in_flight == 0:
-                self._lanes.pop(key, None)
+    def _finished(self, key: LaneKey, lane: _Lane) -> None:
+        lane.in_flight -= 1
+        if lane.waiting:
+            self._dispatch(key, lane)
+        elif lane.in_flight == 0:
+            self._lanes.pop(key, None)

@@ -152,7 +152,9 @@ async def start_router(
             for i, target in enumerate(shard_targets)
         ]
         embedder = await loop.run_in_executor(executor, load_embedder, bundle)
-        scatter = Scatter(endpoints, bundle.id, bundle.metric, config.oversample)
+        scatter = Scatter(
+            endpoints, bundle.id, bundle.metric, config.oversample, config.shard_timeout_s
+        )
         await confirm_shards(endpoints, bundle, config.connect_timeout_s)
         service.state = RouterState.load(bundle, scatter, embedder, config)
         admin_grpc = None

@@ -1,7 +1,11 @@
-"""Fan-out of one search to every shard, with deadlines, partial results and backfill.
+"""Fan-out of one search to every shard, with one absolute deadline, partial results and backfill.
 
-A shard that fails or times out never fails the request by itself: the result says which
-shards answered, and the service decides against ``min_coverage``.
+A search is sent once (:meth:`Scatter.send`, one task per shard) and collected by each of its
+callers at the caller's own deadline (:meth:`Scatter.collect`): the coalescer sends several
+callers' queries as one batch with the latest of their deadlines, and each caller takes its
+rows of whatever the shards answered by its deadline. A shard that fails or has not answered
+never fails the request by itself: the result says which shards answered, and the service
+decides against ``min_coverage``.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -23,6 +27,8 @@ from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
 from annfleet.validation import higher_is_better
 
 log = logging.getLogger(__name__)
+
+Hits = tuple[np.ndarray, np.ndarray]  # ids (nq, k) int64, scores (nq, k) float32
 
 
 @dataclass
@@ -56,6 +62,33 @@ class ShardEndpoint:
             shard_pb2_grpc.ShardAdminStub(channel),
         )
 
+    async def search(
+        self, request: shard_pb2.ShardSearchRequest, deadline: float, attempt_cap: float
+    ) -> shard_pb2.ShardSearchResponse:
+        """One RPC with ``timeout = deadline - now``, capped at ``attempt_cap`` seconds."""
+        timeout = min(deadline - time.monotonic(), attempt_cap)
+        if timeout <= 0:
+            raise ShardFailure("DEADLINE_EXCEEDED", "deadline passed before the call", True)
+        try:
+            return await self.stub.Search(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            expired = code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() >= deadline
+            raise ShardFailure(code.name, f"{code.name}: {exc.details()}", expired) from exc
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+
+class ShardFailure(Exception):
+    """A shard that gave no answer. ``expired``: because the request's deadline passed."""
+
+    def __init__(self, code: str, reason: str, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+        self.expired = expired
+
 
 @dataclass(frozen=True)
 class ScatterResult:
@@ -63,22 +96,76 @@ class ScatterResult:
     scores: np.ndarray  # (nq, k) float32
     answered: list[int]  # shard ids that answered
     failures: dict[int, str]  # shard id -> reason
+    expired: bool = False  # some shard had not answered when the request's deadline passed
 
     @property
     def asked(self) -> int:
         return len(self.answered) + len(self.failures)
 
 
+class Fanout:
+    """One batch of queries in flight to every shard (one task per shard).
+
+    ``waiters`` callers share it; when the last one leaves, calls still running are
+    cancelled. ``on_done`` callbacks run once every shard task has finished.
+    """
+
+    def __init__(
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: common_pb2.SearchParams,
+        tasks: dict[int, asyncio.Task[Hits]],
+        waiters: int,
+    ) -> None:
+        self.queries = queries
+        self.k = k
+        self.params = params
+        self.tasks = tasks
+        self.waiters = waiters
+        self._running = len(tasks)
+        self._done_callbacks: list[Callable[[], None]] = []
+        for task in tasks.values():
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Hits]) -> None:
+        if not task.cancelled():
+            task.exception()  # looked at by the waiters, or by nobody when all have left
+        self._running -= 1
+        if self._running == 0:
+            for callback in self._done_callbacks:
+                callback()
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        if self._running == 0:
+            callback()
+        else:
+            self._done_callbacks.append(callback)
+
+    def leave(self) -> None:
+        """A caller has what it needs; cancel the shard calls when nobody else waits."""
+        self.waiters -= 1
+        if self.waiters <= 0:
+            for task in self.tasks.values():
+                task.cancel()
+
+
 class Scatter:
     """Scatter-gather over one bundle's shards."""
 
     def __init__(
-        self, endpoints: Sequence[ShardEndpoint], bundle_id: str, metric: str, oversample: float
+        self,
+        endpoints: Sequence[ShardEndpoint],
+        bundle_id: str,
+        metric: str,
+        oversample: float,
+        attempt_cap: float,
     ) -> None:
-        self.endpoints = list(endpoints)
+        self.endpoints = {ep.shard_id: ep for ep in endpoints}
         self.bundle_id = bundle_id
         self.higher_is_better = higher_is_better(metric)
         self.oversample = oversample
+        self.attempt_cap = attempt_cap
 
     async def _one(
         self,
@@ -86,8 +173,8 @@ class Scatter:
         queries: np.ndarray,
         k: int,
         params: common_pb2.SearchParams,
-        timeout: float,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        deadline: float,
+    ) -> Hits:
         request = shard_pb2.ShardSearchRequest(
             queries=to_bytes(queries, F32),
             dim=queries.shape[1],
@@ -95,75 +182,111 @@ class Scatter:
             params=params,
             bundle_id=self.bundle_id,
         )
-        response = await endpoint.stub.Search(request, timeout=timeout)
+        try:
+            response = await endpoint.search(request, deadline, self.attempt_cap)
+        except ShardFailure as exc:
+            SHARD_FAILURES.labels(str(endpoint.shard_id), exc.code).inc()
+            log.warning("shard %d (%s) failed: %s", endpoint.shard_id, endpoint.target, exc.reason)
+            raise
         nq, width = response.num_queries, response.k
         return (
             decode_rows(response.ids, I64, nq, width, name="shard ids"),
             decode_rows(response.scores, F32, nq, width, name="shard scores"),
         )
 
-    async def _gather(
+    def send(
         self,
-        endpoints: Sequence[ShardEndpoint],
-        ks: Sequence[int],
         queries: np.ndarray,
+        k: int,
         params: common_pb2.SearchParams,
-        timeout: float,
-    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[int], dict[int, str]]:
-        outcomes = await asyncio.gather(
-            *(
-                self._one(ep, queries, k, params, timeout)
-                for ep, k in zip(endpoints, ks, strict=True)
-            ),
-            return_exceptions=True,
-        )
-        hits, answered, failures = [], [], {}
-        for endpoint, outcome in zip(endpoints, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                if isinstance(outcome, grpc.aio.AioRpcError):
-                    code = outcome.code()
-                    reason = f"{code.name}: {outcome.details()}"
-                else:
-                    code, reason = None, repr(outcome)
-                failures[endpoint.shard_id] = reason
-                SHARD_FAILURES.labels(str(endpoint.shard_id), code.name if code else "ERROR").inc()
-                log.warning("shard %d (%s) failed: %s", endpoint.shard_id, endpoint.target, reason)
-            else:
-                hits.append(outcome)
-                answered.append(endpoint.shard_id)
-        return hits, answered, failures
+        deadline: float,
+        *,
+        waiters: int = 1,
+        shards: Sequence[int] | None = None,
+        full_k: bool = False,
+    ) -> Fanout:
+        """Start one call per shard (``shards``: a subset) for queries (nq, d) float32.
 
-    async def search(
-        self, queries: np.ndarray, k: int, params: common_pb2.SearchParams, timeout: float
-    ) -> ScatterResult:
-        """queries (nq, d) float32 -> merged top-k over the shards that answer within ``timeout``.
+        Each shard is asked for ``per_shard_k`` (k itself with ``full_k``) and may use the
+        time up to ``deadline`` (``time.monotonic()``), one attempt at most ``attempt_cap``.
+        """
+        tasks: dict[int, asyncio.Task[Hits]] = {}
+        for shard_id in self.endpoints if shards is None else shards:
+            ep = self.endpoints[shard_id]
+            kk = k if full_k else per_shard_k(k, ep.share, self.oversample)
+            tasks[shard_id] = asyncio.create_task(self._one(ep, queries, kk, params, deadline))
+        return Fanout(queries, k, params, tasks, waiters)
 
-        When a shard fails and the survivors returned fewer than k hits for some query, the
+    async def collect(self, fanout: Fanout, rows: slice, deadline: float) -> ScatterResult:
+        """Rows ``rows`` of ``fanout``, merged over the shards that answered by ``deadline``.
+
+        When a shard failed and the survivors returned fewer than k hits for some row, the
         survivors are asked once more for k each (inside the same deadline) so k stays full.
         """
-        deadline = time.monotonic() + timeout
-        ks = [per_shard_k(k, ep.share, self.oversample) for ep in self.endpoints]
-        hits, answered, failures = await self._gather(self.endpoints, ks, queries, params, timeout)
-        if failures and hits and any(kk < k for kk in ks):
+        hits, answered, failures, expired = await self._gather(fanout, rows, deadline)
+        k = fanout.k
+        if failures and hits and not expired:
             found = sum(np.count_nonzero(h[0] >= 0, axis=1) for h in hits)  # (nq,)
-            remaining = deadline - time.monotonic()
-            if int(np.min(found)) < k and remaining > 0:
-                survivors = [ep for ep in self.endpoints if ep.shard_id in answered]
-                more, more_answered, _ = await self._gather(
-                    survivors, [k] * len(survivors), queries, params, remaining
+            short = int(np.min(found)) < k and any(h[0].shape[1] < k for h in hits)
+            if short and deadline > time.monotonic():
+                again = self.send(
+                    fanout.queries[rows], k, fanout.params, deadline, shards=answered, full_k=True
                 )
-                if len(more_answered) == len(survivors):
+                try:
+                    more, more_answered, _, _ = await self._gather(again, slice(None), deadline)
+                finally:
+                    again.leave()
+                if len(more_answered) == len(answered):
                     hits = more
+        nq = len(range(*rows.indices(len(fanout.queries))))
         if not hits:
-            empty = np.full((len(queries), k), -1, dtype=np.int64)
-            return ScatterResult(empty, np.zeros((len(queries), k), np.float32), [], failures)
+            empty = np.full((nq, k), -1, dtype=np.int64)
+            return ScatterResult(empty, np.zeros((nq, k), np.float32), [], failures, expired)
         ids, scores = merge_rows(
             np.concatenate([h[0] for h in hits], axis=1),
             np.concatenate([h[1] for h in hits], axis=1),
             k,
             higher_is_better=self.higher_is_better,
         )
-        return ScatterResult(ids, scores, sorted(answered), failures)
+        return ScatterResult(ids, scores, sorted(answered), failures, expired)
+
+    async def _gather(
+        self, fanout: Fanout, rows: slice, deadline: float
+    ) -> tuple[list[Hits], list[int], dict[int, str], bool]:
+        pending = [t for t in fanout.tasks.values() if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
+        hits: list[Hits] = []
+        answered: list[int] = []
+        failures: dict[int, str] = {}
+        expired = False
+        for shard_id, task in fanout.tasks.items():
+            if not task.done():
+                failures[shard_id] = "DEADLINE_EXCEEDED: no answer before the request's deadline"
+                expired = True
+            elif task.cancelled():
+                failures[shard_id] = "CANCELLED"
+            elif (exc := task.exception()) is not None:
+                if isinstance(exc, ShardFailure):
+                    failures[shard_id] = exc.reason
+                    expired |= exc.expired
+                else:
+                    failures[shard_id] = repr(exc)
+            else:
+                ids, scores = task.result()
+                hits.append((ids[rows], scores[rows]))
+                answered.append(shard_id)
+        return hits, answered, failures, expired
+
+    async def search(
+        self, queries: np.ndarray, k: int, params: common_pb2.SearchParams, deadline: float
+    ) -> ScatterResult:
+        """queries (nq, d) float32 -> merged top-k over the shards that answer by ``deadline``."""
+        fanout = self.send(queries, k, params, deadline)
+        try:
+            return await self.collect(fanout, slice(None), deadline)
+        finally:
+            fanout.leave()
 
     async def close(self) -> None:
-        await asyncio.gather(*(ep.channel.close(None) for ep in self.endpoints))
+        await asyncio.gather(*(ep.close() for ep in self.endpoints.values()))

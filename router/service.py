@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from annfleet.bundle import (
     Bundle,
 )
 from annfleet.config import RouterConfig
-from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
 from annfleet.names import SOURCE_NAMES
 from annfleet.router.coalesce import Coalescer
@@ -103,6 +105,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.executor = executor
         self.state: RouterState | None = None  # the stable bundle
         self.canary: Canary | None = None  # a bundle serving a share of users (variants.py)
+        self.in_flight = 0
         self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
             maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
         )
@@ -119,25 +122,48 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             return canary.state, CANARY
         return state, STABLE
 
-    def _timeout(self, context: grpc.aio.ServicerContext) -> float:
-        """Seconds the shard RPCs may take: the caller's deadline less a margin, capped."""
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        """Count a request in flight; beyond ``max_in_flight`` shed it at once."""
+        if self.in_flight >= self.config.max_in_flight:
+            raise ResourceExhausted(
+                f"router overloaded: {self.in_flight} requests in flight "
+                f"(max_in_flight {self.config.max_in_flight}); retry with backoff"
+            )
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
+    def _deadline(self, context: grpc.aio.ServicerContext) -> float:
+        """The request's one absolute deadline (``time.monotonic()``), taken where it enters.
+
+        The caller's deadline less ``deadline_margin_s`` (time kept to merge and reply), else
+        ``default_timeout_s`` from now. It is carried unchanged through the coalescer and the
+        scatter to every shard attempt.
+        """
+        now = time.monotonic()
         remaining = context.time_remaining()
         if remaining is None:
-            return min(self.config.default_timeout_s, self.config.shard_timeout_s)
+            return now + self.config.default_timeout_s
         budget = remaining - self.config.deadline_margin_s
         if budget <= 0:
             raise DeadlineExceeded("deadline exceeded before the shards could be asked")
-        return min(budget, self.config.shard_timeout_s)
+        return now + budget
 
     def _coverage(self, result: ScatterResult, method: str) -> common_pb2.Coverage:
         asked = result.asked
         answered = len(result.answered)
         if answered == 0 or answered / asked < self.config.min_coverage:
             reasons = "; ".join(f"shard {s}: {r}" for s, r in sorted(result.failures.items()))
-            raise Unavailable(
+            message = (
                 f"only {answered} of {asked} shards answered (min_coverage "
                 f"{self.config.min_coverage}): {reasons}"
             )
+            if result.expired:  # the deadline passed while shards were still being waited for
+                raise DeadlineExceeded(f"deadline exceeded: {message}")
+            raise Unavailable(message)
         if result.failures:
             DEGRADED.labels(method).inc()
         return common_pb2.Coverage(
@@ -151,6 +177,13 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
     async def Search(
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchResponse:
+        deadline = self._deadline(context)
+        with self._admit():
+            return await self._search(request, deadline)
+
+    async def _search(
+        self, request: retrieval_pb2.SearchRequest, deadline: float
+    ) -> retrieval_pb2.SearchResponse:
         state = self._state()
         if request.dim != state.bundle.dim:
             raise InvalidArgument(
@@ -159,7 +192,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
-        result = await state.searcher.search(queries, k, request.params, self._timeout(context))
+        result = await state.searcher.search(queries, k, request.params, deadline)
         coverage = self._coverage(result, "Search")
         return retrieval_pb2.SearchResponse(
             ids=to_bytes(result.ids, I64),
@@ -198,6 +231,13 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RetrieveResponse:
         started = time.perf_counter()
+        deadline = self._deadline(context)
+        with self._admit():
+            return await self._retrieve(request, deadline, started)
+
+    async def _retrieve(
+        self, request: retrieval_pb2.RetrieveRequest, deadline: float, started: float
+    ) -> retrieval_pb2.RetrieveResponse:
         state, variant = self._variant(request.user_id)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
@@ -208,10 +248,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             exclude = np.concatenate([exclude, state.seen.of(request.user_id), recent])
         vector = await self._embed(state, request.user_id, ctx)
         embedded = time.perf_counter()
-        timeout = self._timeout(context)  # what is left of the deadline after embedding
 
         fetch = min(k + len(exclude), self.config.max_k)
-        result = await state.searcher.search(vector[None, :], fetch, request.params, timeout)
+        result = await state.searcher.search(vector[None, :], fetch, request.params, deadline)
         coverage = self._coverage(result, "Retrieve")
         searched = time.perf_counter()
 

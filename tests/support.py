@@ -13,13 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import numpy as np
 import uvloop
 
 from annfleet.bundle import Bundle
 from annfleet.config import RouterConfig, ShardsConfig
 from annfleet.router.main import RouterServer, start_router
-from annfleet.server.main import ShardServer, start_shard_server
+from annfleet.server.main import SERVICE_NAMES, ShardServer, start_shard_server
+from annfleet.server.service import ShardService
+from annfleet.serving import GrpcServer, start_server
+from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
 
@@ -84,6 +88,57 @@ def start_cluster(
         )
     )
     return Cluster(lt, bundle, shards, router)
+
+
+class ObservedShard(shard_pb2_grpc.IndexShardServicer):
+    """A real shard service (delegated to) that records the deadline each Search arrives
+    with and can answer late (``delay`` seconds, on the event loop: a slow but live process)."""
+
+    def __init__(self, inner: ShardService) -> None:
+        self.inner = inner
+        self.delay = 0.0
+        self.seen: list[float | None] = []  # context.time_remaining() of each Search
+
+    async def Search(
+        self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.ShardSearchResponse:
+        self.seen.append(context.time_remaining())
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        return await self.inner.Search(request, context)
+
+    def __getattr__(self, name: str) -> Any:  # every other IndexShard method as the real one
+        return getattr(self.inner, name)
+
+
+@dataclass
+class ObservedServer:
+    grpc: GrpcServer
+    inner: ShardServer  # the real shard server behind it
+    service: ObservedShard
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    async def stop(self, grace: float = 0.0) -> None:
+        await self.grpc.stop(grace)
+        await self.inner.stop(grace)
+
+
+async def start_observed_shard(bundle: Bundle, shard_id: int) -> ObservedServer:
+    """A shard server (port 0) whose IndexShard service is an ObservedShard in front of a
+    real shard server's."""
+    inner = await start_shard_server(bundle.path, shard_id)
+    service = ObservedShard(inner.service)
+    server = await start_server(
+        [(shard_pb2_grpc.add_IndexShardServicer_to_server, service)],
+        SERVICE_NAMES,
+        host="127.0.0.1",
+        port=0,
+    )
+    await server.set_serving(True)
+    return ObservedServer(server, inner, service)
 
 
 def exact_topk(

@@ -64,7 +64,10 @@ class RetrievalServicer:
         a search parameter out of range.
         UNAVAILABLE         fewer shards answered than min_coverage requires (incl. all down),
         or the router has no bundle loaded.
-        DEADLINE_EXCEEDED   the caller's deadline passed before enough shards answered.
+        DEADLINE_EXCEEDED   the request's deadline (the caller's, less the router's margin, or
+        router.default_timeout_s) passed before enough shards answered.
+        RESOURCE_EXHAUSTED  the router already serves router.max_in_flight requests; retry
+        with backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,6 +83,7 @@ class RetrievalServicer:
         NOT_FOUND           unknown user id and the bundle cannot embed users from context.
         UNAVAILABLE         as for Search.
         DEADLINE_EXCEEDED   as for Search.
+        RESOURCE_EXHAUSTED  as for Search.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
