@@ -16,7 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from annfleet.config import ClusterConfig, DatasetConfig, IndexConfig, load_config
+from annfleet.config import (
+    ClusterConfig,
+    DatasetConfig,
+    IndexConfig,
+    load_config,
+    parse_shard_map,
+    replica_port,
+)
 from annfleet.errors import AnnfleetError, ConfigError
 
 log = logging.getLogger("annfleet")
@@ -262,6 +269,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         config,
         fixed_ports=True,
         config_path=Path(args.config).resolve() if args.config else None,
+        state_file=state_path(config),
     )
     stop = {"now": False}
 
@@ -270,13 +278,15 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    replicas = config.shards.replicas
     print(
-        f"starting {len(cluster.shards)} shard servers and a router for bundle "
+        f"starting {len(cluster.replicas)} shards"
+        + (f" x {replicas} replicas" if replicas > 1 else "")
+        + f" ({len(cluster.shards)} shard servers) and a router for bundle "
         f"{cluster.bundle.id} ({bundle_path})",
         flush=True,
     )
     cluster.start()
-    cluster.write_state(state_path(config))
     for child in cluster.children:
         metrics = (
             f"  metrics http://{child.target.rsplit(':', 1)[0]}:{child.metrics_port}/metrics"
@@ -285,7 +295,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
         admin = f"  admin {child.admin_target}" if child.admin_target else ""
         print(
-            f"  {child.name:<9} {child.target:<21} pid {child.pid:<7}{metrics}{admin}"
+            f"  {child.name:<12} {child.target:<21} pid {child.pid:<7}{metrics}{admin}"
             f"  log {child.log_path}"
         )
     if cluster.admin_token_source:
@@ -409,7 +419,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     credentials = _credentials(args, config)
     state = json.loads(path.read_text())
-    print(f"bundle {state['bundle_id']}  ({state['bundle']})")
+    print(
+        f"bundle {state['bundle_id']}  ({state['bundle']}), "
+        f"{state.get('replicas', 1)} replica(s) per shard"
+    )
     worst = 0
     for child in state["children"]:
         status = health_status(child["target"], credentials=credentials)
@@ -419,7 +432,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         else:
             held = _router_bundle(config)
         print(
-            f"  {child['name']:<9} {child['target']:<21} pid {child['pid']:<7} {status:<12} {held}"
+            f"  {child['name']:<12} {child['target']:<21} pid {child['pid']:<7} {status:<12} {held}"
         )
     return worst
 
@@ -478,7 +491,8 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
     cluster = load_config(args.config)
     config = cluster.shards
     host = _given(args.host, config.host)
-    admin_port = _given(args.admin_port, _nth_port(config.admin_base_port, args.shard))
+    slot = (args.shard, args.replica, config.replicas)
+    admin_port = _given(args.admin_port, replica_port(config.admin_base_port, *slot))
     token, admin_port = _admin_token(cluster, args, admin_port, f"shard {args.shard}")
     bundle = _stable_bundle(args) or Path(args.bundle)
     start = start_shard_server(
@@ -487,14 +501,14 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
         config,
         search=cluster.search,
         host=host,
-        port=_given(args.port, _nth_port(config.base_port, args.shard)),
-        metrics_port=_given(args.metrics_port, _nth_port(config.metrics_base_port, args.shard)),
+        port=_given(args.port, replica_port(config.base_port, *slot)),
+        metrics_port=_given(args.metrics_port, replica_port(config.metrics_base_port, *slot)),
         admin_port=admin_port,
         tls=cluster.tls,
         admin_token=token,
         replica=args.replica,
     )
-    name = f"shard {args.shard}"
+    name = f"shard {args.shard}" + (f" replica {args.replica}" if config.replicas > 1 else "")
     run(lambda: serve_until_signal(start, name=name, host=host, grace=config.grace_s))
     return 0
 
@@ -538,25 +552,19 @@ def _given(flag: Any, configured: Any) -> Any:
     return configured if flag is None else flag
 
 
-def _nth_port(base: int, i: int) -> int:
-    """Shard i's port from a base port; 0 (a free port) and -1 (off) stay as they are."""
-    return base + i if base > 0 else base
-
-
 def cmd_serve_router(args: argparse.Namespace) -> int:
     from annfleet.router.main import start_router
     from annfleet.serving import run, serve_until_signal
 
     cluster = load_config(args.config)
     config = cluster.router
-    targets = [t for t in args.shards.split(",") if t]
     host = _given(args.host, config.host)
     token, admin_port = _admin_token(
         cluster, args, _given(args.admin_port, config.admin_port), "the router"
     )
     start = start_router(
         Path(args.bundle),
-        targets,
+        parse_shard_map(args.shards),
         config,
         host=host,
         port=_given(args.port, config.port),
@@ -660,10 +668,19 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if name == "serve-shard":
             p.add_argument("--shard", type=int, required=True)
-            p.add_argument("--replica", type=int, default=0, help="replica index (update log)")
+            p.add_argument(
+                "--replica",
+                type=int,
+                default=0,
+                help="which replica of the shard this is: its default ports and update log "
+                "(default 0)",
+            )
         else:
             p.add_argument(
-                "--shards", required=True, help="comma-separated shard HOST:PORTs, in shard order"
+                "--shards",
+                required=True,
+                help="shard HOST:PORTs in shard order, comma-separated; the replicas of one "
+                "shard |-separated, e.g. h:1|h:2,h:3|h:4",
             )
             p.add_argument(
                 "--shard-admins",

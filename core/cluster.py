@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
-from annfleet.config import ClusterConfig
+from annfleet.config import ClusterConfig, format_shard_map, replica_port
 from annfleet.errors import ConfigError
 from annfleet.rollout_state import BundleRef, RolloutState, write_state
 from annfleet.rollout_state import state_file as rollout_state_file
@@ -77,6 +77,8 @@ class Child:
     log_path: Path
     admin_target: str = ""  # the ShardAdmin port, when served
     credentials: grpc.ChannelCredentials | None = None  # TLS for health checks
+    shard: int | None = None  # shard id of a shard process
+    replica: int | None = None  # its replica number
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
@@ -131,10 +133,14 @@ class Child:
 
 
 class LocalCluster:
-    """Shard servers + router for one bundle on this machine.
+    """Shard servers (``shards.replicas`` processes per shard) + router for one bundle.
 
-    With ``fixed_ports`` the ports come from the config (``annfleet up``); otherwise free
-    ports are picked (tests, benchmarks) and metrics endpoints are off.
+    With ``fixed_ports`` the ports come from the config (``annfleet up``): replica r of shard
+    i listens on ``base_port + i * replicas + r`` (metrics likewise from
+    ``metrics_base_port``); otherwise free ports are picked (tests, benchmarks) and metrics
+    endpoints are off unless ``metrics`` asks for them on free ports. With ``state_file``
+    the cluster's description (every process, its pid) is written there at start and again
+    whenever a child is restarted.
     """
 
     def __init__(
@@ -143,9 +149,11 @@ class LocalCluster:
         config: ClusterConfig | None = None,
         *,
         fixed_ports: bool = False,
+        metrics: bool = False,
         log_dir: Path | None = None,
         config_path: Path | None = None,
         rollout_state: Path | None = None,
+        state_file: Path | None = None,
     ) -> None:
         self.config = config or ClusterConfig()
         self.bundle = Bundle.open(bundle_path, verify=False)
@@ -155,6 +163,7 @@ class LocalCluster:
         self.rollout_state = rollout_state or (
             rollout_state_file(self.config.data_path()) if fixed_ports else None
         )
+        self.state_file = state_file
         shards_cfg, router_cfg = self.config.shards, self.config.router
         common = ["--bundle", str(self.bundle.path)]
         if config_path:
@@ -165,46 +174,57 @@ class LocalCluster:
         self.admin_token_source = ""
         if shards_cfg.admin_base_port >= 0:
             admin_args, self.admin_token_source = self._admin_token_args()
-        self.shards: list[Child] = []
+        replicas = shards_cfg.replicas
+        self.replicas: list[list[Child]] = []
         for i in range(self.bundle.num_shards):
-            admin_port = -1
-            if shards_cfg.admin_base_port >= 0:
-                admin_port = (
-                    shards_cfg.admin_base_port + i if fixed_ports else free_port(shards_cfg.host)
+            group = []
+            for r in range(replicas):
+                admin = -1 if shards_cfg.admin_base_port < 0 else 0
+                if fixed_ports:
+                    port = replica_port(shards_cfg.base_port, i, r, replicas)
+                    metrics_port = replica_port(shards_cfg.metrics_base_port, i, r, replicas)
+                    admin = replica_port(shards_cfg.admin_base_port, i, r, replicas)
+                else:
+                    port, metrics_port = 0, 0 if metrics else -1
+                # 0 (a free port) is picked here, so the router and the tools know it.
+                port = port or free_port(shards_cfg.host)
+                metrics_port = metrics_port or free_port(shards_cfg.host)
+                admin = admin or free_port(shards_cfg.host)
+                name = f"shard-{i:02d}" if replicas == 1 else f"shard-{i:02d}-r{r}"
+                group.append(
+                    Child(
+                        name,
+                        [
+                            "serve-shard",
+                            *common,
+                            "--shard",
+                            str(i),
+                            "--replica",
+                            str(r),
+                            "--host",
+                            shards_cfg.host,
+                            "--port",
+                            str(port),
+                            "--metrics-port",
+                            str(metrics_port),
+                            "--admin-port",
+                            str(admin),
+                            *(admin_args if admin >= 0 else []),
+                        ],
+                        f"{shards_cfg.host}:{port}",
+                        metrics_port if metrics_port >= 0 else None,
+                        self.log_dir / f"{name}.log",
+                        f"{shards_cfg.host}:{admin}" if admin >= 0 else "",
+                        shard=i,
+                        replica=r,
+                    )
                 )
-            port = shards_cfg.base_port + i if fixed_ports else free_port(shards_cfg.host)
-            metrics = (
-                shards_cfg.metrics_base_port + i
-                if fixed_ports and shards_cfg.metrics_base_port >= 0
-                else -1
-            )
-            target = f"{shards_cfg.host}:{port}"
-            self.shards.append(
-                Child(
-                    f"shard-{i:02d}",
-                    [
-                        "serve-shard",
-                        *common,
-                        "--shard",
-                        str(i),
-                        "--host",
-                        shards_cfg.host,
-                        "--port",
-                        str(port),
-                        "--metrics-port",
-                        str(metrics),
-                        "--admin-port",
-                        str(admin_port),
-                        *(admin_args if admin_port >= 0 else []),
-                    ],
-                    target,
-                    metrics if metrics >= 0 else None,
-                    self.log_dir / f"shard-{i:02d}.log",
-                    f"{shards_cfg.host}:{admin_port}" if admin_port >= 0 else "",
-                )
-            )
+            self.replicas.append(group)
         router_port = router_cfg.port if fixed_ports else free_port(router_cfg.host)
-        router_metrics = router_cfg.metrics_port if fixed_ports else -1
+        if fixed_ports:
+            router_metrics = router_cfg.metrics_port
+        else:
+            router_metrics = free_port(router_cfg.host) if metrics else -1
         router_admin: list[str] = []
         self.router_admin_target = ""
         if router_cfg.admin_port >= 0 and self.admin_token_source:
@@ -218,7 +238,7 @@ class LocalCluster:
                 "serve-router",
                 *common,
                 "--shards",
-                ",".join(s.target for s in self.shards),
+                format_shard_map([[c.target for c in group] for group in self.replicas]),
                 "--host",
                 router_cfg.host,
                 "--port",
@@ -255,6 +275,11 @@ class LocalCluster:
         return ["--admin-token-file", str(path)], str(path)
 
     @property
+    def shards(self) -> list[Child]:
+        """Every shard process, shard by shard, replica by replica."""
+        return [c for group in self.replicas for c in group]
+
+    @property
     def children(self) -> list[Child]:
         return [*self.shards, self.router]
 
@@ -264,7 +289,8 @@ class LocalCluster:
 
     @property
     def shard_targets(self) -> list[str]:
-        return [s.target for s in self.shards]
+        """One address per shard (its first replica), for clients that call shards directly."""
+        return [group[0].target for group in self.replicas]
 
     @property
     def pids(self) -> dict[str, int]:
@@ -286,6 +312,7 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        self._write_state()
         return self
 
     def stop(self) -> None:
@@ -308,18 +335,28 @@ class LocalCluster:
                     f"{child.name} died {len(child.restarts)} times within a minute; giving up. "
                     f"Last lines of {child.log_path}:\n{child.log_tail()}"
                 )
-            notes.append(f"{child.name} (pid {child.pid}) exited with code {code}; restarting")
+            old_pid = child.pid
             child.start()
+            notes.append(
+                f"{child.name} (pid {old_pid}) exited with code {code}; "
+                f"restarted as pid {child.pid}"
+            )
+        if notes:
+            self._write_state()  # `annfleet status` shows the new pids
         return notes
 
     def describe(self) -> dict[str, object]:
         return {
             "bundle": str(self.bundle.path),
             "bundle_id": self.bundle.id,
+            "replicas": self.config.shards.replicas,
             "admin_token": self.admin_token_source,
             "children": [
                 {
                     "name": c.name,
+                    "role": "router" if c is self.router else "shard",
+                    "shard": c.shard,
+                    "replica": c.replica,
                     "target": c.target,
                     "pid": c.pid,
                     "log": str(c.log_path),
@@ -332,9 +369,13 @@ class LocalCluster:
             ],
         }
 
-    def write_state(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.describe(), indent=2) + "\n")
+    def _write_state(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.describe(), indent=2) + "\n")
+        tmp.replace(self.state_file)  # a reader never sees half a file
 
     def __enter__(self) -> LocalCluster:
         return self.start()

@@ -67,16 +67,17 @@ class SearchConfig:
 @dataclass(frozen=True)
 class ShardsConfig:
     count: int = 4  # shards in the default bundle
+    replicas: int = 1  # processes per shard (`annfleet up`); the router balances and hedges
     host: str = "127.0.0.1"
-    base_port: int = 50061  # shard i listens on base_port + i; 0 = free ports
-    metrics_base_port: int = 9161  # shard i's /metrics on this + i; 0 = free, -1 = off
+    base_port: int = 50061  # shard i replica r listens on base_port + i * replicas + r
+    metrics_base_port: int = 9161  # its /metrics on this + i * replicas + r; -1 = off
     max_k: int = 4096
     max_batch: int = 1024  # queries per request
     search_threads: int = 1  # faiss threads per shard process
     max_queue: int = 64  # searches queued or running per process; beyond: RESOURCE_EXHAUSTED
     grace_s: float = 5.0  # drain time on SIGTERM
     # ShardAdmin (prepare/commit/release bundles, live upserts) on its own port, token needed:
-    # shard i on admin_base_port + i; 0 = free ports, -1 = off.
+    # replica r of shard i on admin_base_port + i * replicas + r; 0 = free ports, -1 = off.
     admin_base_port: int = 50161
     updates_dir: str = ""  # update logs; "" = beside each bundle (<bundle>.updates/)
     max_delta_items: int = 1_000_000  # upserted items a shard holds per bundle (exact search)
@@ -100,6 +101,17 @@ class RouterConfig:
     shard_timeout_s: float = 0.5  # cap on one shard attempt
     deadline_margin_s: float = 0.002  # kept back from the caller's deadline to merge and reply
     max_in_flight: int = 512  # requests being served at once; beyond: RESOURCE_EXHAUSTED
+    # Replicas of a shard (router/replicas.py): a failed attempt is retried on another
+    # replica, and an unanswered one is hedged to another after the shard's running
+    # hedge_quantile latency (clamped to [hedge_min_delay_s, hedge_max_delay_s]);
+    # hedge_budget caps hedges as a share of shard calls. All inside the one deadline.
+    shard_attempts: int = (
+        3  # attempts per shard call (first + hedge + retries), each on another replica
+    )
+    hedge_quantile: float = 0.95  # 0 = never hedge
+    hedge_min_delay_s: float = 0.002
+    hedge_max_delay_s: float = 0.1
+    hedge_budget: float = 0.1  # at most this share of shard calls is hedged
     connect_timeout_s: float = 30.0  # wait for shards at start-up
     # Concurrent searches with equal (k, params) share a shard RPC once this many batches
     # are out per lane (adaptive batching); 0 = one shard RPC per request.
@@ -186,6 +198,15 @@ class ClusterConfig:
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
             (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
             (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),
+            (self.router.shard_attempts >= 1, "router.shard_attempts", ">= 1"),
+            (0.0 <= self.router.hedge_quantile < 1.0, "router.hedge_quantile", "in [0, 1)"),
+            (
+                0.0 <= self.router.hedge_min_delay_s <= self.router.hedge_max_delay_s,
+                "router.hedge_min_delay_s",
+                ">= 0 and <= router.hedge_max_delay_s",
+            ),
+            (0.0 <= self.router.hedge_budget <= 1.0, "router.hedge_budget", "in [0, 1]"),
+            (self.shards.replicas >= 1, "shards.replicas", ">= 1"),
         ]
         tls = self.tls
         checks += [
@@ -269,3 +290,26 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
         ),
     )
     return config.validate(str(path))
+
+
+def replica_port(base: int, shard: int, replica: int = 0, replicas: int = 1) -> int:
+    """Port of replica r of shard i: ``base + i * replicas + r``; a base of 0 (a free port)
+    or -1 (off) stays as it is."""
+    return base + shard * replicas + replica if base > 0 else base
+
+
+def parse_shard_map(text: str) -> list[list[str]]:
+    """``"h:1|h:2,h:3|h:4"`` -> ``[["h:1", "h:2"], ["h:3", "h:4"]]``: shards in order,
+    comma-separated; the replicas of one shard ``|``-separated (one address = one replica)."""
+    parts = [part for part in text.split(",") if part.strip()]
+    shards = [[t.strip() for t in part.split("|") if t.strip()] for part in parts]
+    if not shards or any(not replicas for replicas in shards):
+        raise ConfigError(
+            f"shard map {text!r}: expected HOST:PORT[|HOST:PORT...] per shard, comma-separated"
+        )
+    return shards
+
+
+def format_shard_map(shards: list[list[str]]) -> str:
+    """The inverse of :func:`parse_shard_map`."""
+    return ",".join("|".join(replicas) for replicas in shards)

@@ -53,6 +53,22 @@ SHARD_DROPPED = Counter(
     "queue_full: max_queue reached, RESOURCE_EXHAUSTED)",
     ["reason"],
 )
+REPLICA_ATTEMPTS = Counter(
+    "annfleet_router_replica_attempts",
+    "Shard attempts the router made, by replica and outcome (OK, a status code, CANCELLED "
+    "when a hedge won or the deadline passed)",
+    ["shard", "replica", "outcome"],
+)
+REPLICA_SERVING = Gauge(
+    "annfleet_router_replica_serving",
+    "1 while the replica's health stream says SERVING, else 0",
+    ["shard", "replica"],
+)
+HEDGES = Counter(
+    "annfleet_router_hedges",
+    "Hedge decisions: sent, or skipped for lack of budget or of another usable replica",
+    ["shard", "outcome"],
+)
 USER_CACHE = Counter("annfleet_router_user_cache", "User-embedding cache lookups", ["result"])
 ADMIN_REFUSED = Counter(
     "annfleet_admin_refused", "Admin calls refused before they ran, by status code", ["code"]

@@ -26,6 +26,14 @@ from annfleet.metrics import LATENCY, REQUESTS, serve_metrics
 
 log = logging.getLogger(__name__)
 
+# Servers accept the router's keepalive pings (one a second, also on an idle health stream),
+# which find a hung replica; gRPC's default would answer them with GOAWAY "too_many_pings".
+SERVER_OPTIONS = [
+    *GRPC_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 500),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
 R = TypeVar("R")
 # A status message travels in a trailer; past 8 KiB of metadata the client drops the whole
 # status (RESOURCE_EXHAUSTED "metadata size exceeds soft limit"). Messages can quote input.
@@ -259,7 +267,7 @@ async def start_server(
     so a client polling as the port opens would otherwise be told SERVING too early.
     Every service's requests are parsed inside the call (``add_safely``).
     """
-    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=list(interceptors))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
     for add, servicer in services:
         add_safely(add, servicer, server)
     health_servicer = await not_serving_health(service_names)

@@ -19,8 +19,9 @@ from annfleet.config import RouterConfig, TlsConfig
 from annfleet.errors import BundleError, ConfigError
 from annfleet.rollout_state import stable_bundle
 from annfleet.router.admin import RouterAdminService
+from annfleet.router.replicas import ReplicaGroup
 from annfleet.router.rollout import RolloutController, open_router_bundle
-from annfleet.router.scatter import Scatter, ShardEndpoint
+from annfleet.router.scatter import Scatter
 from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
 from annfleet.serving import GrpcServer, channel_credentials, start_server
@@ -38,31 +39,41 @@ def load_router_bundle(bundle_path: Path) -> Bundle:
 
 
 async def confirm_shards(
-    endpoints: Sequence[ShardEndpoint], bundle: Bundle, timeout: float
+    groups: Sequence[ReplicaGroup], bundle: Bundle, timeout: float
 ) -> list[int]:
-    """Wait (up to ``timeout``) until each shard describes the bundle; return confirmed ids."""
+    """Wait (up to ``timeout``) until a replica of each shard describes the bundle; return the
+    confirmed shard ids. A replica that serves another shard or bundle is an error."""
     deadline = time.monotonic() + timeout
-    pending = {ep.shard_id: ep for ep in endpoints}
+    pending = {g.shard_id: g for g in groups}
     confirmed: list[int] = []
     while pending and time.monotonic() < deadline:
-        for shard_id, ep in list(pending.items()):
-            try:
-                info = await ep.stub.Info(shard_pb2.InfoRequest(), timeout=1.0)
-            except grpc.aio.AioRpcError:
-                continue
-            if info.bundle_id != bundle.id or info.shard_id != shard_id:
-                raise BundleError(
-                    f"shard at {ep.target} serves shard {info.shard_id} of bundle "
-                    f"{info.bundle_id}, "
-                    f"expected shard {shard_id} of {bundle.id}"
-                )
-            confirmed.append(shard_id)
-            del pending[shard_id]
+        for shard_id, group in list(pending.items()):
+            for replica in group.replicas:
+                try:
+                    info = await replica.stub.Info(shard_pb2.InfoRequest(), timeout=1.0)
+                except grpc.aio.AioRpcError:
+                    continue
+                if info.bundle_id != bundle.id or info.shard_id != shard_id:
+                    raise BundleError(
+                        f"shard at {replica.target} serves shard {info.shard_id} of bundle "
+                        f"{info.bundle_id}, expected shard {shard_id} of {bundle.id}"
+                    )
+                if shard_id in pending:
+                    confirmed.append(shard_id)
+                    del pending[shard_id]
         if pending:
             await asyncio.sleep(0.1)
     if pending:
         log.warning("shards %s not answering yet; serving with partial coverage", sorted(pending))
     return sorted(confirmed)
+
+
+def shard_groups(shard_targets: Sequence[str | Sequence[str]]) -> list[list[str]]:
+    """Per shard, its replicas' addresses: each entry a list, or one string ("h:1|h:2")."""
+    return [
+        [t for t in entry.split("|") if t] if isinstance(entry, str) else list(entry)
+        for entry in shard_targets
+    ]
 
 
 @dataclass
@@ -93,7 +104,7 @@ class RouterServer:
 
 async def start_router(
     bundle_path: Path,
-    shard_targets: Sequence[str],
+    shard_targets: Sequence[str | Sequence[str]],
     config: RouterConfig | None = None,
     *,
     host: str = "127.0.0.1",
@@ -110,6 +121,8 @@ async def start_router(
     ``admin_port`` >= 0 (0 = a free port) also serves RouterAdmin there (it needs
     ``admin_token``, and ``shard_admin_targets`` to roll out). With ``rollout_state``, the
     stable bundle it names wins over ``bundle_path``, and every rollout step is written to it.
+
+    ``shard_targets``: one entry per shard, in shard order: its replicas' addresses.
     """
     config = config or RouterConfig()
     if admin_port >= 0 and not admin_token:
@@ -134,28 +147,32 @@ async def start_router(
         metrics_port=metrics_port,
         tls=tls,
     )
+    scatter: Scatter | None = None
     try:
         loop = asyncio.get_running_loop()
         bundle = await loop.run_in_executor(executor, load_router_bundle, Path(bundle_path))
-        if len(shard_targets) != bundle.num_shards:
+        targets = shard_groups(shard_targets)
+        if len(targets) != bundle.num_shards:
             raise BundleError(
-                f"bundle {bundle.id} has {bundle.num_shards} shards, {len(shard_targets)} "
-                "shard addresses were given"
+                f"bundle {bundle.id} has {bundle.num_shards} shards, addresses of "
+                f"{len(targets)} shards were given"
             )
         total = int(
             bundle.manifest.get("num_items")
             or sum(s["num_items"] for s in bundle.manifest["shards"])
         )
         credentials = channel_credentials(tls)  # TLS to the shards, as to the router
-        endpoints = [
-            ShardEndpoint.connect(i, target, bundle.shard(i)["num_items"] / total, credentials)
-            for i, target in enumerate(shard_targets)
+        groups = [
+            ReplicaGroup(i, replicas, bundle.shard(i)["num_items"] / total, config, credentials)
+            for i, replicas in enumerate(targets)
         ]
-        embedder = await loop.run_in_executor(executor, load_embedder, bundle)
         scatter = Scatter(
-            endpoints, bundle.id, bundle.metric, config.oversample, config.shard_timeout_s
+            groups, bundle.id, bundle.metric, config.oversample, config.shard_timeout_s
         )
-        await confirm_shards(endpoints, bundle, config.connect_timeout_s)
+        for group in groups:
+            group.start()
+        embedder = await loop.run_in_executor(executor, load_embedder, bundle)
+        await confirm_shards(groups, bundle, config.connect_timeout_s)
         service.state = RouterState.load(bundle, scatter, embedder, config)
         admin_grpc = None
         if admin_port >= 0:
@@ -170,16 +187,19 @@ async def start_router(
             )
             await admin_grpc.set_serving(True)
     except BaseException:
+        if scatter is not None:
+            await scatter.close()
         await server.stop(0)
         await rollouts.close()
         executor.shutdown(wait=False)
         raise
     await server.set_serving(True)
     log.info(
-        "router serving bundle %s on %s:%d over %d shards",
+        "router serving bundle %s on %s:%d over %d shards (%d replicas)",
         bundle.id,
         host,
         server.port,
-        len(endpoints),
+        len(groups),
+        sum(len(g.replicas) for g in groups),
     )
     return RouterServer(server, service, executor, rollouts, admin_grpc)

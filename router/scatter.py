@@ -14,80 +14,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from annfleet.arrays import F32, I64, decode_rows, to_bytes
 from annfleet.merge import merge_rows, per_shard_k
 from annfleet.metrics import SHARD_FAILURES
-from annfleet.serving import GRPC_OPTIONS
-from annfleet.v1 import common_pb2, shard_pb2, shard_pb2_grpc
+from annfleet.router.replicas import ReplicaGroup, ShardFailure
+from annfleet.v1 import common_pb2, shard_pb2
 from annfleet.validation import higher_is_better
 
 log = logging.getLogger(__name__)
 
 Hits = tuple[np.ndarray, np.ndarray]  # ids (nq, k) int64, scores (nq, k) float32
-
-
-@dataclass
-class ShardEndpoint:
-    shard_id: int
-    target: str
-    share: float  # this shard's fraction of the catalogue
-    channel: grpc.aio.Channel = field(repr=False)
-    stub: shard_pb2_grpc.IndexShardStub = field(repr=False)
-    admin: shard_pb2_grpc.ShardAdminStub = field(repr=False)
-
-    @classmethod
-    def connect(
-        cls,
-        shard_id: int,
-        target: str,
-        share: float,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> ShardEndpoint:
-        channel = (
-            grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
-            if credentials is None
-            else grpc.aio.secure_channel(target, credentials, options=GRPC_OPTIONS)
-        )
-        return cls(
-            shard_id,
-            target,
-            share,
-            channel,
-            shard_pb2_grpc.IndexShardStub(channel),
-            shard_pb2_grpc.ShardAdminStub(channel),
-        )
-
-    async def search(
-        self, request: shard_pb2.ShardSearchRequest, deadline: float, attempt_cap: float
-    ) -> shard_pb2.ShardSearchResponse:
-        """One RPC with ``timeout = deadline - now``, capped at ``attempt_cap`` seconds."""
-        timeout = min(deadline - time.monotonic(), attempt_cap)
-        if timeout <= 0:
-            raise ShardFailure("DEADLINE_EXCEEDED", "deadline passed before the call", True)
-        try:
-            return await self.stub.Search(request, timeout=timeout)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            expired = code == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() >= deadline
-            raise ShardFailure(code.name, f"{code.name}: {exc.details()}", expired) from exc
-
-    async def close(self) -> None:
-        await self.channel.close(None)
-
-
-class ShardFailure(Exception):
-    """A shard that gave no answer. ``expired``: because the request's deadline passed."""
-
-    def __init__(self, code: str, reason: str, expired: bool = False) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-        self.expired = expired
 
 
 @dataclass(frozen=True)
@@ -155,13 +95,13 @@ class Scatter:
 
     def __init__(
         self,
-        endpoints: Sequence[ShardEndpoint],
+        groups: Sequence[ReplicaGroup],
         bundle_id: str,
         metric: str,
         oversample: float,
         attempt_cap: float,
     ) -> None:
-        self.endpoints = {ep.shard_id: ep for ep in endpoints}
+        self.groups = {g.shard_id: g for g in groups}
         self.bundle_id = bundle_id
         self.higher_is_better = higher_is_better(metric)
         self.oversample = oversample
@@ -169,7 +109,7 @@ class Scatter:
 
     async def _one(
         self,
-        endpoint: ShardEndpoint,
+        group: ReplicaGroup,
         queries: np.ndarray,
         k: int,
         params: common_pb2.SearchParams,
@@ -183,10 +123,10 @@ class Scatter:
             bundle_id=self.bundle_id,
         )
         try:
-            response = await endpoint.search(request, deadline, self.attempt_cap)
+            response = await group.search(request, deadline, self.attempt_cap)
         except ShardFailure as exc:
-            SHARD_FAILURES.labels(str(endpoint.shard_id), exc.code).inc()
-            log.warning("shard %d (%s) failed: %s", endpoint.shard_id, endpoint.target, exc.reason)
+            SHARD_FAILURES.labels(str(group.shard_id), exc.code).inc()
+            log.warning("shard %d failed: %s", group.shard_id, exc.reason)
             raise
         nq, width = response.num_queries, response.k
         return (
@@ -208,13 +148,14 @@ class Scatter:
         """Start one call per shard (``shards``: a subset) for queries (nq, d) float32.
 
         Each shard is asked for ``per_shard_k`` (k itself with ``full_k``) and may use the
-        time up to ``deadline`` (``time.monotonic()``), one attempt at most ``attempt_cap``.
+        time up to ``deadline`` (``time.monotonic()``), one attempt at most ``attempt_cap``;
+        its replica group balances, retries and hedges inside that.
         """
         tasks: dict[int, asyncio.Task[Hits]] = {}
-        for shard_id in self.endpoints if shards is None else shards:
-            ep = self.endpoints[shard_id]
-            kk = k if full_k else per_shard_k(k, ep.share, self.oversample)
-            tasks[shard_id] = asyncio.create_task(self._one(ep, queries, kk, params, deadline))
+        for shard_id in self.groups if shards is None else shards:
+            group = self.groups[shard_id]
+            kk = k if full_k else per_shard_k(k, group.share, self.oversample)
+            tasks[shard_id] = asyncio.create_task(self._one(group, queries, kk, params, deadline))
         return Fanout(queries, k, params, tasks, waiters)
 
     async def collect(self, fanout: Fanout, rows: slice, deadline: float) -> ScatterResult:
@@ -289,4 +230,4 @@ class Scatter:
             fanout.leave()
 
     async def close(self) -> None:
-        await asyncio.gather(*(ep.close() for ep in self.endpoints.values()))
+        await asyncio.gather(*(g.close() for g in self.groups.values()))

@@ -84,8 +84,9 @@ def cluster_factory(loop_thread: LoopThread) -> Iterator[Any]:
         bundle: Bundle,
         router_config: RouterConfig | None = None,
         shards_config: ShardsConfig | None = None,
+        replicas: int = 1,
     ) -> Cluster:
-        cluster = start_cluster(loop_thread, bundle, router_config, shards_config)
+        cluster = start_cluster(loop_thread, bundle, router_config, shards_config, replicas)
         started.append(cluster)
         return cluster
 

@@ -46,13 +46,19 @@ class LoopThread:
 
 @dataclass
 class Cluster:
-    """Shard servers + a router, all real grpc.aio servers on port 0."""
+    """Shard servers (``replicas[i][r]``: replica r of shard i) + a router, all real grpc.aio
+    servers on port 0."""
 
     lt: LoopThread
     bundle: Bundle
-    shards: list[ShardServer]
+    replicas: list[list[ShardServer]]
     router: RouterServer
-    stopped: set[int] = field(default_factory=set)
+    stopped: set[tuple[int, int]] = field(default_factory=set)
+
+    @property
+    def shards(self) -> list[ShardServer]:
+        """The first replica of each shard."""
+        return [group[0] for group in self.replicas]
 
     @property
     def router_target(self) -> str:
@@ -63,14 +69,21 @@ class Cluster:
         return [f"127.0.0.1:{s.port}" for s in self.shards]
 
     def stop_shard(self, i: int) -> None:
-        self.lt.run(self.shards[i].stop(0))
-        self.stopped.add(i)
+        """Stop every replica of shard i."""
+        for r in range(len(self.replicas[i])):
+            self.stop_replica(i, r)
+
+    def stop_replica(self, i: int, r: int) -> None:
+        if (i, r) not in self.stopped:
+            self.lt.run(self.replicas[i][r].stop(0))
+            self.stopped.add((i, r))
 
     def close(self) -> None:
         self.lt.run(self.router.stop(0))
-        for i, shard in enumerate(self.shards):
-            if i not in self.stopped:
-                self.lt.run(shard.stop(0))
+        for i, group in enumerate(self.replicas):
+            for r, shard in enumerate(group):
+                if (i, r) not in self.stopped:
+                    self.lt.run(shard.stop(0))
 
 
 def start_cluster(
@@ -78,16 +91,20 @@ def start_cluster(
     bundle: Bundle,
     router_config: RouterConfig | None = None,
     shards_config: ShardsConfig | None = None,
+    replicas: int = 1,
 ) -> Cluster:
-    shards = [
-        lt.run(start_shard_server(bundle.path, i, shards_config)) for i in range(bundle.num_shards)
+    groups = [
+        [lt.run(start_shard_server(bundle.path, i, shards_config)) for _ in range(replicas)]
+        for i in range(bundle.num_shards)
     ]
     router = lt.run(
         start_router(
-            bundle.path, [f"127.0.0.1:{s.port}" for s in shards], router_config or RouterConfig()
+            bundle.path,
+            [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
+            router_config or RouterConfig(),
         )
     )
-    return Cluster(lt, bundle, shards, router)
+    return Cluster(lt, bundle, groups, router)
 
 
 class ObservedShard(shard_pb2_grpc.IndexShardServicer):

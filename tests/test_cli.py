@@ -170,7 +170,14 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         state = json.loads((tmp_path / "data" / "cluster.json").read_text())
         shard_pid = next(c["pid"] for c in state["children"] if c["name"] == "shard-01")
         os.kill(shard_pid, signal.SIGKILL)
-        wait_for_line(up, "shard-01", timeout=30)
+        restarted = "".join(wait_for_line(up, "shard-01", timeout=30))
+        # `annfleet status` shows the restarted child's new pid, not the dead one's.
+        new_state = json.loads((tmp_path / "data" / "cluster.json").read_text())
+        new_pid = next(c["pid"] for c in new_state["children"] if c["name"] == "shard-01")
+        assert new_pid != shard_pid and f"restarted as pid {new_pid}" in restarted
+        os.kill(new_pid, 0)  # alive
+        status = run("status", "--config", str(small_config))
+        assert f"pid {new_pid} " in status.stdout and f"pid {shard_pid} " not in status.stdout
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             again = run("query", "--user", "2", "--json", "--target", target)

@@ -84,7 +84,7 @@ def mtls_cluster(loop_thread: LoopThread, flat_bundle: Bundle, pki: Pki) -> Iter
             tls=tls,
         )
     )
-    cluster = Cluster(loop_thread, flat_bundle, shards, router)
+    cluster = Cluster(loop_thread, flat_bundle, [[s] for s in shards], router)
     yield cluster
     cluster.close()
 

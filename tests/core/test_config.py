@@ -36,6 +36,10 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("index:\n  pq_m: -1\n", "index.pq_m must be >= 0"),
         ("search:\n  ef_search: 0\n", "search.ef_search must be in [1, 32768]"),
         ("search:\n  rerank: 100000\n", "search.rerank must be in [1, 65536]"),
+        ("shards:\n  replicas: 0\n", "shards.replicas must be >= 1"),
+        ("router:\n  max_in_flight: 0\n", "router.max_in_flight must be >= 1"),
+        ("router:\n  hedge_quantile: 1.5\n", "router.hedge_quantile must be in [0, 1)"),
+        ("router:\n  hedge_min_delay_s: 0.5\n", "router.hedge_min_delay_s must be"),
         ("shards: 3\n", "shards must be a mapping"),
         ("a: [\n", "not valid YAML"),
     ],
@@ -112,3 +116,9 @@ def test_data_dir_from_the_config_wins_over_annfleet_data(
     assert load_config(REPO / "deploy" / "local.yaml").data_path() == tmp_path / "elsewhere"
     monkeypatch.delenv("ANNFLEET_DATA")
     assert ClusterConfig().data_path() == Path("~/.cache/annfleet").expanduser()
+
+
+def test_shipped_ha_config_has_two_replicas() -> None:
+    config = load_config(REPO / "deploy" / "ha.yaml")
+    assert config.shards.replicas == 2 and config.shards.count == 4
+    assert config.router == ClusterConfig().router  # the knobs it lists are the defaults

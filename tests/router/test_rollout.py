@@ -419,9 +419,14 @@ def test_cli_rollout_on_a_local_cluster_and_a_restarted_replica_follows_the_stat
         with grpc.insecure_channel(shard.target) as channel:
             info = shard_pb2_grpc.IndexShardStub(channel).Info(shard_pb2.InfoRequest(), timeout=10)
         assert info.bundle_id == b.id  # from rollout.json, not --bundle a
+        # The router takes the replica back once its health stream says SERVING again
+        # (the channel's reconnect backoff is capped at 1 s).
+        deadline = time.monotonic() + 30
         with Client(cluster.router_target, timeout=10) as client:
-            result = client.retrieve(2, 10)
-        assert result.bundle_id == b.id and result.coverage.shards_answered == SHARDS
+            while (result := client.retrieve(2, 10)).coverage.shards_answered < SHARDS:
+                assert time.monotonic() < deadline, result.coverage
+                time.sleep(0.1)
+        assert result.bundle_id == b.id
 
         assert main([*base, "--rollback"]) == 0
         with Client(cluster.router_target, timeout=10) as client:

@@ -1,0 +1,98 @@
+"""LocalCluster with replicas: real `annfleet serve-*` subprocesses on free ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from annfleet.bundle import Bundle
+from annfleet.client import Client
+from annfleet.cluster import LocalCluster
+from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig, parse_shard_map
+from annfleet.server.builder import build_bundle
+from annfleet.synthetic import make_catalogue
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    cat = make_catalogue(4000, 16, clusters=8, users=20, seed=3)
+    return build_bundle(
+        tmp_path_factory.mktemp("b") / "b",
+        cat.ids,
+        cat.vectors,
+        num_shards=2,
+        index_type="flat",
+        user_ids=cat.user_ids,
+        user_vectors=cat.user_vectors,
+        progress=False,
+    )
+
+
+def complete(client: Client, user: int) -> bool:
+    result = client.retrieve(user, 10, timeout=5.0)
+    return result.coverage.shards_answered == 2 and not result.coverage.degraded
+
+
+def test_replicas_sigstop_kill_and_the_state_file(small_bundle: Bundle, tmp_path: Path) -> None:
+    config = ClusterConfig(
+        data_dir=str(tmp_path / "data"),
+        shards=ShardsConfig(replicas=2, grace_s=1.0),
+        router=RouterConfig(grace_s=1.0),
+    )
+    state_file = tmp_path / "cluster.json"
+    cluster = LocalCluster(
+        small_bundle.path, config, log_dir=tmp_path / "logs", state_file=state_file
+    )
+    shard_map = parse_shard_map(cluster.router.args[cluster.router.args.index("--shards") + 1])
+    assert [len(replicas) for replicas in shard_map] == [2, 2]
+    with cluster:
+        state = json.loads(state_file.read_text())
+        shards = [c for c in state["children"] if c["role"] == "shard"]
+        assert sorted((c["shard"], c["replica"]) for c in shards) == [
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1, 1),
+        ]
+        assert [c["name"] for c in shards] == [
+            "shard-00-r0",
+            "shard-00-r1",
+            "shard-01-r0",
+            "shard-01-r1",
+        ]
+        assert len({c["target"] for c in shards}) == 4
+        users = small_bundle.users()
+        assert users is not None
+        user = int(users[0][0])
+
+        with Client(cluster.router_target, retries=0) as client:
+            assert complete(client, user)
+            # A hung replica (SIGSTOP): answers still come, from every shard.
+            stopped = cluster.replicas[1][0]
+            os.kill(stopped.pid, signal.SIGSTOP)
+            try:
+                assert all(complete(client, user) for _ in range(20))
+            finally:
+                os.kill(stopped.pid, signal.SIGCONT)
+
+            # kill -9: no degraded answer; the supervisor restarts it and rewrites the state.
+            victim = cluster.replicas[0][1]
+            old_pid = victim.pid
+            os.kill(old_pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while victim.exited() is None:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert all(complete(client, user) for _ in range(10))
+            notes = cluster.restart_dead()
+            assert notes and f"pid {old_pid}" in notes[0]
+            state = json.loads(state_file.read_text())
+            pid = next(c["pid"] for c in state["children"] if c["name"] == "shard-00-r1")
+            assert pid == victim.pid != old_pid
+            victim.wait_ready(120)
+            assert all(complete(client, user) for _ in range(10))

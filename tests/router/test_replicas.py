@@ -1,0 +1,212 @@
+"""Shard replicas behind a real router: a dead replica, a hung one, one that comes back.
+
+Every server is a real grpc.aio shard server on port 0; the router watches their health
+streams, balances, retries and hedges. A "hung" replica is a live process whose faiss
+executor is blocked: health still says SERVING, searches never return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+from prometheus_client import REGISTRY
+from support import Cluster, LoopThread
+
+from annfleet.bundle import Bundle
+from annfleet.client import AsyncClient, Client
+from annfleet.config import RouterConfig, parse_shard_map
+from annfleet.router.replicas import Replica
+from annfleet.server.main import ShardServer, start_shard_server
+from annfleet.synthetic import Catalogue
+
+EXACT = dict(oversample=3.0)
+
+
+def replica(cluster: Cluster, shard: int, r: int) -> Replica:
+    state = cluster.router.service.state
+    assert state is not None
+    return state.scatter.groups[shard].replicas[r]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def hang() -> Iterator[Callable[[ShardServer], None]]:
+    """Block every thread of a shard server's faiss executor until the test ends."""
+    release = threading.Event()
+
+    def block(server: ShardServer) -> None:
+        workers = server.executor._max_workers  # the executor's size
+        for _ in range(workers):
+            server.executor.submit(release.wait)
+
+    yield block
+    release.set()
+
+
+def searches(target: str, queries: np.ndarray, k: int, timeout: float = 5.0) -> list[object]:
+    """One search per query, 8 at a time; results or exceptions."""
+
+    async def main() -> list[object]:
+        async with AsyncClient(target, retries=0) as client:
+            sem = asyncio.Semaphore(8)
+
+            async def one(q: np.ndarray) -> object:
+                async with sem:
+                    return await client.search(q, k, timeout=timeout)
+
+            return await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
+
+    return asyncio.run(main())
+
+
+def assert_full(outcomes: list[object], shards: int = 3) -> None:
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert not errors, errors[:3]
+    degraded = [o for o in outcomes if o.coverage.degraded]  # type: ignore[attr-defined]
+    assert not degraded, f"{len(degraded)} degraded answers"
+    assert all(o.coverage.shards_answered == shards for o in outcomes)  # type: ignore[attr-defined]
+
+
+def test_shard_map_syntax() -> None:
+    assert parse_shard_map("h:1|h:2,h:3|h:4") == [["h:1", "h:2"], ["h:3", "h:4"]]
+    assert parse_shard_map("h:1,h:2,") == [["h:1"], ["h:2"]]  # the old syntax: one each
+
+
+def test_killed_replica_gives_no_degraded_answers(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    loop_thread: LoopThread,
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, RouterConfig(**EXACT), replicas=2)
+    wait_until(
+        lambda: all(replica(cluster, i, r).status == "SERVING" for i in range(3) for r in (0, 1))
+    )
+    queries = catalogue.user_vectors[:120]
+
+    async def under_load() -> list[object]:
+        async with AsyncClient(cluster.router_target, retries=0) as client:
+            sem = asyncio.Semaphore(8)
+
+            async def one(q: np.ndarray) -> object:
+                async with sem:
+                    return await client.search(q, 10, timeout=5.0)
+
+            tasks = [asyncio.ensure_future(one(q)) for q in queries]
+            await asyncio.sleep(0.05)
+            # Gone at once, mid-load: no NOT_SERVING first, in-flight calls cut.
+            victim = cluster.replicas[1][0].grpc.server
+            await asyncio.wrap_future(
+                asyncio.run_coroutine_threadsafe(victim.stop(None), loop_thread.loop)
+            )
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    outcomes = asyncio.run(under_load())
+    cluster.stopped.add((1, 0))
+    assert_full(outcomes)
+    wait_until(lambda: replica(cluster, 1, 0).status == "DOWN")
+    assert_full(searches(cluster.router_target, catalogue.user_vectors[:30], 10))
+
+
+def test_hung_replica_is_hedged(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    hang: Callable[[ShardServer], None],
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    # Hedging alone (the per-attempt cap is far away): hung calls are hedged to the other
+    # replica after at most hedge_max_delay_s.
+    config = RouterConfig(**EXACT, shard_timeout_s=30.0, hedge_max_delay_s=0.05, hedge_budget=1.0)
+    cluster = cluster_factory(flat_bundle, config, replicas=2)
+    wait_until(
+        lambda: all(replica(cluster, i, r).status == "SERVING" for i in range(3) for r in (0, 1))
+    )
+    hung = replica(cluster, 2, 1)
+    hang(cluster.replicas[2][1])
+    labels = {"shard": "2", "outcome": "sent"}
+    before = REGISTRY.get_sample_value("annfleet_router_hedges_total", labels) or 0.0
+    answered_before = (replica(cluster, 2, 0).answered, hung.answered)
+    assert_full(searches(cluster.router_target, catalogue.user_vectors[:40], 10, timeout=10.0))
+    assert (REGISTRY.get_sample_value("annfleet_router_hedges_total", labels) or 0.0) > before
+    assert hung.status == "SERVING"  # its health stream still says so: only hedging saved us
+    assert replica(cluster, 2, 0).answered > answered_before[0]
+    assert hung.answered == answered_before[1]
+
+
+def test_hung_replica_is_retried_after_the_attempt_cap(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    hang: Callable[[ShardServer], None],
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    # No hedging: an attempt at the hung replica is cut at shard_timeout_s and retried on
+    # the other one, inside the request's deadline; the hung replica then sits out.
+    config = RouterConfig(**EXACT, shard_timeout_s=1.0, hedge_quantile=0.0)
+    cluster = cluster_factory(flat_bundle, config, replicas=2)
+    wait_until(
+        lambda: all(replica(cluster, i, r).status == "SERVING" for i in range(3) for r in (0, 1))
+    )
+    labels = {"shard": "0", "replica": "0", "outcome": "DEADLINE_EXCEEDED"}
+
+    def cut() -> float:
+        return REGISTRY.get_sample_value("annfleet_router_replica_attempts_total", labels) or 0.0
+
+    before = cut()
+    hang(cluster.replicas[0][0])
+    results = []
+    with Client(cluster.router_target, retries=0) as client:
+        for q in catalogue.user_vectors[:40]:  # until the balancer has tried the hung one
+            results.append(client.search(q, 10, timeout=10.0))
+            if cut() > before:
+                break
+    assert cut() > before, "the hung replica was never tried"
+    assert_full(results)  # type: ignore[arg-type]
+
+
+def test_replica_back_is_watched_and_used_again(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    loop_thread: LoopThread,
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, RouterConfig(**EXACT), replicas=2)
+    watched = replica(cluster, 0, 1)
+    wait_until(lambda: watched.status == "SERVING")
+    port = cluster.replicas[0][1].port
+    cluster.stop_replica(0, 1)  # NOT_SERVING, then gone
+    wait_until(lambda: watched.status in ("NOT_SERVING", "DOWN"))
+    assert_full(searches(cluster.router_target, catalogue.user_vectors[:20], 10))
+
+    back = loop_thread.run(start_shard_server(flat_bundle.path, 0, port=port))
+    cluster.replicas[0][1] = back
+    cluster.stopped.discard((0, 1))
+    wait_until(lambda: watched.status == "SERVING")
+    before = watched.answered
+    assert_full(searches(cluster.router_target, catalogue.user_vectors[:60], 10))
+    assert watched.answered > before, "the replica that came back takes traffic again"
+
+
+def test_one_replica_left_per_shard_is_not_degraded_none_left_is(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, RouterConfig(**EXACT), replicas=2)
+    for i in range(3):
+        cluster.stop_replica(i, i % 2)
+    assert_full(searches(cluster.router_target, catalogue.user_vectors[:20], 10))
+    cluster.stop_shard(1)
+    with Client(cluster.router_target, retries=0) as client:
+        result = client.search(catalogue.user_vectors[0], 10, timeout=5.0)
+    assert result.coverage.degraded and result.coverage.answered_shard_ids == (0, 2)
