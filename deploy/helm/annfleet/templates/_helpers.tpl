@@ -92,7 +92,7 @@ of the rendered ConfigMap until they land (an unknown key is an error in load_co
 TODO: drop each entry when its key lands (issue 8: shards.replicas).
 */}}
 {{- define "annfleet.pendingConfigKeys" -}}
-shards: [replicas]
+shards: []
 router: []
 top: []
 {{- end -}}
