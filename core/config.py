@@ -150,6 +150,122 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class SourceSettings:
+    """What every candidate source has: share of k, blend weight, latency budget."""
+
+    enabled: bool = True
+    quota: float = 0.0  # share of k this source fills first (quotas of enabled sources sum <= 1)
+    weight: float = 0.0  # blend weight: quota order and score = weight * (1 - rank / k)
+    budget_ms: float = 20.0  # dropped for the request (not waited for) past this
+
+
+@dataclass(frozen=True)
+class AnnSourceConfig(SourceSettings):
+    """The two-tower ANN over every shard."""
+
+    quota: float = 0.6
+    weight: float = 1.0
+    budget_ms: float = 250.0
+
+
+@dataclass(frozen=True)
+class TrendingSourceConfig(SourceSettings):
+    """Exponentially time-decayed engagement counts, global and per region."""
+
+    quota: float = 0.1
+    weight: float = 0.3
+    half_life_s: float = 7 * 86400.0  # an event counts half after this long
+
+
+@dataclass(frozen=True)
+class CoEngagementSourceConfig(SourceSettings):
+    """Item-item neighbours (bundle table + live co-engagement) of the user's recent items."""
+
+    quota: float = 0.15
+    weight: float = 0.5
+    recent: int = 10  # the user's last N items are expanded
+    recency_decay: float = 0.8  # weight of the i-th most recent item: decay ** i
+    live_weight: float = 0.1  # live pair count c adds live_weight * log1p(c) to the cosine
+
+
+@dataclass(frozen=True)
+class ContentSourceConfig(SourceSettings):
+    """Items nearest by content features to the user's recent items (cold start)."""
+
+    quota: float = 0.05
+    weight: float = 0.2
+    recent: int = 10
+    recency_decay: float = 0.8
+
+
+@dataclass(frozen=True)
+class ExplorationSourceConfig(SourceSettings):
+    """Thompson sampling over Beta(clicks + 1, impressions - clicks + 1), low-impression items."""
+
+    quota: float = 0.05
+    weight: float = 0.1
+    max_impressions: int = 100  # items with at least this many impressions are not explored
+    pool: int = 2000  # items sampled from the catalogue per request (all when smaller)
+    seed: int = 0  # -1 = fresh entropy
+
+
+@dataclass(frozen=True)
+class SocialSourceConfig(SourceSettings):
+    """Recent items of the users this user follows (a follow-graph file)."""
+
+    enabled: bool = False  # MovieLens has no follow graph
+    quota: float = 0.05
+    weight: float = 0.3
+    graph: str = ""  # "follower followee" per line; relative to the config file
+    max_followees: int = 200
+    recent: int = 20  # each followee's last N items
+    recency_decay: float = 0.9
+
+
+@dataclass(frozen=True)
+class PopularSourceConfig(SourceSettings):
+    """The bundle's all-time popularity list: last-resort backfill over the whole catalogue."""
+
+    quota: float = 0.0
+    weight: float = 0.05
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """Candidate sources of Retrieve (router/sources); one entry per source."""
+
+    ann: AnnSourceConfig = field(default_factory=AnnSourceConfig)
+    trending: TrendingSourceConfig = field(default_factory=TrendingSourceConfig)
+    co_engagement: CoEngagementSourceConfig = field(default_factory=CoEngagementSourceConfig)
+    content: ContentSourceConfig = field(default_factory=ContentSourceConfig)
+    exploration: ExplorationSourceConfig = field(default_factory=ExplorationSourceConfig)
+    social: SocialSourceConfig = field(default_factory=SocialSourceConfig)
+    popular: PopularSourceConfig = field(default_factory=PopularSourceConfig)
+    candidate_cache_size: int = 100_000  # blended lists cached per (bundle, user, request)
+    candidate_cache_ttl_s: float = 300.0
+
+    def settings(self) -> dict[str, SourceSettings]:
+        """Every source's settings by name (the Source enum's lower-case names)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), SourceSettings)
+        }
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Live state the routers share: recent items, seen sets, trending, posteriors."""
+
+    backend: str = "memory"  # memory (this process only) | redis (shared, survives restarts)
+    url: str = "redis://127.0.0.1:6379/0"  # redis only
+    prefix: str = "annfleet:"  # redis key prefix
+    recent_len: int = 50  # recent items kept per user
+    max_future_s: float = 300.0  # engagement timestamps later than now + this are refused
+    timeout_s: float = 0.05  # redis: socket timeout of one call
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     bundle: str = ""  # a bundle directory; "" = build/reuse the default from `dataset`
     # Cached bundles, logs, cluster.json. "" = $ANNFLEET_DATA, else ~/.cache/annfleet; a
@@ -162,6 +278,8 @@ class ClusterConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    sources: SourcesConfig = field(default_factory=SourcesConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     def data_path(self) -> Path:
         return Path(
@@ -213,10 +331,29 @@ class ClusterConfig:
             (not tls.enabled or bool(tls.cert and tls.key), "tls.cert and tls.key", "set"),
             (not tls.require_client_cert or bool(tls.ca), "tls.ca", "set for mutual TLS"),
         ]
+        checks += self._source_checks()
         for ok, key, expected in checks:
             if not ok:
                 raise ConfigError(f"{source}: {key} must be {expected}")
         return self
+
+    def _source_checks(self) -> list[tuple[bool, str, str]]:
+        settings = self.sources.settings()
+        quotas = sum(s.quota for s in settings.values() if s.enabled)
+        checks = [
+            (quotas <= 1.0 + 1e-9, "the sum of enabled sources' quota", f"<= 1, got {quotas:g}"),
+            (self.state.backend in ("memory", "redis"), "state.backend", "memory or redis"),
+            (self.state.recent_len >= 1, "state.recent_len", ">= 1"),
+            (self.sources.trending.half_life_s > 0, "sources.trending.half_life_s", "> 0"),
+            (self.sources.exploration.pool >= 1, "sources.exploration.pool", ">= 1"),
+        ]
+        for name, s in settings.items():
+            checks += [
+                (0.0 <= s.quota <= 1.0, f"sources.{name}.quota", "in [0, 1]"),
+                (s.weight >= 0.0, f"sources.{name}.weight", ">= 0"),
+                (s.budget_ms > 0.0, f"sources.{name}.budget_ms", "> 0"),
+            ]
+        return checks
 
 
 DEFAULT_DATA_DIR = "~/.cache/annfleet"
@@ -287,6 +424,12 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
             cert=_beside(path, config.tls.cert),
             key=_beside(path, config.tls.key),
             ca=_beside(path, config.tls.ca),
+        ),
+        sources=dataclasses.replace(
+            config.sources,
+            social=dataclasses.replace(
+                config.sources.social, graph=_beside(path, config.sources.social.graph)
+            ),
         ),
     )
     return config.validate(str(path))

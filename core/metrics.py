@@ -88,3 +88,24 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:
     bound = int(server.server_port)
     log.info("metrics on http://%s:%d/metrics", host, bound)
     return bound
+
+
+SOURCE_LATENCY = Histogram(
+    "annfleet_router_source_seconds",
+    "Candidate source latency in seconds (until answered or dropped)",
+    ["source"],
+    buckets=LATENCY_BUCKETS,
+)
+SOURCE_OUTCOMES = Counter(
+    "annfleet_router_source_outcomes",
+    "Candidate source runs by outcome: ok, budget (dropped past its budget), error",
+    ["source", "outcome"],
+)
+SOURCE_CANDIDATES = Counter(
+    "annfleet_router_source_candidates",
+    "Candidates served that each source returned (a candidate from two sources counts twice)",
+    ["source"],
+)
+CACHE_LOOKUPS = Counter(
+    "annfleet_router_cache_lookups", "Router cache lookups by cache and result", ["cache", "result"]
+)

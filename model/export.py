@@ -19,7 +19,11 @@ What the bundle holds besides the item shards:
   - ``user_last_ts`` int64 (U,): unix time of each user's last interaction;
   - ``coengagement_ids`` int64 (N, 20) / ``coengagement_scores`` float32 (N, 20): for the item
     in row r (item id item_ids[r]) its most co-engaged items (cosine), -1 padded;
-  - ``item_genres`` float32 (N, G) multi-hot, genre names in manifest["item_features"].
+  - ``item_genres`` float32 (N, G) multi-hot, genre names in manifest["item_features"];
+  - ``item_content`` float32 (N, G + Y) content features of the ``content`` source: the genres
+    multi-hot, then a one-hot release-year bucket scaled by 0.5 (Y buckets of 5 years);
+  - ``engagement_events`` int64 (n, 3): item id, unix time, user id of every interaction in
+    the last ``ENGAGEMENT_WINDOW_DAYS`` days of the data (seeds the ``trending`` source).
 """
 
 from __future__ import annotations
@@ -55,6 +59,33 @@ MODEL_VERSION = "3"
 NEIGHBOURS = 20
 USER_COLUMNS: list[str] = list(cast(dict[str, Any], USER_TOWER_INPUTS["user"])["columns"])
 RECENT_WINDOW_DAYS = 7
+ENGAGEMENT_WINDOW_DAYS = 56  # 8 half-lives of the default trending half-life
+YEAR_WEIGHT = 0.5  # a year bucket counts half a genre in item_content
+# Bumped when the bundle's tables change, so cached bundles are rebuilt with them.
+TABLES_VERSION = "2"
+
+
+def item_content(data: MovieLens) -> np.ndarray:
+    """(N, G + Y) float32: genres multi-hot, then YEAR_WEIGHT * one-hot year bucket (bucket
+    0 = unknown year has no column)."""
+    years = np.zeros((data.num_items, int(data.item_year.max())), np.float32)
+    rows = np.flatnonzero(data.item_year[1:] > 0)
+    years[rows, data.item_year[1:][rows] - 1] = YEAR_WEIGHT
+    return np.concatenate([data.item_genres[1:], years], axis=1).astype(np.float32)
+
+
+def engagement_events(data: MovieLens, days: int = ENGAGEMENT_WINDOW_DAYS) -> np.ndarray:
+    """(n, 3) int64 [item id, unix time, user id] of the last ``days`` days, in time order."""
+    idx = np.flatnonzero(data.inter_ts >= data.inter_ts.max() - days * 86400)
+    idx = idx[np.argsort(data.inter_ts[idx], kind="stable")]
+    return np.stack(
+        [
+            data.item_ids[data.inter_item[idx] - 1],
+            data.inter_ts[idx],
+            data.user_ids[data.inter_user[idx] - 1],
+        ],
+        axis=1,
+    ).astype(np.int64)
 
 
 def coengagement(
@@ -182,6 +213,8 @@ def train_and_export(
         "coengagement_ids": co_ids,
         "coengagement_scores": co_scores,
         "item_genres": data.item_genres[1:],
+        "item_content": item_content(data),
+        "engagement_events": engagement_events(data),
     }
     spec = {
         "file": "user_tower.pt",
@@ -233,7 +266,11 @@ def train_and_export(
             extra={
                 "user_tower": spec,
                 "eval": eval_figures,
-                "item_features": {"genres": data.genres, "table": "item_genres"},
+                "item_features": {
+                    "genres": data.genres,
+                    "table": "item_genres",
+                    "content_table": "item_content",
+                },
             },
             overwrite=overwrite,
             progress=progress,
@@ -253,6 +290,7 @@ def _cache_key(
             "seed": seed,
             "data": fingerprint,
             "model": MODEL_VERSION,
+            "tables": TABLES_VERSION,
             "config": asdict(TwoTowerConfig()),
         },
         sort_keys=True,

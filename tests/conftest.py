@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Cluster, LoopThread, start_cluster
+from support import Cluster, LoopThread, RedisServer, start_cluster
 
 from annfleet.bundle import Bundle
 from annfleet.config import RouterConfig, ShardsConfig
@@ -34,6 +35,20 @@ def loop_thread() -> Iterator[LoopThread]:
     lt = LoopThread()
     yield lt
     lt.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (Debian package ``redis-server``; ``tests/install-deps.sh``)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip(
+            "redis-server is not installed and tests/install-deps.sh could not install it "
+            "(needs root and apt-get)"
+        )
+    server = RedisServer(binary, str(tmp_path_factory.mktemp("redis")))
+    yield server
+    server.close()
 
 
 @pytest.fixture(scope="session")

@@ -60,3 +60,8 @@ if ! "$VENV_DIR/bin/python" -c "import chromadb" >/dev/null 2>&1; then
   "$VENV_DIR/bin/python" -m pip install --quiet "$CHROMA_PIN" >/dev/null 2>&1 \
     || echo "install-deps: pip install $CHROMA_PIN failed; the Chroma peer test will skip"
 fi
+
+# redis-server: the Redis state store's tests (tests/router/test_state.py) start one.
+if ! have redis-server; then
+  apt_install redis-server
+fi

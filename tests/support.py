@@ -183,3 +183,52 @@ def imported_modules(package_dir: Path) -> dict[str, set[str]]:
                 names.update(f"{node.module}.{alias.name}" for alias in node.names)
         found[str(path.relative_to(package_dir))] = names
     return found
+
+
+class RedisServer:
+    """A real ``redis-server`` on a free loopback port, no persistence, for one test session."""
+
+    def __init__(self, binary: str, workdir: str) -> None:
+        import socket
+        import subprocess
+        import time
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                workdir,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        self.close()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except Exception:
+            self.process.kill()

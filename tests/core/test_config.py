@@ -42,6 +42,10 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("router:\n  hedge_min_delay_s: 0.5\n", "router.hedge_min_delay_s must be"),
         ("shards: 3\n", "shards must be a mapping"),
         ("a: [\n", "not valid YAML"),
+        ("sources:\n  trending: {quota: 0.5}\n", "sum of enabled sources' quota must be <= 1"),
+        ("sources:\n  ann: {budget_ms: 0}\n", "sources.ann.budget_ms must be > 0"),
+        ("sources:\n  trendy: {}\n", "unknown key 'sources.trendy'"),
+        ("state:\n  backend: etcd\n", "state.backend must be memory or redis"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -122,3 +126,25 @@ def test_shipped_ha_config_has_two_replicas() -> None:
     config = load_config(REPO / "deploy" / "ha.yaml")
     assert config.shards.replicas == 2 and config.shards.count == 4
     assert config.router == ClusterConfig().router  # the knobs it lists are the defaults
+
+
+def test_sources_and_state_sections(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "sources:\n  ann: {quota: 0.5}\n  trending: {quota: 0.2}\n"
+        "  social: {enabled: true, graph: follows.txt}\n"
+        "state: {backend: redis, url: 'redis://127.0.0.1:7000/1'}\n"
+    )
+    config = load_config(path)
+    assert config.sources.ann.quota == 0.5 and config.sources.ann.weight == 1.0
+    assert config.sources.social.graph == str(tmp_path / "follows.txt")
+    assert config.state.backend == "redis" and config.state.url.endswith(":7000/1")
+    assert list(config.sources.settings()) == [
+        "ann",
+        "trending",
+        "co_engagement",
+        "content",
+        "exploration",
+        "social",
+        "popular",
+    ]

@@ -16,12 +16,29 @@ class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SOURCE_CO_ENGAGEMENT: _ClassVar[Source]
     SOURCE_CONTENT: _ClassVar[Source]
     SOURCE_EXPLORATION: _ClassVar[Source]
+    SOURCE_TRENDING: _ClassVar[Source]
+    SOURCE_SOCIAL: _ClassVar[Source]
+
+class EventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_TYPE_UNSPECIFIED: _ClassVar[EventType]
+    EVENT_TYPE_IMPRESSION: _ClassVar[EventType]
+    EVENT_TYPE_CLICK: _ClassVar[EventType]
+    EVENT_TYPE_VIEW: _ClassVar[EventType]
+    EVENT_TYPE_LIKE: _ClassVar[EventType]
 SOURCE_UNSPECIFIED: Source
 SOURCE_ANN: Source
 SOURCE_POPULAR: Source
 SOURCE_CO_ENGAGEMENT: Source
 SOURCE_CONTENT: Source
 SOURCE_EXPLORATION: Source
+SOURCE_TRENDING: Source
+SOURCE_SOCIAL: Source
+EVENT_TYPE_UNSPECIFIED: EventType
+EVENT_TYPE_IMPRESSION: EventType
+EVENT_TYPE_CLICK: EventType
+EVENT_TYPE_VIEW: EventType
+EVENT_TYPE_LIKE: EventType
 
 class SearchRequest(_message.Message):
     __slots__ = ("queries", "dim", "k", "params")
@@ -52,6 +69,20 @@ class SearchResponse(_message.Message):
     coverage: _common_pb2.Coverage
     metric: str
     def __init__(self, ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., num_queries: _Optional[int] = ..., k: _Optional[int] = ..., bundle_id: _Optional[str] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., metric: _Optional[str] = ...) -> None: ...
+
+class EngagementEvent(_message.Message):
+    __slots__ = ("user_id", "item_id", "type", "timestamp", "country")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    COUNTRY_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    item_id: int
+    type: EventType
+    timestamp: int
+    country: str
+    def __init__(self, user_id: _Optional[int] = ..., item_id: _Optional[int] = ..., type: _Optional[_Union[EventType, str]] = ..., timestamp: _Optional[int] = ..., country: _Optional[str] = ...) -> None: ...
 
 class Context(_message.Message):
     __slots__ = ("recent_item_ids", "timestamp", "country", "device")

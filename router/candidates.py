@@ -1,0 +1,198 @@
+"""Retrieve's candidate generation, without gRPC: the user's live state -> exclusions ->
+sources run within their budgets -> blend, with the candidate cache in front.
+
+``build_sources`` makes the configured sources a bundle supports (one the bundle lacks a
+table for is left out, with a log line); :class:`CandidateGenerator` answers one request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from annfleet.bundle import TABLE_POPULAR_IDS, Bundle
+from annfleet.config import SourcesConfig
+from annfleet.errors import Unavailable
+from annfleet.router.blend import Blend, blend_outcomes, run_sources
+from annfleet.router.caches import RouterCaches, UserCache
+from annfleet.router.sources import ItemTable, Source, SourceRequest, last_unique
+from annfleet.router.sources.ann import AnnSource, EmbedFn, SearchFn
+from annfleet.router.sources.coengagement import CoEngagementSource
+from annfleet.router.sources.content import ContentSource
+from annfleet.router.sources.exploration import ExplorationSource
+from annfleet.router.sources.popular import PopularSource
+from annfleet.router.sources.social import FileFollowGraph, FollowGraph, SocialSource
+from annfleet.router.sources.trending import TrendingSource
+from annfleet.router.state import StateStore, UserState
+from annfleet.router.users import RequestContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceSet:
+    """The sources of one bundle and what engagement ingestion needs from them."""
+
+    sources: list[Source]
+    items: ItemTable
+    trending: TrendingSource | None
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+
+def build_sources(
+    config: SourcesConfig,
+    bundle: Bundle,
+    state: StateStore,
+    *,
+    embed: EmbedFn | None = None,
+    search: SearchFn | None = None,
+    graph: FollowGraph | None = None,
+) -> SourceSet:
+    """The enabled sources ``bundle`` can serve. ``ann`` needs ``embed`` and ``search``;
+    ``social`` a graph (``graph``, else the file ``sources.social.graph``)."""
+    items = ItemTable.from_bundle(bundle)
+    sources: list[Source] = []
+    trending: TrendingSource | None = None
+    missing: list[str] = []
+    if config.ann.enabled and embed is not None and search is not None:
+        sources.append(AnnSource(config.ann, embed, search))
+    if config.trending.enabled:
+        trending = TrendingSource.from_bundle(config.trending, state, bundle)
+        sources.append(trending)
+    if config.co_engagement.enabled:
+        co = CoEngagementSource.from_bundle(config.co_engagement, state, bundle, items)
+        sources.append(co) if co is not None else missing.append("co_engagement")
+    if config.content.enabled:
+        content = ContentSource.from_bundle(config.content, bundle, items)
+        sources.append(content) if content is not None else missing.append("content")
+    if config.exploration.enabled and len(items):
+        sources.append(ExplorationSource(config.exploration, state, items))
+    if config.social.enabled:
+        if graph is None and config.social.graph:
+            graph = FileFollowGraph.load(config.social.graph)
+        sources.append(SocialSource(config.social, state, graph)) if graph else missing.append(
+            "social"
+        )
+    popular = bundle.table(TABLE_POPULAR_IDS)
+    if config.popular.enabled:
+        if popular is not None:
+            sources.append(PopularSource(config.popular, np.asarray(popular, np.int64)))
+        else:
+            missing.append("popular")
+    if missing:
+        log.info("bundle %s lacks the tables of source(s) %s: off", bundle.id, ", ".join(missing))
+    return SourceSet(sources, items, trending)
+
+
+def merge_recent(live: tuple[int, ...], request: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """The user's recent items: live ones (state store) then the request's, an item kept at
+    its latest position, at most the last ``n``; most recent last."""
+    return tuple(last_unique(live + request, n))
+
+
+def cached_embedder(cache: UserCache[np.ndarray], bundle_id: str, embed: EmbedFn) -> EmbedFn:
+    """``embed`` behind the embedding cache: key = bundle, user and the whole context, the
+    timestamp to the hour (the tower's time features change hourly)."""
+
+    async def embed_cached(user_id: int, ctx: RequestContext) -> np.ndarray:
+        key = (bundle_id, ctx.recent_item_ids, ctx.timestamp // 3600, ctx.country, ctx.device)
+        vector = cache.get(user_id, key)
+        if vector is None:
+            vector = await embed(user_id, ctx)
+            cache.put(user_id, key, vector)
+        return vector
+
+    return embed_cached
+
+
+class CandidateGenerator:
+    """One bundle's Retrieve path below the servicer."""
+
+    def __init__(
+        self,
+        bundle_id: str,
+        sources: SourceSet,
+        state: StateStore,
+        caches: RouterCaches,
+        *,
+        bundle_seen: Callable[[int], np.ndarray] | None = None,
+        filter_seen: bool = True,
+        recent_len: int = 50,
+    ) -> None:
+        self.bundle_id = bundle_id
+        self.sources = sources
+        self.state = state
+        self.caches = caches
+        self.bundle_seen = bundle_seen
+        self.filter_seen = filter_seen
+        self.recent_len = recent_len
+
+    async def _user(self, user_id: int) -> tuple[UserState, np.ndarray, str]:
+        """Live state and blocked items; a state store that is down degrades to neither."""
+        try:
+            return await self.state.user(user_id), await self.state.blocked(), ""
+        except Unavailable as exc:
+            log.warning("serving without live state: %s", exc)
+            return UserState(), np.empty(0, np.int64), str(exc)
+
+    def exclusions(
+        self,
+        user_id: int,
+        user: UserState,
+        recent: tuple[int, ...],
+        exclude: np.ndarray,
+        blocked: np.ndarray,
+    ) -> np.ndarray:
+        """(e,) int64 sorted unique: request exclude_ids, blocked, and with ``filter_seen``
+        the user's seen items (bundle table + live) and recent items."""
+        parts = [np.asarray(exclude, np.int64), blocked]
+        if self.filter_seen:
+            parts += [user.seen, np.asarray(recent, np.int64)]
+            if self.bundle_seen is not None:
+                parts.append(self.bundle_seen(user_id))
+        return np.unique(np.concatenate(parts))
+
+    async def retrieve(
+        self,
+        user_id: int,
+        context: RequestContext,
+        k: int,
+        exclude: np.ndarray,
+        deadline: float,
+        shape: tuple[object, ...] = (),
+    ) -> Blend:
+        """The blended candidates. ``shape`` = what else makes two requests differ (search
+        params, source overrides): part of the candidate-cache key."""
+        user, blocked, state_error = await self._user(user_id)
+        recent = merge_recent(user.recent, context.recent_item_ids, self.recent_len)
+        context = replace(context, recent_item_ids=recent)
+        excluded = hashlib.blake2b(np.asarray(exclude, np.int64).tobytes(), digest_size=8)
+        key = (
+            self.bundle_id,
+            k,
+            shape,
+            excluded.hexdigest(),
+            context.country,
+            context.device,
+            recent,
+            user.version,
+            blocked.tobytes(),
+        )
+        cached = self.caches.candidates.get(user_id, key)
+        if cached is not None:
+            return cached
+        excl = self.exclusions(user_id, user, recent, exclude, blocked)
+        request = SourceRequest(user_id, context, k, deadline, excl)
+        outcomes = await run_sources(self.sources.sources, request)
+        result = blend_outcomes(self.sources.sources, outcomes, k, excl)
+        if state_error:
+            result = replace(result, dropped={**result.dropped, "state": state_error})
+        if not result.dropped:  # a degraded list is not kept
+            self.caches.candidates.put(user_id, key, result)
+        return result

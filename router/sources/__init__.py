@@ -1,0 +1,137 @@
+"""Candidate sources of ``Retrieve``: one small interface, one module per source.
+
+A source turns a request (user, context, k, deadline) into candidates (ids, scores), best
+first. Each is configured in the YAML (``sources:``) with a quota (share of k), a weight and
+a latency budget; ``annfleet.router.blend`` runs them concurrently, drops the ones that miss
+their budget and blends what came back.
+
+Sources: ``ann`` (two-tower over the shards), ``trending``, ``co_engagement``, ``content``,
+``exploration``, ``social``, ``popular``. A source's name is its ``Source`` enum name in
+lower case (the wire code of its candidates).
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from annfleet.bundle import Bundle, shard_dirname
+from annfleet.config import SourceSettings
+from annfleet.router.users import RequestContext
+from annfleet.v1 import retrieval_pb2
+
+EMPTY_IDS = np.empty(0, np.int64)
+
+
+def source_code(name: str) -> int:
+    """The ``Source`` enum value of a source name ("co_engagement" -> SOURCE_CO_ENGAGEMENT)."""
+    return int(retrieval_pb2.Source.Value(f"SOURCE_{name.upper()}"))
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What a source is asked. ``context.recent_item_ids`` already holds the user's live
+    recent items (state store) followed by the request's, most recent last."""
+
+    user_id: int
+    context: RequestContext
+    k: int
+    deadline: float  # absolute time.monotonic() seconds; the source's own budget included
+    exclude: np.ndarray = field(default_factory=lambda: EMPTY_IDS)  # (e,) int64, sorted unique
+
+    @property
+    def now(self) -> float:
+        """Unix seconds of the request: the context's timestamp, else the wall clock."""
+        return float(self.context.timestamp) if self.context.timestamp > 0 else time.time()
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """ids (n,) int64 best first, scores (n,) float32 higher is better, n <= k."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    detail: Any = None  # source-specific extras (the ANN's scatter result: coverage)
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(EMPTY_IDS, np.empty(0, np.float32))
+
+
+class Source(ABC):
+    """One candidate source. ``fetch`` must not block the event loop."""
+
+    name: str = ""
+
+    def __init__(self, settings: SourceSettings) -> None:
+        self.settings = settings
+        self.code = source_code(self.name)
+
+    @abstractmethod
+    async def fetch(self, request: SourceRequest) -> Candidates:
+        """The best ``request.k`` candidates not in ``request.exclude``."""
+
+
+def top_k(
+    ids: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray = EMPTY_IDS
+) -> Candidates:
+    """Best k of (ids (n,) int64, scores (n,)) with ids in ``exclude`` or < 0 dropped; ties by
+    smaller id. Scores of -inf are dropped too."""
+    keep = (ids >= 0) & np.isfinite(scores)
+    if len(exclude):
+        keep &= ~np.isin(ids, exclude)
+    ids, scores = ids[keep], scores[keep].astype(np.float32)
+    order = np.lexsort((ids, -scores))[:k]
+    return Candidates(ids[order].astype(np.int64), scores[order])
+
+
+class ItemTable:
+    """The bundle's item ids in table row order (``ids``) and id -> row lookups, for the
+    item tables whose rows are aligned with ``item_ids``."""
+
+    def __init__(self, ids: np.ndarray) -> None:
+        self.ids = np.asarray(ids, np.int64)
+        self._order = np.argsort(self.ids, kind="stable")
+        self._sorted = self.ids[self._order]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows(self, ids: np.ndarray | list[int] | tuple[int, ...]) -> np.ndarray:
+        """(n,) int64 table rows of ``ids``; -1 for ids the bundle does not know."""
+        ids = np.asarray(ids, np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self._sorted, ids), len(self._sorted) - 1)
+        return np.where(self._sorted[pos] == ids, self._order[pos], -1).astype(np.int64)
+
+    def contains(self, ids: np.ndarray) -> np.ndarray:
+        """(n,) bool."""
+        return self.rows(ids) >= 0
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ItemTable:
+        """The ``item_ids`` table (the row order of item tables); else every shard's ids."""
+        table = bundle.table("item_ids")
+        if table is not None:
+            return cls(np.asarray(table, np.int64))
+        parts = [bundle.load_array(f"{shard_dirname(s)}/ids.npy") for s in range(bundle.num_shards)]
+        return cls(np.concatenate(parts) if parts else EMPTY_IDS)
+
+
+def last_unique(items: tuple[int, ...] | list[int], n: int) -> list[int]:
+    """The last ``n`` distinct items (an item counted at its latest place), oldest first."""
+    return list(dict.fromkeys(reversed(items)))[:n][::-1]
+
+
+def recency_weights(n: int, decay: float) -> np.ndarray:
+    """(n,) float64 weights of n items ordered oldest first: the newest gets 1, the one
+    before it ``decay``, then decay**2, ..."""
+    return decay ** np.arange(n - 1, -1, -1, dtype=np.float64)

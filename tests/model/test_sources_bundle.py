@@ -1,0 +1,127 @@
+"""The candidate sources over a real MovieLens export: its tables, every source serving,
+the blend keeping k full, and an engaged item never coming back."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+
+from annfleet.bundle import Bundle, shard_dirname
+from annfleet.config import RouterConfig, SourcesConfig
+from annfleet.router.caches import RouterCaches
+from annfleet.router.candidates import CandidateGenerator, build_sources, cached_embedder
+from annfleet.router.engagement import Event, record_engagement
+from annfleet.router.sources import Candidates, SourceRequest
+from annfleet.router.state import MemoryState
+from annfleet.router.users import PrecomputedUsers, RequestContext
+from annfleet.v1 import retrieval_pb2
+
+
+def test_export_has_the_source_tables(small_bundle: Bundle) -> None:
+    item_ids = small_bundle.table("item_ids")
+    events = small_bundle.table("engagement_events")
+    assert events.dtype == np.int64 and events.shape[1] == 3 and len(events) > 1000
+    assert np.isin(events[:, 0], item_ids).all()
+    assert np.isin(events[:, 2], small_bundle.users()[0]).all()  # type: ignore[index]
+    assert events[:, 1].max() - events[:, 1].min() <= 56 * 86400
+    assert (np.diff(events[:, 1]) >= 0).all()
+    content = small_bundle.table("item_content")
+    genres = small_bundle.table("item_genres")
+    assert content.shape[0] == len(item_ids) and content.shape[1] > genres.shape[1]
+    np.testing.assert_array_equal(content[:, : genres.shape[1]], genres)
+    assert set(np.unique(content[:, genres.shape[1] :])) <= {0.0, 0.5}
+    assert small_bundle.manifest["item_features"]["content_table"] == "item_content"
+
+
+def brute_force_searcher(bundle: Bundle):  # type: ignore[no-untyped-def]
+    """An exact inner-product search over every shard's vectors, with exclude pushed down."""
+    ids = np.concatenate(
+        [bundle.load_array(f"{shard_dirname(s)}/ids.npy") for s in range(bundle.num_shards)]
+    )
+    vectors = np.concatenate(
+        [bundle.load_array(f"{shard_dirname(s)}/vectors.npy") for s in range(bundle.num_shards)]
+    )
+
+    async def search(
+        vector: np.ndarray, k: int, exclude: np.ndarray, deadline: float
+    ) -> Candidates:
+        scores = vectors @ vector
+        scores[np.isin(ids, exclude)] = -np.inf
+        order = np.argsort(-scores, kind="stable")[:k]
+        return Candidates(ids[order], scores[order])
+
+    return search
+
+
+def test_every_source_serves_and_an_engaged_item_never_comes_back(small_bundle: Bundle) -> None:
+    from annfleet.router.service import SeenItems
+
+    state = MemoryState()
+    caches = RouterCaches(RouterConfig(), SourcesConfig())
+    caches.bundle_changed(small_bundle.id)
+    users = PrecomputedUsers(*small_bundle.users())  # type: ignore[misc]
+
+    async def embed(user_id: int, ctx: RequestContext) -> np.ndarray:
+        return users.embed(user_id, ctx)
+
+    sources = build_sources(
+        SourcesConfig(),
+        small_bundle,
+        state,
+        embed=cached_embedder(caches.embeddings, small_bundle.id, embed),
+        search=brute_force_searcher(small_bundle),
+    )
+    assert sources.names() == [
+        "ann",
+        "trending",
+        "co_engagement",
+        "content",
+        "exploration",
+        "popular",
+    ]
+    seen = SeenItems.load(small_bundle)
+    generator = CandidateGenerator(
+        small_bundle.id, sources, state, caches, bundle_seen=seen.of, filter_seen=True
+    )
+    user, k = 1, 60
+    context = RequestContext(recent_item_ids=(50, 172, 181))
+
+    async def go() -> None:
+        first = await generator.retrieve(
+            user, context, k, np.empty(0, np.int64), time.monotonic() + 10
+        )
+        assert len(first.ids) == k and len(set(first.ids.tolist())) == k and not first.dropped
+        assert not np.isin(first.ids, seen.of(user)).any()
+        assert not np.isin(first.ids, [50, 172, 181]).any()
+        for name in sources.names():
+            assert first.counts[name] > 0, name
+        assert (
+            await generator.retrieve(user, context, k, np.empty(0, np.int64), time.monotonic() + 10)
+            is first
+        )  # cached
+
+        engaged = int(first.ids[0])
+        await record_engagement(
+            [Event(user, engaged, retrieval_pb2.EVENT_TYPE_CLICK)],
+            store=state,
+            items=sources.items,
+            trending=sources.trending,
+            caches=caches,
+            max_future_s=300,
+            co_window=10,
+        )
+        again = await generator.retrieve(
+            user, context, k, np.empty(0, np.int64), time.monotonic() + 10
+        )
+        assert again is not first and len(again.ids) == k
+        assert engaged not in again.ids.tolist()
+        # The click is trending right away (live events outweigh the 1998 seed).
+        assert sources.trending is not None
+        hot = await sources.trending.fetch(
+            SourceRequest(2, RequestContext(country="US"), 5, time.monotonic() + 10)
+        )
+        assert hot.ids[0] == engaged
+
+    asyncio.run(go())

@@ -1,0 +1,213 @@
+"""The blender: dedup, quotas and backfill as properties; budgets with real tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from annfleet.config import SourceSettings
+from annfleet.router.blend import SourceList, blend, blend_outcomes, run_sources, slots
+from annfleet.router.sources import Candidates, Source, SourceRequest
+from annfleet.router.users import RequestContext
+
+NAMES = {
+    1: "ann",
+    2: "popular",
+    3: "co_engagement",
+    4: "content",
+    5: "exploration",
+    6: "trending",
+    7: "social",
+}
+
+
+def cleaned(ids: np.ndarray, exclude: set[int], k: int) -> list[int]:
+    out: list[int] = []
+    for i in ids.tolist():
+        if i >= 0 and i not in exclude and i not in out:
+            out.append(i)
+    return out[:k]
+
+
+def test_blend_example() -> None:
+    lists = [
+        SourceList("ann", 1, 0.5, 1.0, np.array([1, 2, 3, 4, 5, 6])),
+        SourceList("trending", 6, 0.25, 0.5, np.array([3, 7, 8, -1])),
+        SourceList("content", 4, 0.25, 0.2, None),  # dropped: its quota is backfilled
+    ]
+    result = blend(lists, 4, exclude=np.array([2]), dropped={"content": "budget"})
+    # ann takes 2 slots (1, 3), trending 1 (7: 3 already taken), backfill: best left is 4.
+    assert result.ids.tolist() == [1, 3, 4, 7]
+    np.testing.assert_allclose(result.scores, [1.0, 0.75, 0.5, 0.375])
+    assert result.primary.tolist() == [1, 1, 1, 6]
+    assert result.masks.tolist() == [1 << 1, (1 << 1) | (1 << 6), 1 << 1, 1 << 6]
+    assert result.counts == {"ann": 3, "trending": 2}
+    assert result.dropped == {"content": "budget"}
+
+
+def test_slots() -> None:
+    assert slots([0.6, 0.1, 0.15, 0.05, 0.05, 0.05], 10) == [
+        6,
+        1,
+        2,
+        1,
+        0,
+        0,
+    ]  # remainders 0.5 tie: earlier first
+    assert slots([0.5, 0.5], 3) == [2, 1]
+    assert slots([0.3], 10) == [3]
+    assert slots([0.0, 0.0], 5) == [0, 0]
+
+
+source_lists = st.lists(
+    st.tuples(
+        st.integers(0, 10),  # quota tenths (normalised below)
+        st.floats(0.0, 2.0, allow_nan=False),  # weight
+        st.one_of(st.none(), st.lists(st.integers(-1, 40), max_size=30)),  # ids or dropped
+    ),
+    min_size=1,
+    max_size=6,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(source_lists, st.integers(1, 25), st.sets(st.integers(0, 40), max_size=10))
+def test_blend_properties(raw: list, k: int, exclude: set[int]) -> None:
+    codes = list(NAMES)[: len(raw)]
+    total = sum(q for q, _, _ in raw) or 1
+    lists = [
+        SourceList(
+            NAMES[c], c, q / max(total, 10), w, None if ids is None else np.array(ids, np.int64)
+        )
+        for c, (q, w, ids) in zip(codes, raw, strict=False)
+    ]
+    result = blend(lists, k, np.array(sorted(exclude), np.int64))
+    final = result.ids.tolist()
+    live = [s for s in lists if s.ids is not None]
+    clean = {s.name: cleaned(s.ids, exclude, k) for s in live}  # type: ignore[arg-type]
+    union = set().union(*clean.values()) if clean else set()
+
+    # Dedup and filters.
+    assert len(final) == len(set(final))
+    assert not set(final) & exclude and all(i >= 0 for i in final)
+    # k is full whenever the sources together had k candidates (backfill).
+    assert len(final) == min(k, len(union))
+    # Quotas: a source gets at least its slots (or all it had) among the final list.
+    order = sorted(live, key=lambda s: (-s.weight, s.code))
+    for s, n in zip(order, slots([s.quota for s in order], k), strict=True):
+        assert len(set(final) & set(clean[s.name])) >= min(n, len(clean[s.name]))
+    # Every contributing source recorded; best score kept; ordered by score.
+    for item, mask, score, primary in zip(
+        final, result.masks.tolist(), result.scores.tolist(), result.primary.tolist(), strict=True
+    ):
+        holders = [s for s in live if item in clean[s.name]]
+        assert mask == sum(1 << s.code for s in holders)
+        best = max(s.weight * (1 - clean[s.name].index(item) / k) for s in holders)
+        assert abs(score - best) < 1e-6
+        assert primary in {s.code for s in holders}
+    assert (np.diff(result.scores) <= 1e-7).all()
+    assert result.counts == {s.name: len(set(final) & set(clean[s.name])) for s in live}
+
+
+# --- budgets -----------------------------------------------------------------------------
+
+
+class ListSource(Source):
+    def __init__(
+        self,
+        name: str,
+        ids: list[int],
+        budget_ms: float = 1000.0,
+        quota: float = 0.5,
+        weight: float = 1.0,
+    ) -> None:
+        self.name = name
+        super().__init__(SourceSettings(quota=quota, weight=weight, budget_ms=budget_ms))
+        self.ids = np.array(ids, np.int64)
+
+    async def fetch(self, request: SourceRequest) -> Candidates:
+        ids = self.ids[~np.isin(self.ids, request.exclude)][: request.k]
+        return Candidates(ids, np.linspace(1, 0, len(ids), dtype=np.float32))
+
+
+class HangingSource(ListSource):
+    """Sleeps far past its budget and ignores the first cancellation (a stubborn source)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.finished = asyncio.Event()
+        self.started = False
+
+    async def fetch(self, request: SourceRequest) -> Candidates:
+        self.started = True
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(1.0)  # keeps going after being cancelled
+        self.finished.set()
+        return await super().fetch(request)
+
+
+class FailingSource(ListSource):
+    async def fetch(self, request: SourceRequest) -> Candidates:
+        raise RuntimeError("table missing")
+
+
+def req(k: int) -> SourceRequest:
+    return SourceRequest(1, RequestContext(), k, time.monotonic() + 30, np.array([2], np.int64))
+
+
+def test_a_source_past_its_budget_is_dropped_not_waited_for_and_k_stays_full() -> None:
+    async def go() -> None:
+        ann = ListSource("ann", [1, 2, 3, 4, 5, 6, 7, 8], quota=0.5, weight=1.0)
+        hanging = HangingSource("trending", [20, 21, 22, 23], budget_ms=30, quota=0.5, weight=0.5)
+        failing = FailingSource("content", [30, 31], quota=0.0, weight=0.2)
+        sources = [ann, hanging, failing]
+        outcomes = await run_sources(sources, req(6))
+        assert hanging.started and not hanging.finished.is_set()  # returned without waiting
+        assert outcomes["trending"].dropped == "budget"
+        assert outcomes["content"].dropped == "error: RuntimeError: table missing"
+        assert outcomes["ann"].dropped == "" and outcomes["ann"].candidates is not None
+        result = blend_outcomes(sources, outcomes, 6, np.array([2]))
+        assert result.ids.tolist() == [1, 3, 4, 5, 6, 7]  # k full from ann (backfill)
+        assert set(result.dropped) == {"trending", "content"}
+        await asyncio.wait_for(hanging.finished.wait(), 5)  # it did go on by itself
+
+    asyncio.run(go())
+
+
+def test_the_request_deadline_caps_every_budget() -> None:
+    async def go() -> None:
+        hanging = HangingSource("trending", [20], budget_ms=60_000)
+        request = SourceRequest(1, RequestContext(), 3, time.monotonic() + 0.05)
+        outcomes = await run_sources([hanging], request)
+        assert outcomes["trending"].dropped == "budget"
+
+    asyncio.run(go())
+
+
+def test_cancelling_the_caller_cancels_the_sources() -> None:
+    async def go() -> None:
+        class Slow(ListSource):
+            cancelled = False
+
+            async def fetch(self, request: SourceRequest) -> Candidates:
+                try:
+                    await asyncio.sleep(60)
+                except asyncio.CancelledError:
+                    Slow.cancelled = True
+                    raise
+                return Candidates.empty()
+
+        task = asyncio.ensure_future(run_sources([Slow("ann", [])], req(3)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert Slow.cancelled
+
+    asyncio.run(go())
