@@ -9,8 +9,9 @@ its retry policy retries on the same channel, not on another shard replica) is d
 shard call:
 
 - **balance**: power of two choices over the replicas that are SERVING and not ejected,
-  each scored by (outstanding calls + 1) x its peak-EWMA latency (Finagle's "P2C + peak
-  EWMA"), so a slow replica gets less traffic and a hung one none once its calls back up;
+  each scored by (outstanding calls + 1) x the larger of its peak-EWMA latency (Finagle's
+  "P2C + peak EWMA") and the age of its oldest unanswered call, so a slow replica gets less
+  traffic and a hung one none a few milliseconds after it stops answering;
 - **retry**: UNAVAILABLE, RESOURCE_EXHAUSTED, FAILED_PRECONDITION (another bundle held)
   or an attempt cut at ``shard_timeout_s`` is retried at once on another replica, inside
   the request's deadline, at most ``shard_attempts`` attempts in all; a replica that failed
@@ -129,7 +130,7 @@ class Replica:
         self.stub = shard_pb2_grpc.IndexShardStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.status = "UNKNOWN"  # SERVING, NOT_SERVING, DOWN (no stream) or UNKNOWN (not yet)
-        self.outstanding = 0
+        self.in_flight: list[float] = []  # start times of its calls in flight, oldest first
         self.answered = 0  # searches this replica answered for the router
         self.latency = PeakEwma()
         self.ejected_until = 0.0
@@ -141,6 +142,10 @@ class Replica:
 
     def start_watch(self) -> None:
         self._watch = asyncio.create_task(self._watch_health())
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.in_flight)
 
     def usable(self, now: float) -> bool:
         return self.status == "SERVING" and now >= self.ejected_until
@@ -241,6 +246,8 @@ class ReplicaGroup:
         def load(r: Replica) -> tuple[float, float]:
             latency = r.latency.get(now)
             cost = max(typical if latency is None else latency, COST_FLOOR_S)
+            if r.in_flight:  # a call that has waited this long says more than past latency
+                cost = max(cost, now - r.in_flight[0])
             return (r.outstanding + 1) * cost, random.random()
 
         return min(pool, key=load)
@@ -271,7 +278,7 @@ class ReplicaGroup:
         timeout = min(deadline - started, attempt_cap)
         if timeout <= 0:
             raise ShardFailure("DEADLINE_EXCEEDED", "deadline passed before the call", True)
-        replica.outstanding += 1
+        replica.in_flight.append(started)
         try:
             response = await replica.stub.Search(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -288,7 +295,7 @@ class ReplicaGroup:
                 code.name, f"{code.name} from {replica.target}: {exc.details()}", expired
             ) from exc
         finally:
-            replica.outstanding -= 1
+            replica.in_flight.remove(started)
         now = time.monotonic()
         replica.latency.observe(now - started, now)
         replica.answered += 1
