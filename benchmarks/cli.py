@@ -1,4 +1,4 @@
-"""`annfleet bench ...`: recall-latency, load, scale, fuzz.
+"""`annfleet bench ...`: recall-latency, load, faults, scale, fuzz.
 
 ``register(subparsers)`` adds the ``bench`` command to the annfleet CLI; ``main()`` runs it
 standalone (``python -m annfleet.benchmarks.cli bench recall-latency --quick``).
@@ -29,7 +29,9 @@ def _kv(text: str) -> dict[str, int]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    bench = subparsers.add_parser("bench", help="benchmarks: recall vs latency, load, scale, fuzz")
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks: recall vs latency, load, faults, scale, fuzz"
+    )
     sub = bench.add_subparsers(dest="bench_command", required=True)
 
     rl = sub.add_parser(
@@ -173,6 +175,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ld.add_argument("--out", type=Path)
     ld.add_argument("--data-dir", type=Path)
     ld.set_defaults(func=cmd_load)
+
+    ft = sub.add_parser(
+        "faults",
+        help="replica loss under open-loop load: kill -9 one replica, SIGSTOP another",
+    )
+    ft.add_argument("--items", type=int, default=200_000)
+    ft.add_argument("--dim", type=int, default=64)
+    ft.add_argument("--shards", type=int, default=4)
+    ft.add_argument("--replicas", type=int, default=2, help="processes per shard (>= 2)")
+    ft.add_argument("--rpc", choices=("search", "retrieve"), default="retrieve")
+    ft.add_argument("--qps", type=float, default=200.0, help="open-loop rate")
+    ft.add_argument("--concurrency", type=int, default=256, help="most requests in flight")
+    ft.add_argument("--processes", type=int, default=1, help="client processes")
+    ft.add_argument("-k", "--k", type=int, default=100)
+    ft.add_argument("--timeout", type=float, default=1.0, help="client deadline (s)")
+    ft.add_argument("--warmup", type=float, default=5.0, help="seconds before t = 0")
+    ft.add_argument("--duration", type=float, default=70.0, help="measured seconds")
+    ft.add_argument("--kill-at", type=float, default=15.0, help="SIGKILL at t (s)")
+    ft.add_argument("--kill-shard", type=int, default=1, help="its replica 0 is killed")
+    ft.add_argument("--stop-at", type=float, default=40.0, help="SIGSTOP at t (s)")
+    ft.add_argument("--stop-for", type=float, default=10.0, help="SIGCONT this much later")
+    ft.add_argument("--stop-shard", type=int, default=2, help="its last replica is stopped")
+    ft.add_argument("--name", help="write results under benchmarks/results/<name>/")
+    ft.add_argument("--out", type=Path, help="results root (default benchmarks/results)")
+    ft.add_argument("--data-dir", type=Path)
+    ft.set_defaults(func=cmd_faults)
 
     sc = sub.add_parser("scale", help="10M-scale recipe: IVF-PQ + re-rank over N shards")
     sc.add_argument("--items", type=int, default=10_000_000)
@@ -333,6 +361,13 @@ def cmd_load(args: argparse.Namespace) -> int:
 
         return overload(args)
     from annfleet.benchmarks.load import cmd
+
+    return cmd(args)
+
+
+def cmd_faults(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
+    from annfleet.benchmarks.faults import cmd
 
     return cmd(args)
 

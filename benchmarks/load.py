@@ -47,6 +47,7 @@ class LoadSpec:
     nprobe: int = 0
     rerank: int = 0
     timeout: float = 1.0
+    record: bool = False  # keep every request's outcome (time series, e.g. `bench faults`)
 
 
 @dataclass
@@ -56,6 +57,10 @@ class WorkerResult:
     sent: int
     cpu_seconds: float
     pid: int
+    records: list[tuple[float, float, str, bool]] | None = None  # with spec.record
+
+
+Record = tuple[float, float, str, bool]  # (scheduled time.time(), latency s, "OK" | code, degraded)
 
 
 def _check_loopback(target: str) -> None:
@@ -74,6 +79,7 @@ async def _worker_async(
     end_at = measure_from + spec.duration
     lat: list[float] = []
     errors: Counter[str] = Counter()
+    records: list[Record] = []
     sent = 0
     params = {"ef_search": spec.ef_search, "nprobe": spec.nprobe, "rerank": spec.rerank}
 
@@ -84,19 +90,29 @@ async def _worker_async(
             sent += 1
             try:
                 if spec.rpc == "search":
-                    await client.search(queries[rng.integers(len(queries))], spec.k, **params)
+                    result: Any = await client.search(
+                        queries[rng.integers(len(queries))], spec.k, **params
+                    )
                 else:
-                    await client.retrieve(int(user_ids[rng.integers(len(user_ids))]), spec.k)
+                    result = await client.retrieve(
+                        int(user_ids[rng.integers(len(user_ids))]), spec.k
+                    )
             except AnnfleetError as exc:
-                if t_sched >= measure_from:
-                    errors[getattr(exc.code, "name", str(exc.code))] += 1
-                return
+                code = getattr(exc.code, "name", str(exc.code))
             except Exception as exc:  # transport-level surprises are reported, not fatal
-                if t_sched >= measure_from:
-                    errors[type(exc).__name__] += 1
+                code = type(exc).__name__
+            else:
+                code = ""
+            latency = time.time() - t_sched
+            if spec.record:
+                degraded = bool(not code and result.coverage.degraded)
+                records.append((t_sched, latency, code or "OK", degraded))
+            if t_sched < measure_from:
                 return
-            if t_sched >= measure_from:
-                lat.append(time.time() - t_sched)
+            if code:
+                errors[code] += 1
+            else:
+                lat.append(latency)
 
         await asyncio.sleep(max(0.0, start_at - time.time()))
         if spec.mode == "closed":
@@ -117,6 +133,8 @@ async def _worker_async(
                 if len(inflight) >= per_proc:
                     if t_next >= measure_from:
                         errors["CLIENT_BACKLOG"] += 1
+                    if spec.record:
+                        records.append((t_next, float("nan"), "CLIENT_BACKLOG", False))
                 else:
                     task = asyncio.create_task(one(t_next))
                     inflight.add(task)
@@ -125,7 +143,12 @@ async def _worker_async(
             if inflight:
                 await asyncio.wait(inflight, timeout=spec.timeout + 1)
     return WorkerResult(
-        np.asarray(lat), dict(errors), sent, procstat.own_cpu_seconds(), os.getpid()
+        np.asarray(lat),
+        dict(errors),
+        sent,
+        procstat.own_cpu_seconds(),
+        os.getpid(),
+        records if spec.record else None,
     )
 
 
@@ -150,15 +173,23 @@ def run_load(
     queries: np.ndarray,
     user_ids: np.ndarray | None = None,
     server_pids: dict[str, int] | None = None,
+    start_at: float | None = None,
 ) -> dict[str, Any]:
-    """Run the load; returns QPS, latency percentiles, errors by code and CPU per process."""
+    """Run the load; returns QPS, latency percentiles, errors by code and CPU per process.
+
+    ``start_at`` (``time.time()``, default: in a few seconds, once the client processes are
+    up) is when sending starts; measuring starts ``spec.warmup`` later. With
+    ``spec.record`` the result also has ``records``: every request's (scheduled time,
+    latency, "OK" or status code, degraded), sorted by time.
+    """
     _check_loopback(spec.target)
     if spec.rpc == "retrieve" and (user_ids is None or len(user_ids) == 0):
         raise ValueError("retrieve load needs user ids")
     uids = user_ids if user_ids is not None else np.zeros(1, dtype=np.int64)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 2.0 + 0.5 * spec.processes  # time for the spawns to import
+    if start_at is None:
+        start_at = time.time() + 2.0 + 0.5 * spec.processes  # time for the spawns to import
     procs = [
         ctx.Process(target=_worker, args=(spec, queries, uids, i, start_at, out), daemon=True)
         for i in range(spec.processes)
@@ -204,7 +235,9 @@ def run_load(
             "cores_used": round(r.cpu_seconds / (spec.duration + spec.warmup + 1.0), 2),
             "note": "whole process life incl. import and warm-up",
         }
+    records = sorted(r for w in results for r in (w.records or ()))
     return {
+        **({"records": records} if spec.record else {}),
         "spec": asdict(spec),
         "achieved_qps": n_ok / spec.duration,
         "ok": n_ok,
