@@ -305,6 +305,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{time.monotonic() - started:.1f}s)",
         flush=True,
     )
+    if cluster.router.metrics_port:
+        host = cluster.router_target.rsplit(":", 1)[0]
+        print(f"status page http://{host}:{cluster.router.metrics_port}/status", flush=True)
     _print_sample(cluster.router_target, cluster.bundle, cluster.credentials)
     print("Ctrl-C stops the cluster.", flush=True)
     try:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
-
-log = logging.getLogger(__name__)
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
     0.0002,
@@ -78,16 +74,6 @@ SHARD_ITEMS = Gauge(
     "Items of a held bundle's shard, by kind (bundle, upserted, deleted, searchable)",
     ["bundle", "kind"],
 )
-
-
-def serve_metrics(port: int, host: str = "127.0.0.1") -> int | None:
-    """Start /metrics on ``port`` (0 = a free port, < 0 = off); return the port or None."""
-    if port < 0:
-        return None
-    server, _thread = start_http_server(port, addr=host)
-    bound = int(server.server_port)
-    log.info("metrics on http://%s:%d/metrics", host, bound)
-    return bound
 
 
 SOURCE_LATENCY = Histogram(

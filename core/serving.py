@@ -22,7 +22,8 @@ from annfleet.arrays import GRPC_OPTIONS
 from annfleet.client.channels import tls_credentials
 from annfleet.config import TlsConfig
 from annfleet.errors import ConfigError, status_of
-from annfleet.metrics import LATENCY, REQUESTS, serve_metrics
+from annfleet.metrics import LATENCY, REQUESTS
+from annfleet.web import HttpPort, StatusSource, serve_http
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,19 @@ def deadline_of(context: grpc.aio.ServicerContext, default_s: float | None = Non
     return None if remaining is None else time.monotonic() + remaining
 
 
+class RpcObserver(Protocol):
+    def __call__(
+        self, method: str, code: grpc.StatusCode, seconds: float, response: Any | None
+    ) -> None: ...
+
+
 def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
-    """Decorate a servicer method: count and time it, and turn exceptions into statuses."""
+    """Decorate a servicer method: count and time it, and turn exceptions into statuses.
+
+    A servicer whose ``rpc_observer`` attribute is set also tells it each call's method
+    name, status code, seconds and response (None when the call failed): the status pages'
+    window of recent requests.
+    """
 
     def decorate(method: Handler[R]) -> Handler[R]:
         name = method.__name__
@@ -68,8 +80,10 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
             start = time.perf_counter()
             code = grpc.StatusCode.OK
+            response = None
             try:
-                return await method(self, request, context)
+                response = await method(self, request, context)
+                return response
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
                 raise
@@ -83,8 +97,12 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
                 await context.abort(code, short_message(message))
                 raise  # unreachable: abort raises
             finally:
+                seconds = time.perf_counter() - start
                 REQUESTS.labels(service, name, code.name).inc()
-                LATENCY.labels(service, name).observe(time.perf_counter() - start)
+                LATENCY.labels(service, name).observe(seconds)
+                observer: RpcObserver | None = getattr(self, "rpc_observer", None)
+                if observer is not None:
+                    observer(name, code, seconds, response)
 
         return wrapper
 
@@ -185,13 +203,18 @@ class GrpcServer:
         port: int,
         service_names: Sequence[str],
         health_servicer: Any,
-        metrics_port: int | None,
+        http: HttpPort | None,
     ) -> None:
         self.server = server
         self.port = port
         self.service_names = list(service_names)
         self.health = health_servicer
-        self.metrics_port = metrics_port
+        self.http = http
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The HTTP port (/metrics, /status), None when off."""
+        return self.http.port if self.http else None
 
     async def set_serving(self, serving: bool) -> None:
         status = (
@@ -209,6 +232,8 @@ class GrpcServer:
         """
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.to_thread(self.http.stop)
 
 
 # ---------------------------------------------------------------- TLS
@@ -260,12 +285,16 @@ async def start_server(
     metrics_port: int = -1,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     tls: TlsConfig | None = None,
+    status: StatusSource | None = None,
 ) -> GrpcServer:
     """Bind and start; every service (and the overall "") reports NOT_SERVING.
 
     Health is NOT_SERVING before the port opens: grpc's HealthServicer starts with "" SERVING,
     so a client polling as the port opens would otherwise be told SERVING too early.
     Every service's requests are parsed inside the call (``add_safely``).
+
+    ``metrics_port`` (0 = a free port, -1 = off) serves /metrics and, from ``status``,
+    /status and /status.json, on ``host``.
     """
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=list(interceptors))
     for add, servicer in services:
@@ -284,7 +313,7 @@ async def start_server(
         raise OSError(f"cannot listen on {host}:{port}")
     handle = GrpcServer(server, bound, service_names, health_servicer, None)
     await server.start()
-    handle.metrics_port = serve_metrics(metrics_port, host)
+    handle.http = serve_http(metrics_port, host, status)
     return handle
 
 

@@ -23,6 +23,7 @@ from annfleet.router.replicas import ReplicaGroup
 from annfleet.router.rollout import RolloutController, open_router_bundle
 from annfleet.router.scatter import Scatter
 from annfleet.router.service import RetrievalService, RouterState
+from annfleet.router.status import RouterStatus
 from annfleet.router.users import load_embedder
 from annfleet.serving import GrpcServer, channel_credentials, start_server
 from annfleet.v1 import admin_pb2, admin_pb2_grpc, retrieval_pb2, retrieval_pb2_grpc, shard_pb2
@@ -139,6 +140,8 @@ async def start_router(
         state_path=rollout_state,
         credentials=channel_credentials(tls),
     )
+    status = RouterStatus(service, asyncio.get_running_loop(), rollouts)
+    service.rpc_observer = status.observe
     server = await start_server(
         [(retrieval_pb2_grpc.add_RetrievalServicer_to_server, service)],
         SERVICE_NAMES,
@@ -146,8 +149,10 @@ async def start_router(
         port=port,
         metrics_port=metrics_port,
         tls=tls,
+        status=status,
     )
     scatter: Scatter | None = None
+    status.address = f"{host}:{server.port}"
     try:
         loop = asyncio.get_running_loop()
         bundle = await loop.run_in_executor(executor, load_router_bundle, Path(bundle_path))

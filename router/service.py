@@ -30,7 +30,7 @@ from annfleet.router.coalesce import Coalescer
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.users import RequestContext, UserEmbedder
 from annfleet.router.variants import CANARY, STABLE, Canary
-from annfleet.serving import rpc
+from annfleet.serving import RpcObserver, rpc
 from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from annfleet.validation import check_params
 
@@ -106,6 +106,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.state: RouterState | None = None  # the stable bundle
         self.canary: Canary | None = None  # a bundle serving a share of users (variants.py)
         self.in_flight = 0
+        self.rpc_observer: RpcObserver | None = None  # the status page's window
         self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
             maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
         )

@@ -7,6 +7,7 @@ interceptor, health, reflection).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +21,7 @@ from annfleet.server.admin import ShardAdminService
 from annfleet.server.holdings import Holdings, load_shard
 from annfleet.server.index import set_threads
 from annfleet.server.service import ShardService
+from annfleet.server.status import ShardStatus
 from annfleet.serving import GrpcServer, start_server
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
@@ -81,6 +83,8 @@ class ShardServer:
         holdings = Holdings(config, search, shard_id, replica)
         service = ShardService(config, executor, holdings)
         admin = ShardAdminService(service, loader, loader)
+        status = ShardStatus(service, asyncio.get_running_loop())
+        service.rpc_observer = status.observe
         server = await start_server(
             [(shard_pb2_grpc.add_IndexShardServicer_to_server, service)],
             SERVICE_NAMES,
@@ -88,7 +92,9 @@ class ShardServer:
             port=port,
             metrics_port=metrics_port,
             tls=tls,
+            status=status,
         )
+        status.address = f"{host}:{server.port}"
         admin_grpc = None
         if admin_port >= 0:
             assert admin_token

@@ -16,7 +16,7 @@ from annfleet.config import ShardsConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from annfleet.metrics import SHARD_DROPPED
 from annfleet.server.holdings import Holding, Holdings
-from annfleet.serving import deadline_of, rpc
+from annfleet.serving import RpcObserver, deadline_of, rpc
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 from annfleet.validation import check_params
 
@@ -121,6 +121,7 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         self.executor = executor
         self.holdings = holdings
         self.queue = SearchQueue(executor, config.max_queue)
+        self.rpc_observer: RpcObserver | None = None  # the status page's window
 
     async def answer(
         self,

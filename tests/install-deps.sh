@@ -65,3 +65,7 @@ fi
 if ! have redis-server; then
   apt_install redis-server
 fi
+
+# chromium + chromedriver (tests/router/test_status_page.py loads the router's status page in
+# headless Chromium and drives it over WebDriver): Debian's packages, no browser download.
+{ have chromium && have chromedriver; } || apt_install chromium chromium-driver

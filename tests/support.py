@@ -92,7 +92,10 @@ def start_cluster(
     router_config: RouterConfig | None = None,
     shards_config: ShardsConfig | None = None,
     replicas: int = 1,
+    *,
+    metrics_port: int = -1,
 ) -> Cluster:
+    """``metrics_port``: the router's HTTP port (/metrics, /status); 0 = a free one."""
     groups = [
         [lt.run(start_shard_server(bundle.path, i, shards_config)) for _ in range(replicas)]
         for i in range(bundle.num_shards)
@@ -102,6 +105,7 @@ def start_cluster(
             bundle.path,
             [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
             router_config or RouterConfig(),
+            metrics_port=metrics_port,
         )
     )
     return Cluster(lt, bundle, groups, router)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,15 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         bundle_id = answer["bundle_id"]
         assert f"shard 0/2 of {bundle_id}" in status.stdout
         assert f"shard 1/2 of {bundle_id}" in status.stdout
+
+        # The router's status page, on its metrics port, describes the same cluster.
+        page_line = next(ln for ln in lines if ln.startswith("status page "))
+        page_url = page_line.split()[2]
+        with urllib.request.urlopen(page_url + ".json", timeout=10) as reply:
+            page = json.loads(reply.read())
+        assert page["bundles"][0]["bundle_id"] == bundle_id
+        assert [s["state"] for s in page["shards"]] == ["up", "up"]
+        assert page["requests"]["Retrieve"]["count"] >= 2  # the sample and the query above
 
         unknown = run("query", "--user", "999999", "--target", target)
         assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
