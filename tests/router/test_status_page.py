@@ -82,7 +82,7 @@ def test_status_json_follows_the_live_cluster(
         assert replica["health"] == "SERVING"
         assert replica["bundle_id"] == flat_bundle.id
         # the count the shard process reports is what it loaded from the bundle
-        assert replica["num_items"] == len(cluster.shards[i].service.shard.index.ids)  # type: ignore[union-attr]
+        assert replica["num_items"] == cluster.shards[i].holdings.get().delta.num_items
         assert replica["num_items"] == flat_bundle.shard(i)["num_items"]
     assert status["requests"] == {} and status["coverage"]["responses"] == 0
 
@@ -148,6 +148,10 @@ def test_shard_process_has_its_own_status(loop_thread: LoopThread, flat_bundle: 
         assert status["role"] == "shard" and status["shard_id"] == 2
         assert status["bundle_id"] == bundle.id
         assert status["num_items"] == bundle.shard(2)["num_items"]
+        [held] = status["bundles"]
+        assert held["bundle_id"] == bundle.id and held["active"]
+        assert held["bundle_items"] == held["num_items"] == status["num_items"]
+        assert held["path"] == str(bundle.path)
         assert status["address"] == f"127.0.0.1:{server.port}"
         assert (status["queue"], status["max_queue"]) == (0, server.service.config.max_queue)
         code, _, page = get(f"http://127.0.0.1:{port}/status")
