@@ -102,7 +102,10 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
                 LATENCY.labels(service, name).observe(seconds)
                 observer: RpcObserver | None = getattr(self, "rpc_observer", None)
                 if observer is not None:
-                    observer(name, code, seconds, response)
+                    try:
+                        observer(name, code, seconds, response)
+                    except Exception:  # a status page never breaks an answer
+                        log.exception("rpc observer failed on %s.%s", service, name)
 
         return wrapper
 

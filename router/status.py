@@ -41,7 +41,8 @@ class ReplicaRef:
 
 
 def replica_refs(state: RouterState) -> list[tuple[int, float, list[ReplicaRef]]]:
-    """(shard id, share of the catalogue, its replicas) per shard, in shard order."""
+    """(shard id, share of the catalogue, its replicas) per shard, in shard order: the one
+    place that knows how the scatter holds a shard's replicas."""
     return [
         (ep.shard_id, ep.share, [ReplicaRef(ep.shard_id, 0, ep.target, ep.channel, None)])
         for ep in state.scatter.endpoints
