@@ -94,8 +94,9 @@ def _reason(exc: grpc.aio.AioRpcError) -> str:
 
 
 def bundle_info(bundle: Bundle, role: str) -> dict[str, Any]:
-    """A bundle the router holds, as a row of the page: ``role`` active or previous (kept
-    for a rollback until it is released)."""
+    """A bundle the router holds, as a row of the page: ``role`` active (the stable
+    bundle), canary (a second live bundle for a share of users) or previous (kept for a
+    rollback until it is released)."""
     manifest = bundle.manifest
     model = manifest.get("model", {})
     return {
@@ -165,6 +166,11 @@ class RouterStatus:
         if state is not None:
             bundle = state.bundle
             out["bundles"] = [bundle_info(bundle, "active")]
+            canary = self.service.canary
+            if canary is not None:
+                out["bundles"][0]["percent"] = 100.0 - canary.percent
+                out["bundles"].append(bundle_info(canary.state.bundle, "canary"))
+                out["bundles"][1]["percent"] = canary.percent
             if self.rollouts is not None:
                 rollout = await self.rollouts.status(describe=False)
                 out["rollout"] = {
@@ -226,10 +232,12 @@ def render(status: dict[str, Any]) -> str:
     )
     bundle_rows = []
     for b in status["bundles"]:
-        role = Cell("active", "ok")
-        if b["role"] != "active":
+        share = f" ({b['percent']:g}% of users)" if "percent" in b else ""
+        if b["role"] == "previous":
             until = time.strftime("%H:%M:%S", time.localtime(b.get("release_at", 0)))
             role = Cell(f"previous: rollback until {until}", "muted")
+        else:
+            role = Cell(b["role"] + share, "ok" if b["role"] == "active" else "warn")
         bundle_rows.append(
             [
                 b["bundle_id"],

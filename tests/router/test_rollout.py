@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -124,6 +125,7 @@ def fleet(
             admin_token=TOKEN,
             shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in shards],
             rollout_state=state,
+            metrics_port=0,  # the status page (test_status_page_shows_both_bundles)
         )
     )
     f = Fleet(loop_thread, shards, router, state)
@@ -521,3 +523,46 @@ def test_canary_abort_returns_everyone_to_stable(
         with pytest.raises(grpc.RpcError) as err:
             call()
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_status_page_shows_canary_then_previous_bundle(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle]
+) -> None:
+    """The router's /status.json follows a canary and its promotion: the bundles it serves
+    with their share of users, then the old one held for a rollback; every shard replica
+    reports the bundle it serves and the ones it holds."""
+    import json
+    import urllib.request
+
+    a, b = bundles
+    url = f"http://127.0.0.1:{fleet.router.grpc.metrics_port}/status.json"
+
+    def status() -> dict[str, Any]:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return dict(json.loads(reply.read()))
+
+    fleet.rollout(b.path, canary_percent=25)
+    canary = status()
+    assert [(x["bundle_id"], x["role"], x["percent"]) for x in canary["bundles"]] == [
+        (a.id, "active", 75.0),
+        (b.id, "canary", 25.0),
+    ]
+    assert [(v["name"], v["bundle_id"]) for v in canary["rollout"]["variants"]] == [
+        ("stable", a.id),
+        ("canary", b.id),
+    ]
+    replicas = [r for shard in canary["shards"] for r in shard["replicas"]]
+    assert all(r["bundle_id"] == a.id and r["held"] == [b.id] for r in replicas)
+
+    fleet.admin.Promote(admin_pb2.PromoteRequest(), metadata=AUTH, timeout=10)
+    promoted = status()
+    assert [(x["bundle_id"], x["role"]) for x in promoted["bundles"]] == [
+        (b.id, "active"),
+        (a.id, "previous"),
+    ]
+    assert promoted["bundles"][1]["release_at"] > time.time()
+    assert promoted["rollout"]["holder"] == ""  # nothing running
+    replicas = [r for shard in promoted["shards"] for r in shard["replicas"]]
+    assert len(replicas) == SHARDS
+    assert all(r["bundle_id"] == b.id and r["held"] == [a.id] for r in replicas)
+    assert [r["num_items"] for r in replicas] == [b.shard(i)["num_items"] for i in range(SHARDS)]
