@@ -181,4 +181,7 @@ def bundle_path(source: str) -> Path:
         if uri.scheme != "file":
             raise InvalidArgument(f"bundle {source!r}: only file:// URIs are supported")
         return Path(unquote(uri.path))
-    return Path(source).expanduser()
+    try:
+        return Path(source).expanduser()
+    except RuntimeError as exc:  # "~name/..." of a user this machine does not know
+        raise InvalidArgument(f"bundle {source[:200]!r}: {exc}") from exc

@@ -185,3 +185,13 @@ def test_ivfpq_on_50_dims_builds_with_the_default_pq_m(tmp_path: Path) -> None:
     for s in range(2):
         assert bundle.shard(s)["index"]["params"]["pq_m"] == 10
         assert "PQ10x" in bundle.shard(s)["index"]["factory"]
+
+
+def test_bundle_path_of_an_unknown_users_home_is_invalid_argument() -> None:
+    """``~name/...`` of a user this machine does not know: a clear INVALID_ARGUMENT (found by
+    the fuzz of ShardAdmin.Prepare), never an internal RuntimeError."""
+    from annfleet.bundle import bundle_path
+
+    with pytest.raises(InvalidArgument, match="no_such_user_annfleet"):
+        bundle_path("~no_such_user_annfleet/bundles/v2")
+    assert bundle_path("file:///b/v2") == Path("/b/v2")
