@@ -44,8 +44,21 @@ def replica_refs(state: RouterState) -> list[tuple[int, float, list[ReplicaRef]]
     """(shard id, share of the catalogue, its replicas) per shard, in shard order: the one
     place that knows how the scatter holds a shard's replicas."""
     return [
-        (ep.shard_id, ep.share, [ReplicaRef(ep.shard_id, 0, ep.target, ep.channel, None)])
-        for ep in state.scatter.endpoints
+        (
+            group.shard_id,
+            group.share,
+            [
+                ReplicaRef(
+                    r.shard_id,
+                    r.index,
+                    r.target,
+                    r.channel,
+                    None if r.status == "UNKNOWN" else r.status,
+                )
+                for r in group.replicas
+            ],
+        )
+        for _, group in sorted(state.scatter.groups.items())
     ]
 
 
