@@ -162,18 +162,11 @@ async def start_router(
                 f"bundle {bundle.id} has {bundle.num_shards} shards, addresses of "
                 f"{len(targets)} shards were given"
             )
-        total = int(
-            bundle.manifest.get("num_items")
-            or sum(s["num_items"] for s in bundle.manifest["shards"])
-        )
         credentials = channel_credentials(tls)  # TLS to the shards, as to the router
         groups = [
-            ReplicaGroup(i, replicas, bundle.shard(i)["num_items"] / total, config, credentials)
-            for i, replicas in enumerate(targets)
+            ReplicaGroup(i, replicas, config, credentials) for i, replicas in enumerate(targets)
         ]
-        scatter = Scatter(
-            groups, bundle.id, bundle.metric, config.oversample, config.shard_timeout_s
-        )
+        scatter = Scatter(groups, bundle, config.oversample, config.shard_timeout_s)
         for group in groups:
             group.start()
         embedder = await loop.run_in_executor(executor, load_embedder, bundle)

@@ -58,6 +58,9 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
+    # A replica addressed by DNS name (a Kubernetes pod name) that comes back on a new
+    # address is re-resolved within ~1 s (gRPC's default allows one resolution per 30 s).
+    ("grpc.dns_min_time_between_resolutions_ms", 1000),
 ]
 
 RETRYABLE = frozenset(
@@ -198,14 +201,12 @@ class ReplicaGroup:
         self,
         shard_id: int,
         targets: Sequence[str],
-        share: float,
         config: RouterConfig,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         if not targets:
             raise ValueError(f"shard {shard_id} has no replica address")
         self.shard_id = shard_id
-        self.share = share  # this shard's fraction of the catalogue
         self.replicas = [Replica(shard_id, i, t, credentials) for i, t in enumerate(targets)]
         self.config = config
         self.tokens = HEDGE_BURST

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -42,7 +41,6 @@ from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
 from annfleet.router.variants import CANARY, STABLE, Canary
 from annfleet.v1 import admin_pb2, shard_pb2, shard_pb2_grpc
-from annfleet.validation import higher_is_better
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +81,7 @@ def open_router_bundle(path: Path) -> Bundle:
 
 def with_bundle(state: RouterState, bundle: Bundle, config: RouterConfig) -> RouterState:
     """A new router state serving ``bundle`` over the same shard connections."""
-    scatter = copy.copy(state.scatter)
-    scatter.bundle_id = bundle.id
-    scatter.higher_is_better = higher_is_better(bundle.metric)
+    scatter = state.scatter.for_bundle(bundle)
     return RouterState.load(bundle, scatter, load_embedder(bundle), config)
 
 

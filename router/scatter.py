@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from annfleet.arrays import F32, I64, decode_rows, to_bytes
+from annfleet.bundle import Bundle
+from annfleet.errors import BundleError
 from annfleet.merge import merge_rows, per_shard_k
 from annfleet.metrics import SHARD_FAILURES
 from annfleet.router.replicas import ReplicaGroup, ShardFailure
@@ -90,22 +92,45 @@ class Fanout:
                 task.cancel()
 
 
+def shard_shares(bundle: Bundle) -> dict[int, float]:
+    """Each shard's fraction of the bundle's items (how many hits it is asked for)."""
+    counts = [int(bundle.shard(i)["num_items"]) for i in range(bundle.num_shards)]
+    total = int(bundle.manifest.get("num_items") or sum(counts)) or 1
+    return {i: n / total for i, n in enumerate(counts)}
+
+
 class Scatter:
-    """Scatter-gather over one bundle's shards."""
+    """Scatter-gather over one bundle's shards.
+
+    The replica groups (channels, health, balancing and hedging state) belong to the
+    router's shard connections and outlive a bundle: :meth:`for_bundle` gives another
+    bundle's Scatter over the same groups (a rollout's flip). Bundle id, metric and shard
+    shares belong to the bundle.
+    """
 
     def __init__(
         self,
         groups: Sequence[ReplicaGroup],
-        bundle_id: str,
-        metric: str,
+        bundle: Bundle,
         oversample: float,
         attempt_cap: float,
     ) -> None:
         self.groups = {g.shard_id: g for g in groups}
-        self.bundle_id = bundle_id
-        self.higher_is_better = higher_is_better(metric)
+        if sorted(self.groups) != list(range(bundle.num_shards)):
+            raise BundleError(
+                f"bundle {bundle.id} has {bundle.num_shards} shards, the router is connected "
+                f"to shards {sorted(self.groups)}"
+            )
+        self.bundle_id = bundle.id
+        self.higher_is_better = higher_is_better(bundle.metric)
+        self.shares = shard_shares(bundle)
         self.oversample = oversample
         self.attempt_cap = attempt_cap
+
+    def for_bundle(self, bundle: Bundle) -> Scatter:
+        """The same shard connections (replica groups, their health and hedging state)
+        serving ``bundle``."""
+        return Scatter(list(self.groups.values()), bundle, self.oversample, self.attempt_cap)
 
     async def _one(
         self,
@@ -154,7 +179,7 @@ class Scatter:
         tasks: dict[int, asyncio.Task[Hits]] = {}
         for shard_id in self.groups if shards is None else shards:
             group = self.groups[shard_id]
-            kk = k if full_k else per_shard_k(k, group.share, self.oversample)
+            kk = k if full_k else per_shard_k(k, self.shares[shard_id], self.oversample)
             tasks[shard_id] = asyncio.create_task(self._one(group, queries, kk, params, deadline))
         return Fanout(queries, k, params, tasks, waiters)
 

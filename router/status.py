@@ -46,7 +46,7 @@ def replica_refs(state: RouterState) -> list[tuple[int, float, list[ReplicaRef]]
     return [
         (
             group.shard_id,
-            group.share,
+            state.scatter.shares[group.shard_id],
             [
                 ReplicaRef(
                     r.shard_id,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,118 @@ def mtls_cluster(loop_thread: LoopThread, flat_bundle: Bundle, pki: Pki) -> Iter
 
 def query(dim: int = 32) -> np.ndarray:
     return np.ones(dim, np.float32)
+
+
+def _tls(pki: Pki) -> TlsConfig:
+    return TlsConfig(
+        enabled=True, cert=str(pki.cert), key=str(pki.key), ca=str(pki.ca), require_client_cert=True
+    )
+
+
+def _wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def _replica_cluster(lt: LoopThread, bundle: Bundle, pki: Pki, plaintext_second: bool) -> Cluster:
+    """2 replicas per shard behind an mTLS router; replica 1 serves plaintext if asked."""
+    tls = _tls(pki)
+    groups = [
+        [
+            lt.run(
+                start_shard_server(
+                    bundle.path,
+                    i,
+                    ShardsConfig(),
+                    replica=r,
+                    tls=None if plaintext_second and r == 1 else tls,
+                )
+            )
+            for r in range(2)
+        ]
+        for i in range(bundle.num_shards)
+    ]
+    router = lt.run(
+        start_router(
+            bundle.path,
+            [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
+            RouterConfig(connect_timeout_s=10, oversample=3.0),
+            tls=tls,
+        )
+    )
+    return Cluster(lt, bundle, groups, router)
+
+
+def _replica_status(cluster: Cluster) -> list[list[str]]:
+    state = cluster.router.service.state
+    assert state is not None
+    return [[r.status for r in state.scatter.groups[i].replicas] for i in range(3)]
+
+
+def _answered(cluster: Cluster) -> list[list[int]]:
+    state = cluster.router.service.state
+    assert state is not None
+    return [[r.answered for r in state.scatter.groups[i].replicas] for i in range(3)]
+
+
+def test_router_reaches_every_shard_replica_over_mtls(
+    loop_thread: LoopThread, flat_bundle: Bundle, pki: Pki
+) -> None:
+    """The router's TLS credentials reach every replica's channel: each replica's health
+    stream (over mTLS) says SERVING, and with replica 0 of every shard gone, replica 1
+    answers a Retrieve with full coverage."""
+    cluster = _replica_cluster(loop_thread, flat_bundle, pki, plaintext_second=False)
+    credentials = tls_credentials(ca=pki.ca, cert=pki.cert, key=pki.key)
+    users = flat_bundle.users()
+    assert users is not None
+    user_ids = [int(u) for u in users[0][:20]]
+    try:
+        _wait_until(lambda: _replica_status(cluster) == [["SERVING", "SERVING"]] * 3)
+        with Client(cluster.router_target, timeout=10, credentials=credentials) as client:
+            for user in user_ids:
+                result = client.retrieve(user, 10)
+                assert result.coverage.shards_answered == 3 and not result.coverage.degraded
+                assert len(result.ids) == 10
+            for i in range(3):
+                cluster.stop_replica(i, 0)
+            before = _answered(cluster)
+            for user in user_ids:
+                result = client.retrieve(user, 10)
+                assert result.coverage.shards_answered == 3 and not result.coverage.degraded
+        after = _answered(cluster)
+        assert all(after[i][1] > before[i][1] for i in range(3)), (before, after)
+    finally:
+        cluster.close()
+
+
+def test_router_with_tls_refuses_a_plaintext_replica(
+    loop_thread: LoopThread, flat_bundle: Bundle, pki: Pki
+) -> None:
+    """Replica 1 of every shard serves plaintext: the router's mTLS channel to it never
+    completes a handshake, so it never enters rotation; the TLS replicas answer everything,
+    and a shard left with only its plaintext replica does not answer (degraded)."""
+    cluster = _replica_cluster(loop_thread, flat_bundle, pki, plaintext_second=True)
+    credentials = tls_credentials(ca=pki.ca, cert=pki.cert, key=pki.key)
+    users = flat_bundle.users()
+    assert users is not None
+    user_ids = [int(u) for u in users[0][:20]]
+    try:
+        _wait_until(lambda: all(s[0] == "SERVING" for s in _replica_status(cluster)))
+        with Client(cluster.router_target, timeout=10, retries=0, credentials=credentials) as c:
+            for user in user_ids:
+                result = c.retrieve(user, 10)
+                assert result.coverage.shards_answered == 3 and not result.coverage.degraded
+            assert all(s[1] != "SERVING" for s in _replica_status(cluster))
+            assert [a[1] for a in _answered(cluster)] == [0, 0, 0]
+            cluster.stop_replica(0, 0)  # shard 0 keeps only its plaintext replica
+            result = c.retrieve(user_ids[0], 10)
+        assert result.coverage.degraded and 0 not in result.coverage.answered_shard_ids
+        assert result.coverage.shards_answered == 2
+        assert [a[1] for a in _answered(cluster)] == [0, 0, 0]
+    finally:
+        cluster.close()
 
 
 def test_mtls_client_with_a_cert_from_the_ca_gets_answers(mtls_cluster: Cluster, pki: Pki) -> None:

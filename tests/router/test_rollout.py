@@ -566,3 +566,148 @@ def test_status_page_shows_canary_then_previous_bundle(
     assert len(replicas) == SHARDS
     assert all(r["bundle_id"] == b.id and r["held"] == [a.id] for r in replicas)
     assert [r["num_items"] for r in replicas] == [b.shard(i)["num_items"] for i in range(SHARDS)]
+
+
+@dataclass(frozen=True)
+class Uneven:
+    """A bundle whose shards hold 90% / 5% / 5% of its items (A's hold a third each)."""
+
+    bundle: Bundle
+    ids: np.ndarray
+    vectors: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def uneven(tmp_path_factory: pytest.TempPathFactory) -> Uneven:
+    from annfleet.partition import shard_of
+
+    cat = make_catalogue(9_000, 16, clusters=16, users=50, seed=4)
+    ids = cat.ids + 2 * OFFSET
+    owner = shard_of(ids, SHARDS)
+    keep = np.concatenate(
+        [np.flatnonzero(owner == 0)[:2700], *(np.flatnonzero(owner == s)[:150] for s in (1, 2))]
+    )
+    ids, vectors = ids[keep], cat.vectors[keep]
+    bundle = build_bundle(
+        tmp_path_factory.mktemp("uneven") / "c",
+        ids,
+        vectors,
+        num_shards=SHARDS,
+        index_type="flat",
+        index_params={},
+        user_ids=cat.user_ids,
+        user_vectors=cat.user_vectors,
+        tables={"popular_ids": ids[:100]},
+        progress=False,
+    )
+    return Uneven(bundle, ids, vectors)
+
+
+@pytest.fixture
+def replicated_fleet(
+    loop_thread: LoopThread, bundles: tuple[Bundle, Bundle], tmp_path: Path
+) -> Iterator[tuple[Fleet, list[list[ShardServer]]]]:
+    """Fleet with 2 replicas per shard (each with its own admin port)."""
+    a, _ = bundles
+    config = ShardsConfig(updates_dir=str(tmp_path / "updates"))
+    groups = [
+        [
+            loop_thread.run(
+                start_shard_server(a.path, i, config, admin_port=0, admin_token=TOKEN, replica=r)
+            )
+            for r in range(2)
+        ]
+        for i in range(a.num_shards)
+    ]
+    every = [s for group in groups for s in group]
+    router = loop_thread.run(
+        start_router(
+            a.path,
+            [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
+            # oversample 2.6: shard 0 of the uneven bundle (90%) holds up to 48 of a query's
+            # top 50, asked for ceil(50 * 0.9 * 2.6) -> 50 hits; asked by A's shares (a
+            # third) it would get 44. Shards 1 and 2 (5%, up to 6 of the top 50) get 7.
+            RouterConfig(
+                default_timeout_s=5.0, shard_timeout_s=5.0, release_grace_s=30.0, oversample=2.6
+            ),
+            admin_port=0,
+            admin_token=TOKEN,
+            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in every],
+            rollout_state=tmp_path / "rollout.json",
+        )
+    )
+    f = Fleet(loop_thread, every, router, tmp_path / "rollout.json")
+    yield f, groups
+    f.close()
+
+
+def test_rollout_with_replicas_prepares_every_replica_and_keeps_the_replica_groups(
+    replicated_fleet: tuple[Fleet, list[list[ShardServer]]],
+    uneven: Uneven,
+    bundles: tuple[Bundle, Bundle],
+) -> None:
+    """2 replicas per shard: every replica prepares and commits the new bundle; the flipped
+    router keeps its replica groups (health, balancing, retry on the other replica) and asks
+    each shard for hits by the NEW bundle's shard sizes (exact top-k on an uneven bundle)."""
+    from support import exact_topk
+
+    from annfleet.router.scatter import shard_shares
+
+    fleet, groups = replicated_fleet
+    a, b = bundles[0], uneven.bundle
+
+    def state():  # type: ignore[no-untyped-def]
+        s = fleet.router.service.state
+        assert s is not None
+        return s
+
+    def statuses() -> list[list[str]]:
+        return [[r.status for r in g.replicas] for _, g in sorted(state().scatter.groups.items())]
+
+    deadline = time.monotonic() + 30
+    while statuses() != [["SERVING", "SERVING"]] * SHARDS:
+        assert time.monotonic() < deadline, statuses()
+        time.sleep(0.05)
+    old_groups = dict(state().scatter.groups)
+
+    progress = fleet.rollout(b.path)
+    assert progress[-1].phase == admin_pb2.PHASE_DONE
+    prepared = {(p.shard_id, p.target) for p in progress if p.phase == admin_pb2.PHASE_PREPARE}
+    assert prepared == {
+        (i, f"127.0.0.1:{s.admin_port}") for i, group in enumerate(groups) for s in group
+    }
+    infos = fleet.describe()
+    assert len(infos) == 2 * SHARDS and all(i.bundle_id == b.id for i in infos)
+
+    new = state()
+    assert new.bundle.id == b.id
+    assert all(new.scatter.groups[i] is old_groups[i] for i in range(SHARDS))
+    assert statuses() == [["SERVING", "SERVING"]] * SHARDS
+    assert new.scatter.shares == shard_shares(b) and new.scatter.shares[0] == 0.9
+
+    queries = uneven.vectors[:40] + np.float32(0.01)
+    _, expect = exact_topk(uneven.vectors, uneven.ids, queries, 50)
+    with Client(fleet.target, timeout=10, retries=0) as client:
+        for q, want in zip(queries, expect, strict=True):
+            got = client.search(q, 50)
+            assert got.bundle_id == b.id and not got.coverage.degraded
+            # The exact top-50 scores (ids may swap at float32 ties); a shard asked for too
+            # few hits leaves holes here.
+            np.testing.assert_allclose(got.scores[0], want, rtol=1e-5, atol=1e-5)
+        # Replica 0 of every shard gone: the groups carried over retry and route to
+        # replica 1, and their health watch takes replica 0 out of rotation.
+        before = [g.replicas[1].answered for _, g in sorted(new.scatter.groups.items())]
+        for group in groups:
+            fleet.lt.run(group[0].stop(0))
+        fleet.shards = [group[1] for group in groups]  # close() stops only the live ones
+        for user in range(1, 21):
+            got_r = client.retrieve(user, 10)
+            assert got_r.bundle_id == b.id
+            assert got_r.coverage.shards_answered == SHARDS and not got_r.coverage.degraded
+    after = [g.replicas[1].answered for _, g in sorted(new.scatter.groups.items())]
+    assert all(x > y for x, y in zip(after, before, strict=True)), (before, after)
+    deadline = time.monotonic() + 30
+    while any(s[0] == "SERVING" for s in statuses()):
+        assert time.monotonic() < deadline, statuses()
+        time.sleep(0.05)
+    assert a.id != b.id
