@@ -15,7 +15,7 @@ import yaml
 from conftest import BIG_VALUES, CHART, Render, by_kind, one, run_helm
 
 from annfleet.cli import build_parser
-from annfleet.config import ClusterConfig, load_config
+from annfleet.config import ClusterConfig, load_config, parse_shard_map
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate is in the dev extra"
@@ -240,16 +240,35 @@ def test_probe_container_service_and_config_ports_agree(
         for sp in svc["spec"]["ports"]:
             assert sp["targetPort"] in ports
             assert sp["port"] == ports[sp["targetPort"]] == ports[sp["name"]]
-    # the router is given every shard's headless Service on the shard gRPC port, in order
+    # the router is given, per shard in order, each replica pod of the shard's StatefulSet
+    # under its headless Service, on the shard gRPC port (serve-router's "a|b,c|d" syntax)
     router_args = container(one(objects, "Deployment", "rel-annfleet-router"))["args"]
-    targets = flag(router_args, "--shards").split(",")
-    assert len(targets) == config.shards.count == len(by_kind(objects, "StatefulSet"))
-    for i, target in enumerate(targets):
-        m = re.fullmatch(r"dns:///([a-z0-9-]+)\.ns\.svc\.cluster\.local:(\d+)", target)
-        assert m, target
-        assert m.group(1) == f"rel-annfleet-shard-{i}"
-        assert one(objects, "Service", m.group(1))["spec"]["clusterIP"] == "None"
-        assert int(m.group(2)) == config.shards.base_port
+    groups = parse_shard_map(flag(router_args, "--shards"))
+    sets = by_kind(objects, "StatefulSet")
+    assert len(groups) == config.shards.count == len(sets) == SHAPES[shape][1]
+    for i, (group, sts) in enumerate(zip(groups, sets, strict=True)):
+        assert len(group) == sts["spec"]["replicas"] == config.shards.replicas == SHAPES[shape][2]
+        for r, target in enumerate(group):
+            m = re.fullmatch(
+                r"dns:///([a-z0-9-]+)-(\d+)\.([a-z0-9-]+)\.ns\.svc\.cluster\.local:(\d+)", target
+            )
+            assert m, target
+            assert m.group(1) == sts["metadata"]["name"] == f"rel-annfleet-shard-{i}"
+            assert int(m.group(2)) == r
+            assert m.group(3) == sts["spec"]["serviceName"]
+            svc = one(objects, "Service", m.group(3))
+            assert svc["spec"]["clusterIP"] == "None"
+            assert svc["spec"]["publishNotReadyAddresses"] is True
+            assert int(m.group(4)) == config.shards.base_port
+            grpc_port = next(p for p in svc["spec"]["ports"] if p["name"] == "grpc")
+            assert grpc_port["port"] == int(m.group(4))
+    # --shard-admins: the same pods, in the same order, on the admin port
+    admins = flag(router_args, "--shard-admins").split(",")
+    assert admins == [
+        t.removeprefix("dns:///").rsplit(":", 1)[0] + f":{shard_admin}"
+        for group in groups
+        for t in group
+    ]
     # monitoring scrapes a port that every selected Service has
     for sm in by_kind(objects, "ServiceMonitor"):
         selector = sm["spec"]["selector"]["matchLabels"]

@@ -48,19 +48,25 @@ routerAdmin: {{ $r.admin_port | default 50052 | int }}
 {{- end -}}
 
 {{/*
-The shard addresses the router is given (--shards, in shard order): the headless Service
-of each shard, whose DNS name resolves to the ready replicas of that shard.
-TODO(issue 8 replicas): once serve-router takes replicas per shard, list
-<shard-i>-<r>.<shard-i> for r < replicas here so the router balances and hedges itself.
+The shard addresses the router is given (--shards, in shard order, comma-separated): per
+shard, each replica pod's own DNS name, `|`-separated
+(dns:///<shard-i>-<r>.<shard-i>.<ns>.svc.<domain>:<port> for r < replicas), so the router
+holds one channel per replica and balances, retries and hedges across them itself (a
+shard's headless Service name would give it one channel over all replicas).
 */}}
 {{- define "annfleet.shardTargets" -}}
 {{- $ports := include "annfleet.ports" . | fromYaml -}}
-{{- $targets := list -}}
+{{- $replicas := include "annfleet.shardReplicas" . | int -}}
+{{- $shards := list -}}
 {{- range $i := until (include "annfleet.shardCount" . | int) -}}
 {{- $name := include "annfleet.shardName" (dict "root" $ "shard" $i) -}}
-{{- $targets = append $targets (printf "dns:///%s.%s.svc.%s:%d" $name $.Release.Namespace $.Values.clusterDomain (int $ports.shardGrpc)) -}}
+{{- $pods := list -}}
+{{- range $r := until $replicas -}}
+{{- $pods = append $pods (printf "dns:///%s-%d.%s.%s.svc.%s:%d" $name $r $name $.Release.Namespace $.Values.clusterDomain (int $ports.shardGrpc)) -}}
 {{- end -}}
-{{- join "," $targets -}}
+{{- $shards = append $shards (join "|" $pods) -}}
+{{- end -}}
+{{- join "," $shards -}}
 {{- end -}}
 
 {{/*
@@ -89,7 +95,7 @@ pod <shard-i>-<r> under the shard's headless Service.
 {{/*
 Config keys the chart sets but core/config.py on main does not know yet: they are left out
 of the rendered ConfigMap until they land (an unknown key is an error in load_config).
-TODO: drop each entry when its key lands (issue 8: shards.replicas).
+Drop each entry when its key lands.
 */}}
 {{- define "annfleet.pendingConfigKeys" -}}
 shards: []
