@@ -72,6 +72,7 @@ async def _worker_async(
     spec: LoadSpec, queries: np.ndarray, user_ids: np.ndarray, seed: int, start_at: float
 ) -> WorkerResult:
     from annfleet.client import AnnfleetError, AsyncClient
+    from annfleet.client.errors import RETRY_BACKOFF_S
 
     rng = np.random.default_rng(seed)
     per_proc = max(1, spec.concurrency // spec.processes)
@@ -85,7 +86,7 @@ async def _worker_async(
 
     async with AsyncClient(spec.target, timeout=spec.timeout, retries=0) as client:
 
-        async def one(t_sched: float) -> None:
+        async def one(t_sched: float) -> str:
             nonlocal sent
             sent += 1
             try:
@@ -107,24 +108,27 @@ async def _worker_async(
             if spec.record:
                 degraded = bool(not code and result.coverage.degraded)
                 records.append((t_sched, latency, code or "OK", degraded))
-            if t_sched < measure_from:
-                return
-            if code:
-                errors[code] += 1
-            else:
-                lat.append(latency)
+            if t_sched >= measure_from:
+                if code:
+                    errors[code] += 1
+                else:
+                    lat.append(latency)
+            return code
 
         await asyncio.sleep(max(0.0, start_at - time.time()))
         if spec.mode == "closed":
 
             async def slot() -> None:
                 while (now := time.time()) < end_at:
-                    await one(now)
+                    if await one(now) == "RESOURCE_EXHAUSTED":
+                        # shed: back off as the client's own retry would, rather than
+                        # spending the router's time on an immediate resend
+                        await asyncio.sleep(RETRY_BACKOFF_S)
 
             await asyncio.gather(*(slot() for _ in range(per_proc)))
         else:
             interval = spec.processes / spec.qps
-            inflight: set[asyncio.Task[None]] = set()
+            inflight: set[asyncio.Task[str]] = set()
             t_next = start_at + rng.uniform(0, interval)
             while t_next < end_at:
                 delay = t_next - time.time()

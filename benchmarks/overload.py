@@ -3,7 +3,9 @@
 Against a local cluster (one process per shard + router), in four phases of ``--duration``:
 
 1. unloaded: closed loop, one request in flight -> the unloaded p50 / p99;
-2. capacity: closed loop at ``--concurrency`` -> the achieved QPS is the capacity;
+2. capacity: closed loop at ``--concurrency`` -> the achieved QPS is the capacity (with
+   router admission, what the router admits: a shed client backs off 50 ms, as the client
+   library's retry would, instead of resending at once);
 3. overload: open loop at F x capacity (arrivals on a fixed schedule, latency from the
    scheduled send time, in-flight unbounded on the client) -> accepted p99, shed fraction
    (RESOURCE_EXHAUSTED / requests sent), other errors;

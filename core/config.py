@@ -101,6 +101,12 @@ class RouterConfig:
     shard_timeout_s: float = 0.5  # cap on one shard attempt
     deadline_margin_s: float = 0.002  # kept back from the caller's deadline to merge and reply
     max_in_flight: int = 512  # requests being served at once; beyond: RESOURCE_EXHAUSTED
+    # admission "adaptive" (router/admission.py): the in-flight limit (min_in_flight ..
+    # max_in_flight) shrinks while the router's median latency is above latency_tolerance x
+    # its no-load median and grows back while within it; "fixed": max_in_flight.
+    admission: str = "adaptive"
+    min_in_flight: int = 2
+    latency_tolerance: float = 1.5
     # Replicas of a shard (router/replicas.py): a failed attempt is retried on another
     # replica, and an unanswered one is hedged to another after the shard's running
     # hedge_quantile latency (clamped to [hedge_min_delay_s, hedge_max_delay_s]);
@@ -316,6 +322,13 @@ class ClusterConfig:
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
             (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
             (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),
+            (
+                self.router.admission in ("adaptive", "fixed"),
+                "router.admission",
+                "adaptive or fixed",
+            ),
+            (self.router.min_in_flight >= 1, "router.min_in_flight", ">= 1"),
+            (self.router.latency_tolerance > 1.0, "router.latency_tolerance", "> 1"),
             (self.router.shard_attempts >= 1, "router.shard_attempts", ">= 1"),
             (0.0 <= self.router.hedge_quantile < 1.0, "router.hedge_quantile", "in [0, 1)"),
             (

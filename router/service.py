@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -23,9 +22,10 @@ from annfleet.bundle import (
     Bundle,
 )
 from annfleet.config import RouterConfig
-from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED, USER_CACHE
 from annfleet.names import SOURCE_NAMES
+from annfleet.router.admission import Admission
 from annfleet.router.coalesce import Coalescer
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.users import RequestContext, UserEmbedder
@@ -105,7 +105,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.executor = executor
         self.state: RouterState | None = None  # the stable bundle
         self.canary: Canary | None = None  # a bundle serving a share of users (variants.py)
-        self.in_flight = 0
+        self.admission = Admission(config)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
         self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
             maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
@@ -123,19 +123,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             return canary.state, CANARY
         return state, STABLE
 
-    @contextlib.contextmanager
-    def _admit(self) -> Iterator[None]:
-        """Count a request in flight; beyond ``max_in_flight`` shed it at once."""
-        if self.in_flight >= self.config.max_in_flight:
-            raise ResourceExhausted(
-                f"router overloaded: {self.in_flight} requests in flight "
-                f"(max_in_flight {self.config.max_in_flight}); retry with backoff"
-            )
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
+    def _admit(self) -> contextlib.AbstractContextManager[None]:
+        """Count a request in flight; beyond the admission limit shed it at once."""
+        return self.admission.admit()
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's one absolute deadline (``time.monotonic()``), taken where it enters.
