@@ -433,7 +433,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if child["name"].startswith("shard"):
             held = _shard_bundle(child["target"], credentials)
         else:
-            held = _router_bundle(config)
+            held = _router_bundle(config) + _router_recall(config, credentials)
         print(
             f"  {child['name']:<12} {child['target']:<21} pid {child['pid']:<7} {status:<12} {held}"
         )
@@ -455,6 +455,38 @@ def _router_bundle(config: ClusterConfig) -> str:
         line += f"\n{'':<12}rollout of {state.target.bundle_id if state.target else '?'} "
         line += f"running ({state.phase}), held by {state.holder}"
     return line
+
+
+def _router_recall(config: ClusterConfig, credentials: Any = None) -> str:
+    """The router's variants and live recall (RouterAdmin.Status), when a token is at hand."""
+    import grpc
+
+    from annfleet.auth import client_token, metadata
+    from annfleet.client.channels import open_channel
+    from annfleet.rollout_cli import recall_lines
+    from annfleet.v1 import admin_pb2, admin_pb2_grpc
+
+    if config.router.admin_port < 0:
+        return ""
+    try:
+        token = client_token(config)
+    except ConfigError:
+        return ""
+    target = f"{config.router.host}:{config.router.admin_port}"
+    with open_channel(target, credentials) as channel:
+        try:
+            status = admin_pb2_grpc.RouterAdminStub(channel).Status(
+                admin_pb2.StatusRequest(skip_replicas=True), metadata=metadata(token), timeout=2.0
+            )
+        except grpc.RpcError as exc:
+            return f"\n{'':<12}(router admin: {exc.code().name})"
+    lines = [
+        f"{v.name:<7}{v.bundle_id}  {v.percent:g}% of users"
+        for v in status.variants
+        if len(status.variants) > 1
+    ]
+    lines += recall_lines(status.recall) or ["live recall: no sample yet"]
+    return "".join(f"\n{'':<12}{line}" for line in lines)
 
 
 def _shard_bundle(target: str, credentials: Any = None) -> str:
@@ -498,6 +530,8 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
     admin_port = _given(args.admin_port, replica_port(config.admin_base_port, *slot))
     token, admin_port = _admin_token(cluster, args, admin_port, f"shard {args.shard}")
     bundle = _stable_bundle(args) or Path(args.bundle)
+    from annfleet.rollout_state import also_held
+
     start = start_shard_server(
         bundle,
         args.shard,
@@ -510,6 +544,7 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
         tls=cluster.tls,
         admin_token=token,
         replica=args.replica,
+        also_hold=also_held(Path(args.rollout_state) if args.rollout_state else None),
     )
     name = f"shard {args.shard}" + (f" replica {args.replica}" if config.replicas > 1 else "")
     run(lambda: serve_until_signal(start, name=name, host=host, grace=config.grace_s))

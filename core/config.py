@@ -129,6 +129,16 @@ class RouterConfig:
     # RouterAdmin (rollout, rollback) on its own port, token needed; 0 = free port, -1 = off.
     admin_port: int = 50052
     release_grace_s: float = 60.0  # a replaced bundle stays held (rollback instant) this long
+    # Live recall (router/recall.py): this share of Retrieve/Search requests is re-run off
+    # the request path, ANN and exact (ShardAdmin.ExactSearch), at k = recall_k; recall@k per
+    # shard and per bundle is the mean of the last recall_window samples. 0 = off.
+    recall_sample_rate: float = 0.01
+    recall_k: int = 100
+    recall_window: int = 1000
+    # rollout --promote refuses a canary whose measured recall@recall_k is below recall_floor,
+    # or that has fewer than recall_min_samples samples (unless --force).
+    recall_floor: float = 0.95
+    recall_min_samples: int = 20
 
 
 @dataclass(frozen=True)
@@ -317,6 +327,15 @@ class ClusterConfig:
             (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
             (self.router.admin_port >= -1, "router.admin_port", ">= -1"),
             (self.router.release_grace_s >= 0, "router.release_grace_s", ">= 0"),
+            (
+                0.0 <= self.router.recall_sample_rate <= 1.0,
+                "router.recall_sample_rate",
+                "in [0, 1]",
+            ),
+            (self.router.recall_k >= 1, "router.recall_k", ">= 1"),
+            (self.router.recall_window >= 1, "router.recall_window", ">= 1"),
+            (0.0 <= self.router.recall_floor <= 1.0, "router.recall_floor", "in [0, 1]"),
+            (self.router.recall_min_samples >= 1, "router.recall_min_samples", ">= 1"),
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),

@@ -99,3 +99,16 @@ SOURCE_CANDIDATES = Counter(
 CACHE_LOOKUPS = Counter(
     "annfleet_router_cache_lookups", "Router cache lookups by cache and result", ["cache", "result"]
 )
+RECALL = Gauge(
+    "annfleet_router_recall",
+    "Live recall@k of sampled requests against exact search (mean of the last "
+    'router.recall_window samples), per bundle and shard (shard="all": the router\'s merged '
+    "top-k over every shard)",
+    ["bundle", "shard", "k"],
+)
+RECALL_SAMPLES = Counter(
+    "annfleet_router_recall_samples",
+    "Live recall samples by outcome: measured, dropped (queue full), failed (a shard or "
+    "its ExactSearch did not answer)",
+    ["outcome"],
+)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from google.protobuf.json_format import MessageToDict
 
 from annfleet.auth import client_token, metadata
@@ -55,6 +56,10 @@ def print_status(status: admin_pb2.RolloutStatus, out: Any = None) -> None:
         )
     if status.rollout_holder:
         print(f"rollout running, held by {status.rollout_holder}", file=out)
+    for v in status.variants:
+        print(f"variant {v.name:<7} {v.bundle_id} {v.percent:g}% of users", file=out)
+    for line in recall_lines(status.recall):
+        print(line, file=out)
     for r in status.replicas:
         where = f"shard {r.shard_id} replica {r.replica} {r.target}"
         if r.error:
@@ -62,6 +67,25 @@ def print_status(status: admin_pb2.RolloutStatus, out: Any = None) -> None:
         else:
             held = ", ".join(b for b in r.held_bundle_ids if b != r.active_bundle_id)
             print(f"  {where}: active {r.active_bundle_id}; held {held or '-'}", file=out)
+
+
+def recall_lines(gauges: Any) -> list[str]:
+    """One line per bundle: merged recall@k, then per shard, with sample counts."""
+    by_bundle: dict[str, list[Any]] = {}
+    for g in gauges:
+        by_bundle.setdefault(g.bundle_id, []).append(g)
+    lines = []
+    for bundle_id, rows in by_bundle.items():
+        merged = [g for g in rows if g.merged]
+        shards = sorted((g for g in rows if not g.merged), key=lambda g: g.shard_id)
+        head = (
+            f"recall@{merged[0].k} {merged[0].recall:.4f} ({merged[0].samples} samples)"
+            if merged
+            else "recall: no complete sample yet"
+        )
+        per_shard = " ".join(f"{g.shard_id}:{g.recall:.3f}" for g in shards)
+        lines.append(f"live    {bundle_id} {head}" + (f"; per shard {per_shard}" if shards else ""))
+    return lines
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
@@ -81,7 +105,9 @@ def cmd_rollout(args: argparse.Namespace) -> int:
             if args.status:
                 status = stub.Status(admin_pb2.StatusRequest(), metadata=auth, timeout=30.0)
             elif args.promote:
-                request = admin_pb2.PromoteRequest(force=args.force)
+                request = admin_pb2.PromoteRequest(
+                    force=args.force, min_recall=args.min_recall or 0.0
+                )
                 status = stub.Promote(request, metadata=auth, timeout=30.0)
             elif args.abort:
                 status = stub.Abort(admin_pb2.AbortRequest(), metadata=auth, timeout=30.0)
@@ -116,6 +142,7 @@ def _rollout(
         updates=UPDATES[args.updates or ""],
     )
     status = admin_pb2.RolloutStatus()
+    missing: set[int] = set()
     for progress in stub.Rollout(request, metadata=auth, timeout=TIMEOUT_S):
         phase = admin_pb2.RolloutPhase.Name(progress.phase).removeprefix("PHASE_").lower()
         where = (
@@ -123,10 +150,19 @@ def _rollout(
             if progress.phase == admin_pb2.PHASE_PREPARE
             else ""
         )
+        if progress.phase == admin_pb2.PHASE_CARRY_UPDATES and progress.target:
+            where = f" shard {progress.shard_id} replica {progress.replica} {progress.target}"
+        missing.update(progress.missing_ids)
         line = f"[{progress.elapsed_s:7.2f}s] {phase:<13}{where} {progress.message}"
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
         if progress.phase == admin_pb2.PHASE_DONE:
             status = progress.status
+    if args.missing_ids_out:
+        np.save(args.missing_ids_out, np.array(sorted(missing), dtype=np.int64))
+        print(
+            f"{len(missing)} upserted ids the new bundle lacks -> {args.missing_ids_out}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
     return status
 
 
@@ -155,11 +191,25 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--promote", action="store_true", help="make the live canary stable")
     p.add_argument("--abort", action="store_true", help="end the canary: all users on stable")
-    p.add_argument("--force", action="store_true", help="with --promote (reserved)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --promote: promote even below router.recall_floor or without recall samples",
+    )
+    p.add_argument(
+        "--min-recall",
+        type=float,
+        help="with --promote: the recall@k floor for this promotion (default router.recall_floor)",
+    )
     p.add_argument(
         "--updates",
         choices=["carry", "drop"],
-        help="live item updates of the old bundle: drop them (carry: not implemented yet)",
+        help="live item updates of the old bundle: carry (deletes re-applied, upserted ids the "
+        "new bundle lacks reported) or drop them; needed when there are any",
+    )
+    p.add_argument(
+        "--missing-ids-out",
+        help="with --updates carry: write the upserted ids the new bundle lacks to this .npy",
     )
     p.add_argument("--json", action="store_true", help="print the final status as JSON")
     p.set_defaults(func=cmd_rollout)

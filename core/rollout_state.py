@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,24 @@ class RolloutState:
     started_at: float = 0.0
     target: BundleRef | None = None  # the bundle being rolled out
     phase: str = ""
+    canary: BundleRef | None = None  # a bundle serving canary_percent of users
+    canary_percent: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+
+    def also_held(self, now: float) -> list[BundleRef]:
+        """Bundles a restarted shard replica must hold beside the stable one: the canary, the
+        rollback target while it is held, and the bundle of a rollout that is running."""
+        refs = [self.canary]
+        if self.previous is not None and self.previous_release_at > now:
+            refs.append(self.previous)
+        if self.holder:
+            refs.append(self.target)
+        stable = self.stable.bundle_id if self.stable else ""
+        out: list[BundleRef] = []
+        for ref in refs:
+            if ref is not None and ref.bundle_id != stable and ref not in out:
+                out.append(ref)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -56,6 +74,8 @@ class RolloutState:
                 started_at=float(data.get("started_at", 0.0)),
                 target=ref("target"),
                 phase=str(data.get("phase", "")),
+                canary=ref("canary"),
+                canary_percent=float(data.get("canary_percent", 0.0)),
                 history=list(data.get("history", [])),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -90,6 +110,16 @@ def write_state(path: Path, state: RolloutState) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def also_held(path: Path | None) -> list[Path]:
+    """The bundles besides the stable one that the state at ``path`` says to hold."""
+    if path is None:
+        return []
+    state = read_state(path)
+    if state is None:
+        return []
+    return [Path(ref.path) for ref in state.also_held(time.time())]
 
 
 def stable_bundle(path: Path | None) -> Path | None:

@@ -63,4 +63,4 @@ class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
     async def Status(
         self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RolloutStatus:
-        return await self.controller.status()
+        return await self.controller.status(describe=not request.skip_replicas)

@@ -172,6 +172,8 @@ async def start_router(
         embedder = await loop.run_in_executor(executor, load_embedder, bundle)
         await confirm_shards(groups, bundle, config.connect_timeout_s)
         service.state = RouterState.load(bundle, scatter, embedder, config)
+        await rollouts.restore()
+        rollouts.start_recall()
         admin_grpc = None
         if admin_port >= 0:
             assert admin_token

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import numpy as np
 
+from annfleet.arrays import decode_ids
 from annfleet.auth import metadata
 from annfleet.bundle import Bundle, bundle_path
 from annfleet.client.channels import open_aio_channel
@@ -34,9 +36,9 @@ from annfleet.errors import (
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
-    Unimplemented,
 )
 from annfleet.rollout_state import BundleRef, RolloutState, read_state, write_state
+from annfleet.router.recall import RecallMonitor
 from annfleet.router.service import RetrievalService, RouterState
 from annfleet.router.users import load_embedder
 from annfleet.router.variants import CANARY, STABLE, Canary
@@ -45,6 +47,7 @@ from annfleet.v1 import admin_pb2, shard_pb2, shard_pb2_grpc
 log = logging.getLogger(__name__)
 
 ADMIN_TIMEOUT_S = 10.0
+SHOW_MISSING = 10  # missing ids named in a progress message (all are in missing_ids)
 PREPARE_TIMEOUT_S = 600.0
 
 
@@ -116,10 +119,65 @@ class RolloutController:
         self._release: asyncio.Task[None] | None = None
         self._history: list[dict[str, object]] = []
         self._aborted: asyncio.Task[None] | None = None
+        self.recall = RecallMonitor(config, self.replicas, token)
         if state_path is not None:
             persisted = read_state(state_path)
             if persisted is not None:
                 self._history = persisted.history[-20:]
+
+    # ------------------------------------------------------------------ start-up
+    def start_recall(self) -> None:
+        """Sample live requests for recall (needs the shards' admin ports: ExactSearch)."""
+        if self._targets and self.config.recall_sample_rate > 0:
+            self.service.sampler = self.recall
+            self.recall.start()
+
+    async def restore(self) -> None:
+        """After a router restart: the canary and the rollback target the persisted state
+        names come back (the stable bundle was loaded from it already). A bundle that cannot
+        be loaded any more is dropped from the state, with a warning."""
+        if self.state_path is None or self.service.state is None:
+            return
+        persisted = read_state(self.state_path)
+        if persisted is None:
+            return
+        current = self.service.state
+        loop = asyncio.get_running_loop()
+
+        async def load(ref: BundleRef) -> RouterState | None:
+            try:
+                bundle = await loop.run_in_executor(
+                    self.executor, open_router_bundle, Path(ref.path)
+                )
+                if bundle.id != ref.bundle_id:
+                    raise BundleError(f"{ref.path} now holds bundle {bundle.id}")
+                return await loop.run_in_executor(
+                    self.executor, with_bundle, current, bundle, self.config
+                )
+            except Exception as exc:
+                log.warning("rollout state names bundle %s: not restored: %s", ref.bundle_id, exc)
+                return None
+
+        canary = persisted.canary
+        if canary is not None and canary.bundle_id != current.bundle.id:
+            state = await load(canary)
+            if state is not None:
+                self.service.canary = Canary(state, persisted.canary_percent)
+                log.info("canary %s restored (%g%%)", canary.bundle_id, persisted.canary_percent)
+        previous = persisted.previous
+        left = persisted.previous_release_at - time.time()
+        if previous is not None and previous.bundle_id != current.bundle.id and left > 0:
+            state = await load(previous)
+            if state is not None:
+                self.previous = state
+                self._schedule_release(left)
+                log.info("rollback target %s restored (%.0fs left)", previous.bundle_id, left)
+        if persisted.holder:
+            self._note(
+                "interrupted", bundle_id=persisted.target.bundle_id if persisted.target else ""
+            )
+            log.warning("a rollout by %s was interrupted by a router restart", persisted.holder)
+        self.persist()
 
     # ------------------------------------------------------------------ shard replicas
     async def replicas(self) -> list[AdminReplica]:
@@ -204,6 +262,8 @@ class RolloutController:
                 started_at=self.started_at,
                 target=target,
                 phase=phase,
+                canary=_ref(canary.state) if (canary := self.service.canary) else None,
+                canary_percent=canary.percent if canary else 0.0,
                 history=self._history[-20:],
             ),
         )
@@ -235,6 +295,7 @@ class RolloutController:
         current = self.service.state
         if current is not None and current.bundle.id != previous.bundle.id:
             await self._on_all("Release", previous.bundle.id, await self.replicas())
+            self.recall.forget(previous.bundle.id)
             self._note("released", bundle_id=previous.bundle.id)
             log.info("released bundle %s on every shard replica", previous.bundle.id)
         self.persist()
@@ -394,12 +455,39 @@ class RolloutController:
                 f"not load the bundle: {exc}"
             ) from exc
         yield progress(admin_pb2.PHASE_ROUTER_LOAD, f"router loaded {new_id}")
-        yield progress(
-            admin_pb2.PHASE_CARRY_UPDATES,
-            "live updates of the old bundle dropped"
-            if request.updates == admin_pb2.UPDATES_DROP
-            else "no live updates to carry",
-        )
+        if request.updates == admin_pb2.UPDATES_CARRY:
+            try:
+                carried = await self._carry(old.bundle.id, new_id, replicas)
+            except AnnfleetError as exc:
+                await self._abort(new_id, prepared, held_before, str(exc))
+                raise FailedPrecondition(
+                    f"rollout of {new_id} aborted, {old.bundle.id} keeps serving: {exc}"
+                ) from exc
+            for r, c in carried:
+                missing = (
+                    decode_ids(c.missing_ids, name="missing_ids")
+                    if c.missing_ids
+                    else np.empty(0, np.int64)
+                )
+                shown = ", ".join(str(int(i)) for i in missing[:SHOW_MISSING])
+                yield progress(
+                    admin_pb2.PHASE_CARRY_UPDATES,
+                    f"{c.deleted} deletes carried ({c.deletes_skipped} ids not in {new_id}); "
+                    f"{c.upserted_present} upserted ids are in {new_id}, {len(missing)} are not"
+                    + (f" (re-embed and upsert them: {shown}" if len(missing) else "")
+                    + (", ...)" if len(missing) > SHOW_MISSING else ")" if len(missing) else ""),
+                    shard_id=r.shard_id,
+                    replica=r.replica,
+                    target=r.target,
+                    missing_ids=[int(i) for i in missing],
+                )
+        else:
+            yield progress(
+                admin_pb2.PHASE_CARRY_UPDATES,
+                "live updates of the old bundle dropped"
+                if request.updates == admin_pb2.UPDATES_DROP
+                else "no live updates to carry",
+            )
 
         if request.canary_percent > 0:  # a canary: stable untouched, no commit on shards
             self.service.canary = Canary(new, request.canary_percent)
@@ -447,14 +535,35 @@ class RolloutController:
             for b in info.bundles
             if b.bundle_id == stable_id
         )
-        if not updated or policy == admin_pb2.UPDATES_DROP:
+        if not updated or policy in (admin_pb2.UPDATES_DROP, admin_pb2.UPDATES_CARRY):
             return
-        if policy == admin_pb2.UPDATES_CARRY:
-            raise Unimplemented("carrying live updates over is not implemented yet; use drop")
         raise FailedPrecondition(
             f"bundle {stable_id} has {updated} live item updates (summed over replicas): say "
-            "whether to carry them over or drop them (--updates drop)"
+            "whether to carry them over or drop them (--updates carry|drop)"
         )
+
+    async def _carry(
+        self, old_id: str, new_id: str, replicas: Sequence[AdminReplica]
+    ) -> list[tuple[AdminReplica, shard_pb2.CarryUpdatesResponse]]:
+        """CarryUpdates old -> new on every replica; raises FailedPrecondition on a failure."""
+        request = shard_pb2.CarryUpdatesRequest(from_bundle_id=old_id, to_bundle_id=new_id)
+        outcomes = await asyncio.gather(
+            *(
+                r.stub.CarryUpdates(
+                    request, metadata=metadata(self.token), timeout=PREPARE_TIMEOUT_S
+                )
+                for r in replicas
+            ),
+            return_exceptions=True,
+        )
+        done = []
+        for r, outcome in zip(replicas, outcomes, strict=True):
+            if isinstance(outcome, grpc.aio.AioRpcError):
+                raise _rpc_error(r, f"CarryUpdates {old_id} -> {new_id}", outcome)
+            if isinstance(outcome, BaseException):
+                raise FailedPrecondition(f"{r.target}: CarryUpdates: {outcome!r}")
+            done.append((r, outcome))
+        return done
 
     async def _abort(
         self, bundle_id: str, prepared: Sequence[AdminReplica], held_before: set[str], why: str
@@ -490,13 +599,37 @@ class RolloutController:
     # ------------------------------------------------------------------ canary
     async def promote(self, request: admin_pb2.PromoteRequest) -> admin_pb2.RolloutStatus:
         """The canary becomes the stable bundle for everyone; the old stable one is released
-        after the grace period (rollback instant until then). Live recall is not measured
-        yet, so ``min_recall`` is not checked."""
+        after the grace period (rollback instant until then). Refused while the canary's
+        measured recall@k is below the floor, or not measured enough, unless ``force``."""
         if self.holder:
             raise Aborted(f"a rollout is running (held by {self.holder})")
+        floor = request.min_recall or self.config.recall_floor
+        if not 0 <= floor <= 1:
+            raise InvalidArgument(f"min_recall {request.min_recall}: must be in [0, 1]")
         canary, old = self.service.canary, self.service.state
         if canary is None or old is None:
             raise FailedPrecondition("no canary is live: nothing to promote")
+        canary_id = canary.state.bundle.id
+        recall, samples = self.recall.recall(canary_id)
+        k, needed = self.config.recall_k, self.config.recall_min_samples
+        if not request.force and samples < needed:
+            raise FailedPrecondition(
+                f"canary {canary_id}: live recall@{k} not measured yet ({samples} of "
+                f"router.recall_min_samples {needed} samples; router.recall_sample_rate "
+                f"{self.config.recall_sample_rate:g}): wait for traffic, or promote with --force"
+            )
+        if not request.force and recall < floor:
+            raise FailedPrecondition(
+                f"canary {canary_id}: measured recall@{k} {recall:.4f} ({samples} samples) is "
+                f"below the floor {floor:.4f}: not promoted (--force to promote anyway)"
+            )
+        self._note(
+            "promote-check",
+            bundle_id=canary_id,
+            recall=recall,
+            samples=samples,
+            force=request.force,
+        )
         if self.previous is not None:
             self._cancel_release()
             await self.release_previous()
@@ -530,6 +663,7 @@ class RolloutController:
             current = self.service.state
             if current is not None and current.bundle.id != bundle_id:
                 await self._on_all("Release", bundle_id, await self.replicas())
+                self.recall.forget(bundle_id)
 
         self._aborted = asyncio.get_running_loop().create_task(release())
         return await self.status(describe=False)
@@ -559,6 +693,7 @@ class RolloutController:
                     name=CANARY, bundle_id=canary.state.bundle.id, percent=canary.percent
                 )
             )
+        reply.recall.extend(self.recall.gauges())
         if describe and self._targets:
             try:
                 replicas = await self.replicas()
@@ -583,6 +718,7 @@ class RolloutController:
 
     async def close(self) -> None:
         self._cancel_release()
+        await self.recall.close()
         for r in self._replicas or []:
             with contextlib.suppress(Exception):
                 await r.channel.close(None)

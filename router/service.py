@@ -8,6 +8,7 @@ import logging
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -33,6 +34,9 @@ from annfleet.router.variants import CANARY, STABLE, Canary
 from annfleet.serving import RpcObserver, rpc
 from annfleet.v1 import common_pb2, retrieval_pb2, retrieval_pb2_grpc
 from annfleet.validation import check_params
+
+if TYPE_CHECKING:
+    from annfleet.router.recall import RecallMonitor
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.state: RouterState | None = None  # the stable bundle
         self.canary: Canary | None = None  # a bundle serving a share of users (variants.py)
         self.admission = Admission(config)
+        self.sampler: RecallMonitor | None = None  # live recall sampling (recall.py)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
         self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
             maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
@@ -183,6 +188,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
+        if self.sampler is not None:
+            self.sampler.offer(state, queries, request.params)
         result = await state.searcher.search(queries, k, request.params, deadline)
         coverage = self._coverage(result, "Search")
         return retrieval_pb2.SearchResponse(
@@ -238,6 +245,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             recent = np.fromiter(ctx.recent_item_ids, np.int64, len(ctx.recent_item_ids))
             exclude = np.concatenate([exclude, state.seen.of(request.user_id), recent])
         vector = await self._embed(state, request.user_id, ctx)
+        if self.sampler is not None:
+            self.sampler.offer(state, vector[None, :], request.params)
         embedded = time.perf_counter()
 
         fetch = min(k + len(exclude), self.config.max_k)

@@ -12,8 +12,9 @@ import logging
 from concurrent.futures import Executor
 
 import grpc
+import numpy as np
 
-from annfleet.arrays import decode_ids, decode_matrix
+from annfleet.arrays import I64, decode_ids, decode_matrix, to_bytes
 from annfleet.bundle import bundle_path
 from annfleet.errors import InvalidArgument
 from annfleet.metrics import SHARD_ITEMS
@@ -143,3 +144,34 @@ class ShardAdminService(shard_pb2_grpc.ShardAdminServicer):
         self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ShardSearchResponse:
         return await self.shards.answer(request, exact=True, deadline=deadline_of(context))
+
+    @rpc("ShardAdmin")
+    async def CarryUpdates(
+        self, request: shard_pb2.CarryUpdatesRequest, context: grpc.aio.ServicerContext
+    ) -> shard_pb2.CarryUpdatesResponse:
+        if not request.from_bundle_id or not request.to_bundle_id:
+            raise InvalidArgument("from_bundle_id and to_bundle_id: both must name held bundles")
+        if request.from_bundle_id == request.to_bundle_id:
+            raise InvalidArgument(f"from and to are the same bundle {request.to_bundle_id}")
+        source = self.holdings.get(request.from_bundle_id)
+        target = self.holdings.get(request.to_bundle_id)
+        loop = asyncio.get_running_loop()
+
+        def carry() -> tuple[int, int, int, np.ndarray]:
+            upserted, deleted = source.delta.updates()
+            applied = skipped = 0
+            if len(deleted):
+                applied, skipped = target.delta.delete(deleted, missing_ok=True)
+            present = target.delta.has(upserted)
+            return applied, skipped, int(present.sum()), upserted[~present]
+
+        applied, skipped, present, missing = await loop.run_in_executor(self.updater, carry)
+        export_gauges(self.holdings)
+        return shard_pb2.CarryUpdatesResponse(
+            shard_id=target.shard_id,
+            deleted=applied,
+            deletes_skipped=skipped,
+            upserted_present=present,
+            missing_ids=to_bytes(missing, I64),
+            bundle=held_bundle(target, target is self.holdings.active),
+        )

@@ -185,6 +185,7 @@ class Delta:
         self.rows = Rows(np.empty(0, np.int64), np.empty((0, index.dim), np.float32), 0)
         self._row_of: dict[int, int] = {}  # upserted id -> row
         self._replacing = 0  # upserted ids that hide a bundle item
+        self._deleted_upserts: set[int] = set()  # deleted ids the bundle never had
         self._sorted: np.ndarray | None = None  # argsort of the bundle ids, built on first use
         self._lock = threading.Lock()  # one writer at a time; readers never lock
 
@@ -201,6 +202,27 @@ class Delta:
     @property
     def num_items(self) -> int:
         return len(self.index.ids) - self.hidden.count + self.rows.n
+
+    def updates(self) -> tuple[np.ndarray, np.ndarray]:
+        """(upserted ids, deleted ids), both sorted int64: what a rollout carries over. A
+        deleted id is a bundle item hidden and not upserted again, or an upserted-only id
+        deleted since."""
+        with self._lock:
+            upserted = np.sort(self.rows.ids[: self.rows.n])
+            hidden_ids = self.index.ids[self.hidden.positions()]
+            deleted = np.union1d(
+                hidden_ids[~np.isin(hidden_ids, upserted)],
+                np.fromiter(self._deleted_upserts, np.int64, len(self._deleted_upserts)),
+            )
+        return upserted, deleted.astype(np.int64)
+
+    def has(self, ids: np.ndarray) -> np.ndarray:
+        """ids (n,) int64 -> bool (n,): searchable now (in the bundle and not deleted, or
+        upserted)."""
+        if len(ids) == 0:
+            return np.zeros(0, bool)
+        with self._lock:
+            return self._present(np.asarray(ids, dtype=np.int64))
 
     def search(
         self, queries: np.ndarray, k: int, *, ef_search: int = 0, nprobe: int = 0, rerank: int = 0
@@ -349,6 +371,7 @@ class Delta:
             vecs = rows.vectors[: rows.n].copy()
             vecs[[self._row_of[i] for i in ids[known].tolist()]] = vectors[known]
             rows = Rows(rows.ids[: rows.n].copy(), vecs, rows.n)
+        self._deleted_upserts.difference_update(ids.tolist())
         fresh_ids, fresh_vectors = ids[~known], vectors[~known]
         self.rows = self._append(rows, fresh_ids, fresh_vectors)
         for offset, item in enumerate(fresh_ids.tolist()):
@@ -377,7 +400,11 @@ class Delta:
         gone = [i for i in ids.tolist() if i in self._row_of]
         if not gone:
             return
-        self._replacing -= int(np.count_nonzero(self._positions(np.array(gone, np.int64)) >= 0))
+        in_bundle = self._positions(np.array(gone, np.int64)) >= 0
+        self._replacing -= int(np.count_nonzero(in_bundle))
+        self._deleted_upserts.update(
+            i for i, b in zip(gone, in_bundle.tolist(), strict=True) if not b
+        )
         rows = self.rows
         keep = np.ones(rows.n, bool)
         keep[[self._row_of.pop(i) for i in gone]] = False

@@ -298,6 +298,11 @@ class PositionMask:
         np.bitwise_and.at(self.bits, new >> 3, ~(np.uint8(1) << (new & 7).astype(np.uint8)))
         self.count += len(new)
 
+    def positions(self) -> np.ndarray:
+        """Every hidden position, ascending (m,) int64."""
+        kept = np.unpackbits(self.bits, bitorder="little")[: self.n]
+        return np.flatnonzero(kept == 0).astype(np.int64)
+
     def contains(self, positions: np.ndarray) -> np.ndarray:
         """positions (...) int64 in [0, n) -> bool (...), True where hidden."""
         positions = np.asarray(positions, dtype=np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,8 +126,9 @@ class ShardServer:
     def holdings(self) -> Holdings:
         return self.service.holdings
 
-    async def load(self, bundle_path: Path, shard_id: int) -> None:
-        """Verify and load a shard off the event loop, make it active, then go SERVING.
+    async def load(self, bundle_path: Path, shard_id: int, also_hold: Sequence[Path] = ()) -> None:
+        """Verify and load a shard off the event loop, make it active, hold ``also_hold``
+        beside it (one that cannot be loaded is logged and skipped), then go SERVING.
 
         A bundle that fails verification raises BundleError and changes nothing: a shard
         already loaded keeps serving.
@@ -140,6 +142,13 @@ class ShardServer:
             )
         holding = await self.admin.prepare(str(bundle_path))
         holdings.commit(holding.id)
+        for path in also_hold:
+            try:
+                held = await self.admin.prepare(str(path))
+            except Exception as exc:
+                log.warning("shard %d: could not hold %s (rollout state): %s", shard_id, path, exc)
+            else:
+                log.info("shard %d: holds %s beside the active bundle", shard_id, held.id)
         await self.grpc.set_serving(True)
         log.info(
             "shard %d of bundle %s serving on port %d (%d items)",
@@ -170,8 +179,14 @@ async def start_shard_server(
     admin_token: str | None = None,
     replica: int = 0,
     tls: TlsConfig | None = None,
+    also_hold: Sequence[Path] = (),
 ) -> ShardServer:
-    """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded."""
+    """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded.
+
+    ``also_hold``: bundles to prepare beside the active one once it serves (what the rollout
+    state says a restarted replica holds: a canary, the rollback target, a rollout's bundle);
+    one that cannot be loaded is logged and skipped.
+    """
     server = await ShardServer.bind(
         config,
         search=search,
@@ -185,7 +200,7 @@ async def start_shard_server(
         tls=tls,
     )
     try:
-        await server.load(bundle_path, shard_id)
+        await server.load(bundle_path, shard_id, also_hold)
     except BaseException:
         await server.stop(0)
         raise

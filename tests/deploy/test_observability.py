@@ -150,6 +150,7 @@ def test_dashboard_covers_the_operator_questions() -> None:
         "shard failures",
         "cache",
         "memory",
+        "recall",
     ):
         assert topic in titles, topic
     ids = [p["id"] for p in dash["panels"]]

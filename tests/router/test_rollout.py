@@ -497,7 +497,8 @@ def test_canary_is_stable_by_user_then_promoted(
         fleet.rollout(a.path)
     assert err.value.code() == grpc.StatusCode.ABORTED and "promote or abort" in err.value.details()
 
-    promoted = fleet.admin.Promote(admin_pb2.PromoteRequest(), metadata=AUTH, timeout=10)
+    # force: this fleet samples no live recall (test_recall.py covers the gate)
+    promoted = fleet.admin.Promote(admin_pb2.PromoteRequest(force=True), metadata=AUTH, timeout=10)
     assert (promoted.stable_bundle_id, promoted.previous_bundle_id) == (b.id, a.id)
     after = _variants(fleet, users)
     assert {(v, bundle_id) for v, bundle_id, _ in after.values()} == {("stable", b.id)}

@@ -46,7 +46,7 @@ class RolloutRequest(_message.Message):
     def __init__(self, bundle: _Optional[str] = ..., canary_percent: _Optional[float] = ..., grace_s: _Optional[float] = ..., holder: _Optional[str] = ..., updates: _Optional[_Union[UpdatesPolicy, str]] = ...) -> None: ...
 
 class RolloutProgress(_message.Message):
-    __slots__ = ("phase", "shard_id", "replica", "target", "message", "elapsed_s", "status")
+    __slots__ = ("phase", "shard_id", "replica", "target", "message", "elapsed_s", "status", "missing_ids")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -54,6 +54,7 @@ class RolloutProgress(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
     phase: RolloutPhase
     shard_id: int
     replica: int
@@ -61,7 +62,8 @@ class RolloutProgress(_message.Message):
     message: str
     elapsed_s: float
     status: RolloutStatus
-    def __init__(self, phase: _Optional[_Union[RolloutPhase, str]] = ..., shard_id: _Optional[int] = ..., replica: _Optional[int] = ..., target: _Optional[str] = ..., message: _Optional[str] = ..., elapsed_s: _Optional[float] = ..., status: _Optional[_Union[RolloutStatus, _Mapping]] = ...) -> None: ...
+    missing_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, phase: _Optional[_Union[RolloutPhase, str]] = ..., shard_id: _Optional[int] = ..., replica: _Optional[int] = ..., target: _Optional[str] = ..., message: _Optional[str] = ..., elapsed_s: _Optional[float] = ..., status: _Optional[_Union[RolloutStatus, _Mapping]] = ..., missing_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ()
@@ -80,8 +82,10 @@ class AbortRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("skip_replicas",)
+    SKIP_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    skip_replicas: bool
+    def __init__(self, skip_replicas: _Optional[bool] = ...) -> None: ...
 
 class Variant(_message.Message):
     __slots__ = ("name", "bundle_id", "percent")
@@ -110,18 +114,20 @@ class ReplicaBundles(_message.Message):
     def __init__(self, shard_id: _Optional[int] = ..., replica: _Optional[int] = ..., target: _Optional[str] = ..., active_bundle_id: _Optional[str] = ..., held_bundle_ids: _Optional[_Iterable[str]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class RecallGauge(_message.Message):
-    __slots__ = ("bundle_id", "shard_id", "k", "recall", "samples")
+    __slots__ = ("bundle_id", "shard_id", "k", "recall", "samples", "merged")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_ID_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     RECALL_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MERGED_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     shard_id: int
     k: int
     recall: float
     samples: int
-    def __init__(self, bundle_id: _Optional[str] = ..., shard_id: _Optional[int] = ..., k: _Optional[int] = ..., recall: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+    merged: bool
+    def __init__(self, bundle_id: _Optional[str] = ..., shard_id: _Optional[int] = ..., k: _Optional[int] = ..., recall: _Optional[float] = ..., samples: _Optional[int] = ..., merged: _Optional[bool] = ...) -> None: ...
 
 class RolloutStatus(_message.Message):
     __slots__ = ("stable_bundle_id", "variants", "previous_bundle_id", "previous_release_at", "rollout_holder", "rollout_started_at", "replicas", "recall")

@@ -122,9 +122,10 @@ class RouterAdminServicer:
         released after grace_s.
         Status codes:
         OK
-        FAILED_PRECONDITION no canary is live; its measured recall@k is below min_recall
-        (the message names both numbers) or not yet measured, unless
-        force.
+        FAILED_PRECONDITION no canary is live; its measured recall@k (merged, k =
+        router.recall_k) is below min_recall (the message names both
+        numbers), or fewer than router.recall_min_samples samples of it
+        were measured (the message says how many): unless force.
         ABORTED             a rollout is running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -168,3 +168,27 @@ class UpdateResponse(_message.Message):
     missing: int
     bundle: HeldBundle
     def __init__(self, bundle_id: _Optional[str] = ..., shard_id: _Optional[int] = ..., inserted: _Optional[int] = ..., replaced: _Optional[int] = ..., deleted: _Optional[int] = ..., missing: _Optional[int] = ..., bundle: _Optional[_Union[HeldBundle, _Mapping]] = ...) -> None: ...
+
+class CarryUpdatesRequest(_message.Message):
+    __slots__ = ("from_bundle_id", "to_bundle_id")
+    FROM_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    TO_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    from_bundle_id: str
+    to_bundle_id: str
+    def __init__(self, from_bundle_id: _Optional[str] = ..., to_bundle_id: _Optional[str] = ...) -> None: ...
+
+class CarryUpdatesResponse(_message.Message):
+    __slots__ = ("shard_id", "deleted", "deletes_skipped", "upserted_present", "missing_ids", "bundle")
+    SHARD_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    DELETES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    UPSERTED_PRESENT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_FIELD_NUMBER: _ClassVar[int]
+    shard_id: int
+    deleted: int
+    deletes_skipped: int
+    upserted_present: int
+    missing_ids: bytes
+    bundle: HeldBundle
+    def __init__(self, shard_id: _Optional[int] = ..., deleted: _Optional[int] = ..., deletes_skipped: _Optional[int] = ..., upserted_present: _Optional[int] = ..., missing_ids: _Optional[bytes] = ..., bundle: _Optional[_Union[HeldBundle, _Mapping]] = ...) -> None: ...

@@ -228,6 +228,11 @@ class ShardAdminStub:
                 request_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
                 response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
                 _registered_method=True)
+        self.CarryUpdates = channel.unary_unary(
+                '/annfleet.v1.ShardAdmin/CarryUpdates',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.CarryUpdatesRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.CarryUpdatesResponse.FromString,
+                _registered_method=True)
 
 
 class ShardAdminServicer:
@@ -338,6 +343,22 @@ class ShardAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CarryUpdates(self, request, context):
+        """Carry one held bundle's live updates over to another held bundle (a rollout with
+        --updates carry): every deleted id that the target has (in its index or upserted) is
+        deleted there (logged like Delete); upserted ids are NOT copied (their vectors belong to
+        the source bundle's model): the ones the target lacks are reported, for the caller to
+        re-embed and upsert. Idempotent.
+        Status codes:
+        OK
+        INVALID_ARGUMENT    from_bundle_id or to_bundle_id empty, or equal.
+        FAILED_PRECONDITION either bundle is not held.
+        INTERNAL            the target's update log could not be written (nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -375,6 +396,11 @@ def add_ShardAdminServicer_to_server(servicer, server):
                     servicer.ExactSearch,
                     request_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.FromString,
                     response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.SerializeToString,
+            ),
+            'CarryUpdates': grpc.unary_unary_rpc_method_handler(
+                    servicer.CarryUpdates,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.CarryUpdatesRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.CarryUpdatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -572,6 +598,33 @@ class ShardAdmin:
             '/annfleet.v1.ShardAdmin/ExactSearch',
             annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
             annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CarryUpdates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.ShardAdmin/CarryUpdates',
+            annfleet_dot_v1_dot_shard__pb2.CarryUpdatesRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.CarryUpdatesResponse.FromString,
             options,
             channel_credentials,
             insecure,
