@@ -555,7 +555,7 @@ def test_status_page_shows_canary_then_previous_bundle(
     replicas = [r for shard in canary["shards"] for r in shard["replicas"]]
     assert all(r["bundle_id"] == a.id and r["held"] == [b.id] for r in replicas)
 
-    fleet.admin.Promote(admin_pb2.PromoteRequest(), metadata=AUTH, timeout=10)
+    fleet.admin.Promote(admin_pb2.PromoteRequest(force=True), metadata=AUTH, timeout=10)
     promoted = status()
     assert [(x["bundle_id"], x["role"]) for x in promoted["bundles"]] == [
         (b.id, "active"),
