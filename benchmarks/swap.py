@@ -1,8 +1,14 @@
-"""Swap benchmark: open-loop Search load at a fixed rate through a local cluster while
+"""Swap benchmark: open-loop load at a fixed rate through a local cluster while
 `annfleet rollout` swaps to a second bundle and then rolls back.
 
-Two bundles with disjoint item ids (the second's are the first's + 10^9), so every response
-is checked for mixing: its ids must all belong to the bundle it names. Writes
+Synthetic (default): two bundles with disjoint item ids (the second's are the first's +
+10^9), so every response is checked for mixing: its ids must all belong to the bundle it
+names. ``--bundle-a A --bundle-b B`` swaps between two existing bundles (e.g. two MovieLens
+trainings, ``annfleet train --seed 0/1``); their ids are the same catalogue, so mixing is
+checked only as far as each response's ids belong to the bundle it names. ``--load
+retrieve`` sends Retrieve for the bundle's users (user tower + scatter) instead of Search.
+Peak RSS of every shard process is sampled every 50 ms (two bundles are held from prepare
+until the release after the rollback). Writes
 ``benchmarks/results/<name>/README.md`` and ``results.json``: p50/p99 per second, per phase
 (before / during the swap / after / after the rollback), the swap and rollback durations.
 
@@ -28,9 +34,11 @@ import grpc
 import numpy as np
 
 from annfleet.auth import metadata
+from annfleet.benchmarks.procstat import memory_kib
+from annfleet.bundle import Bundle
 from annfleet.client import AnnfleetError, Client
 from annfleet.cluster import LocalCluster
-from annfleet.config import AdminConfig, ClusterConfig, RouterConfig
+from annfleet.config import AdminConfig, ClusterConfig, RouterConfig, ShardsConfig
 from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
 from annfleet.v1 import admin_pb2, admin_pb2_grpc
@@ -49,6 +57,10 @@ def _percentiles(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=200_000)
@@ -61,11 +73,20 @@ def main() -> None:
     ap.add_argument("--after-s", type=float, default=10.0)
     ap.add_argument("--name", default="swap-200k")
     ap.add_argument("--work", default="")
+    ap.add_argument("--bundle-a", default="", help="an existing bundle to start on")
+    ap.add_argument("--bundle-b", default="", help="an existing bundle to swap to")
+    ap.add_argument("--load", choices=["search", "retrieve"], default="search")
+    ap.add_argument("--load-nice", type=int, default=None, help="shards.load_nice")
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-swap-"))
+    uptime_before = _uptime()
     bundles = []
     for seed, offset in ((0, 0), (1, OFFSET)):
+        given = args.bundle_b if seed else args.bundle_a
+        if given:
+            bundles.append(Path(given).absolute())
+            continue
         path = work / f"bundle-{seed}"
         if not (path / "manifest.json").exists():
             cat = make_catalogue(args.items, args.dim, users=1000, seed=seed)
@@ -84,13 +105,19 @@ def main() -> None:
     id_sets = []
     for path in bundles:
         ids = set()
-        for sid in range(args.shards):
-            ids.update(np.load(path / f"shard-{sid:02d}" / "ids.npy", allow_pickle=False).tolist())
+        bundle = Bundle.open(path, verify=False)
+        for sid in range(bundle.num_shards):
+            ids.update(np.load(bundle.shard_dir(sid) / "ids.npy", allow_pickle=False).tolist())
         id_sets.append(ids)
-    from annfleet.bundle import Bundle
-
-    bundle_ids = [Bundle.open(p, verify=False).id for p in bundles]
+    opened = [Bundle.open(p, verify=False) for p in bundles]
+    bundle_ids = [b.id for b in opened]
     sets = dict(zip(bundle_ids, id_sets, strict=True))
+    shards = opened[0].num_shards
+    dim = opened[0].dim
+    users = None
+    if args.load == "retrieve":
+        known = opened[0].manifest.get("users")
+        users = opened[0].load_array(known["ids"]) if known else np.arange(1, 944)
 
     token = work / "token"
     token.write_text("swap-bench-token\n")
@@ -98,8 +125,11 @@ def main() -> None:
         data_dir=str(work / "data"),
         admin=AdminConfig(str(token), ""),
         router=RouterConfig(release_grace_s=600.0),
+        shards=ShardsConfig(
+            **({} if args.load_nice is None else {"load_nice": args.load_nice})  # type: ignore[arg-type]
+        ),
     )
-    queries = make_catalogue(2000, args.dim, users=10, seed=7).vectors
+    queries = make_catalogue(2000, dim, users=10, seed=7).vectors
     records: list[tuple[float, float, str, str]] = []  # (sent, latency, bundle, error)
     lock = threading.Lock()
     mixed = 0
@@ -107,11 +137,29 @@ def main() -> None:
     with LocalCluster(bundles[0], config, rollout_state=work / "data" / "rollout.json") as cl:
         client = Client(cl.router_target, timeout=5.0, retries=0)
         client.search(queries[0], args.k)
+        shard_pids = [c.pid for c in cl.shards]
+        rss_peak = {pid: 0 for pid in shard_pids}
+        rss_base = {pid: memory_kib(pid).get("VmRSS", 0) for pid in shard_pids}
+        sampling = threading.Event()
+
+        def sample_rss() -> None:
+            while not sampling.is_set():
+                for pid in shard_pids:
+                    rss_peak[pid] = max(rss_peak[pid], memory_kib(pid).get("VmRSS", 0))
+                time.sleep(0.05)
+
+        rss_thread = threading.Thread(target=sample_rss, daemon=True)
+        rss_thread.start()
+
+        def call(i: int) -> Any:
+            if users is not None:
+                return client.retrieve(int(users[i % len(users)]), args.k)
+            return client.search(queries[i % len(queries)], args.k)
 
         def one(i: int, sent: float) -> None:
             nonlocal mixed
             try:
-                r = client.search(queries[i % len(queries)], args.k)
+                r = call(i)
                 latency = time.perf_counter() - sent
                 ids = {int(x) for x in np.asarray(r.ids).ravel() if x >= 0}
                 bad = bool(ids - sets.get(r.bundle_id, set()))
@@ -163,8 +211,11 @@ def main() -> None:
         stop.set()
         gen.join()
         pool.shutdown(wait=True)
+        sampling.set()
+        rss_thread.join()
         channel.close()
         client.close()
+    uptime_after = _uptime()
 
     # first request sent after the rollback call returned that was answered by the old bundle
     after_rb = [r for r in records if r[0] >= rb_start]
@@ -191,7 +242,11 @@ def main() -> None:
         )
     result = {
         "command": "python -m annfleet.benchmarks.swap "
-        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "work"),
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k != "work" and v not in ("", None)
+        ),
         "git_revision": subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
         ).stdout.strip(),
@@ -206,6 +261,14 @@ def main() -> None:
         "swap_duration_s": swap_end - swap_start,
         "flip_after_s": flip_at - swap_start,
         "rollback_call_s": rb_end - rb_start,
+        "load": args.load,
+        "bundle_paths": [str(p) for p in bundles],
+        "uptime_before": uptime_before,
+        "uptime_after": uptime_after,
+        "shard_rss_mib": {
+            "before": [rss_base[p] / 1024 for p in shard_pids],
+            "peak": [rss_peak[p] / 1024 for p in shard_pids],
+        },
         "rollback_effective_s": (last_new - rb_start) if after_rb else float("nan"),
         "first_old_after_rollback_s": first_old - rb_start,
         "phases": {
@@ -231,9 +294,21 @@ def main() -> None:
         f"- command: `{result['command']}`",
         f"- git revision: `{result['git_revision']}`, date {result['date']}",
         f"- machine: {result['machine']}",
-        f"- catalogue: {args.items} x {args.dim} clustered, {args.shards} shards, index "
-        f"{args.index}, k={args.k}; two bundles with disjoint ids; open-loop Search at "
-        f"{args.qps:g} qps through the router (latency from each request's due time)",
+        (
+            f"- catalogue: {args.items} x {args.dim} clustered, {args.shards} shards, index "
+            f"{args.index}, k={args.k}; two bundles with disjoint ids"
+            if not args.bundle_a
+            else f"- bundles: {bundles[0]} -> {bundles[1]} ({shards} shards, dim {dim}, "
+            f"k={args.k}; same catalogue ids: mixing checked as ids of the named bundle only)"
+        )
+        + f"; open-loop {args.load.capitalize()} at {args.qps:g} qps through the router "
+        "(latency from each request's due time)",
+        f"- uptime before: {uptime_before}",
+        f"- uptime after: {uptime_after}",
+        "- shard RSS MiB before the swap: "
+        + ", ".join(f"{v:.0f}" for v in result["shard_rss_mib"]["before"])
+        + "; peak during the run (two bundles held from prepare until the release): "
+        + ", ".join(f"{v:.0f}" for v in result["shard_rss_mib"]["peak"]),
         "",
         f"- requests: {result['requests']}, errors: {result['errors']} "
         f"{result['error_codes']}, mixed responses: {mixed}",

@@ -82,6 +82,9 @@ class ShardsConfig:
     updates_dir: str = ""  # update logs; "" = beside each bundle (<bundle>.updates/)
     max_delta_items: int = 1_000_000  # upserted items a shard holds per bundle (exact search)
     memory_limit_mb: int = 0  # cap on a shard process's memory for Prepare; 0 = the machine's
+    # Niceness added to the thread that loads and verifies a prepared bundle, so a rollout's
+    # load yields the CPU to searches (Linux: per thread); 0 = same priority as serving.
+    load_nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,7 @@ class ClusterConfig:
             (self.router.recall_min_samples >= 1, "router.recall_min_samples", ">= 1"),
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
+            (0 <= self.shards.load_nice <= 19, "shards.load_nice", "in [0, 19]"),
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
             (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
             (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),

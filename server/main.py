@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,6 +36,18 @@ SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["IndexShard"].full_name]
 ADMIN_SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ShardAdmin"].full_name]
 
 
+def _loader_thread(search_threads: int, nice: int) -> None:
+    """The load thread: faiss threads as for searches, and ``nice`` lower priority (Linux
+    applies setpriority to the calling thread only; elsewhere it is left as it is)."""
+    set_threads(search_threads)
+    if nice > 0 and sys.platform == "linux":
+        tid = threading.get_native_id()
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+        except OSError as exc:
+            log.warning("load thread: cannot lower its priority by %d: %s", nice, exc)
+
+
 @dataclass
 class ShardServer:
     grpc: GrpcServer
@@ -42,6 +56,7 @@ class ShardServer:
     admin_grpc: GrpcServer | None
     executor: ThreadPoolExecutor
     loader: ThreadPoolExecutor
+    updater: ThreadPoolExecutor
 
     @classmethod
     async def bind(
@@ -74,16 +89,18 @@ class ShardServer:
             initializer=set_threads,
             initargs=(config.search_threads,),
         )
-        # Bundle loads and update-log writes, one at a time, apart from the searches.
+        # Bundle loads, one at a time, apart from the searches (at lower priority with
+        # shards.load_nice); update-log writes in another single thread, at serving priority.
         loader = ThreadPoolExecutor(
             max_workers=1,
-            thread_name_prefix="admin",
-            initializer=set_threads,
-            initargs=(config.search_threads,),
+            thread_name_prefix="load",
+            initializer=_loader_thread,
+            initargs=(config.search_threads, config.load_nice),
         )
+        updater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="updates")
         holdings = Holdings(config, search, shard_id, replica)
         service = ShardService(config, executor, holdings)
-        admin = ShardAdminService(service, loader, loader)
+        admin = ShardAdminService(service, loader, updater)
         status = ShardStatus(service, asyncio.get_running_loop())
         service.rpc_observer = status.observe
         server = await start_server(
@@ -112,7 +129,7 @@ class ShardServer:
                 await server.stop(0)
                 raise
             await admin_grpc.set_serving(True)  # usable before any bundle is loaded
-        return cls(server, service, admin, admin_grpc, executor, loader)
+        return cls(server, service, admin, admin_grpc, executor, loader, updater)
 
     @property
     def port(self) -> int:
@@ -164,6 +181,7 @@ class ShardServer:
         await self.grpc.stop(grace)
         self.executor.shutdown(wait=False)
         self.loader.shutdown(wait=False)
+        self.updater.shutdown(wait=False)
 
 
 async def start_shard_server(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from pathlib import Path
 
 import grpc
@@ -247,6 +251,23 @@ def test_faiss_threads_apply_in_the_search_threads(loop_thread: LoopThread) -> N
     server = loop_thread.run(ShardServer.bind(ShardsConfig(search_threads=1)))
     try:
         assert loop_thread.run(threads_in_executor(server)) == 1
+    finally:
+        loop_thread.run(server.stop(0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_load_thread_runs_at_lower_priority_with_load_nice(loop_thread: LoopThread) -> None:
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def in_executor(executor: Executor) -> int:
+        return await asyncio.get_running_loop().run_in_executor(executor, niceness)
+
+    server = loop_thread.run(ShardServer.bind(ShardsConfig(load_nice=7)))
+    try:
+        serving = loop_thread.run(in_executor(server.executor))
+        assert loop_thread.run(in_executor(server.loader)) == min(serving + 7, 19)
+        assert loop_thread.run(in_executor(server.updater)) == serving
     finally:
         loop_thread.run(server.stop(0))
 
