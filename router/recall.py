@@ -89,6 +89,7 @@ class RecallMonitor:
         # (bundle_id, shard or MERGED) -> recent recall values
         self._windows: dict[tuple[str, int], collections.deque[float]] = {}
         self._counts: dict[tuple[str, int], int] = {}
+        self._forgotten: set[str] = set()  # released bundles: samples still queued are ignored
         self.measured = 0
 
     # ------------------------------------------------------------------ request path
@@ -98,6 +99,7 @@ class RecallMonitor:
         """Maybe sample a live request (its first query row). Never waits, never raises."""
         if self.rate <= 0 or self._task is None or self._random.random() >= self.rate:
             return
+        self._forgotten.discard(state.bundle.id)  # it serves again
         try:
             self._queue.put_nowait(Sample(state, np.array(queries[:1], dtype=np.float32), params))
         except asyncio.QueueFull:
@@ -216,6 +218,8 @@ class RecallMonitor:
 
     # ------------------------------------------------------------------ gauges
     def _record(self, bundle_id: str, shard: int, value: float) -> None:
+        if bundle_id in self._forgotten:
+            return
         key = (bundle_id, shard)
         window = self._windows.get(key)
         if window is None:
@@ -249,6 +253,7 @@ class RecallMonitor:
 
     def forget(self, bundle_id: str) -> None:
         """Drop a released bundle's windows and gauges."""
+        self._forgotten.add(bundle_id)
         for key in [key for key in self._windows if key[0] == bundle_id]:
             del self._windows[key]
             self._counts.pop(key, None)
