@@ -80,6 +80,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-swap-"))
+    work.mkdir(parents=True, exist_ok=True)
     uptime_before = _uptime()
     bundles = []
     for seed, offset in ((0, 0), (1, OFFSET)):

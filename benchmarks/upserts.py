@@ -73,6 +73,7 @@ def main() -> None:
     bundle = Bundle.open(Path(args.bundle), verify=False)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-upserts-"))
+    work.mkdir(parents=True, exist_ok=True)
     token = work / "token"
     token.write_text("upserts-bench-token\n")
     config = ClusterConfig(
