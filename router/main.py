@@ -131,10 +131,13 @@ async def start_router(
     bundle_path = stable_bundle(rollout_state) or Path(bundle_path)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="router")
     service = RetrievalService(config, executor)
+    # A rollout loads and warms the next bundle's tower in its own thread, so requests keep
+    # every worker of ``executor`` (their user-tower calls run there) during a swap.
+    rollout_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rollout")
     rollouts = RolloutController(
         service,
         config,
-        executor,
+        rollout_executor,
         admin_targets=shard_admin_targets,
         token=admin_token or "",
         state_path=rollout_state,
@@ -170,6 +173,9 @@ async def start_router(
         for group in groups:
             group.start()
         embedder = await loop.run_in_executor(executor, load_embedder, bundle)
+        warm_up = getattr(embedder, "warm_up", None)
+        if warm_up is not None:  # the tower's first calls are slow: not the first requests'
+            await loop.run_in_executor(executor, warm_up)
         await confirm_shards(groups, bundle, config.connect_timeout_s)
         service.state = RouterState.load(bundle, scatter, embedder, config)
         await rollouts.restore()

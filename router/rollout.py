@@ -83,9 +83,15 @@ def open_router_bundle(path: Path) -> Bundle:
 
 
 def with_bundle(state: RouterState, bundle: Bundle, config: RouterConfig) -> RouterState:
-    """A new router state serving ``bundle`` over the same shard connections."""
+    """A new router state serving ``bundle`` over the same shard connections, its user
+    tower warmed up (a TorchScript module's first calls profile and optimise its graph and
+    are many times slower: they run here, before the flip, not in the first requests)."""
     scatter = state.scatter.for_bundle(bundle)
-    return RouterState.load(bundle, scatter, load_embedder(bundle), config)
+    embedder = load_embedder(bundle)
+    warm_up = getattr(embedder, "warm_up", None)
+    if warm_up is not None:
+        warm_up()
+    return RouterState.load(bundle, scatter, embedder, config)
 
 
 def _ref(state: RouterState) -> BundleRef:
@@ -719,6 +725,7 @@ class RolloutController:
     async def close(self) -> None:
         self._cancel_release()
         await self.recall.close()
+        self.executor.shutdown(wait=False)
         for r in self._replicas or []:
             with contextlib.suppress(Exception):
                 await r.channel.close(None)

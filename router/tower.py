@@ -130,6 +130,13 @@ class TowerEmbedder:
             np.array([[hour, dow, gap, trend]], dtype=np.int64),
         )
 
+    def warm_up(self, calls: int = 4) -> None:
+        """Run the module a few times, for a known and an unknown user: TorchScript's first
+        calls profile and optimise the graph and are many times slower than the rest."""
+        known = next(iter(self._row), 0)
+        for i in range(calls):
+            self.embed(known if i % 2 else 0, RequestContext())
+
     def embed(self, user_id: int, context: RequestContext) -> np.ndarray:
         """(dim,) float32. Unknown users are embedded from the context alone."""
         user, recent, tfeat = self.inputs(user_id, context)
