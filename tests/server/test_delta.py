@@ -229,3 +229,26 @@ def test_search_and_exact_match_a_reference_after_any_updates(
         hits = row[row >= 0]
         assert len(set(hits.tolist())) == len(hits)
         assert not set(hits.tolist()) & deleted
+
+
+def test_updates_lists_what_a_rollout_carries(flat_bundle: Bundle, tmp_path: Path) -> None:
+    delta = make_delta(flat_bundle, tmp_path / "log")
+    bundle_ids = delta.index.ids
+    new = fresh_ids(flat_bundle, 3)
+    vectors = np.ones((3, delta.index.dim), np.float32)
+    delta.upsert(np.concatenate([new, bundle_ids[:1]]), np.ones((4, delta.index.dim), np.float32))
+    delta.delete(np.concatenate([bundle_ids[1:3], new[:1]]))  # two bundle items, one new id
+    upserted, deleted = delta.updates()
+    assert upserted.tolist() == sorted([*new[1:].tolist(), int(bundle_ids[0])])
+    # a replaced bundle item is upserted, not deleted; a deleted upsert-only id is deleted
+    assert deleted.tolist() == sorted([*bundle_ids[1:3].tolist(), int(new[0])])
+    delta.upsert(new[:1], vectors[:1])  # back again: no longer deleted
+    assert int(new[0]) not in delta.updates()[1].tolist()
+    assert delta.has(np.array([new[0], bundle_ids[1], bundle_ids[5]])).tolist() == [
+        True,
+        False,
+        True,
+    ]
+    # the log replays to the same lists
+    replayed = make_delta(flat_bundle, tmp_path / "log")  # replays the log
+    assert [a.tolist() for a in replayed.updates()] == [a.tolist() for a in delta.updates()]
