@@ -95,7 +95,8 @@ dataset: {{kind: synthetic, items: 4000, dim: 16, clusters: 16, users: 50}}
 index: {{type: hnsw, m: 8, ef_construction: 40}}
 shards: {{count: 2, base_port: {shard_base}, metrics_base_port: -1, grace_s: 1.0,
           admin_base_port: {free_port()}}}
-router: {{port: {free_port()}, metrics_port: {free_port()}, grace_s: 1.0}}
+router: {{port: {free_port()}, metrics_port: {free_port()}, grace_s: 1.0,
+          admin_port: {free_port()}, recall_sample_rate: 1.0}}
 """)
     return config
 
@@ -146,6 +147,13 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         bundle_id = answer["bundle_id"]
         assert f"shard 0/2 of {bundle_id}" in status.stdout
         assert f"shard 1/2 of {bundle_id}" in status.stdout
+        # The router's live recall (every request sampled here), once a sample is measured.
+        deadline = time.monotonic() + 60
+        while f"live    {bundle_id} recall@100" not in status.stdout:
+            assert time.monotonic() < deadline, status.stdout
+            run("query", "--user", "2", "--k", "7", "--target", target)
+            status = run("status", "--config", str(small_config))
+        assert "per shard 0:" in status.stdout
 
         # The router's status page, on its metrics port, describes the same cluster.
         page_line = next(ln for ln in lines if ln.startswith("status page "))
