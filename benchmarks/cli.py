@@ -97,6 +97,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="start the cluster with OMP_NUM_THREADS=N (0: inherit the environment)",
     )
     idx.add_argument(
+        "--config",
+        type=Path,
+        help="YAML of the local cluster (e.g. router.admission: fixed); default: built-in",
+    )
+    idx.add_argument(
         "--breakdown",
         action="store_true",
         help="also time the stages of a cluster query (faiss on one shard, RPC floor, "
@@ -311,6 +316,7 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
         save_ids=args.save_ids,
         breakdown=args.breakdown,
         cluster_omp_threads=args.cluster_omp_threads,
+        cluster_config=args.config,
         peer_throughput=args.throughput,
         throughput_recall=args.throughput_recall,
         throughput_seconds=args.throughput_seconds,

@@ -56,6 +56,7 @@ class SweepConfig:
     save_ids: bool = False
     breakdown: bool = False
     cluster_omp_threads: int = 0  # >0: OMP_NUM_THREADS for the cluster's processes
+    cluster_config: Path | None = None  # YAML of the local cluster (default: built-in)
     # Closed-loop QPS of the server peers (milvus-lite, chroma), as --throughput for the cluster.
     peer_throughput: bool = False
     throughput_recall: float = 0.95
@@ -191,22 +192,31 @@ def ensure_bundle(
 
 
 @contextmanager
-def local_cluster(bundle_path: Path, omp_threads: int = 0) -> Iterator[Any]:
+def local_cluster(
+    bundle_path: Path, omp_threads: int = 0, config_path: Path | None = None
+) -> Iterator[Any]:
     """annfleet.cluster.LocalCluster over a bundle: shard servers + router on free ports.
 
     ``omp_threads`` > 0 starts the children with OMP_NUM_THREADS set (the default thread
     count of every thread's OpenMP, including the servers' executor threads); 0 leaves the
-    environment as it is.
+    environment as it is. ``config_path``: the cluster's YAML (e.g. router admission).
     """
     import os
 
     from annfleet.cluster import LocalCluster
+    from annfleet.config import load_config
 
     saved = os.environ.get("OMP_NUM_THREADS")
     if omp_threads > 0:
         os.environ["OMP_NUM_THREADS"] = str(omp_threads)
     try:
-        cluster = LocalCluster(bundle_path).start()
+        cluster = (
+            LocalCluster(bundle_path)
+            if config_path is None
+            else LocalCluster(
+                bundle_path, load_config(config_path.resolve()), config_path=config_path.resolve()
+            )
+        ).start()
     finally:
         if omp_threads > 0:
             if saved is None:
@@ -315,7 +325,7 @@ def run(
             dataset, cfg.index_type, cfg.build_params, shards, data_dir, progress
         )
         builds[f"bundle-{shards}-shards"] = time.perf_counter() - t0
-        with local_cluster(bundle, cfg.cluster_omp_threads) as cluster:
+        with local_cluster(bundle, cfg.cluster_omp_threads, cfg.cluster_config) as cluster:
             systems: dict[str, System] = {}
             if "scatter" in cluster_systems:
                 systems["scatter"] = ScatterSystem(list(cluster.shard_targets))
