@@ -181,6 +181,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ld.add_argument("--data-dir", type=Path)
     ld.set_defaults(func=cmd_load)
 
+    pf = sub.add_parser(
+        "profile",
+        help="py-spy profiles of the router and a shard under closed-loop Search load: CPU "
+        "µs per query per process split into faiss / gRPC / (de)serialisation / glue",
+    )
+    pf.add_argument("--bundle", type=Path)
+    pf.add_argument("--items", type=int, default=200_000)
+    pf.add_argument("--dim", type=int, default=64)
+    pf.add_argument("--shards", type=int, default=4)
+    pf.add_argument("--concurrency", type=int, default=32, help="requests in flight")
+    pf.add_argument("--processes", type=int, default=2, help="client processes")
+    pf.add_argument("--duration", type=float, default=20.0, help="seconds profiled")
+    pf.add_argument("--warmup", type=float, default=2.0)
+    pf.add_argument("-k", "--k", type=int, default=100)
+    pf.add_argument("--ef", type=int, default=200, help="ef_search per request")
+    pf.add_argument("--timeout", type=float, default=1.0)
+    pf.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    pf.add_argument("--top", type=int, default=15, help="places listed per profile")
+    pf.add_argument("--no-spy", action="store_true", help="CPU per query only, no py-spy")
+    pf.add_argument("--cluster-omp-threads", type=int, default=0)
+    pf.add_argument("--name", help="write results under benchmarks/results/<name>/")
+    pf.add_argument("--out", type=Path)
+    pf.add_argument("--data-dir", type=Path)
+    pf.set_defaults(func=cmd_profile, target=None)
+
     ft = sub.add_parser(
         "faults",
         help="replica loss under open-loop load: kill -9 one replica, SIGSTOP another",
@@ -367,6 +392,13 @@ def cmd_load(args: argparse.Namespace) -> int:
 
         return overload(args)
     from annfleet.benchmarks.load import cmd
+
+    return cmd(args)
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
+    from annfleet.benchmarks.profile import cmd
 
     return cmd(args)
 
