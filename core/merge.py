@@ -1,4 +1,4 @@
-"""Top-k merge of per-shard results with numpy (argpartition + sort; never heapq).
+"""Top-k merge of per-shard results with numpy (partition + sort; never heapq).
 
 Metric-aware: callers pass ``higher_is_better(metric)`` (``annfleet.validation``). Ties are
 broken by the smaller item id, so the merge is deterministic whatever order the shards answer
@@ -13,46 +13,102 @@ import math
 import numpy as np
 
 
-def _keys(scores: np.ndarray, ids: np.ndarray, higher_is_better: bool) -> np.ndarray:
-    """Sort keys where smaller is better and padding sorts last."""
-    keys = -scores.astype(np.float64) if higher_is_better else scores.astype(np.float64)
-    return np.where(ids < 0, math.inf, keys)
-
-
 def merge_topk(
     ids: np.ndarray, scores: np.ndarray, k: int, *, higher_is_better: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
     """ids (n,) int64, scores (n,) float32 -> best k (fewer if fewer valid hits), sorted."""
-    keys = _keys(scores, ids, higher_is_better)
-    valid = int(np.count_nonzero(ids >= 0))
-    k = min(k, valid)
-    if k == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float32)
-    if k < len(keys):
-        # Everything strictly better than the k-th key, plus every tie with it.
-        kth = keys[np.argpartition(keys, k - 1)[k - 1]]
-        candidates = np.flatnonzero(keys <= kth)
-    else:
-        candidates = np.flatnonzero(keys < math.inf)
-    order = candidates[np.lexsort((ids[candidates], keys[candidates]))][:k]
-    return ids[order].astype(np.int64), scores[order].astype(np.float32)
+    out_ids, out_scores = merge_rows(
+        np.asarray(ids, dtype=np.int64)[None, :],
+        np.asarray(scores, dtype=np.float32)[None, :],
+        k,
+        higher_is_better=higher_is_better,
+    )
+    found = int(np.count_nonzero(out_ids[0] >= 0))
+    return out_ids[0, :found], out_scores[0, :found]
+
+
+_ID_BITS = 32
+_LOW = np.uint64((1 << _ID_BITS) - 1)
+_PAD = np.uint64(np.iinfo(np.uint64).max)
+
+
+def _orderable(scores: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """float32 -> uint32 whose unsigned order is the merge order (best first)."""
+    # + 0.0 turns -0.0 into 0.0: equal scores must tie (and be broken by id)
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
+    flip = np.where(bits >> np.uint32(31), np.uint32(0xFFFFFFFF), np.uint32(0x80000000))
+    ascending = bits ^ flip  # unsigned order == float order
+    return ~ascending if higher_is_better else ascending
+
+
+def _from_orderable(keys: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    ascending = ~keys if higher_is_better else keys
+    flip = np.where(ascending >> np.uint32(31), np.uint32(0x80000000), np.uint32(0xFFFFFFFF))
+    return (ascending ^ flip).view(np.float32)
 
 
 def merge_rows(
     ids: np.ndarray, scores: np.ndarray, k: int, *, higher_is_better: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """ids (nq, m) int64, scores (nq, m) float32 -> (nq, k) each, -1 / worst-score padded."""
-    nq = ids.shape[0]
-    out_ids = np.full((nq, k), -1, dtype=np.int64)
+    """ids (nq, m) int64, scores (nq, m) float32 -> (nq, k) each, -1 / worst-score padded.
+
+    Row by row the same answer as ``merge_topk``, for all rows at once (no Python loop over
+    rows: a coalesced batch is merged in one pass). Item ids below 2**32 (the usual case) are
+    packed with their score into one uint64 per hit, so one partition + sort per row orders
+    by score and breaks ties by id; larger ids take a lexsort.
+    """
+    nq, m = ids.shape
     worst = -math.inf if higher_is_better else math.inf
-    out_scores = np.full((nq, k), worst, dtype=np.float32)
-    for row in range(nq):
-        best_ids, best_scores = merge_topk(
-            ids[row], scores[row], k, higher_is_better=higher_is_better
-        )
-        out_ids[row, : len(best_ids)] = best_ids
-        out_scores[row, : len(best_scores)] = best_scores
-    return out_ids, out_scores
+    if m == 0 or nq == 0:
+        return np.full((nq, k), -1, np.int64), np.full((nq, k), worst, np.float32)
+    padding = ids < 0
+    if int(ids.max()) >> _ID_BITS:
+        return _merge_rows_lexsort(ids, scores, k, padding, worst, higher_is_better)
+    keys = (_orderable(scores, higher_is_better).astype(np.uint64) << np.uint64(_ID_BITS)) | (
+        ids.astype(np.uint64) & _LOW
+    )
+    keys[padding] = _PAD
+    width = min(k, m)
+    if width < m:
+        keys = np.partition(keys, width - 1, axis=1)[:, :width]
+    keys.sort(axis=1)
+    out_ids = (keys & _LOW).astype(np.int64)
+    out_scores = _from_orderable((keys >> np.uint64(_ID_BITS)).astype(np.uint32), higher_is_better)
+    pad = keys == _PAD
+    out_ids[pad] = -1
+    out_scores[pad] = worst
+    return _pad_to(out_ids, out_scores, k, worst)
+
+
+def _merge_rows_lexsort(
+    ids: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    padding: np.ndarray,
+    worst: float,
+    higher_is_better: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    keys = -scores.astype(np.float64) if higher_is_better else scores.astype(np.float64)
+    # lexsort: last key first: real hits before padding, then by key, ties by the smaller id.
+    order = np.lexsort((ids, keys, padding), axis=1)[:, :k]
+    out_ids = np.take_along_axis(ids, order, axis=1).astype(np.int64)
+    out_scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+    pad = np.take_along_axis(padding, order, axis=1)
+    out_ids[pad] = -1
+    out_scores[pad] = worst
+    return _pad_to(out_ids, out_scores, k, worst)
+
+
+def _pad_to(
+    ids: np.ndarray, scores: np.ndarray, k: int, worst: float
+) -> tuple[np.ndarray, np.ndarray]:
+    short = k - ids.shape[1]
+    if short <= 0:
+        return ids, scores
+    return (
+        np.pad(ids, ((0, 0), (0, short)), constant_values=-1),
+        np.pad(scores, ((0, 0), (0, short)), constant_values=worst),
+    )
 
 
 def per_shard_k(k: int, share: float, oversample: float) -> int:

@@ -314,6 +314,8 @@ class ReplicaGroup:
     ) -> shard_pb2.ShardSearchResponse:
         """One shard call by ``deadline`` (``time.monotonic()``), each attempt at most
         ``attempt_cap`` seconds; raises ShardFailure when no replica answered."""
+        if len(self.replicas) == 1:  # nothing to balance, hedge or retry on
+            return await self._only(self.replicas[0], request, deadline, attempt_cap)
         config = self.config
         self.tokens = min(HEDGE_BURST, self.tokens + config.hedge_budget)
         attempts: dict[asyncio.Task[shard_pb2.ShardSearchResponse], tuple[Replica, float]] = {}
@@ -376,6 +378,32 @@ class ReplicaGroup:
                 task.cancel()  # lost a hedge, or the deadline passed
                 replica.latency.observe(now - started, now)  # it took at least this long
                 REPLICA_ATTEMPTS.labels(*replica.labels, "CANCELLED").inc()
+
+    async def _only(
+        self,
+        replica: Replica,
+        request: shard_pb2.ShardSearchRequest,
+        deadline: float,
+        attempt_cap: float,
+    ) -> shard_pb2.ShardSearchResponse:
+        """The one attempt of a shard with one replica, awaited in the caller's task (no
+        attempt task, no wait loop: the call's own timeout is the deadline or the cap)."""
+        started = time.monotonic()
+        try:
+            return await self._attempt(replica, request, deadline, attempt_cap)
+        except ShardFailure as exc:
+            if exc.code == "DEADLINE_EXCEEDED" and deadline - started <= attempt_cap:
+                raise ShardFailure(  # the request's deadline, not the cap, cut it
+                    "DEADLINE_EXCEEDED",
+                    f"no replica of shard {self.shard_id} answered before the deadline",
+                    expired=True,
+                ) from exc
+            raise
+        except asyncio.CancelledError:
+            now = time.monotonic()
+            replica.latency.observe(now - started, now)  # it took at least this long
+            REPLICA_ATTEMPTS.labels(*replica.labels, "CANCELLED").inc()
+            raise
 
     def _hedge(self, tried: list[Replica], launch: Callable[[Replica], None]) -> None:
         if self.tokens < 1.0:

@@ -65,6 +65,7 @@ class Fanout:
         self.params = params
         self.tasks = tasks
         self.waiters = waiters
+        self.merged: Hits | None = None  # every row merged, once all shards have answered
         self._running = len(tasks)
         self._done_callbacks: list[Callable[[], None]] = []
         for task in tasks.values():
@@ -133,20 +134,8 @@ class Scatter:
         return Scatter(list(self.groups.values()), bundle, self.oversample, self.attempt_cap)
 
     async def _one(
-        self,
-        group: ReplicaGroup,
-        queries: np.ndarray,
-        k: int,
-        params: common_pb2.SearchParams,
-        deadline: float,
+        self, group: ReplicaGroup, request: shard_pb2.ShardSearchRequest, deadline: float
     ) -> Hits:
-        request = shard_pb2.ShardSearchRequest(
-            queries=to_bytes(queries, F32),
-            dim=queries.shape[1],
-            k=k,
-            params=params,
-            bundle_id=self.bundle_id,
-        )
         try:
             response = await group.search(request, deadline, self.attempt_cap)
         except ShardFailure as exc:
@@ -176,11 +165,22 @@ class Scatter:
         time up to ``deadline`` (``time.monotonic()``), one attempt at most ``attempt_cap``;
         its replica group balances, retries and hedges inside that.
         """
+        data = to_bytes(queries, F32)  # encoded once; shards with the same k share a request
+        requests: dict[int, shard_pb2.ShardSearchRequest] = {}
         tasks: dict[int, asyncio.Task[Hits]] = {}
         for shard_id in self.groups if shards is None else shards:
             group = self.groups[shard_id]
             kk = k if full_k else per_shard_k(k, self.shares[shard_id], self.oversample)
-            tasks[shard_id] = asyncio.create_task(self._one(group, queries, kk, params, deadline))
+            request = requests.get(kk)
+            if request is None:
+                request = requests[kk] = shard_pb2.ShardSearchRequest(
+                    queries=data,
+                    dim=queries.shape[1],
+                    k=kk,
+                    params=params,
+                    bundle_id=self.bundle_id,
+                )
+            tasks[shard_id] = asyncio.create_task(self._one(group, request, deadline))
         return Fanout(queries, k, params, tasks, waiters)
 
     async def collect(self, fanout: Fanout, rows: slice, deadline: float) -> ScatterResult:
@@ -190,8 +190,13 @@ class Scatter:
         survivors are asked once more for k each (inside the same deadline) so k stays full.
         """
         hits, answered, failures, expired = await self._gather(fanout, rows, deadline)
+        if (
+            not failures and fanout.tasks
+        ):  # all answered: the batch is merged once, callers take rows
+            ids, scores = self._merged(fanout)
+            return ScatterResult(ids[rows], scores[rows], sorted(answered), failures, expired)
         k = fanout.k
-        if failures and hits and not expired:
+        if hits and not expired:
             found = sum(np.count_nonzero(h[0] >= 0, axis=1) for h in hits)  # (nq,)
             short = int(np.min(found)) < k and any(h[0].shape[1] < k for h in hits)
             if short and deadline > time.monotonic():
@@ -215,6 +220,18 @@ class Scatter:
             higher_is_better=self.higher_is_better,
         )
         return ScatterResult(ids, scores, sorted(answered), failures, expired)
+
+    def _merged(self, fanout: Fanout) -> Hits:
+        """Top-k of every row of a fanout whose shards all answered, merged once."""
+        if fanout.merged is None:
+            hits = [task.result() for task in fanout.tasks.values()]
+            fanout.merged = merge_rows(
+                np.concatenate([h[0] for h in hits], axis=1),
+                np.concatenate([h[1] for h in hits], axis=1),
+                fanout.k,
+                higher_is_better=self.higher_is_better,
+            )
+        return fanout.merged
 
     async def _gather(
         self, fanout: Fanout, rows: slice, deadline: float

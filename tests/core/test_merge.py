@@ -58,6 +58,38 @@ def test_merge_matches_reference(pairs: list[tuple[int, int]], k: int, higher: b
     assert len(got_scores) == len(got)
 
 
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 6),
+    st.integers(0, 40),
+    st.integers(1, 50),
+    st.booleans(),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 2**32 - 100, 2**40]),  # ids packed with scores, and ids too large
+)
+def test_merge_rows_matches_reference_row_by_row(
+    nq: int, m: int, k: int, higher: bool, seed: int, base: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    ids = np.full((nq, m), -1, dtype=np.int64)
+    for row in range(nq):  # unique ids per row (as across shards), some padding
+        ids[row] = base + rng.permutation(100)[:m]
+        ids[row, rng.random(m) < 0.2] = -1
+    scores = (rng.integers(-8, 8, size=(nq, m)) / 4).astype(np.float32)  # ties are common
+    scores[rng.random((nq, m)) < 0.05] = -0.0  # -0.0 and 0.0 are equal scores
+    scores[rng.random((nq, m)) < 0.05] = -np.inf if higher else np.inf  # a worst-score hit
+    got_ids, got_scores = merge_rows(ids, scores, k, higher_is_better=higher)
+    assert got_ids.shape == got_scores.shape == (nq, k)
+    worst = -math.inf if higher else math.inf
+    for row in range(nq):
+        want = reference(ids[row], scores[row], k, higher)
+        n = len(want)
+        assert got_ids[row, :n].tolist() == want
+        score_of = dict(zip(ids[row].tolist(), scores[row].tolist(), strict=True))
+        assert got_scores[row, :n].tolist() == [score_of[i] for i in want]
+        assert (got_ids[row, n:] == -1).all() and (got_scores[row, n:] == worst).all()
+
+
 def test_merge_rows_pads() -> None:
     ids = np.array([[1, 2, -1], [-1, -1, -1]], dtype=np.int64)
     scores = np.array([[0.1, 0.2, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
