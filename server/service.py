@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -63,6 +64,13 @@ def shard_info(holdings: Holdings, config: ShardsConfig) -> shard_pb2.ShardInfo:
     return info
 
 
+# A search faiss is expected to finish within this many seconds runs on the event loop
+# thread when nothing else is queued or running: handing it to an executor thread and back
+# (submit, wake-up, GIL hand-off, call_soon_threadsafe) costs more CPU than that at our sizes.
+INLINE_MAX_S = 0.001
+COST_DECAY = 0.9  # weight of the past in the running estimate of seconds per query row
+
+
 def _expired(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
 
@@ -71,15 +79,26 @@ class SearchQueue:
     """The shard's bounded queue in front of faiss: at most ``max_queue`` searches queued or
     running; beyond it RESOURCE_EXHAUSTED at once. Work whose deadline (absolute,
     ``time.monotonic()``) has passed is dropped before it reaches the index: on arrival, and
-    again when an executor thread picks it up. Used from the event loop thread only.
+    again when an executor thread picks it up. A search expected to take less than
+    ``INLINE_MAX_S`` (``rows`` x the running cost per row) runs inline when nothing else is
+    queued or running. Used from the event loop thread only.
     """
 
     def __init__(self, executor: Executor, max_queue: int) -> None:
         self.executor = executor
         self.max_queue = max_queue
         self.admitted = 0  # queued + running, released when the executor job ends
+        self.row_seconds: dict[str, float] = {}  # kind of work -> running seconds per row
+        self.inline = 0  # searches run on the event loop thread (for tests and metrics)
 
-    async def run(self, deadline: float | None, work: Callable[[], T]) -> T:
+    def _observe(self, kind: str, seconds: float, rows: int) -> None:
+        per_row = seconds / max(1, rows)
+        past = self.row_seconds.get(kind, per_row)
+        self.row_seconds[kind] = COST_DECAY * past + (1.0 - COST_DECAY) * per_row
+
+    async def run(
+        self, deadline: float | None, work: Callable[[], T], rows: int = 1, kind: str = "search"
+    ) -> T:
         if _expired(deadline):
             SHARD_DROPPED.labels("deadline").inc()
             raise DeadlineExceeded("deadline passed before the search was queued")
@@ -89,27 +108,39 @@ class SearchQueue:
                 f"{self.admitted} searches queued or running (max_queue {self.max_queue}); "
                 "retry later or on another replica"
             )
-        loop = asyncio.get_running_loop()
         queued_at = time.monotonic()
+        if self.admitted == 0 and self.row_seconds.get(kind, math.inf) * rows <= INLINE_MAX_S:
+            self.inline += 1
+            self.admitted += 1
+            try:
+                result = work()
+            finally:
+                self.admitted -= 1
+            self._observe(kind, time.monotonic() - queued_at, rows)
+            return result
+        loop = asyncio.get_running_loop()
 
-        def job() -> T:
+        def job() -> tuple[T, float]:
             if _expired(deadline):
                 SHARD_DROPPED.labels("deadline").inc()
                 raise DeadlineExceeded(
                     f"deadline passed after {(time.monotonic() - queued_at) * 1e3:.1f} ms "
                     "in the shard's queue"
                 )
-            return work()
+            started = time.monotonic()
+            return work(), time.monotonic() - started
 
         self.admitted += 1
         future = self.executor.submit(job)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
         try:
-            return await asyncio.wrap_future(future, loop=loop)
+            result, seconds = await asyncio.wrap_future(future, loop=loop)
         except asyncio.CancelledError:  # the caller went away (typically its deadline)
             if future.cancel():  # still queued: it never reaches the index
                 SHARD_DROPPED.labels("cancelled").inc()
             raise
+        self._observe(kind, seconds, rows)
+        return result
 
     def _release(self) -> None:
         self.admitted -= 1
@@ -153,6 +184,8 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
                     rerank=request.params.rerank,
                 )
             ),
+            rows=len(queries),
+            kind="exact" if exact else "search",
         )
         return shard_pb2.ShardSearchResponse(
             ids=to_bytes(ids, I64),
