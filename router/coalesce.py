@@ -2,9 +2,10 @@
 
 Python gRPC costs far more per RPC than faiss costs per query at our sizes, so under load
 the router spends its time on RPC overhead. Searches with the same (k, params) share a
-*lane*: a search is sent at once while fewer than ``max_in_flight`` batches of its lane are
-out; otherwise it waits and leaves with every other waiting search as one batch when a batch
-returns. At low load nothing waits; at high load batches grow with the load.
+*lane*: a search is sent while fewer than ``max_in_flight`` batches of its lane are out
+(at the end of the event loop's current pass, so searches that arrived together leave as one
+batch); otherwise it waits and leaves with every other waiting search as one batch when a
+batch returns. At low load nothing waits; at high load batches grow with the load.
 
 Deadlines are never shortened: a batch is sent with the *latest* deadline of its searches,
 and each search collects its rows of whatever the shards answered by its *own* deadline
@@ -39,6 +40,7 @@ class _Lane:
     params: common_pb2.SearchParams
     waiting: list[_Waiting] = field(default_factory=list)
     in_flight: int = 0
+    scheduled: bool = False  # a dispatch is due at the end of this pass of the event loop
 
 
 class Coalescer:
@@ -64,8 +66,9 @@ class Coalescer:
             lane = self._lanes[key] = _Lane(k, params)
         future: asyncio.Future[tuple[Fanout, slice]] = asyncio.get_running_loop().create_future()
         lane.waiting.append(_Waiting(queries, deadline, future))
-        if lane.in_flight < self.max_in_flight:
-            self._dispatch(key, lane)
+        if lane.in_flight < self.max_in_flight and not lane.scheduled:
+            lane.scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch_due, key, lane)
         try:
             fanout, rows = await asyncio.wait_for(future, deadline - time.monotonic())
         except TimeoutError:
@@ -81,6 +84,11 @@ class Coalescer:
         finally:
             fanout.leave()
 
+    def _dispatch_due(self, key: LaneKey, lane: _Lane) -> None:
+        lane.scheduled = False
+        if lane.in_flight < self.max_in_flight:
+            self._dispatch(key, lane)
+
     def _dispatch(self, key: LaneKey, lane: _Lane) -> None:
         batch: list[_Waiting] = []
         rows = 0
@@ -91,7 +99,7 @@ class Coalescer:
             batch.append(item)
             rows += len(item.queries)
         if not batch:
-            if lane.in_flight == 0:
+            if lane.in_flight == 0 and not lane.scheduled and not lane.waiting:
                 self._lanes.pop(key, None)
             return
         queries = (
@@ -112,5 +120,5 @@ class Coalescer:
         lane.in_flight -= 1
         if lane.waiting:
             self._dispatch(key, lane)
-        elif lane.in_flight == 0:
+        elif lane.in_flight == 0 and not lane.scheduled:
             self._lanes.pop(key, None)
