@@ -89,7 +89,8 @@ class SearchQueue:
         self.max_queue = max_queue
         self.admitted = 0  # queued + running, released when the executor job ends
         self.row_seconds: dict[str, float] = {}  # kind of work -> running seconds per row
-        self.inline = 0  # searches run on the event loop thread (for tests and metrics)
+        self.inline_max_s = INLINE_MAX_S
+        self.inline = 0  # searches run on the event loop thread
 
     def _observe(self, kind: str, seconds: float, rows: int) -> None:
         per_row = seconds / max(1, rows)
@@ -109,7 +110,7 @@ class SearchQueue:
                 "retry later or on another replica"
             )
         queued_at = time.monotonic()
-        if self.admitted == 0 and self.row_seconds.get(kind, math.inf) * rows <= INLINE_MAX_S:
+        if self.admitted == 0 and self.row_seconds.get(kind, math.inf) * rows <= self.inline_max_s:
             self.inline += 1
             self.admitted += 1
             try:

@@ -101,3 +101,20 @@ def test_max_queue_must_be_positive() -> None:
 
     with pytest.raises(ConfigError, match=r"shards\.max_queue must be >= 1"):
         ClusterConfig(shards=ShardsConfig(max_queue=0)).validate()
+
+
+def test_quick_searches_run_inline_and_answer_as_through_the_executor(shard_factory) -> None:  # type: ignore[no-untyped-def]
+    server = shard_factory(ShardsConfig(max_queue=8))
+    queue = server.service.queue
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = shard_pb2_grpc.IndexShardStub(channel)
+        first = stub.Search(LIGHT, timeout=30)  # no cost known yet: through the executor
+        assert queue.inline == 0 and queue.row_seconds["search"] > 0
+        queue.inline_max_s = 3600.0  # every search is expected to be quick enough
+        answers = [stub.Search(LIGHT, timeout=30) for _ in range(3)]
+        assert queue.inline == 3
+        assert all(a.ids == first.ids and a.scores == first.scores for a in answers)
+        queue.inline_max_s = 0.0  # none is
+        assert stub.Search(LIGHT, timeout=30).ids == first.ids
+        assert queue.inline == 3
+        assert queue.admitted == 0
