@@ -2,10 +2,13 @@
 
 Python gRPC costs far more per RPC than faiss costs per query at our sizes, so under load
 the router spends its time on RPC overhead. Searches with the same (k, params) share a
-*lane*: a search is sent while fewer than ``max_in_flight`` batches of its lane are out
-(at the end of the event loop's current pass, so searches that arrived together leave as one
-batch); otherwise it waits and leaves with every other waiting search as one batch when a
-batch returns. At low load nothing waits; at high load batches grow with the load.
+*lane*. With no batch of its lane out, a search leaves at the end of the event loop's current
+pass (with the searches that arrived in the same pass): at low load nothing waits. While
+batches are out, searches wait and leave together, as one batch, either when a batch returns
+or, if fewer than ``max_in_flight`` are out, once ``1 / max_in_flight`` of a typical batch's
+time has passed since the last one left; so under load the lane's batches leave evenly spaced
+and each carries the searches that arrived meanwhile, instead of the first arrival leaving
+alone whenever a slot is free (which made most shard RPCs carry one query).
 
 Deadlines are never shortened: a batch is sent with the *latest* deadline of its searches,
 and each search collects its rows of whatever the shards answered by its *own* deadline
@@ -15,6 +18,7 @@ and each search collects its rows of whatever the shards answered by its *own* d
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -40,7 +44,8 @@ class _Lane:
     params: common_pb2.SearchParams
     waiting: list[_Waiting] = field(default_factory=list)
     in_flight: int = 0
-    scheduled: bool = False  # a dispatch is due at the end of this pass of the event loop
+    due: asyncio.Handle | None = None  # a dispatch is scheduled
+    last_sent: float = -math.inf  # time.monotonic() the last batch left
 
 
 class Coalescer:
@@ -50,6 +55,7 @@ class Coalescer:
         self.scatter = scatter
         self.max_in_flight = max_in_flight
         self.max_rows = max_rows
+        self.batch_s = 0.0  # running time from a batch's send to its last shard's answer
         self._lanes: dict[LaneKey, _Lane] = {}
 
     async def search(
@@ -66,9 +72,7 @@ class Coalescer:
             lane = self._lanes[key] = _Lane(k, params)
         future: asyncio.Future[tuple[Fanout, slice]] = asyncio.get_running_loop().create_future()
         lane.waiting.append(_Waiting(queries, deadline, future))
-        if lane.in_flight < self.max_in_flight and not lane.scheduled:
-            lane.scheduled = True
-            asyncio.get_running_loop().call_soon(self._dispatch_due, key, lane)
+        self._schedule(key, lane)
         try:
             fanout, rows = await asyncio.wait_for(future, deadline - time.monotonic())
         except TimeoutError:
@@ -84,8 +88,19 @@ class Coalescer:
         finally:
             fanout.leave()
 
+    def _schedule(self, key: LaneKey, lane: _Lane) -> None:
+        """Make a dispatch due for the lane's waiting searches, if a slot is free."""
+        if lane.due is not None or lane.in_flight >= self.max_in_flight or not lane.waiting:
+            return
+        loop = asyncio.get_running_loop()
+        if lane.in_flight == 0:
+            lane.due = loop.call_soon(self._dispatch_due, key, lane)
+        else:  # space the lane's batches evenly over a batch's time
+            at = lane.last_sent + self.batch_s / self.max_in_flight
+            lane.due = loop.call_later(at - time.monotonic(), self._dispatch_due, key, lane)
+
     def _dispatch_due(self, key: LaneKey, lane: _Lane) -> None:
-        lane.scheduled = False
+        lane.due = None
         if lane.in_flight < self.max_in_flight:
             self._dispatch(key, lane)
 
@@ -99,9 +114,11 @@ class Coalescer:
             batch.append(item)
             rows += len(item.queries)
         if not batch:
-            if lane.in_flight == 0 and not lane.scheduled and not lane.waiting:
-                self._lanes.pop(key, None)
+            self._idle(key, lane)
             return
+        if lane.due is not None:  # the searches it was due for leave now
+            lane.due.cancel()
+            lane.due = None
         queries = (
             batch[0].queries if len(batch) == 1 else np.concatenate([w.queries for w in batch])
         )
@@ -109,16 +126,25 @@ class Coalescer:
             queries, lane.k, lane.params, max(w.deadline for w in batch), waiters=len(batch)
         )
         lane.in_flight += 1
-        fanout.on_done(lambda: self._finished(key, lane))
+        sent = lane.last_sent = time.monotonic()
+        fanout.on_done(lambda: self._finished(key, lane, sent))
         start = 0
         for w in batch:
             end = start + len(w.queries)
             w.future.set_result((fanout, slice(start, end)))
             start = end
+        self._schedule(key, lane)  # searches beyond max_rows wait for the next slot
 
-    def _finished(self, key: LaneKey, lane: _Lane) -> None:
+    def _finished(self, key: LaneKey, lane: _Lane, sent: float) -> None:
         lane.in_flight -= 1
+        took = time.monotonic() - sent
+        self.batch_s = took if self.batch_s == 0.0 else 0.8 * self.batch_s + 0.2 * took
         if lane.waiting:
             self._dispatch(key, lane)
-        elif lane.in_flight == 0 and not lane.scheduled:
+        else:
+            self._idle(key, lane)
+
+    def _idle(self, key: LaneKey, lane: _Lane) -> None:
+        """Forget a lane with nothing out, due or waiting (lanes come and go with params)."""
+        if lane.in_flight == 0 and lane.due is None and not lane.waiting:
             self._lanes.pop(key, None)

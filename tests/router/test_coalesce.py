@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import pytest
 from prometheus_client import REGISTRY
 from support import exact_topk
 
@@ -19,12 +20,16 @@ def shard_searches() -> float:
     return REGISTRY.get_sample_value("annfleet_requests_total", labels) or 0.0
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 def test_concurrent_searches_are_batched_and_exact(
     cluster_factory,  # type: ignore[no-untyped-def]
     flat_bundle: Bundle,
     catalogue: Catalogue,
+    in_flight: int,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, RouterConfig(oversample=3.0, coalesce_in_flight=1))
+    cluster = cluster_factory(
+        flat_bundle, RouterConfig(oversample=3.0, coalesce_in_flight=in_flight)
+    )
     queries = catalogue.user_vectors[:64]
     expected, _ = exact_topk(catalogue.vectors, catalogue.ids, queries, 20)
 
