@@ -17,6 +17,7 @@ from annfleet.config import ShardsConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from annfleet.metrics import SHARD_DROPPED
 from annfleet.server.holdings import Holding, Holdings
+from annfleet.server.index import set_threads
 from annfleet.serving import RpcObserver, deadline_of, rpc
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 from annfleet.validation import check_params
@@ -154,6 +155,9 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         self.holdings = holdings
         self.queue = SearchQueue(executor, config.max_queue)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
+        # OpenMP's thread count is per thread, and quick searches run on this (the event
+        # loop's) thread: give it the executor threads' count, not OpenMP's default (all cores).
+        set_threads(config.search_threads)
 
     async def answer(
         self,
