@@ -5,7 +5,8 @@ Retrieval.Search, and for the measured window attaches ``py-spy record --native`
 router and to shard 0 (one shard stands for all: they run the same code on equal shares).
 Writes ``<name>/``: README.md (CPU µs per query per process from /proc, split by the
 profiles' busy-sample shares into faiss / gRPC / (de)serialisation / Python glue; where the
-samples are), results.json, ``router.svg`` / ``shard-00.svg`` flame graphs and the raw stacks.
+samples are), results.json, ``router.svg`` / ``shard-00.svg`` flame graphs and the raw stacks
+(py-spy's collapsed format, gzipped).
 
 py-spy needs ptrace rights on the servers (root, or ``kernel.yama.ptrace_scope`` 0 for a
 child); when it cannot attach, the README says why and the CPU table has no split.
@@ -14,6 +15,7 @@ child); when it cannot attach, the README says why and the CPU table has no spli
 from __future__ import annotations
 
 import argparse
+import gzip
 import importlib.metadata
 import os
 import shutil
@@ -136,7 +138,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if proc.returncode != 0 or not raw.exists():
                 spy_notes.append(f"py-spy could not profile {name}: {log_text.strip()[-400:]}")
                 continue
-            busy, idle = flamegraph.parse_raw(raw.read_text().splitlines())
+            text = raw.read_text()
+            busy, idle = flamegraph.parse_raw(text.splitlines())
+            with gzip.open(out / f"{name}.raw.gz", "wt") as packed:  # 10x smaller to commit
+                packed.write(text)
+            raw.unlink()
             profiles[name] = flamegraph.Profile(busy, idle)
             title = f"{name}: {args.name or 'profile'} ({spec.concurrency} in flight, closed loop)"
             (out / f"{name}.svg").write_text(flamegraph.svg(profiles[name], title))
