@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if exe is not None:
             timer.start()
         result = run_load(spec, queries, None, pids, start_at=start_at)
-        timer.join()
+        if exe is not None:
+            timer.join()
         profiles: dict[str, flamegraph.Profile] = {}
         for name, proc in spies.items():
             log_text = proc.communicate(timeout=60)[0].decode(errors="replace")
