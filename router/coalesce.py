@@ -6,9 +6,10 @@ the router spends its time on RPC overhead. Searches with the same (k, params) s
 pass (with the searches that arrived in the same pass): at low load nothing waits. While
 batches are out, searches wait and leave together, as one batch, either when a batch returns
 or, if fewer than ``max_in_flight`` are out, once ``1 / max_in_flight`` of a typical batch's
-time has passed since the last one left; so under load the lane's batches leave evenly spaced
-and each carries the searches that arrived meanwhile, instead of the first arrival leaving
-alone whenever a slot is free (which made most shard RPCs carry one query).
+time (at most ``MAX_SPACING_S``) has passed since the last one left; so under load the
+lane's batches leave evenly spaced and each carries the searches that arrived meanwhile,
+instead of the first arrival leaving alone whenever a slot is free (which made most shard
+RPCs carry one query).
 
 Deadlines are never shortened: a batch is sent with the *latest* deadline of its searches,
 and each search collects its rows of whatever the shards answered by its *own* deadline
@@ -29,6 +30,9 @@ from annfleet.router.scatter import Fanout, Scatter, ScatterResult
 from annfleet.v1 import common_pb2
 
 LaneKey = tuple[int, int, int, int]
+# Batches are spaced by 1/max_in_flight of a batch's running time, at most this long: a
+# slow shard (retries, hedges, timeouts) must not hold searches back with a free slot.
+MAX_SPACING_S = 0.05
 
 
 @dataclass
@@ -96,7 +100,8 @@ class Coalescer:
         if lane.in_flight == 0:
             lane.due = loop.call_soon(self._dispatch_due, key, lane)
         else:  # space the lane's batches evenly over a batch's time
-            at = lane.last_sent + self.batch_s / self.max_in_flight
+            spacing = min(self.batch_s / self.max_in_flight, MAX_SPACING_S)
+            at = lane.last_sent + spacing
             lane.due = loop.call_later(at - time.monotonic(), self._dispatch_due, key, lane)
 
     def _dispatch_due(self, key: LaneKey, lane: _Lane) -> None:
