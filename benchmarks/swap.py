@@ -77,6 +77,12 @@ def main() -> None:
     ap.add_argument("--bundle-b", default="", help="an existing bundle to swap to")
     ap.add_argument("--load", choices=["search", "retrieve"], default="search")
     ap.add_argument("--load-nice", type=int, default=None, help="shards.load_nice")
+    ap.add_argument(
+        "--admission",
+        choices=["adaptive", "fixed"],
+        default=None,
+        help="router.admission (fixed: max_in_flight only, nothing shed at these rates)",
+    )
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-swap-"))
@@ -125,7 +131,10 @@ def main() -> None:
     config = ClusterConfig(
         data_dir=str(work / "data"),
         admin=AdminConfig(str(token), ""),
-        router=RouterConfig(release_grace_s=600.0),
+        router=RouterConfig(
+            release_grace_s=600.0,
+            **({} if args.admission is None else {"admission": args.admission}),  # type: ignore[arg-type]
+        ),
         shards=ShardsConfig(
             **({} if args.load_nice is None else {"load_nice": args.load_nice})  # type: ignore[arg-type]
         ),
