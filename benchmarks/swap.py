@@ -38,7 +38,7 @@ from annfleet.benchmarks.procstat import memory_kib
 from annfleet.bundle import Bundle
 from annfleet.client import AnnfleetError, Client
 from annfleet.cluster import LocalCluster
-from annfleet.config import AdminConfig, ClusterConfig, RouterConfig, ShardsConfig
+from annfleet.config import load_config
 from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
 from annfleet.v1 import admin_pb2, admin_pb2_grpc
@@ -86,6 +86,7 @@ def main() -> None:
     args = ap.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-swap-"))
+    work = work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     uptime_before = _uptime()
     bundles = []
@@ -128,23 +129,31 @@ def main() -> None:
 
     token = work / "token"
     token.write_text("swap-bench-token\n")
-    config = ClusterConfig(
-        data_dir=str(work / "data"),
-        admin=AdminConfig(str(token), ""),
-        router=RouterConfig(
-            release_grace_s=600.0,
-            **({} if args.admission is None else {"admission": args.admission}),  # type: ignore[arg-type]
-        ),
-        shards=ShardsConfig(
-            **({} if args.load_nice is None else {"load_nice": args.load_nice})  # type: ignore[arg-type]
-        ),
+    # The cluster's processes read their config from a file (LocalCluster passes it on).
+    router_keys = {"release_grace_s": 600.0}
+    if args.admission is not None:
+        router_keys["admission"] = args.admission  # type: ignore[assignment]
+    shard_keys = {} if args.load_nice is None else {"load_nice": args.load_nice}
+    config_path = work / "cluster.yaml"
+    config_path.write_text(
+        json.dumps(
+            {
+                "data_dir": str(work / "data"),
+                "admin": {"token_file": str(token), "token_env": ""},
+                "router": router_keys,
+                "shards": shard_keys,
+            }
+        )
     )
+    config = load_config(config_path)
     queries = make_catalogue(2000, dim, users=10, seed=7).vectors
     records: list[tuple[float, float, str, str]] = []  # (sent, latency, bundle, error)
     lock = threading.Lock()
     mixed = 0
 
-    with LocalCluster(bundles[0], config, rollout_state=work / "data" / "rollout.json") as cl:
+    with LocalCluster(
+        bundles[0], config, config_path=config_path, rollout_state=work / "data" / "rollout.json"
+    ) as cl:
         client = Client(cl.router_target, timeout=5.0, retries=0)
         client.search(queries[0], args.k)
         shard_pids = [c.pid for c in cl.shards]

@@ -30,7 +30,7 @@ from annfleet.admin_cli import Fleet, upsert
 from annfleet.bundle import Bundle
 from annfleet.client import Client
 from annfleet.cluster import LocalCluster
-from annfleet.config import AdminConfig, ClusterConfig, ShardsConfig
+from annfleet.config import load_config
 from annfleet.synthetic import make_catalogue
 
 NEW_IDS = 2_000_000_000  # upserted ids start here (never in the bundle)
@@ -73,14 +73,23 @@ def main() -> None:
     bundle = Bundle.open(Path(args.bundle), verify=False)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(args.work or tempfile.mkdtemp(prefix="annfleet-upserts-"))
+    work = work.absolute()
     work.mkdir(parents=True, exist_ok=True)
     token = work / "token"
     token.write_text("upserts-bench-token\n")
-    config = ClusterConfig(
-        data_dir=str(work / "data"),
-        admin=AdminConfig(str(token), ""),
-        shards=ShardsConfig(updates_dir=str(work / "updates"), max_delta_items=max(sizes)),
+    # The cluster's processes read their config from a file (LocalCluster passes it on):
+    # update logs go to the work dir, never beside the (shared, cached) bundle.
+    config_path = work / "cluster.yaml"
+    config_path.write_text(
+        json.dumps(
+            {
+                "data_dir": str(work / "data"),
+                "admin": {"token_file": str(token), "token_env": ""},
+                "shards": {"updates_dir": str(work / "updates"), "max_delta_items": max(sizes)},
+            }
+        )
     )
+    config = load_config(config_path)
     rng = np.random.default_rng(11)
     # Items and queries from one clustered distribution (seed of the bundle's catalogue
     # unknown here: a fresh one, so delta items sit among the bundle's as new items would).
@@ -91,7 +100,9 @@ def main() -> None:
     uptime_before = _uptime()
     levels: list[dict[str, Any]] = []
     batches: list[dict[str, float]] = []
-    with LocalCluster(bundle.path, config, rollout_state=work / "data" / "rollout.json") as cl:
+    with LocalCluster(
+        bundle.path, config, config_path=config_path, rollout_state=work / "data" / "rollout.json"
+    ) as cl:
         targets = [s.admin_target for s in cl.shards]
         fleet = Fleet.connect(targets, "upserts-bench-token")
         client = Client(cl.router_target, timeout=10.0, retries=0)
