@@ -23,6 +23,11 @@ from annfleet.router.main import RouterServer, start_router
 from annfleet.synthetic import Catalogue
 from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc
 
+# The timeout gRPC puts on the wire is rounded up to three significant figures and taken
+# against its own clock reading, which lags on a loaded machine: a shard was seen with
+# 6.098 s left of a 6 s budget on a box at load average 10.
+GRPC_SLACK_S = 0.15
+
 
 @dataclass
 class Observed:
@@ -96,12 +101,14 @@ def test_caller_deadline_less_margin_reaches_the_shards_capped_per_attempt(
     cluster = observed(RouterConfig(deadline_margin_s=4.0, shard_timeout_s=20.0))
     assert raw_search(cluster.target, catalogue.vectors[:1], 10, timeout=10.0) is None
     seen = cluster.seen()
-    assert all(t is not None and 3.0 < t <= 6.05 for t in seen), seen  # 10 s less the margin
+    # 10 s less the margin (give or take GRPC_SLACK_S)
+    assert all(t is not None and 3.0 < t <= 6.0 + GRPC_SLACK_S for t in seen), seen
 
     capped = observed(RouterConfig(shard_timeout_s=2.0))
     assert raw_search(capped.target, catalogue.vectors[:1], 10, timeout=10.0) is None
-    # (gRPC rounds the timeout it sends up, by a few milliseconds)
-    assert all(t is not None and 0.0 < t <= 2.05 for t in capped.seen()), capped.seen()
+    assert all(t is not None and 0.0 < t <= 2.0 + GRPC_SLACK_S for t in capped.seen()), (
+        capped.seen()
+    )
 
 
 def test_short_deadline_batched_with_long_ones_does_not_fail_them(
