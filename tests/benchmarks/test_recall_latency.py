@@ -182,9 +182,10 @@ def test_load_generator_against_the_tiny_cluster(
             k=K,
         )
         result = run_load(spec, queries, None, dict(cluster.pids))
-    # Performance is not asserted: on a busy box the open loop may fall behind its schedule.
+    # Performance is not asserted: on a busy box the open loop may fall behind its schedule,
+    # and the router's adaptive admission may shed what it cannot serve in time.
     assert result["ok"] > 0
-    assert set(result["errors"]) <= {"CLIENT_BACKLOG", "DEADLINE_EXCEEDED"}
+    assert set(result["errors"]) <= {"CLIENT_BACKLOG", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED"}
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["p999_ms"]
     assert set(cluster.pids) <= set(result["cpu"]) and "client-0" in result["cpu"]
     with pytest.raises(ValueError, match="loopback"):
