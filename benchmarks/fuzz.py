@@ -170,6 +170,7 @@ class Hints:
     max_rows: int = 64
     bundle_ids: tuple[str, ...] = ()
     user_ids: tuple[int, ...] = ()
+    item_ids: tuple[int, ...] = ()
 
 
 def scalar(f: Any, hints: Hints) -> st.SearchStrategy[Any]:
@@ -195,6 +196,7 @@ def scalar(f: Any, hints: Hints) -> st.SearchStrategy[Any]:
         return _ints(-(2**31), 2**31 - 1, [0, 1, -1, 2**31 - 1, -(2**31)])
     if t in (FD.TYPE_INT64, FD.TYPE_SINT64, FD.TYPE_SFIXED64):
         edges = [*I64_EDGES, *hints.user_ids] if "user" in f.name else I64_EDGES
+        edges = [*edges, *hints.item_ids] if "item" in f.name else edges
         return _ints(-(2**63), 2**63 - 1, edges)
     if t in (FD.TYPE_FLOAT, FD.TYPE_DOUBLE):
         return st.one_of(st.sampled_from(FLOAT_EDGES), st.floats(width=32))
@@ -578,6 +580,13 @@ def cluster_targets(
     valid: dict[str, pb_message.Message] = {
         "/annfleet.v1.Retrieval/Search": retrieval_pb2.SearchRequest(queries=query, dim=dim, k=10),
         "/annfleet.v1.Retrieval/Retrieve": retrieval_pb2.RetrieveRequest(user_id=user_id, k=10),
+        "/annfleet.v1.Retrieval/RecordEngagement": retrieval_pb2.RecordEngagementRequest(
+            events=[
+                retrieval_pb2.EngagementEvent(
+                    user_id=user_id, item_id=int(own_ids[0]), type=retrieval_pb2.EVENT_TYPE_CLICK
+                )
+            ]
+        ),
         "/annfleet.v1.IndexShard/Search": search,
         "/annfleet.v1.ShardAdmin/ExactSearch": search,
         "/annfleet.v1.ShardAdmin/Prepare": shard_pb2.PrepareRequest(bundle=str(bundle.path)),
@@ -635,6 +644,7 @@ def fuzz_cluster(bundle: Any, work_dir: Path) -> Iterator[tuple[list[Target], Hi
         max_rows=config.shards.max_batch,
         bundle_ids=(bundle.id,),
         user_ids=(user,),
+        item_ids=tuple(int(i) for i in np.load(bundle.shard_dir(0) / "ids.npy")[:2]),
     )
     with LocalCluster(
         bundle.path, config, log_dir=work_dir / "logs", config_path=config_path

@@ -3,7 +3,8 @@
 from annfleet.client import Client
 with Client("127.0.0.1:50051", timeout=0.05) as client:
     result = client.retrieve(user_id=1, k=500)
-    result.ids, result.scores, result.source_names, result.coverage
+    result.ids, result.scores, result.sources_per_candidate, result.dropped_sources
+    client.record_engagement([(1, 42, "click")])
 """
 
 from annfleet.client.aio import AsyncClient, AsyncScatterClient
@@ -17,7 +18,7 @@ from annfleet.client.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from annfleet.client.results import Coverage, RetrieveResult, SearchResult
+from annfleet.client.results import Coverage, Engagement, RetrieveResult, SearchResult
 from annfleet.client.sync import Client, ScatterClient
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Client",
     "Coverage",
     "DeadlineExceeded",
+    "Engagement",
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",

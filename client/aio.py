@@ -91,6 +91,24 @@ class AsyncClient:
         )
         return r.retrieve_result(response)
 
+    async def record_engagement(
+        self,
+        events: Iterable[r.Engagement | tuple[int, int] | tuple[int, int, str | int]],
+        *,
+        timeout: float | None = None,
+    ) -> int:
+        """Record a batch of engagement events (``Engagement`` or ``(user_id, item_id[,
+        type])``), all or none; returns how many were applied. A bad event raises
+        InvalidArgument naming ``events[i]``, and nothing of the batch is applied. Retried
+        like every call on UNAVAILABLE: a batch whose reply was lost may count twice."""
+        request = r.engagement_request(events)
+        response = await call_with_retry(
+            lambda t: self._stub.RecordEngagement(request, timeout=t),
+            timeout or self.timeout,
+            self.retries,
+        )
+        return int(response.applied)
+
     async def close(self) -> None:
         await self._channel.close(None)
 

@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 
 from annfleet import errors as core_errors
-from annfleet.arrays import F32, I64, U8, decode_ids, decode_rows, to_bytes
+from annfleet.arrays import F32, I64, U8, U32, decode_ids, decode_rows, to_bytes
 from annfleet.client.errors import AnnfleetError, InvalidArgument
 from annfleet.merge import merge_rows
-from annfleet.names import source_name
+from annfleet.names import event_type_value, mask_names, source_name
 from annfleet.v1 import common_pb2, retrieval_pb2, shard_pb2
 from annfleet.validation import higher_is_better
 
@@ -89,17 +89,60 @@ class SearchResult:
 class RetrieveResult:
     ids: np.ndarray  # (n,) int64, best first, n <= k
     scores: np.ndarray  # (n,) float32; comparable within one source only
-    sources: np.ndarray  # (n,) uint8 Source codes
+    sources: np.ndarray  # (n,) uint8 Source code of each candidate's best-scoring source
     bundle_id: str
     coverage: Coverage
     titles: tuple[str, ...] = ()
     timings_ms: dict[str, float] = field(default_factory=dict)
     source_counts: dict[str, int] = field(default_factory=dict)
     variant: str = ""  # "stable" or "canary": which of the router's live bundles answered
+    # (n,) uint32: bit (1 << Source code) for every source that returned the candidate.
+    source_masks: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint32))
+    # Sources dropped for this request -> why ("budget", "error: ...").
+    dropped_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def source_names(self) -> list[str]:
+        """Each candidate's best-scoring source."""
         return [source_name(s) for s in self.sources]
+
+    @property
+    def sources_per_candidate(self) -> list[list[str]]:
+        """Every source that returned each candidate (sorted by Source code)."""
+        return [mask_names(int(m)) for m in self.source_masks]
+
+
+@dataclass(frozen=True)
+class Engagement:
+    """One event for ``record_engagement``: ``type`` is "impression", "click", "view" or
+    "like" (or the EventType value); ``timestamp`` unix seconds, 0 = now."""
+
+    user_id: int
+    item_id: int
+    type: str | int = "click"
+    timestamp: int = 0
+    country: str = ""
+
+
+@_from_caller
+def engagement_request(
+    events: Iterable[Engagement | tuple[int, int] | tuple[int, int, str | int]],
+) -> retrieval_pb2.RecordEngagementRequest:
+    """Events (``Engagement`` or ``(user_id, item_id[, type])`` tuples) -> the request."""
+    out = []
+    for e in events:
+        event = e if isinstance(e, Engagement) else Engagement(*e)
+        kind = event.type if isinstance(event.type, int) else event_type_value(event.type)
+        out.append(
+            retrieval_pb2.EngagementEvent(
+                user_id=event.user_id,
+                item_id=event.item_id,
+                type=kind,  # type: ignore[arg-type]
+                timestamp=event.timestamp,
+                country=event.country,
+            )
+        )
+    return retrieval_pb2.RecordEngagementRequest(events=out)
 
 
 @_from_caller
@@ -177,6 +220,10 @@ def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
     ids = decode_ids(r.ids, name="ids")
     scores = decode_rows(r.scores, F32, 1, len(ids), name="scores")[0]
     sources = decode_rows(r.sources, U8, 1, len(ids), name="sources")[0]
+    if r.source_masks:
+        masks = decode_rows(r.source_masks, U32, 1, len(ids), name="source_masks")[0]
+    else:  # a router before source masks: each candidate's one source
+        masks = (np.uint32(1) << sources.astype(np.uint32)).astype(np.uint32)
     return RetrieveResult(
         ids=ids,
         scores=scores,
@@ -187,6 +234,8 @@ def retrieve_result(r: retrieval_pb2.RetrieveResponse) -> RetrieveResult:
         timings_ms=dict(r.timings_ms),
         source_counts=dict(r.source_counts),
         variant=r.variant,
+        source_masks=masks,
+        dropped_sources=dict(r.dropped_sources),
     )
 
 

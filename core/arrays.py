@@ -20,6 +20,7 @@ GRPC_OPTIONS: list[tuple[str, int]] = [
 F32 = np.dtype("<f4")
 I64 = np.dtype("<i8")
 U8 = np.dtype("u1")
+U32 = np.dtype("<u4")
 
 
 def to_bytes(array: np.ndarray, dtype: np.dtype) -> bytes:

@@ -612,6 +612,8 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
         admin_token=token,
         shard_admin_targets=[t for t in (args.shard_admins or "").split(",") if t],
         rollout_state=Path(args.rollout_state) if args.rollout_state else None,
+        sources=cluster.sources,
+        state=cluster.state,
     )
     run(lambda: serve_until_signal(start, name="router", host=host, grace=config.grace_s))
     return 0

@@ -176,6 +176,7 @@ class SourceSettings:
     quota: float = 0.0  # share of k this source fills first (quotas of enabled sources sum <= 1)
     weight: float = 0.0  # blend weight: quota order and score = weight * (1 - rank / k)
     budget_ms: float = 20.0  # dropped for the request (not waited for) past this
+    delay_ms: float = 0.0  # fault drill: the source answers this much later (0 = off)
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,6 @@ IN_FLIGHT_LIMIT = Gauge(
     "annfleet_router_in_flight_limit",
     "Requests the router admits at once now (router.admission); beyond: RESOURCE_EXHAUSTED",
 )
-USER_CACHE = Counter("annfleet_router_user_cache", "User-embedding cache lookups", ["result"])
 ADMIN_REFUSED = Counter(
     "annfleet_admin_refused", "Admin calls refused before they ran, by status code", ["code"]
 )

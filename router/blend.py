@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class Blend:
     masks: np.ndarray  # (n,) uint32: bit 1 << code for every source that returned it
     counts: dict[str, int]  # source -> candidates it returned among the n (with sharing)
     dropped: dict[str, str] = field(default_factory=dict)  # source -> why (budget, error)
+    details: dict[str, Any] = field(default_factory=dict)  # source -> Candidates.detail
+    cached: bool = False  # served from the candidate cache
 
 
 def slots(quotas: Sequence[float], k: int) -> list[int]:
@@ -140,6 +143,7 @@ class Outcome:
     candidates: Candidates | None
     dropped: str = ""  # "" | "budget" | "error: ..."
     seconds: float = 0.0
+    error: BaseException | None = None  # what a failed source raised
 
 
 def _forget(task: asyncio.Task[Candidates]) -> None:
@@ -147,6 +151,13 @@ def _forget(task: asyncio.Task[Candidates]) -> None:
     as never retrieved (the source was dropped; its late failure is only noted)."""
     if not task.cancelled() and task.exception() is not None:
         log.debug("dropped source task ended with %r", task.exception())
+
+
+async def _fetch(source: Source, request: SourceRequest) -> Candidates:
+    """``source.fetch``, after the source's ``delay_ms`` (a fault drill) when set."""
+    if source.settings.delay_ms > 0:
+        await asyncio.sleep(source.settings.delay_ms / 1e3)
+    return await source.fetch(request)
 
 
 async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict[str, Outcome]:
@@ -159,7 +170,7 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
     tasks: dict[asyncio.Task[Candidates], tuple[Source, float]] = {}
     for source in sources:
         deadline = min(start + source.settings.budget_ms / 1e3, request.deadline)
-        task = asyncio.ensure_future(source.fetch(replace(request, deadline=deadline)))
+        task = asyncio.ensure_future(_fetch(source, replace(request, deadline=deadline)))
         tasks[task] = (source, deadline)
     outcomes: dict[str, Outcome] = {}
     pending = set(tasks)
@@ -186,7 +197,7 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
                 elif (exc := task.exception()) is not None:
                     log.warning("source %s failed: %s", source.name, exc)
                     outcomes[source.name] = Outcome(
-                        source.name, None, f"error: {type(exc).__name__}: {exc}", took
+                        source.name, None, f"error: {type(exc).__name__}: {exc}", took, exc
                     )
                 else:
                     outcomes[source.name] = Outcome(source.name, task.result(), "", took)
@@ -228,4 +239,9 @@ def blend_outcomes(
     result = blend(lists, k, exclude, dropped)
     for name, count in result.counts.items():
         SOURCE_CANDIDATES.labels(name).inc(count)
-    return result
+    details = {
+        name: o.candidates.detail
+        for name, o in outcomes.items()
+        if o.candidates is not None and o.candidates.detail is not None
+    }
+    return replace(result, details=details) if details else result

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 from annfleet.bundle import TABLE_POPULAR_IDS, Bundle
 from annfleet.config import SourcesConfig
-from annfleet.errors import Unavailable
+from annfleet.errors import AnnfleetError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from annfleet.router.blend import Blend, blend_outcomes, run_sources
 from annfleet.router.caches import RouterCaches, UserCache
 from annfleet.router.sources import ItemTable, Source, SourceRequest, last_unique
@@ -31,6 +33,9 @@ from annfleet.router.state import StateStore, UserState
 from annfleet.router.users import RequestContext
 
 log = logging.getLogger(__name__)
+
+# Failures of a source that are the request's fault: they fail the request, not the source.
+CALLER_ERRORS = (NotFound, InvalidArgument)
 
 
 @dataclass
@@ -166,9 +171,14 @@ class CandidateGenerator:
         exclude: np.ndarray,
         deadline: float,
         shape: tuple[object, ...] = (),
+        params: Any = None,
     ) -> Blend:
         """The blended candidates. ``shape`` = what else makes two requests differ (search
-        params, source overrides): part of the candidate-cache key."""
+        params, source overrides): part of the candidate-cache key. ``params`` (the request's
+        SearchParams) go to the ANN source.
+
+        A source that fails because of the request itself (NotFound: a user the bundle cannot
+        embed; InvalidArgument) fails the request; any other failure drops the source."""
         user, blocked, state_error = await self._user(user_id)
         recent = merge_recent(user.recent, context.recent_item_ids, self.recent_len)
         context = replace(context, recent_item_ids=recent)
@@ -186,11 +196,21 @@ class CandidateGenerator:
         )
         cached = self.caches.candidates.get(user_id, key)
         if cached is not None:
-            return cached
+            return replace(cached, cached=True)
         excl = self.exclusions(user_id, user, recent, exclude, blocked)
-        request = SourceRequest(user_id, context, k, deadline, excl)
+        request = SourceRequest(user_id, context, k, deadline, excl, params)
         outcomes = await run_sources(self.sources.sources, request)
+        for outcome in outcomes.values():
+            if isinstance(outcome.error, CALLER_ERRORS):
+                raise outcome.error
         result = blend_outcomes(self.sources.sources, outcomes, k, excl)
+        if not len(result.ids):
+            errors = [outcomes[s.name].error for s in self.sources.sources if s.name in outcomes]
+            failed = [e for e in errors if isinstance(e, AnnfleetError)]  # the ANN's first
+            if failed:  # nothing to serve at all: the (first) failure is the answer
+                raise failed[0]
+            if "budget" in result.dropped.values() and time.monotonic() >= deadline:
+                raise DeadlineExceeded("deadline exceeded before any source answered")
         if state_error:
             result = replace(result, dropped={**result.dropped, "state": state_error})
         if not result.dropped:  # a degraded list is not kept

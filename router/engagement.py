@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from annfleet.errors import InvalidArgument
+from annfleet.names import EVENT_TYPE_NAMES, event_type_value
 from annfleet.router.caches import RouterCaches
 from annfleet.router.sources import ItemTable
 from annfleet.router.sources.trending import TrendingSource
@@ -47,19 +48,15 @@ EVENT_KINDS: dict[int, EventKind] = {
 
 
 def event_type(name: str) -> int:
-    """ "click" -> EVENT_TYPE_CLICK (the CLI's --type)."""
+    """ "click" -> EVENT_TYPE_CLICK (the CLI's --type); InvalidArgument for another name."""
     try:
-        value = int(retrieval_pb2.EventType.Value(f"EVENT_TYPE_{name.upper()}"))
-    except ValueError:
-        value = 0
-    if value not in EVENT_KINDS:
-        known = ", ".join(event_type_name(v) for v in EVENT_KINDS)
-        raise InvalidArgument(f"unknown event type {name!r} (known: {known})")
-    return value
+        return event_type_value(name)
+    except ValueError as exc:
+        raise InvalidArgument(str(exc)) from None
 
 
 def event_type_name(value: int) -> str:
-    return retrieval_pb2.EventType.Name(value).removeprefix("EVENT_TYPE_").lower()
+    return EVENT_TYPE_NAMES.get(value, "unspecified")
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,17 @@ import grpc
 
 from annfleet.auth import BearerTokenInterceptor
 from annfleet.bundle import Bundle
-from annfleet.config import RouterConfig, TlsConfig
+from annfleet.config import RouterConfig, SourcesConfig, StateConfig, TlsConfig
 from annfleet.errors import BundleError, ConfigError
 from annfleet.rollout_state import stable_bundle
 from annfleet.router.admin import RouterAdminService
+from annfleet.router.caches import RouterCaches
 from annfleet.router.replicas import ReplicaGroup
 from annfleet.router.rollout import RolloutController, open_router_bundle
 from annfleet.router.scatter import Scatter
-from annfleet.router.service import RetrievalService, RouterState
+from annfleet.router.service import RetrievalService, RouterState, SourcesEnv
+from annfleet.router.sources.social import FollowGraph
+from annfleet.router.state import open_state
 from annfleet.router.status import RouterStatus
 from annfleet.router.users import load_embedder
 from annfleet.serving import GrpcServer, channel_credentials, start_server
@@ -100,6 +103,7 @@ class RouterServer:
         await self.grpc.stop(grace)
         if self.service.state is not None:
             await self.service.state.scatter.close()
+            await self.service.state.env.store.close()
         self.executor.shutdown(wait=False)
 
 
@@ -116,6 +120,9 @@ async def start_router(
     admin_token: str | None = None,
     shard_admin_targets: Sequence[str] = (),
     rollout_state: Path | None = None,
+    sources: SourcesConfig | None = None,
+    state: StateConfig | None = None,
+    graph: FollowGraph | None = None,
 ) -> RouterServer:
     """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING.
 
@@ -124,12 +131,23 @@ async def start_router(
     stable bundle it names wins over ``bundle_path``, and every rollout step is written to it.
 
     ``shard_targets``: one entry per shard, in shard order: its replicas' addresses.
+    ``sources`` / ``state``: the candidate sources of Retrieve and their live state store
+    (defaults: every source the bundle supports, in memory); ``graph`` the social source's
+    follow graph instead of its file.
     """
     config = config or RouterConfig()
+    sources = sources or SourcesConfig()
+    state = state or StateConfig()
     if admin_port >= 0 and not admin_token:
         raise ConfigError("the router admin port needs a token (admin.token_file/token_env)")
     bundle_path = stable_bundle(rollout_state) or Path(bundle_path)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="router")
+    try:
+        store = await open_state(state)
+    except BaseException:
+        executor.shutdown(wait=False)
+        raise
+    env = SourcesEnv(sources, store, RouterCaches(config, sources), executor, state, graph)
     service = RetrievalService(config, executor)
     # A rollout loads and warms the next bundle's tower in its own thread, so requests keep
     # every worker of ``executor`` (their user-tower calls run there) during a swap.
@@ -177,7 +195,9 @@ async def start_router(
         if warm_up is not None:  # the tower's first calls are slow: not the first requests'
             await loop.run_in_executor(executor, warm_up)
         await confirm_shards(groups, bundle, config.connect_timeout_s)
-        service.state = RouterState.load(bundle, scatter, embedder, config)
+        service.state = await loop.run_in_executor(
+            executor, RouterState.load, bundle, scatter, embedder, config, env
+        )
         await rollouts.restore()
         rollouts.start_recall()
         admin_grpc = None
@@ -197,6 +217,7 @@ async def start_router(
             await scatter.close()
         await server.stop(0)
         await rollouts.close()
+        await store.close()
         executor.shutdown(wait=False)
         raise
     await server.set_serving(True)

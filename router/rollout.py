@@ -91,7 +91,7 @@ def with_bundle(state: RouterState, bundle: Bundle, config: RouterConfig) -> Rou
     warm_up = getattr(embedder, "warm_up", None)
     if warm_up is not None:
         warm_up()
-    return RouterState.load(bundle, scatter, embedder, config)
+    return RouterState.load(bundle, scatter, embedder, config, state.env)
 
 
 def _ref(state: RouterState) -> BundleRef:

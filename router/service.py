@@ -1,4 +1,6 @@
-"""The Retrieval service: Search (vectors -> merged top-k) and Retrieve (user -> candidates)."""
+"""The Retrieval service: Search (vectors -> merged top-k), Retrieve (user -> blended
+candidates, :class:`~annfleet.router.candidates.CandidateGenerator`) and RecordEngagement
+(events -> live state, :mod:`annfleet.router.engagement`). The servicer only translates."""
 
 from __future__ import annotations
 
@@ -7,14 +9,13 @@ import contextlib
 import logging
 import time
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
-from cachetools import TTLCache
 
-from annfleet.arrays import F32, I64, U8, check_k, decode_ids, decode_matrix, to_bytes
+from annfleet.arrays import F32, I64, U8, U32, check_k, decode_ids, decode_matrix, to_bytes
 from annfleet.bundle import (
     TABLE_ITEM_TITLES,
     TABLE_POPULAR_IDS,
@@ -22,13 +23,19 @@ from annfleet.bundle import (
     TABLE_SEEN_OFFSETS,
     Bundle,
 )
-from annfleet.config import RouterConfig
+from annfleet.config import RouterConfig, SourcesConfig, StateConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
-from annfleet.metrics import DEGRADED, USER_CACHE
-from annfleet.names import SOURCE_NAMES
+from annfleet.metrics import DEGRADED
 from annfleet.router.admission import Admission
+from annfleet.router.blend import Blend
+from annfleet.router.caches import RouterCaches
+from annfleet.router.candidates import CandidateGenerator, SourceSet, build_sources, cached_embedder
 from annfleet.router.coalesce import Coalescer
+from annfleet.router.engagement import Event, record_engagement
 from annfleet.router.scatter import Scatter, ScatterResult
+from annfleet.router.sources import Candidates
+from annfleet.router.sources.social import FollowGraph
+from annfleet.router.state import MemoryState, StateStore
 from annfleet.router.users import RequestContext, UserEmbedder
 from annfleet.router.variants import CANARY, STABLE, Canary
 from annfleet.serving import RpcObserver, rpc
@@ -67,6 +74,56 @@ class SeenItems:
 
 
 @dataclass
+class SourcesEnv:
+    """What every bundle's sources share in one router process: the sources config, the
+    live state store, the caches and the executor blocking work (the user tower) runs on."""
+
+    config: SourcesConfig
+    store: StateStore
+    caches: RouterCaches
+    executor: Executor
+    state_config: StateConfig = field(default_factory=StateConfig)
+    graph: FollowGraph | None = None  # the social source's follow graph (else its file)
+
+    @classmethod
+    def default(cls, router: RouterConfig, executor: Executor) -> SourcesEnv:
+        """Default sources over an in-memory state store (what tests and `make up` use)."""
+        sources, state = SourcesConfig(), StateConfig()
+        return cls(sources, MemoryState(state.recent_len), RouterCaches(router, sources), executor)
+
+
+@dataclass(frozen=True)
+class AnnDetail:
+    """What the ANN source tells the servicer besides its candidates."""
+
+    scatter: ScatterResult  # coverage: which shards answered
+    query: np.ndarray  # (dim,) float32 user vector (live recall sampling)
+
+
+def check_coverage(result: ScatterResult, min_coverage: float, method: str) -> common_pb2.Coverage:
+    """The coverage of a scatter; Unavailable (DeadlineExceeded once the deadline passed)
+    when fewer shards than ``min_coverage`` answered."""
+    asked = result.asked
+    answered = len(result.answered)
+    if answered == 0 or answered / asked < min_coverage:
+        reasons = "; ".join(f"shard {s}: {r}" for s, r in sorted(result.failures.items()))
+        message = (
+            f"only {answered} of {asked} shards answered (min_coverage {min_coverage}): {reasons}"
+        )
+        if result.expired:  # the deadline passed while shards were still being waited for
+            raise DeadlineExceeded(f"deadline exceeded: {message}")
+        raise Unavailable(message)
+    if result.failures:
+        DEGRADED.labels(method).inc()
+    return common_pb2.Coverage(
+        shards_answered=answered,
+        shards_asked=asked,
+        answered_shard_ids=result.answered,
+        degraded=bool(result.failures),
+    )
+
+
+@dataclass
 class RouterState:
     """Everything the router serves from one bundle. Replaced as a whole, never mutated."""
 
@@ -77,10 +134,18 @@ class RouterState:
     popular_ids: np.ndarray  # (p,) int64, most popular first; may be empty
     titles: dict[int, str]
     seen: SeenItems
+    env: SourcesEnv
+    sources: SourceSet
+    candidates: CandidateGenerator  # Retrieve below the servicer
 
     @classmethod
     def load(
-        cls, bundle: Bundle, scatter: Scatter, embedder: UserEmbedder, config: RouterConfig
+        cls,
+        bundle: Bundle,
+        scatter: Scatter,
+        embedder: UserEmbedder,
+        config: RouterConfig,
+        env: SourcesEnv,
     ) -> RouterState:
         popular = bundle.table(TABLE_POPULAR_IDS)
         titles_table = bundle.table(TABLE_ITEM_TITLES) or {"ids": [], "titles": []}
@@ -93,7 +158,59 @@ class RouterState:
         searcher = Coalescer(
             scatter, max_in_flight=config.coalesce_in_flight, max_rows=config.max_batch
         )
-        return cls(bundle, scatter, searcher, embedder, popular_ids, titles, SeenItems.load(bundle))
+        seen = SeenItems.load(bundle)
+
+        async def embed(user_id: int, ctx: RequestContext) -> np.ndarray:
+            if embedder.blocking:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(env.executor, embedder.embed, user_id, ctx)
+            return embedder.embed(user_id, ctx)
+
+        async def search(
+            vector: np.ndarray,
+            k: int,
+            exclude: np.ndarray,
+            deadline: float,
+            params: common_pb2.SearchParams | None,
+        ) -> Candidates:
+            # The ANN source over every shard: the exclusions inflate k here (the source
+            # drops them); below min_coverage the source fails and the others backfill.
+            fetch = min(k + len(exclude), config.max_k)
+            result = await searcher.search(
+                vector[None, :], fetch, params or common_pb2.SearchParams(), deadline
+            )
+            check_coverage(result, config.min_coverage, "Retrieve")
+            return Candidates(result.ids[0], result.scores[0], detail=AnnDetail(result, vector))
+
+        sources = build_sources(
+            env.config,
+            bundle,
+            env.store,
+            embed=cached_embedder(env.caches.embeddings, bundle.id, embed),
+            search=search,
+            graph=env.graph,
+        )
+        generator = CandidateGenerator(
+            bundle.id,
+            sources,
+            env.store,
+            env.caches,
+            bundle_seen=seen.of,
+            filter_seen=config.filter_seen,
+            recent_len=env.state_config.recent_len,
+        )
+        return cls(
+            bundle,
+            scatter,
+            searcher,
+            embedder,
+            popular_ids,
+            titles,
+            seen,
+            env,
+            sources,
+            generator,
+        )
 
 
 def _context(request: retrieval_pb2.RetrieveRequest) -> RequestContext:
@@ -112,9 +229,6 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.admission = Admission(config)
         self.sampler: RecallMonitor | None = None  # live recall sampling (recall.py)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
-        self.user_cache: TTLCache[tuple[object, ...], np.ndarray] = TTLCache(
-            maxsize=config.user_cache_size, ttl=config.user_cache_ttl_s
-        )
 
     def _state(self) -> RouterState:
         if self.state is None:
@@ -148,27 +262,6 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             raise DeadlineExceeded("deadline exceeded before the shards could be asked")
         return now + budget
 
-    def _coverage(self, result: ScatterResult, method: str) -> common_pb2.Coverage:
-        asked = result.asked
-        answered = len(result.answered)
-        if answered == 0 or answered / asked < self.config.min_coverage:
-            reasons = "; ".join(f"shard {s}: {r}" for s, r in sorted(result.failures.items()))
-            message = (
-                f"only {answered} of {asked} shards answered (min_coverage "
-                f"{self.config.min_coverage}): {reasons}"
-            )
-            if result.expired:  # the deadline passed while shards were still being waited for
-                raise DeadlineExceeded(f"deadline exceeded: {message}")
-            raise Unavailable(message)
-        if result.failures:
-            DEGRADED.labels(method).inc()
-        return common_pb2.Coverage(
-            shards_answered=answered,
-            shards_asked=asked,
-            answered_shard_ids=result.answered,
-            degraded=bool(result.failures),
-        )
-
     @rpc("Retrieval")
     async def Search(
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
@@ -191,7 +284,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         if self.sampler is not None:
             self.sampler.offer(state, queries, request.params)
         result = await state.searcher.search(queries, k, request.params, deadline)
-        coverage = self._coverage(result, "Search")
+        coverage = check_coverage(result, self.config.min_coverage, "Search")
         return retrieval_pb2.SearchResponse(
             ids=to_bytes(result.ids, I64),
             scores=to_bytes(result.scores, F32),
@@ -201,28 +294,6 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             coverage=coverage,
             metric=state.bundle.metric,
         )
-
-    async def _embed(self, state: RouterState, user_id: int, ctx: RequestContext) -> np.ndarray:
-        key = (
-            state.bundle.id,
-            user_id,
-            ctx.recent_item_ids,
-            ctx.timestamp // 3600,
-            ctx.country,
-            ctx.device,
-        )
-        vector = self.user_cache.get(key)
-        if vector is not None:
-            USER_CACHE.labels("hit").inc()
-            return vector
-        USER_CACHE.labels("miss").inc()
-        if state.embedder.blocking:
-            loop = asyncio.get_running_loop()
-            vector = await loop.run_in_executor(self.executor, state.embedder.embed, user_id, ctx)
-        else:
-            vector = state.embedder.embed(user_id, ctx)
-        self.user_cache[key] = vector
-        return vector
 
     @rpc("Retrieval")
     async def Retrieve(
@@ -236,54 +307,67 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
     async def _retrieve(
         self, request: retrieval_pb2.RetrieveRequest, deadline: float, started: float
     ) -> retrieval_pb2.RetrieveResponse:
-        state, variant = self._variant(request.user_id)
+        state, variant = self._variant(request.user_id)  # one bundle for the whole request
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
         exclude = decode_ids(request.exclude_ids, name="exclude_ids")
-        ctx = _context(request)
-        if self.config.filter_seen:
-            recent = np.fromiter(ctx.recent_item_ids, np.int64, len(ctx.recent_item_ids))
-            exclude = np.concatenate([exclude, state.seen.of(request.user_id), recent])
-        vector = await self._embed(state, request.user_id, ctx)
-        if self.sampler is not None:
-            self.sampler.offer(state, vector[None, :], request.params)
-        embedded = time.perf_counter()
-
-        fetch = min(k + len(exclude), self.config.max_k)
-        result = await state.searcher.search(vector[None, :], fetch, request.params, deadline)
-        coverage = self._coverage(result, "Retrieve")
-        searched = time.perf_counter()
-
-        ids, scores = result.ids[0], result.scores[0]
-        keep = (ids >= 0) & ~np.isin(ids, exclude)
-        ids, scores = ids[keep][:k], scores[keep][:k]
-        sources = np.full(len(ids), retrieval_pb2.SOURCE_ANN, dtype=np.uint8)
-        if len(ids) < k and len(state.popular_ids):
-            # Backfill keeps k full when shards are missing or exclusions ate the ANN hits.
-            fill = state.popular_ids[~np.isin(state.popular_ids, np.concatenate([ids, exclude]))]
-            fill = fill[: k - len(ids)]
-            ids = np.concatenate([ids, fill])
-            scores = np.concatenate([scores, np.zeros(len(fill), np.float32)])
-            sources = np.concatenate(
-                [sources, np.full(len(fill), retrieval_pb2.SOURCE_POPULAR, np.uint8)]
-            )
-        codes, counts = np.unique(sources, return_counts=True)
+        shape = (request.params.SerializeToString(deterministic=True),)
+        result = await state.candidates.retrieve(
+            request.user_id, _context(request), k, exclude, deadline, shape, request.params
+        )
+        ann = result.details.get("ann")
+        if self.sampler is not None and isinstance(ann, AnnDetail) and not result.cached:
+            self.sampler.offer(state, ann.query[None, :], request.params)
+        coverage = _retrieve_coverage(result, state.bundle.num_shards)
+        if coverage.degraded or result.dropped:
+            DEGRADED.labels("Retrieve").inc()
         response = retrieval_pb2.RetrieveResponse(
-            ids=to_bytes(ids, I64),
-            scores=to_bytes(scores, F32),
-            sources=to_bytes(sources, U8),
+            ids=to_bytes(result.ids, I64),
+            scores=to_bytes(result.scores, F32),
+            sources=to_bytes(result.primary, U8),
+            source_masks=to_bytes(result.masks, U32),
             bundle_id=state.bundle.id,
             variant=variant,
             coverage=coverage,
-            source_counts={
-                SOURCE_NAMES[int(c)]: int(n) for c, n in zip(codes, counts, strict=True)
-            },
-            timings_ms={
-                "embed": (embedded - started) * 1e3,
-                "ann": (searched - embedded) * 1e3,
-                "total": (time.perf_counter() - started) * 1e3,
-            },
+            source_counts={name: n for name, n in result.counts.items() if n},
+            dropped_sources=result.dropped,
+            timings_ms={"total": (time.perf_counter() - started) * 1e3},
         )
         if request.include_titles:
-            response.titles.extend(state.titles.get(int(i), "") for i in ids)
+            response.titles.extend(state.titles.get(int(i), "") for i in result.ids)
         return response
+
+    @rpc("Retrieval")
+    async def RecordEngagement(
+        self, request: retrieval_pb2.RecordEngagementRequest, context: grpc.aio.ServicerContext
+    ) -> retrieval_pb2.RecordEngagementResponse:
+        self._deadline(context)
+        with self._admit():
+            state = self._state()  # the stable bundle's items check the events
+            env = state.env
+            applied = await record_engagement(
+                [Event.from_proto(e) for e in request.events],
+                store=env.store,
+                items=state.sources.items,
+                trending=state.sources.trending,
+                caches=env.caches,
+                max_future_s=env.state_config.max_future_s,
+                co_window=env.config.co_engagement.recent,
+            )
+            return retrieval_pb2.RecordEngagementResponse(
+                applied=applied, bundle_id=state.bundle.id
+            )
+
+
+def _retrieve_coverage(result: Blend, num_shards: int) -> common_pb2.Coverage:
+    """The ANN source's scatter coverage; none answered when the source was dropped."""
+    ann = result.details.get("ann")
+    if not isinstance(ann, AnnDetail):
+        return common_pb2.Coverage(shards_asked=num_shards, degraded=True)
+    scatter = ann.scatter
+    return common_pb2.Coverage(
+        shards_answered=len(scatter.answered),
+        shards_asked=scatter.asked,
+        answered_shard_ids=scatter.answered,
+        degraded=bool(scatter.failures),
+    )

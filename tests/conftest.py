@@ -100,8 +100,10 @@ def cluster_factory(loop_thread: LoopThread) -> Iterator[Any]:
         router_config: RouterConfig | None = None,
         shards_config: ShardsConfig | None = None,
         replicas: int = 1,
+        **kw: Any,
     ) -> Cluster:
-        cluster = start_cluster(loop_thread, bundle, router_config, shards_config, replicas)
+        """``kw``: start_cluster's sources=, state= and start_router's keywords."""
+        cluster = start_cluster(loop_thread, bundle, router_config, shards_config, replicas, **kw)
         started.append(cluster)
         return cluster
 

@@ -18,7 +18,17 @@ import numpy as np
 import uvloop
 
 from annfleet.bundle import Bundle
-from annfleet.config import RouterConfig, ShardsConfig
+from annfleet.config import (
+    AnnSourceConfig,
+    CoEngagementSourceConfig,
+    ContentSourceConfig,
+    ExplorationSourceConfig,
+    RouterConfig,
+    ShardsConfig,
+    SourcesConfig,
+    StateConfig,
+    TrendingSourceConfig,
+)
 from annfleet.router.main import RouterServer, start_router
 from annfleet.server.main import SERVICE_NAMES, ShardServer, start_shard_server
 from annfleet.server.service import ShardService
@@ -86,14 +96,28 @@ class Cluster:
                     self.lt.run(shard.stop(0))
 
 
+# Retrieve as the ANN over the shards, backfilled from the popularity table only (tests of
+# the ANN path compare it with exact search).
+ANN_ONLY = SourcesConfig(
+    ann=AnnSourceConfig(quota=1.0),
+    trending=TrendingSourceConfig(enabled=False),
+    co_engagement=CoEngagementSourceConfig(enabled=False),
+    content=ContentSourceConfig(enabled=False),
+    exploration=ExplorationSourceConfig(enabled=False),
+)
+
+
 def start_cluster(
     lt: LoopThread,
     bundle: Bundle,
     router_config: RouterConfig | None = None,
     shards_config: ShardsConfig | None = None,
     replicas: int = 1,
+    sources: SourcesConfig | None = None,
+    state: StateConfig | None = None,
     *,
     metrics_port: int = -1,
+    **router_kw: Any,
 ) -> Cluster:
     """``metrics_port``: the router's HTTP port (/metrics, /status); 0 = a free one."""
     groups = [
@@ -106,6 +130,9 @@ def start_cluster(
             [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
             router_config or RouterConfig(),
             metrics_port=metrics_port,
+            sources=sources,
+            state=state,
+            **router_kw,
         )
     )
     return Cluster(lt, bundle, groups, router)

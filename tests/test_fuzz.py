@@ -66,6 +66,7 @@ def test_fuzz_every_rpc_only_documented_codes_and_health_stays_serving(
         assert {t.method for t in targets} >= {
             "/annfleet.v1.Retrieval/Search",
             "/annfleet.v1.Retrieval/Retrieve",
+            "/annfleet.v1.Retrieval/RecordEngagement",
             "/annfleet.v1.IndexShard/Search",
             "/annfleet.v1.IndexShard/Info",
             "/annfleet.v1.ShardAdmin/Prepare",

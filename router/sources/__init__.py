@@ -42,6 +42,7 @@ class SourceRequest:
     k: int
     deadline: float  # absolute time.monotonic() seconds; the source's own budget included
     exclude: np.ndarray = field(default_factory=lambda: EMPTY_IDS)  # (e,) int64, sorted unique
+    params: Any = None  # the request's SearchParams (the ANN source passes them on)
 
     @property
     def now(self) -> float:

@@ -2,13 +2,15 @@
 
 The adapter takes two callables so the source knows nothing of gRPC: ``embed(user_id,
 context)`` -> (dim,) float32 query vector (cached, tower or user table), and
-``search(vector, k, exclude, deadline)`` -> :class:`Candidates` (the scatter over the shards,
-with ``exclude`` pushed down to them; ``detail`` carries the scatter result for coverage).
+``search(vector, k, exclude, deadline, params)`` -> :class:`Candidates` (the scatter over the
+shards, with ``exclude`` pushed down to them; ``detail`` carries the scatter result for
+coverage; ``params`` the request's SearchParams or None).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +19,7 @@ from annfleet.router.sources import Candidates, Source, SourceRequest
 from annfleet.router.users import RequestContext
 
 EmbedFn = Callable[[int, RequestContext], Awaitable[np.ndarray]]
-SearchFn = Callable[[np.ndarray, int, np.ndarray, float], Awaitable[Candidates]]
+SearchFn = Callable[[np.ndarray, int, np.ndarray, float, Any], Awaitable[Candidates]]
 
 
 class AnnSource(Source):
@@ -30,7 +32,9 @@ class AnnSource(Source):
 
     async def fetch(self, request: SourceRequest) -> Candidates:
         vector = await self.embed(request.user_id, request.context)
-        found = await self.search(vector, request.k, request.exclude, request.deadline)
+        found = await self.search(
+            vector, request.k, request.exclude, request.deadline, request.params
+        )
         # Keep the searcher's order (metric-aware); drop padding and anything excluded in
         # case the searcher could not push the exclusion down.
         keep = found.ids >= 0

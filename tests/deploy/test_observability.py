@@ -124,7 +124,8 @@ def test_the_code_exports_the_documented_metrics(exported: set[str]) -> None:
         "annfleet_request_seconds_bucket",
         "annfleet_router_shard_failures_total",
         "annfleet_router_degraded_total",
-        "annfleet_router_user_cache_total",
+        "annfleet_router_cache_lookups_total",
+        "annfleet_router_source_seconds_bucket",
     ):
         assert name in exported
 

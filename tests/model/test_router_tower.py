@@ -1,9 +1,10 @@
-"""Export -> shard servers + router -> Retrieve answered with the exported TorchScript tower."""
+"""Export -> shard servers + router -> Retrieve answered with the exported TorchScript tower,
+alone (exact ANN) and blended with every source the MovieLens bundle has."""
 
 from __future__ import annotations
 
 import numpy as np
-from support import exact_topk
+from support import ANN_ONLY, exact_topk
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client
@@ -30,7 +31,7 @@ def _seen(bundle: Bundle, user_id: int) -> list[int]:
 
 
 def test_router_answers_with_the_exported_tower(cluster_factory, small_bundle: Bundle) -> None:  # type: ignore[no-untyped-def]
-    cluster = cluster_factory(small_bundle, RouterConfig(oversample=2.0))  # 2 shards: exact
+    cluster = cluster_factory(small_bundle, RouterConfig(oversample=2.0), sources=ANN_ONLY)
     embedder = TowerEmbedder(small_bundle)
     ids, vectors = _catalogue(small_bundle)
     titles = dict(zip(*small_bundle.table("item_titles").values(), strict=True))
@@ -59,3 +60,28 @@ def test_router_answers_with_the_exported_tower(cluster_factory, small_bundle: B
     assert stranger.ids.tolist() == expected[0].tolist()
     assert stranger.ids.tolist() != known.ids.tolist()
     assert len(no_context.ids) == 5
+
+
+def test_every_movielens_source_serves_through_the_router(
+    cluster_factory, small_bundle: Bundle
+) -> None:  # type: ignore[no-untyped-def]
+    cluster = cluster_factory(small_bundle, RouterConfig(oversample=2.0))  # default sources
+    recent = (50, 172, 181)
+    k = 100
+    with Client(cluster.router_target, timeout=30) as client:
+        first = client.retrieve(1, k, recent_items=recent, timestamp=WHEN)
+        engaged = [int(i) for i in first.ids[:5]]
+        assert client.record_engagement([(1, item, "view") for item in engaged]) == 5
+        after = client.retrieve(1, k, recent_items=recent, timestamp=WHEN)
+    for result in (first, after):
+        assert len(result.ids) == k and len(set(result.ids.tolist())) == k
+        assert result.dropped_sources == {}
+        assert set(result.source_counts) >= {
+            "ann",
+            "trending",
+            "co_engagement",
+            "content",
+            "exploration",
+        }
+        assert not set(recent) & set(result.ids.tolist())
+    assert not set(engaged) & set(after.ids.tolist())  # engaged items never come back

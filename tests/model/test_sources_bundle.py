@@ -45,7 +45,7 @@ def brute_force_searcher(bundle: Bundle):  # type: ignore[no-untyped-def]
     )
 
     async def search(
-        vector: np.ndarray, k: int, exclude: np.ndarray, deadline: float
+        vector: np.ndarray, k: int, exclude: np.ndarray, deadline: float, params: object
     ) -> Candidates:
         scores = vectors @ vector
         scores[np.isin(ids, exclude)] = -np.inf

@@ -7,7 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from support import exact_topk
+from support import ANN_ONLY, exact_topk
 
 from annfleet.bundle import Bundle
 from annfleet.client import AsyncClient
@@ -28,7 +28,9 @@ def test_concurrent_searches_are_batched_and_exact(
     in_flight: int,
 ) -> None:
     cluster = cluster_factory(
-        flat_bundle, RouterConfig(oversample=3.0, coalesce_in_flight=in_flight)
+        flat_bundle,
+        RouterConfig(oversample=3.0, coalesce_in_flight=in_flight),
+        sources=ANN_ONLY,
     )
     queries = catalogue.user_vectors[:64]
     expected, _ = exact_topk(catalogue.vectors, catalogue.ids, queries, 20)

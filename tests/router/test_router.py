@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 import pytest
-from support import exact_topk
+from support import ANN_ONLY, exact_topk
 
 from annfleet.bundle import Bundle
 from annfleet.client import (
@@ -18,7 +19,7 @@ from annfleet.client import (
     ScatterClient,
     Unavailable,
 )
-from annfleet.config import RouterConfig
+from annfleet.config import PopularSourceConfig, RouterConfig
 from annfleet.synthetic import Catalogue
 
 EXACT_MERGE = RouterConfig(oversample=3.0)  # 3 shards: every shard returns k, merge is exact
@@ -83,20 +84,40 @@ def test_shard_down_gives_degraded_answer_with_k_full(
     assert retrieved.coverage.degraded and len(retrieved.ids) == 50
 
 
-def test_below_min_coverage_and_all_down_are_unavailable(
+def test_below_min_coverage_search_is_unavailable_and_retrieve_backfills(
     cluster_factory,  # type: ignore[no-untyped-def]
     flat_bundle: Bundle,
     catalogue: Catalogue,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, RouterConfig(min_coverage=0.9))
-    cluster.stop_shard(0)
+    cluster = cluster_factory(flat_bundle, RouterConfig(min_coverage=0.9), sources=ANN_ONLY)
+    ann = cluster_factory(
+        flat_bundle,
+        RouterConfig(min_coverage=0.9),
+        sources=replace(ANN_ONLY, popular=PopularSourceConfig(enabled=False)),
+    )
+    for c in (cluster, ann):
+        c.stop_shard(0)
+    user = int(catalogue.user_ids[0])
     with Client(cluster.router_target, timeout=5, retries=1) as client:
         with pytest.raises(Unavailable, match=r"only 2 of 3 shards answered"):
             client.search(catalogue.vectors[:1], 10)
+        # Below min_coverage the ANN source is dropped and the popularity source fills k.
+        filled = client.retrieve(user, 10)
         cluster.stop_shard(1)
         cluster.stop_shard(2)
-        with pytest.raises(Unavailable, match=r"only 0 of 3 shards answered"):
-            client.retrieve(int(catalogue.user_ids[0]), 10)
+        down = client.retrieve(user, 10)
+    for result in (filled, down):
+        assert result.source_names == ["popular"] * 10
+        assert result.ids.tolist() == catalogue.popular_ids[:10].tolist()
+        assert result.coverage.degraded and result.coverage.shards_answered == 0
+    assert "only 2 of 3 shards answered" in filled.dropped_sources["ann"]
+    assert "only 0 of 3 shards answered" in down.dropped_sources["ann"]
+    # With no other source to fill in, the ANN's failure is the answer.
+    with (
+        Client(ann.router_target, timeout=5, retries=1) as client,
+        pytest.raises(Unavailable, match=r"only 2 of 3 shards answered"),
+    ):
+        client.retrieve(user, 10)
 
 
 def test_retrieve_excludes_and_backfills(
@@ -104,7 +125,7 @@ def test_retrieve_excludes_and_backfills(
     flat_bundle: Bundle,  # type: ignore[no-untyped-def]
     catalogue: Catalogue,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, EXACT_MERGE)
+    cluster = cluster_factory(flat_bundle, EXACT_MERGE, sources=ANN_ONLY)
     user = int(catalogue.user_ids[3])
     with Client(cluster.router_target, timeout=10) as client:
         first = client.retrieve(user, 20)
@@ -117,7 +138,7 @@ def test_retrieve_excludes_and_backfills(
         assert len(excluded.ids) == 20
     # Exclusions eat ANN hits the router may not re-fetch (fetch is capped at max_k):
     # the popularity table fills k, with its source recorded.
-    capped = cluster_factory(flat_bundle, RouterConfig(max_k=30, oversample=3.0))
+    capped = cluster_factory(flat_bundle, RouterConfig(max_k=30, oversample=3.0), sources=ANN_ONLY)
     with Client(capped.router_target, timeout=10) as client:
         filled = client.retrieve(user, 30, exclude=first.ids[:10].tolist())
     assert len(filled.ids) == 30 and len(set(filled.ids.tolist())) == 30
@@ -226,8 +247,10 @@ def test_retrieve_filters_seen_items(cluster_factory, bundles_dir, catalogue: Ca
         tables=seen_table(catalogue.user_ids, np.full(len(seen), user), seen),
         progress=False,
     )
-    filtering = cluster_factory(bundle, RouterConfig(oversample=3.0))
-    keeping = cluster_factory(bundle, RouterConfig(oversample=3.0, filter_seen=False))
+    filtering = cluster_factory(bundle, RouterConfig(oversample=3.0), sources=ANN_ONLY)
+    keeping = cluster_factory(
+        bundle, RouterConfig(oversample=3.0, filter_seen=False), sources=ANN_ONLY
+    )
     with Client(filtering.router_target, timeout=10) as client:
         filtered = client.retrieve(user, 10, recent_items=[int(plain[1])])
         other = client.retrieve(int(catalogue.user_ids[1]), 10)

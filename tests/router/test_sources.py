@@ -240,7 +240,7 @@ def test_ann_adapter_embeds_then_searches_and_drops_excluded() -> None:
         return vectors[user_id] + 0.5 * vectors[(user_id + 1) % 4]
 
     async def search(
-        vector: np.ndarray, k: int, exclude: np.ndarray, deadline: float
+        vector: np.ndarray, k: int, exclude: np.ndarray, deadline: float, params: object
     ) -> Candidates:
         calls.append((k, len(vector), exclude.tolist()))
         scores = vectors @ vector

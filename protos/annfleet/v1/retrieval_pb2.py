@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from annfleet.v1 import common_pb2 as annfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61nnfleet/v1/retrieval.proto\x12\x0b\x61nnfleet.v1\x1a\x18\x61nnfleet/v1/common.proto\"c\n\rSearchRequest\x12\x0f\n\x07queries\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12)\n\x06params\x18\x04 \x01(\x0b\x32\x19.annfleet.v1.SearchParams\"\x99\x01\n\x0eSearchResponse\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x13\n\x0bnum_queries\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x11\n\tbundle_id\x18\x05 \x01(\t\x12\'\n\x08\x63overage\x18\x06 \x01(\x0b\x32\x15.annfleet.v1.Coverage\x12\x0e\n\x06metric\x18\x07 \x01(\t\"}\n\x0f\x45ngagementEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.annfleet.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\"V\n\x07\x43ontext\x12\x17\n\x0frecent_item_ids\x18\x01 \x03(\x03\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\xac\x01\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\r\x12%\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x14.annfleet.v1.Context\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x01(\x0c\x12)\n\x06params\x18\x05 \x01(\x0b\x32\x19.annfleet.v1.SearchParams\x12\x16\n\x0einclude_titles\x18\x06 \x01(\x08\"\x8e\x03\n\x10RetrieveResponse\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x0f\n\x07sources\x18\x03 \x01(\x0c\x12\x11\n\tbundle_id\x18\x04 \x01(\t\x12\'\n\x08\x63overage\x18\x05 \x01(\x0b\x32\x15.annfleet.v1.Coverage\x12\x46\n\rsource_counts\x18\x06 \x03(\x0b\x32/.annfleet.v1.RetrieveResponse.SourceCountsEntry\x12@\n\ntimings_ms\x18\x07 \x03(\x0b\x32,.annfleet.v1.RetrieveResponse.TimingsMsEntry\x12\x0e\n\x06titles\x18\x08 \x03(\t\x12\x0f\n\x07variant\x18\t \x01(\t\x1a\x33\n\x11SourceCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\xb2\x01\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n\nSOURCE_ANN\x10\x01\x12\x12\n\x0eSOURCE_POPULAR\x10\x02\x12\x18\n\x14SOURCE_CO_ENGAGEMENT\x10\x03\x12\x12\n\x0eSOURCE_CONTENT\x10\x04\x12\x16\n\x12SOURCE_EXPLORATION\x10\x05\x12\x13\n\x0fSOURCE_TRENDING\x10\x06\x12\x11\n\rSOURCE_SOCIAL\x10\x07*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x03\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x04\x32\x97\x01\n\tRetrieval\x12\x41\n\x06Search\x12\x1a.annfleet.v1.SearchRequest\x1a\x1b.annfleet.v1.SearchResponse\x12G\n\x08Retrieve\x12\x1c.annfleet.v1.RetrieveRequest\x1a\x1d.annfleet.v1.RetrieveResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61nnfleet/v1/retrieval.proto\x12\x0b\x61nnfleet.v1\x1a\x18\x61nnfleet/v1/common.proto\"c\n\rSearchRequest\x12\x0f\n\x07queries\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12)\n\x06params\x18\x04 \x01(\x0b\x32\x19.annfleet.v1.SearchParams\"\x99\x01\n\x0eSearchResponse\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x13\n\x0bnum_queries\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x11\n\tbundle_id\x18\x05 \x01(\t\x12\'\n\x08\x63overage\x18\x06 \x01(\x0b\x32\x15.annfleet.v1.Coverage\x12\x0e\n\x06metric\x18\x07 \x01(\t\"}\n\x0f\x45ngagementEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\x0f\n\x07item_id\x18\x02 \x01(\x03\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.annfleet.v1.EventType\x12\x11\n\ttimestamp\x18\x04 \x01(\x03\x12\x0f\n\x07\x63ountry\x18\x05 \x01(\t\"V\n\x07\x43ontext\x12\x17\n\x0frecent_item_ids\x18\x01 \x03(\x03\x12\x11\n\ttimestamp\x18\x02 \x01(\x03\x12\x0f\n\x07\x63ountry\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\"\xac\x01\n\x0fRetrieveRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\x03\x12\t\n\x01k\x18\x02 \x01(\r\x12%\n\x07\x63ontext\x18\x03 \x01(\x0b\x32\x14.annfleet.v1.Context\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x01(\x0c\x12)\n\x06params\x18\x05 \x01(\x0b\x32\x19.annfleet.v1.SearchParams\x12\x16\n\x0einclude_titles\x18\x06 \x01(\x08\"\xa7\x04\n\x10RetrieveResponse\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x0f\n\x07sources\x18\x03 \x01(\x0c\x12\x11\n\tbundle_id\x18\x04 \x01(\t\x12\'\n\x08\x63overage\x18\x05 \x01(\x0b\x32\x15.annfleet.v1.Coverage\x12\x46\n\rsource_counts\x18\x06 \x03(\x0b\x32/.annfleet.v1.RetrieveResponse.SourceCountsEntry\x12@\n\ntimings_ms\x18\x07 \x03(\x0b\x32,.annfleet.v1.RetrieveResponse.TimingsMsEntry\x12\x0e\n\x06titles\x18\x08 \x03(\t\x12\x0f\n\x07variant\x18\t \x01(\t\x12\x14\n\x0csource_masks\x18\n \x01(\x0c\x12J\n\x0f\x64ropped_sources\x18\x0b \x03(\x0b\x32\x31.annfleet.v1.RetrieveResponse.DroppedSourcesEntry\x1a\x33\n\x11SourceCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x35\n\x13\x44roppedSourcesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x17RecordEngagementRequest\x12,\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1c.annfleet.v1.EngagementEvent\">\n\x18RecordEngagementResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\r\x12\x11\n\tbundle_id\x18\x02 \x01(\t*\xb2\x01\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0e\n\nSOURCE_ANN\x10\x01\x12\x12\n\x0eSOURCE_POPULAR\x10\x02\x12\x18\n\x14SOURCE_CO_ENGAGEMENT\x10\x03\x12\x12\n\x0eSOURCE_CONTENT\x10\x04\x12\x16\n\x12SOURCE_EXPLORATION\x10\x05\x12\x13\n\x0fSOURCE_TRENDING\x10\x06\x12\x11\n\rSOURCE_SOCIAL\x10\x07*\x82\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x45VENT_TYPE_IMPRESSION\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x03\x12\x13\n\x0f\x45VENT_TYPE_LIKE\x10\x04\x32\xf8\x01\n\tRetrieval\x12\x41\n\x06Search\x12\x1a.annfleet.v1.SearchRequest\x1a\x1b.annfleet.v1.SearchResponse\x12G\n\x08Retrieve\x12\x1c.annfleet.v1.RetrieveRequest\x1a\x1d.annfleet.v1.RetrieveResponse\x12_\n\x10RecordEngagement\x12$.annfleet.v1.RecordEngagementRequest\x1a%.annfleet.v1.RecordEngagementResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVERESPONSE_SOURCECOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_RETRIEVERESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_RETRIEVERESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
-  _globals['_SOURCE']._serialized_start=1119
-  _globals['_SOURCE']._serialized_end=1297
-  _globals['_EVENTTYPE']._serialized_start=1300
-  _globals['_EVENTTYPE']._serialized_end=1430
+  _globals['_RETRIEVERESPONSE_DROPPEDSOURCESENTRY']._loaded_options = None
+  _globals['_RETRIEVERESPONSE_DROPPEDSOURCESENTRY']._serialized_options = b'8\001'
+  _globals['_SOURCE']._serialized_start=1409
+  _globals['_SOURCE']._serialized_end=1587
+  _globals['_EVENTTYPE']._serialized_start=1590
+  _globals['_EVENTTYPE']._serialized_end=1720
   _globals['_SEARCHREQUEST']._serialized_start=70
   _globals['_SEARCHREQUEST']._serialized_end=169
   _globals['_SEARCHRESPONSE']._serialized_start=172
@@ -51,11 +53,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RETRIEVEREQUEST']._serialized_start=543
   _globals['_RETRIEVEREQUEST']._serialized_end=715
   _globals['_RETRIEVERESPONSE']._serialized_start=718
-  _globals['_RETRIEVERESPONSE']._serialized_end=1116
-  _globals['_RETRIEVERESPONSE_SOURCECOUNTSENTRY']._serialized_start=1015
-  _globals['_RETRIEVERESPONSE_SOURCECOUNTSENTRY']._serialized_end=1066
-  _globals['_RETRIEVERESPONSE_TIMINGSMSENTRY']._serialized_start=1068
-  _globals['_RETRIEVERESPONSE_TIMINGSMSENTRY']._serialized_end=1116
-  _globals['_RETRIEVAL']._serialized_start=1433
-  _globals['_RETRIEVAL']._serialized_end=1584
+  _globals['_RETRIEVERESPONSE']._serialized_end=1269
+  _globals['_RETRIEVERESPONSE_SOURCECOUNTSENTRY']._serialized_start=1113
+  _globals['_RETRIEVERESPONSE_SOURCECOUNTSENTRY']._serialized_end=1164
+  _globals['_RETRIEVERESPONSE_TIMINGSMSENTRY']._serialized_start=1166
+  _globals['_RETRIEVERESPONSE_TIMINGSMSENTRY']._serialized_end=1214
+  _globals['_RETRIEVERESPONSE_DROPPEDSOURCESENTRY']._serialized_start=1216
+  _globals['_RETRIEVERESPONSE_DROPPEDSOURCESENTRY']._serialized_end=1269
+  _globals['_RECORDENGAGEMENTREQUEST']._serialized_start=1271
+  _globals['_RECORDENGAGEMENTREQUEST']._serialized_end=1342
+  _globals['_RECORDENGAGEMENTRESPONSE']._serialized_start=1344
+  _globals['_RECORDENGAGEMENTRESPONSE']._serialized_end=1406
+  _globals['_RETRIEVAL']._serialized_start=1723
+  _globals['_RETRIEVAL']._serialized_end=1971
 # @@protoc_insertion_point(module_scope)

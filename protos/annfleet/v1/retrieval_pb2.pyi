@@ -113,7 +113,7 @@ class RetrieveRequest(_message.Message):
     def __init__(self, user_id: _Optional[int] = ..., k: _Optional[int] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., exclude_ids: _Optional[bytes] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., include_titles: _Optional[bool] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
-    __slots__ = ("ids", "scores", "sources", "bundle_id", "coverage", "source_counts", "timings_ms", "titles", "variant")
+    __slots__ = ("ids", "scores", "sources", "bundle_id", "coverage", "source_counts", "timings_ms", "titles", "variant", "source_masks", "dropped_sources")
     class SourceCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,13 @@ class RetrieveResponse(_message.Message):
         key: str
         value: float
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class DroppedSourcesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     IDS_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +144,8 @@ class RetrieveResponse(_message.Message):
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     TITLES_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_MASKS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_SOURCES_FIELD_NUMBER: _ClassVar[int]
     ids: bytes
     scores: bytes
     sources: bytes
@@ -146,4 +155,20 @@ class RetrieveResponse(_message.Message):
     timings_ms: _containers.ScalarMap[str, float]
     titles: _containers.RepeatedScalarFieldContainer[str]
     variant: str
-    def __init__(self, ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., sources: _Optional[bytes] = ..., bundle_id: _Optional[str] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., source_counts: _Optional[_Mapping[str, int]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., titles: _Optional[_Iterable[str]] = ..., variant: _Optional[str] = ...) -> None: ...
+    source_masks: bytes
+    dropped_sources: _containers.ScalarMap[str, str]
+    def __init__(self, ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., sources: _Optional[bytes] = ..., bundle_id: _Optional[str] = ..., coverage: _Optional[_Union[_common_pb2.Coverage, _Mapping]] = ..., source_counts: _Optional[_Mapping[str, int]] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., titles: _Optional[_Iterable[str]] = ..., variant: _Optional[str] = ..., source_masks: _Optional[bytes] = ..., dropped_sources: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class RecordEngagementRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[EngagementEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[EngagementEvent, _Mapping]]] = ...) -> None: ...
+
+class RecordEngagementResponse(_message.Message):
+    __slots__ = ("applied", "bundle_id")
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    applied: int
+    bundle_id: str
+    def __init__(self, applied: _Optional[int] = ..., bundle_id: _Optional[str] = ...) -> None: ...

@@ -47,6 +47,11 @@ class RetrievalStub:
                 request_serializer=annfleet_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
                 response_deserializer=annfleet_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
                 _registered_method=True)
+        self.RecordEngagement = channel.unary_unary(
+                '/annfleet.v1.Retrieval/RecordEngagement',
+                request_serializer=annfleet_dot_v1_dot_retrieval__pb2.RecordEngagementRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_retrieval__pb2.RecordEngagementResponse.FromString,
+                _registered_method=True)
 
 
 class RetrievalServicer:
@@ -74,15 +79,44 @@ class RetrievalServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Retrieve(self, request, context):
-        """User id (+ context) -> candidates with scores and the source of each.
+        """User id (+ context) -> candidates blended from every configured source (ann, trending,
+        co_engagement, content, exploration, social, popular), with the sources of each.
+        A source that misses its latency budget or fails is dropped for the request (named in
+        dropped_sources) and the others backfill its share, so k stays full whenever the
+        catalogue allows. Items the user engaged with (bundle history + RecordEngagement) and
+        exclude_ids never come back.
         Status codes:
-        OK                  possibly degraded (see coverage); k is kept full from backfill
-        sources when the bundle has them.
+        OK                  possibly degraded (see coverage and dropped_sources); the ANN source
+        is dropped when fewer shards than min_coverage answered, and the
+        other sources fill k.
         INVALID_ARGUMENT    the payload is not a valid RetrieveRequest; k <= 0 or k > max_k,
         malformed exclude_ids, a search parameter out of range.
         NOT_FOUND           unknown user id and the bundle cannot embed users from context.
-        UNAVAILABLE         as for Search.
+        UNAVAILABLE         the router has no bundle loaded, or the ANN source failed (as for
+        Search) and no other source had a candidate.
         DEADLINE_EXCEEDED   as for Search.
+        RESOURCE_EXHAUSTED  as for Search.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordEngagement(self, request, context):
+        """A batch of engagement events (impressions, clicks, views, likes): each engaged item joins
+        the user's recent items (the user tower's context on the next request) and seen set
+        (never retrieved for that user again), counts in trending (global, the user's region,
+        the event's country), in the item's exploration posterior and in live co-engagement;
+        the users' cached candidates and embeddings are dropped. All or nothing per batch.
+        Status codes:
+        OK                  every event applied (applied = their number).
+        INVALID_ARGUMENT    the payload is not a valid RecordEngagementRequest; more than 10000
+        events; an event with an unknown type, an item the served bundle
+        does not know, a negative timestamp or one later than now +
+        state.max_future_s, or a country that is not a code: the message
+        names events[i], and nothing of the batch is applied.
+        UNAVAILABLE         the router has no bundle loaded, or the state store (redis) cannot
+        be reached (nothing applied).
+        DEADLINE_EXCEEDED   the caller's deadline passed before the batch was applied.
         RESOURCE_EXHAUSTED  as for Search.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -101,6 +135,11 @@ def add_RetrievalServicer_to_server(servicer, server):
                     servicer.Retrieve,
                     request_deserializer=annfleet_dot_v1_dot_retrieval__pb2.RetrieveRequest.FromString,
                     response_serializer=annfleet_dot_v1_dot_retrieval__pb2.RetrieveResponse.SerializeToString,
+            ),
+            'RecordEngagement': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordEngagement,
+                    request_deserializer=annfleet_dot_v1_dot_retrieval__pb2.RecordEngagementRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_retrieval__pb2.RecordEngagementResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -160,6 +199,33 @@ class Retrieval:
             '/annfleet.v1.Retrieval/Retrieve',
             annfleet_dot_v1_dot_retrieval__pb2.RetrieveRequest.SerializeToString,
             annfleet_dot_v1_dot_retrieval__pb2.RetrieveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordEngagement(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.Retrieval/RecordEngagement',
+            annfleet_dot_v1_dot_retrieval__pb2.RecordEngagementRequest.SerializeToString,
+            annfleet_dot_v1_dot_retrieval__pb2.RecordEngagementResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,162 @@
+"""Retrieve through the real router and client with every source: sources per candidate,
+RecordEngagement (an engaged item never comes back, a bad batch applies nothing, engagement
+moves trending and the social source), and a source past its budget dropped with k full."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from annfleet.bundle import Bundle
+from annfleet.client import AsyncClient, Client, Engagement, InvalidArgument, RetrieveResult
+from annfleet.config import (
+    AnnSourceConfig,
+    RouterConfig,
+    SocialSourceConfig,
+    SourcesConfig,
+    TrendingSourceConfig,
+)
+from annfleet.names import SOURCE_NAMES
+from annfleet.synthetic import Catalogue
+
+ROUTER = RouterConfig(oversample=3.0)
+
+
+def social_config(tmp_path: Path, follower: int, followee: int) -> SourcesConfig:
+    graph = tmp_path / "follows.txt"
+    graph.write_text(f"# follower followee\n{follower} {followee}\n")
+    return SourcesConfig(social=SocialSourceConfig(enabled=True, graph=str(graph)))
+
+
+def check_sources_reported(result: RetrieveResult, k: int) -> None:
+    """Every candidate names its sources; the counts per source are the masks' bits."""
+    assert len(result.ids) == k and len(set(result.ids.tolist())) == k
+    per_candidate = result.sources_per_candidate
+    assert all(per_candidate)
+    for primary, names in zip(result.source_names, per_candidate, strict=True):
+        assert primary in names
+    counted: dict[str, int] = {}
+    for names in per_candidate:
+        for name in names:
+            counted[name] = counted.get(name, 0) + 1
+    assert result.source_counts == counted
+
+
+def test_every_source_reported_and_engagement_feeds_back(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+    tmp_path: Path,
+) -> None:
+    alice, bob = int(catalogue.user_ids[0]), int(catalogue.user_ids[1])
+    cluster = cluster_factory(flat_bundle, ROUTER, sources=social_config(tmp_path, alice, bob))
+    k = 40
+    with Client(cluster.router_target, timeout=10) as client:
+        first = client.retrieve(alice, k)
+        check_sources_reported(first, k)
+        assert first.dropped_sources == {}
+        # The flat bundle has no engagement yet: ann, exploration and popular serve.
+        assert {"ann", "exploration"} <= set(first.source_counts)
+        assert "trending" not in first.source_counts and "social" not in first.source_counts
+
+        # Alice engages with her top ANN candidates; Bob (whom she follows) with two items.
+        engaged = [int(i) for i in first.ids[:3]]
+        bobs = [int(i) for i in catalogue.ids[-2:]]
+        applied = client.record_engagement(
+            [(alice, engaged[0]), Engagement(alice, engaged[1], "view"), (alice, engaged[2], 4)]
+            + [Engagement(bob, item, "like") for item in bobs]
+        )
+        assert applied == 5
+        after = [client.retrieve(alice, k) for _ in range(3)]
+        after.append(client.retrieve(alice, k, exclude=bobs[:1]))
+        for result in after:
+            check_sources_reported(result, k)
+            assert not set(engaged) & set(result.ids.tolist())  # engaged: never again
+        # Bob's likes reach Alice through the social source and trending, both recorded.
+        got = dict(zip(after[0].ids.tolist(), after[0].sources_per_candidate, strict=True))
+        for item in bobs:
+            assert {"social", "trending"} <= set(got[item]), got.get(item)
+        assert bobs[0] not in after[-1].ids.tolist()  # exclude_ids still applies
+        # Bob himself gets neither his own likes nor social candidates (he follows nobody).
+        bob_list = client.retrieve(bob, k)
+        assert not set(bobs) & set(bob_list.ids.tolist())
+        assert "social" not in bob_list.source_counts
+
+
+def test_a_bad_event_names_its_index_and_applies_nothing(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, ROUTER)
+    user, k = int(catalogue.user_ids[2]), 30
+    unknown = int(catalogue.ids.max()) + 1
+    with Client(cluster.router_target, timeout=10) as client:
+        before = client.retrieve(user, k)
+        top = int(before.ids[0])
+        cases = [
+            (
+                [(user, top), (user, int(before.ids[1])), (user, unknown)],
+                r"events\[2\]: unknown item",
+            ),
+            ([(user, top), (user, top, 0)], r"events\[1\]: unknown event type 0"),
+            (
+                [(user, top), Engagement(user, top, "click", timestamp=2**40)],
+                r"events\[1\]: timestamp .* in the future",
+            ),
+        ]
+        for events, message in cases:
+            with pytest.raises(InvalidArgument, match=message):
+                client.record_engagement(events)
+        with pytest.raises(InvalidArgument, match=r"unknown event type 'share'"):
+            client.record_engagement([(user, top, "share")])  # refused by the client
+        again = client.retrieve(user, k)
+        assert again.ids.tolist() == before.ids.tolist()  # nothing of the batches applied
+        assert "trending" not in again.source_counts
+        assert client.record_engagement([]) == 0
+
+
+def test_a_hanging_source_is_dropped_past_its_budget_and_k_stays_full(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    base = SourcesConfig()
+    hanging = replace(
+        base, trending=TrendingSourceConfig(budget_ms=50.0, delay_ms=30_000.0, quota=0.3)
+    )
+    ann_hangs = replace(base, ann=AnnSourceConfig(budget_ms=50.0, delay_ms=30_000.0))
+    slow_trending = cluster_factory(flat_bundle, ROUTER, sources=hanging)
+    slow_ann = cluster_factory(flat_bundle, ROUTER, sources=ann_hangs)
+    user, k = int(catalogue.user_ids[4]), 50
+    # Make trending non-empty, so dropping it takes real candidates away.
+    items = [int(i) for i in catalogue.ids[:20]]
+
+    async def main() -> tuple[list[RetrieveResult], list[RetrieveResult]]:
+        async with (
+            AsyncClient(slow_trending.router_target, timeout=10) as a,
+            AsyncClient(slow_ann.router_target, timeout=10) as b,
+        ):
+            for client in (a, b):  # each router has its own (memory) state
+                await client.record_engagement([(int(catalogue.user_ids[5]), i) for i in items])
+            got_a = await asyncio.gather(*(a.retrieve(user, k) for _ in range(4)))
+            got_b = await asyncio.gather(*(b.retrieve(user, k) for _ in range(4)))
+        return list(got_a), list(got_b)
+
+    without_trending, without_ann = asyncio.run(main())
+    for result in without_trending:
+        check_sources_reported(result, k)
+        assert result.dropped_sources == {"trending": "budget"}
+        assert "trending" not in result.source_counts
+        assert result.source_counts["ann"] >= 30  # its own quota and trending's share
+        assert not result.coverage.degraded
+    for result in without_ann:
+        check_sources_reported(result, k)
+        assert result.dropped_sources == {"ann": "budget"}
+        assert set(result.source_counts) <= set(SOURCE_NAMES.values()) - {"ann"}
+        assert result.coverage.degraded and result.coverage.shards_answered == 0
+    assert np.isin(items, without_ann[0].ids).sum() >= 15  # trending filled in
