@@ -25,6 +25,7 @@ from annfleet.config import (
     replica_port,
 )
 from annfleet.errors import AnnfleetError, ConfigError
+from annfleet.names import EVENT_TYPE_NAMES
 
 log = logging.getLogger("annfleet")
 
@@ -345,11 +346,16 @@ def _print_candidates(result: Any) -> None:
         f"bundle {result.bundle_id}  coverage {cov.shards_answered}/{cov.shards_asked}"
         f"{'  DEGRADED' if cov.degraded else ''}"
     )
+    if result.source_counts:
+        counts = ", ".join(f"{name} {n}" for name, n in sorted(result.source_counts.items()))
+        print(f"sources: {counts}")
+    for name, why in sorted(result.dropped_sources.items()):
+        print(f"dropped: {name} ({why})")
     titles = result.titles or ("",) * len(result.ids)
-    for rank, (item, score, source, title) in enumerate(
-        zip(result.ids, result.scores, result.source_names, titles, strict=True), 1
+    for rank, (item, score, names, title) in enumerate(
+        zip(result.ids, result.scores, result.sources_per_candidate, titles, strict=True), 1
     ):
-        print(f"  {rank:>4}  {item:>10}  {score:8.4f}  {source:<14} {title}")
+        print(f"  {rank:>4}  {item:>10}  {score:8.4f}  {'+'.join(names):<24} {title}")
 
 
 # ---------------------------------------------------------------------------- query / status
@@ -390,7 +396,12 @@ def cmd_query(args: argparse.Namespace) -> int:
         for i, (item, score, source) in enumerate(
             zip(result.ids, result.scores, result.source_names, strict=True)
         ):
-            entry: dict[str, Any] = {"item_id": int(item), "score": float(score), "source": source}
+            entry: dict[str, Any] = {
+                "item_id": int(item),
+                "score": float(score),
+                "source": source,
+                "sources": result.sources_per_candidate[i],
+            }
             if result.titles and result.titles[i]:
                 entry["title"] = result.titles[i]
             candidates.append(entry)
@@ -402,6 +413,8 @@ def cmd_query(args: argparse.Namespace) -> int:
                     "coverage": result.coverage.fraction,
                     "degraded": result.coverage.degraded,
                     "answered_shards": list(result.coverage.answered_shard_ids),
+                    "source_counts": result.source_counts,
+                    "dropped_sources": result.dropped_sources,
                     "candidates": candidates,
                 },
                 indent=2,
@@ -409,6 +422,22 @@ def cmd_query(args: argparse.Namespace) -> int:
         )
     else:
         _print_candidates(result)
+    return 0
+
+
+def cmd_engage(args: argparse.Namespace) -> int:
+    from annfleet.client import AnnfleetError as ClientError
+    from annfleet.client import Client, Engagement
+
+    event = Engagement(args.user, args.item, args.type, args.timestamp, args.country)
+    try:
+        credentials = _credentials(args, load_config(args.config) if args.config else None)
+        with Client(args.target, timeout=args.timeout, credentials=credentials) as client:
+            applied = client.record_engagement([event])
+    except ClientError as exc:
+        print(f"annfleet engage: {exc.code.name}: {exc.details}", file=sys.stderr)
+        return 1
+    print(f"recorded {applied} event: user {args.user} {args.type} item {args.item}")
     return 0
 
 
@@ -676,6 +705,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
     _add_tls_flags(p)
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("engage", help="record an engagement event (Retrieval.RecordEngagement)")
+    p.add_argument("--user", type=int, required=True)
+    p.add_argument("--item", type=int, required=True)
+    p.add_argument(
+        "--type",
+        default="click",
+        choices=sorted(EVENT_TYPE_NAMES.values()),
+        help="event type (default click; impression counts for exploration only)",
+    )
+    p.add_argument("--timestamp", type=int, default=0, help="unix seconds (default: now)")
+    p.add_argument("--country", default="", help="also counts in this country's trending")
+    p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
+    _add_tls_flags(p)
+    p.set_defaults(func=cmd_engage)
 
     p = sub.add_parser("status", help="health and bundle of each local cluster process")
     p.add_argument("--config")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -96,14 +97,29 @@ class Cluster:
                     self.lt.run(shard.stop(0))
 
 
+def patient(sources: SourcesConfig, budget_ms: float = 60_000.0) -> SourcesConfig:
+    """``sources`` with every latency budget at ``budget_ms`` (the request's deadline still
+    caps them): tests that expect no source to be dropped must not depend on how loaded the
+    machine is."""
+    return dataclasses.replace(
+        sources,
+        **{
+            name: dataclasses.replace(s, budget_ms=budget_ms)
+            for name, s in sources.settings().items()
+        },
+    )
+
+
 # Retrieve as the ANN over the shards, backfilled from the popularity table only (tests of
 # the ANN path compare it with exact search).
-ANN_ONLY = SourcesConfig(
-    ann=AnnSourceConfig(quota=1.0),
-    trending=TrendingSourceConfig(enabled=False),
-    co_engagement=CoEngagementSourceConfig(enabled=False),
-    content=ContentSourceConfig(enabled=False),
-    exploration=ExplorationSourceConfig(enabled=False),
+ANN_ONLY = patient(
+    SourcesConfig(
+        ann=AnnSourceConfig(quota=1.0),
+        trending=TrendingSourceConfig(enabled=False),
+        co_engagement=CoEngagementSourceConfig(enabled=False),
+        content=ContentSourceConfig(enabled=False),
+        exploration=ExplorationSourceConfig(enabled=False),
+    )
 )
 
 

@@ -97,6 +97,9 @@ shards: {{count: 2, base_port: {shard_base}, metrics_base_port: -1, grace_s: 1.0
           admin_base_port: {free_port()}}}
 router: {{port: {free_port()}, metrics_port: {free_port()}, grace_s: 1.0,
           admin_port: {free_port()}, recall_sample_rate: 1.0}}
+# The ANN source is never dropped for its budget here (coverage is asserted below), however
+# loaded the machine is.
+sources: {{ann: {{budget_ms: 60000.0}}}}
 """)
     return config
 
@@ -139,7 +142,24 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         assert set(answer) >= {"bundle_id", "coverage", "degraded", "candidates"}
         assert answer["coverage"] == 1.0 and answer["degraded"] is False
         assert len(answer["candidates"]) == 7
-        assert set(answer["candidates"][0]) >= {"item_id", "score", "source"}
+        first = answer["candidates"][0]
+        assert set(first) >= {"item_id", "score", "source", "sources"}
+        assert first["source"] in first["sources"] and "ann" in answer["source_counts"]
+        assert isinstance(answer["dropped_sources"], dict)
+        # `annfleet engage`: the engaged item never comes back for that user.
+        engaged = run("engage", "--user", "1", "--item", str(first["item_id"]),
+                      "--type", "view", "--target", target)  # fmt: skip
+        assert engaged.returncode == 0, engaged.stderr
+        assert "recorded 1 event" in engaged.stdout
+        after = json.loads(
+            run("query", "--user", "1", "--k", "7", "--json", "--target", target).stdout
+        )
+        assert first["item_id"] not in [c["item_id"] for c in after["candidates"]]
+        bad = run("engage", "--user", "1", "--item", "-7", "--target", target)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+        assert "events[0]: unknown item id -7" in bad.stderr
+        text_query = run("query", "--user", "1", "--k", "3", "--target", target)
+        assert "sources: " in text_query.stdout and "ann" in text_query.stdout
 
         status = run("status", "--config", str(small_config))
         assert status.returncode == 0, status.stdout + status.stderr

@@ -4,11 +4,11 @@ alone (exact ANN) and blended with every source the MovieLens bundle has."""
 from __future__ import annotations
 
 import numpy as np
-from support import ANN_ONLY, exact_topk
+from support import ANN_ONLY, exact_topk, patient
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client
-from annfleet.config import RouterConfig
+from annfleet.config import RouterConfig, SourcesConfig
 from annfleet.router.tower import TowerEmbedder
 from annfleet.router.users import RequestContext
 
@@ -65,7 +65,9 @@ def test_router_answers_with_the_exported_tower(cluster_factory, small_bundle: B
 def test_every_movielens_source_serves_through_the_router(
     cluster_factory, small_bundle: Bundle
 ) -> None:  # type: ignore[no-untyped-def]
-    cluster = cluster_factory(small_bundle, RouterConfig(oversample=2.0))  # default sources
+    cluster = cluster_factory(
+        small_bundle, RouterConfig(oversample=2.0), sources=patient(SourcesConfig())
+    )
     recent = (50, 172, 181)
     k = 100
     with Client(cluster.router_target, timeout=30) as client:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import patient
 
 from annfleet.bundle import Bundle
 from annfleet.client import AsyncClient, Client, Engagement, InvalidArgument, RetrieveResult
@@ -29,7 +30,7 @@ ROUTER = RouterConfig(oversample=3.0)
 def social_config(tmp_path: Path, follower: int, followee: int) -> SourcesConfig:
     graph = tmp_path / "follows.txt"
     graph.write_text(f"# follower followee\n{follower} {followee}\n")
-    return SourcesConfig(social=SocialSourceConfig(enabled=True, graph=str(graph)))
+    return patient(SourcesConfig(social=SocialSourceConfig(enabled=True, graph=str(graph))))
 
 
 def check_sources_reported(result: RetrieveResult, k: int) -> None:
@@ -92,7 +93,7 @@ def test_a_bad_event_names_its_index_and_applies_nothing(
     flat_bundle: Bundle,
     catalogue: Catalogue,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, ROUTER)
+    cluster = cluster_factory(flat_bundle, ROUTER, sources=patient(SourcesConfig()))
     user, k = int(catalogue.user_ids[2]), 30
     unknown = int(catalogue.ids.max()) + 1
     with Client(cluster.router_target, timeout=10) as client:
@@ -125,11 +126,11 @@ def test_a_hanging_source_is_dropped_past_its_budget_and_k_stays_full(
     flat_bundle: Bundle,
     catalogue: Catalogue,
 ) -> None:
-    base = SourcesConfig()
+    base = patient(SourcesConfig())  # only the hanging source can miss its budget
     hanging = replace(
-        base, trending=TrendingSourceConfig(budget_ms=50.0, delay_ms=30_000.0, quota=0.3)
+        base, trending=TrendingSourceConfig(budget_ms=100.0, delay_ms=30_000.0, quota=0.3)
     )
-    ann_hangs = replace(base, ann=AnnSourceConfig(budget_ms=50.0, delay_ms=30_000.0))
+    ann_hangs = replace(base, ann=AnnSourceConfig(budget_ms=100.0, delay_ms=30_000.0))
     slow_trending = cluster_factory(flat_bundle, ROUTER, sources=hanging)
     slow_ann = cluster_factory(flat_bundle, ROUTER, sources=ann_hangs)
     user, k = int(catalogue.user_ids[4]), 50
