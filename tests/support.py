@@ -146,7 +146,9 @@ def start_cluster(
             [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
             router_config or RouterConfig(),
             metrics_port=metrics_port,
-            sources=sources,
+            # Every source by default, with budgets no loaded machine misses (a test of
+            # budgets passes its own sources).
+            sources=sources or patient(SourcesConfig()),
             state=state,
             **router_kw,
         )
