@@ -7,6 +7,7 @@ certificate and a client whose certificate another CA signed are refused.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trustme
-from support import Cluster, LoopThread
+from support import Cluster, LoopThread, patient
 
 from annfleet.bundle import Bundle
 from annfleet.client import (
@@ -29,7 +30,7 @@ from annfleet.client import (
     tls_credentials,
 )
 from annfleet.cluster import health_status
-from annfleet.config import RouterConfig, ShardsConfig, TlsConfig, load_config
+from annfleet.config import RouterConfig, ShardsConfig, SourcesConfig, TlsConfig, load_config
 from annfleet.router.main import start_router
 from annfleet.server.main import start_shard_server
 from annfleet.serving import channel_credentials
@@ -131,6 +132,8 @@ def _replica_cluster(lt: LoopThread, bundle: Bundle, pki: Pki, plaintext_second:
             [[f"127.0.0.1:{s.port}" for s in group] for group in groups],
             RouterConfig(connect_timeout_s=10, oversample=3.0),
             tls=tls,
+            # Every Retrieve goes to the shards (no candidate cache): replica traffic is counted.
+            sources=dataclasses.replace(patient(SourcesConfig()), candidate_cache_size=0),
         )
     )
     return Cluster(lt, bundle, groups, router)
