@@ -213,6 +213,7 @@ class CandidateGenerator:
                 raise DeadlineExceeded("deadline exceeded before any source answered")
         if state_error:
             result = replace(result, dropped={**result.dropped, "state": state_error})
-        if not result.dropped:  # a degraded list is not kept
+        degraded = any(getattr(d, "degraded", False) for d in result.details.values())
+        if not result.dropped and not degraded:  # a degraded list is not kept
             self.caches.candidates.put(user_id, key, result)
         return result

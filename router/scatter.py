@@ -23,6 +23,7 @@ from annfleet.bundle import Bundle
 from annfleet.errors import BundleError
 from annfleet.merge import merge_rows, per_shard_k
 from annfleet.metrics import SHARD_FAILURES
+from annfleet.partition import shard_of
 from annfleet.router.replicas import ReplicaGroup, ShardFailure
 from annfleet.v1 import common_pb2, shard_pb2
 from annfleet.validation import higher_is_better
@@ -59,10 +60,12 @@ class Fanout:
         params: common_pb2.SearchParams,
         tasks: dict[int, asyncio.Task[Hits]],
         waiters: int,
+        exclude: np.ndarray | None = None,
     ) -> None:
         self.queries = queries
         self.k = k
         self.params = params
+        self.exclude = exclude
         self.tasks = tasks
         self.waiters = waiters
         self.merged: Hits | None = None  # every row merged, once all shards have answered
@@ -158,13 +161,17 @@ class Scatter:
         waiters: int = 1,
         shards: Sequence[int] | None = None,
         full_k: bool = False,
+        exclude: np.ndarray | None = None,
     ) -> Fanout:
         """Start one call per shard (``shards``: a subset) for queries (nq, d) float32.
 
         Each shard is asked for ``per_shard_k`` (k itself with ``full_k``) and may use the
         time up to ``deadline`` (``time.monotonic()``), one attempt at most ``attempt_cap``;
-        its replica group balances, retries and hedges inside that.
+        its replica group balances, retries and hedges inside that. ``exclude`` (e,) int64:
+        ids never to return, for every query; each shard is sent the ones it owns
+        (splitmix64 mod the number of shards, as the bundle partitions items).
         """
+        owner = shard_of(exclude, len(self.groups)) if exclude is not None else None
         data = to_bytes(queries, F32)  # encoded once; shards with the same k share a request
         requests: dict[int, shard_pb2.ShardSearchRequest] = {}
         tasks: dict[int, asyncio.Task[Hits]] = {}
@@ -180,8 +187,13 @@ class Scatter:
                     params=params,
                     bundle_id=self.bundle_id,
                 )
+            if exclude is not None and owner is not None:
+                own = shard_pb2.ShardSearchRequest()
+                own.CopyFrom(request)
+                own.exclude_ids = to_bytes(exclude[owner == shard_id], I64)
+                request = own
             tasks[shard_id] = asyncio.create_task(self._one(group, request, deadline))
-        return Fanout(queries, k, params, tasks, waiters)
+        return Fanout(queries, k, params, tasks, waiters, exclude)
 
     async def collect(self, fanout: Fanout, rows: slice, deadline: float) -> ScatterResult:
         """Rows ``rows`` of ``fanout``, merged over the shards that answered by ``deadline``.
@@ -201,7 +213,13 @@ class Scatter:
             short = int(np.min(found)) < k and any(h[0].shape[1] < k for h in hits)
             if short and deadline > time.monotonic():
                 again = self.send(
-                    fanout.queries[rows], k, fanout.params, deadline, shards=answered, full_k=True
+                    fanout.queries[rows],
+                    k,
+                    fanout.params,
+                    deadline,
+                    shards=answered,
+                    full_k=True,
+                    exclude=fanout.exclude,
                 )
                 try:
                     more, more_answered, _, _ = await self._gather(again, slice(None), deadline)
@@ -262,10 +280,16 @@ class Scatter:
         return hits, answered, failures, expired
 
     async def search(
-        self, queries: np.ndarray, k: int, params: common_pb2.SearchParams, deadline: float
+        self,
+        queries: np.ndarray,
+        k: int,
+        params: common_pb2.SearchParams,
+        deadline: float,
+        exclude: np.ndarray | None = None,
     ) -> ScatterResult:
-        """queries (nq, d) float32 -> merged top-k over the shards that answer by ``deadline``."""
-        fanout = self.send(queries, k, params, deadline)
+        """queries (nq, d) float32 -> merged top-k over the shards that answer by ``deadline``;
+        ``exclude`` (e,) int64 filtered inside the shards."""
+        fanout = self.send(queries, k, params, deadline, exclude=exclude)
         try:
             return await self.collect(fanout, slice(None), deadline)
         finally:

@@ -99,6 +99,11 @@ class AnnDetail:
     scatter: ScatterResult  # coverage: which shards answered
     query: np.ndarray  # (dim,) float32 user vector (live recall sampling)
 
+    @property
+    def degraded(self) -> bool:
+        """Some shard did not answer (such a list is not cached)."""
+        return bool(self.scatter.failures)
+
 
 def check_coverage(result: ScatterResult, min_coverage: float, method: str) -> common_pb2.Coverage:
     """The coverage of a scatter; Unavailable (DeadlineExceeded once the deadline passed)
@@ -173,12 +178,16 @@ class RouterState:
             deadline: float,
             params: common_pb2.SearchParams | None,
         ) -> Candidates:
-            # The ANN source over every shard: the exclusions inflate k here (the source
-            # drops them); below min_coverage the source fails and the others backfill.
-            fetch = min(k + len(exclude), config.max_k)
-            result = await searcher.search(
-                vector[None, :], fetch, params or common_pb2.SearchParams(), deadline
-            )
+            # The ANN source over every shard, exclusions filtered inside the shards (k is
+            # not inflated by the user's history); below min_coverage the source fails and
+            # the others backfill. Requests with exclusions skip the coalescer: its batches
+            # share one exclusion set per shard request.
+            params = params or common_pb2.SearchParams()
+            queries = vector[None, :]
+            if len(exclude):
+                result = await scatter.search(queries, k, params, deadline, exclude)
+            else:
+                result = await searcher.search(queries, k, params, deadline)
             check_coverage(result, config.min_coverage, "Retrieve")
             return Candidates(result.ids[0], result.scores[0], detail=AnnDetail(result, vector))
 

@@ -38,7 +38,7 @@ from annfleet.errors import BundleError, InvalidArgument, NotFound, ResourceExha
 from annfleet.merge import merge_rows
 from annfleet.partition import shard_of
 from annfleet.server.index import ShardIndex, exact_search
-from annfleet.validation import higher_is_better
+from annfleet.validation import higher_is_better, worst_score
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,6 @@ class Delta:
         self._row_of: dict[int, int] = {}  # upserted id -> row
         self._replacing = 0  # upserted ids that hide a bundle item
         self._deleted_upserts: set[int] = set()  # deleted ids the bundle never had
-        self._sorted: np.ndarray | None = None  # argsort of the bundle ids, built on first use
         self._lock = threading.Lock()  # one writer at a time; readers never lock
 
     # ------------------------------------------------------------------ reads (any thread)
@@ -225,31 +224,53 @@ class Delta:
             return self._present(np.asarray(ids, dtype=np.int64))
 
     def search(
-        self, queries: np.ndarray, k: int, *, ef_search: int = 0, nprobe: int = 0, rerank: int = 0
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
+        exclude: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries (nq, d) float32 -> ids, scores (nq, k): the bundle index's hits minus hidden
-        ones, merged with the exact hits among upserted items."""
+        ones, merged with the exact hits among upserted items; ids in ``exclude`` never."""
         rows = self.rows  # before the index search: see the module docstring
         ids, scores = self.index.search(
-            queries, k, ef_search=ef_search, nprobe=nprobe, rerank=rerank
+            queries, k, ef_search=ef_search, nprobe=nprobe, rerank=rerank, exclude=exclude
         )
-        return self._merge(rows, queries, k, ids, scores)
+        return self._merge(rows, queries, k, ids, scores, exclude)
 
-    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def exact(
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over exactly what ``search`` sees (the ground truth for recall)."""
         rows = self.rows
-        ids, scores = self.index.exact(queries, k)
-        return self._merge(rows, queries, k, ids, scores)
+        ids, scores = self.index.exact(queries, k, exclude)
+        return self._merge(rows, queries, k, ids, scores, exclude)
 
     def _merge(
-        self, rows: Rows, queries: np.ndarray, k: int, ids: np.ndarray, scores: np.ndarray
+        self,
+        rows: Rows,
+        queries: np.ndarray,
+        k: int,
+        ids: np.ndarray,
+        scores: np.ndarray,
+        exclude: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         if rows.n == 0:
             return ids, scores
+        upserted = rows.ids[: rows.n]
+        skip = np.isin(upserted, exclude) if exclude is not None and len(exclude) else None
+        fetch = min(k + (int(skip.sum()) if skip is not None else 0), rows.n)
         positions, delta_scores = exact_search(
-            rows.vectors[: rows.n], queries, min(k, rows.n), self.index.metric
+            rows.vectors[: rows.n], queries, fetch, self.index.metric
         )
-        delta_ids = np.where(positions >= 0, rows.ids[np.maximum(positions, 0)], -1)
+        valid = positions >= 0
+        if skip is not None:
+            valid &= ~skip[np.maximum(positions, 0)]
+            delta_scores = np.where(valid, delta_scores, worst_score(self.index.metric))
+        delta_ids = np.where(valid, rows.ids[np.maximum(positions, 0)], -1)
         return merge_rows(
             np.concatenate([ids, delta_ids], axis=1),
             np.concatenate([scores, delta_scores], axis=1),
@@ -338,15 +359,7 @@ class Delta:
 
     def _positions(self, ids: np.ndarray) -> np.ndarray:
         """ids (n,) -> their positions in the bundle index, -1 where the bundle lacks them."""
-        bundle_ids = self.index.ids
-        if len(bundle_ids) == 0:
-            return np.full(len(ids), -1, np.int64)
-        if self._sorted is None:
-            self._sorted = np.argsort(bundle_ids, kind="stable")
-        where = np.searchsorted(bundle_ids, ids, sorter=self._sorted)
-        where = np.minimum(where, len(bundle_ids) - 1)
-        positions = self._sorted[where]
-        return np.where(bundle_ids[positions] == ids, positions, -1).astype(np.int64)
+        return self.index.positions(ids)
 
     def _present(self, ids: np.ndarray) -> np.ndarray:
         """ids (n,) -> bool (n,): searchable now (upserted, or in the bundle and not hidden)."""

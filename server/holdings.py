@@ -149,12 +149,23 @@ class Holding:
         return self.bundle.id
 
     def search(
-        self, queries: np.ndarray, k: int, *, ef_search: int = 0, nprobe: int = 0, rerank: int = 0
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        ef_search: int = 0,
+        nprobe: int = 0,
+        rerank: int = 0,
+        exclude: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        return self.delta.search(queries, k, ef_search=ef_search, nprobe=nprobe, rerank=rerank)
+        return self.delta.search(
+            queries, k, ef_search=ef_search, nprobe=nprobe, rerank=rerank, exclude=exclude
+        )
 
-    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.delta.exact(queries, k)
+    def exact(
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.delta.exact(queries, k, exclude)
 
 
 class Holdings:

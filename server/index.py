@@ -15,6 +15,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import numpy.typing as npt
 
 from annfleet.config import SearchConfig
 from annfleet.errors import BundleError, InvalidArgument
@@ -158,6 +159,7 @@ class ShardIndex:
         self.defaults = defaults or SearchConfig()
         self.dim = int(index.d)
         self.hidden = PositionMask(len(ids))  # deleted/replaced items (server/delta.py)
+        self._order: np.ndarray | None = None  # argsort of ids, built on first lookup
 
     @classmethod
     def load(
@@ -178,6 +180,39 @@ class ShardIndex:
     def describe(self) -> dict[str, Any]:
         return {"type": self.spec.type, "params": self.spec.params, "num_items": len(self.ids)}
 
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """ids (n,) int64 -> (n,) int64 positions in this index, -1 where it lacks the id."""
+        ids = np.asarray(ids, np.int64)
+        if len(self.ids) == 0 or len(ids) == 0:
+            return np.full(len(ids), -1, np.int64)
+        if self._order is None:  # a benign race: two threads may both build it
+            self._order = np.argsort(self.ids, kind="stable")
+        where = np.minimum(np.searchsorted(self.ids, ids, sorter=self._order), len(self.ids) - 1)
+        positions = self._order[where]
+        return np.where(self.ids[positions] == ids, positions, -1).astype(np.int64)
+
+    def _excluded(self, exclude: npt.ArrayLike | None) -> np.ndarray:
+        """(m,) int64 positions of the excluded ids this index holds."""
+        ids = np.asarray(exclude if exclude is not None else [], np.int64).ravel()
+        if len(ids) == 0:
+            return np.empty(0, np.int64)
+        positions = self.positions(ids)
+        return np.unique(positions[positions >= 0])
+
+    def selector(self, excluded: np.ndarray) -> Any:
+        """The faiss IDSelector of what a search may return: not hidden and not in
+        ``excluded`` (positions); None when everything may be returned. The returned object
+        keeps the selectors it combines alive."""
+        hidden = self.hidden.selector if self.hidden.count else None
+        if not len(excluded):
+            return hidden
+        not_excluded = faiss.IDSelectorNot(faiss.IDSelectorBatch(excluded))  # type: ignore[call-arg,arg-type]
+        if hidden is None:
+            return not_excluded
+        both = faiss.IDSelectorAnd(hidden, not_excluded)  # type: ignore[call-arg,arg-type]
+        both.referenced_objects = [hidden, not_excluded]  # type: ignore[attr-defined]  # keep alive
+        return both
+
     def search(
         self,
         queries: np.ndarray,
@@ -186,16 +221,19 @@ class ShardIndex:
         ef_search: int = 0,
         nprobe: int = 0,
         rerank: int = 0,
+        exclude: npt.ArrayLike | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries (nq, d) float32 -> ids (nq, k) int64, scores (nq, k) float32, best first.
 
-        Positions in ``self.hidden`` (deleted or replaced items) are skipped inside faiss.
+        Positions in ``self.hidden`` (deleted or replaced items) and the ids in ``exclude``
+        ((e,) int64, for every query) are skipped inside faiss (an IDSelector in the search
+        parameters: HNSW, IVF and flat all honour it), so k is not inflated for them.
         """
         if queries.shape[1] != self.dim:
             raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
         p, d = self.spec.params, self.defaults
         fetch = k
-        sel = self.hidden.selector if self.hidden.count else None
+        sel = self.selector(self._excluded(exclude))
         params: faiss.SearchParameters | None = None
         if self.spec.type == "hnsw":
             params = faiss.SearchParametersHNSW(  # type: ignore[attr-defined]  # stubs lag faiss
@@ -215,15 +253,21 @@ class ShardIndex:
             scores, positions = self._rerank(x, positions, k)
         return self._to_ids(positions, scores, k)
 
-    def exact(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Brute force over the stored vectors but hidden ones -> ids, scores (nq, k)."""
+    def exact(
+        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the stored vectors but hidden and excluded ones -> ids, scores
+        (nq, k)."""
         if queries.shape[1] != self.dim:
             raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
-        skip = self.hidden.count
+        excluded = self._excluded(exclude)
+        skip = self.hidden.count + len(excluded)
         fetch = max(1, min(k + skip, len(self.ids)))
         positions, scores = exact_search(self.vectors, queries, fetch, self.metric)
         if skip:
-            drop = (positions >= 0) & self.hidden.contains(np.where(positions >= 0, positions, 0))
+            valid = positions >= 0
+            drop = valid & self.hidden.contains(np.where(valid, positions, 0))
+            drop |= valid & np.isin(positions, excluded)
             positions = np.where(drop, -1, positions)
             order = np.argsort(drop, axis=1, kind="stable")  # kept hits first, in rank order
             positions = np.take_along_axis(positions, order, axis=1)

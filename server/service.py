@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import grpc
 
-from annfleet.arrays import F32, I64, check_k, decode_matrix, to_bytes
+from annfleet.arrays import F32, I64, check_k, decode_ids, decode_matrix, to_bytes
 from annfleet.config import ShardsConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
 from annfleet.metrics import SHARD_DROPPED
@@ -176,10 +176,13 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         queries = decode_matrix(request.queries, request.dim, max_rows=self.config.max_batch)
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
+        exclude = (
+            decode_ids(request.exclude_ids, name="exclude_ids") if request.exclude_ids else None
+        )
         ids, scores = await self.queue.run(
             deadline,
             lambda: (
-                holding.exact(queries, k)
+                holding.exact(queries, k, exclude)
                 if exact
                 else holding.search(
                     queries,
@@ -187,6 +190,7 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
                     ef_search=request.params.ef_search,
                     nprobe=request.params.nprobe,
                     rerank=request.params.rerank,
+                    exclude=exclude,
                 )
             ),
             rows=len(queries),

@@ -164,11 +164,13 @@ class ObservedShard(shard_pb2_grpc.IndexShardServicer):
         self.inner = inner
         self.delay = 0.0
         self.seen: list[float | None] = []  # context.time_remaining() of each Search
+        self.requests: list[shard_pb2.ShardSearchRequest] = []  # every Search request
 
     async def Search(
         self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ShardSearchResponse:
         self.seen.append(context.time_remaining())
+        self.requests.append(request)
         if self.delay:
             await asyncio.sleep(self.delay)
         return await self.inner.Search(request, context)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import patient
+from support import ANN_ONLY, LoopThread, exact_topk, patient, start_observed_shard
 
+from annfleet.arrays import decode_ids
 from annfleet.bundle import Bundle
 from annfleet.client import AsyncClient, Client, Engagement, InvalidArgument, RetrieveResult
 from annfleet.config import (
@@ -22,6 +23,8 @@ from annfleet.config import (
     TrendingSourceConfig,
 )
 from annfleet.names import SOURCE_NAMES
+from annfleet.partition import shard_of
+from annfleet.router.main import start_router
 from annfleet.synthetic import Catalogue
 
 ROUTER = RouterConfig(oversample=3.0)
@@ -161,3 +164,42 @@ def test_a_hanging_source_is_dropped_past_its_budget_and_k_stays_full(
         assert set(result.source_counts) <= set(SOURCE_NAMES.values()) - {"ann"}
         assert result.coverage.degraded and result.coverage.shards_answered == 0
     assert np.isin(items, without_ann[0].ids).sum() >= 15  # trending filled in
+
+
+def test_exclusions_go_to_the_shards_that_own_them_and_k_is_not_inflated(
+    loop_thread: LoopThread, flat_bundle: Bundle, catalogue: Catalogue
+) -> None:
+    shards = [
+        loop_thread.run(start_observed_shard(flat_bundle, i)) for i in range(flat_bundle.num_shards)
+    ]
+    targets = [f"127.0.0.1:{s.port}" for s in shards]
+    router = loop_thread.run(
+        start_router(flat_bundle.path, targets, RouterConfig(oversample=3.0), sources=ANN_ONLY)
+    )
+    user, k = int(catalogue.user_ids[6]), 20
+    try:
+        with Client(f"127.0.0.1:{router.port}", timeout=10) as client:
+            plain = client.retrieve(user, k)
+            engaged = [int(i) for i in plain.ids[:5]]
+            client.record_engagement([(user, item) for item in engaged])
+            exclude = [int(i) for i in plain.ids[5:8]]
+            for shard in shards:
+                shard.service.requests.clear()
+            got = client.retrieve(user, k, exclude=exclude)
+    finally:
+        loop_thread.run(router.stop(0))
+        for shard in shards:
+            loop_thread.run(shard.stop(0))
+    dropped = np.array(engaged + exclude, np.int64)
+    keep = ~np.isin(catalogue.ids, dropped)
+    expected, _ = exact_topk(
+        catalogue.vectors[keep], catalogue.ids[keep], catalogue.user_vectors[6:7], k
+    )
+    assert got.ids.tolist() == expected[0].tolist()
+    owner = shard_of(dropped, flat_bundle.num_shards)
+    for i, shard in enumerate(shards):
+        (request,) = shard.service.requests  # one search per shard, no second round
+        assert sorted(decode_ids(request.exclude_ids).tolist()) == sorted(
+            dropped[owner == i].tolist()
+        )
+        assert request.k == k  # per-shard k (oversample 3 over 3 shards), not k + 8

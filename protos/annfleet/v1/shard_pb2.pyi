@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ShardSearchRequest(_message.Message):
-    __slots__ = ("queries", "dim", "k", "params", "bundle_id")
+    __slots__ = ("queries", "dim", "k", "params", "bundle_id", "exclude_ids")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     queries: bytes
     dim: int
     k: int
     params: _common_pb2.SearchParams
     bundle_id: str
-    def __init__(self, queries: _Optional[bytes] = ..., dim: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., bundle_id: _Optional[str] = ...) -> None: ...
+    exclude_ids: bytes
+    def __init__(self, queries: _Optional[bytes] = ..., dim: _Optional[int] = ..., k: _Optional[int] = ..., params: _Optional[_Union[_common_pb2.SearchParams, _Mapping]] = ..., bundle_id: _Optional[str] = ..., exclude_ids: _Optional[bytes] = ...) -> None: ...
 
 class ShardSearchResponse(_message.Message):
     __slots__ = ("ids", "scores", "num_queries", "k", "shard_id", "bundle_id", "metric")

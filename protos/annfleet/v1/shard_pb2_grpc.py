@@ -64,12 +64,14 @@ class IndexShardServicer:
     def Search(self, request, context):
         """Top-k search of a batch of query vectors in this shard, over the bundle the request
         pins (bundle_id), or the active bundle when it pins none. Items upserted through
-        ShardAdmin are searched exactly and merged in; deleted items are never returned.
+        ShardAdmin are searched exactly and merged in; deleted items are never returned, nor
+        the request's exclude_ids (filtered inside the index, so k is not spent on them).
         Status codes:
         OK
         INVALID_ARGUMENT    dim differs from the index, queries empty or not a whole number of
         float32 rows, NaN/Inf in a query, k <= 0 or k > max_k, batch larger
-        than max_batch, a search parameter out of range.
+        than max_batch, a search parameter out of range, exclude_ids not a
+        whole number of int64 values.
         FAILED_PRECONDITION bundle_id is set and this shard does not hold that bundle.
         UNAVAILABLE         the shard has no active bundle yet, or is shutting down.
         DEADLINE_EXCEEDED   the caller's deadline passed (a search whose deadline passes while
