@@ -9,7 +9,7 @@ import ast
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,8 +175,21 @@ class ObservedShard(shard_pb2_grpc.IndexShardServicer):
             await asyncio.sleep(self.delay)
         return await self.inner.Search(request, context)
 
-    def __getattr__(self, name: str) -> Any:  # every other IndexShard method as the real one
-        return getattr(self.inner, name)
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: ObservedShard, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return getattr(self.inner, name)(request, context)
+
+    method.__name__ = name
+    return method
+
+
+# Every other IndexShard method as the real one. (Not __getattr__: the generated servicer
+# base class defines each method, raising UNIMPLEMENTED, so __getattr__ was never asked: the
+# router's start-up Info failed and it waited 30 s for its shards in every deadline test.)
+for _name in shard_pb2.DESCRIPTOR.services_by_name["IndexShard"].methods_by_name:
+    if _name != "Search":
+        setattr(ObservedShard, _name, _delegate(_name))
 
 
 @dataclass
