@@ -175,6 +175,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=4096,
         help="--overload: requests in flight per client before the schedule backs up",
     )
+    ld.add_argument(
+        "--generator",
+        choices=("auto", "h2load", "python"),
+        default="auto",
+        help="--overload: who sends the capacity and overload traffic (auto: h2load where "
+        "installed, else annfleet's Python client)",
+    )
+    ld.add_argument(
+        "--probe-qps",
+        type=float,
+        default=20.0,
+        help="--overload with h2load: rate of the Python probe that measures accepted latency",
+    )
     ld.add_argument("--config", type=Path, help="cluster YAML for the local cluster")
     ld.add_argument("--name", help="write results under benchmarks/results/<name>/")
     ld.add_argument("--out", type=Path)

@@ -69,3 +69,7 @@ fi
 # chromium + chromedriver (tests/router/test_status_page.py loads the router's status page in
 # headless Chromium and drives it over WebDriver): Debian's packages, no browser download.
 { have chromium && have chromedriver; } || apt_install chromium chromium-driver
+
+# h2load (the overload benchmark's load generator, tests/benchmarks/test_h2load.py): Debian's
+# nghttp2-client package.
+have h2load || apt_install nghttp2-client
