@@ -106,7 +106,9 @@ class H2Load:
     def closed(self, in_flight: int, duration: float) -> H2LoadResult:
         """``in_flight`` requests outstanding (spread over the connections) for ``duration``."""
         streams = max(1, -(-in_flight // self.connections))
-        return self._run([*self._args(streams), "--duration", f"{max(1, round(duration * 1000))}ms", self.url])
+        return self._run(
+            [*self._args(streams), "--duration", f"{max(1, round(duration * 1000))}ms", self.url]
+        )
 
     def open(self, rate: float, duration: float, streams: int = 4096) -> H2LoadResult:
         """``rate`` requests/s in all, on a fixed schedule, for ``duration`` seconds."""
