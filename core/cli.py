@@ -281,7 +281,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     replicas = config.shards.replicas
     print(
-        f"starting {len(cluster.replicas)} shards"
+        ("starting redis-server (live state), " if cluster.redis else "starting ")
+        + f"{len(cluster.replicas)} shards"
         + (f" x {replicas} replicas" if replicas > 1 else "")
         + f" ({len(cluster.shards)} shard servers) and a router for bundle "
         f"{cluster.bundle.id} ({bundle_path})",
@@ -442,7 +443,7 @@ def cmd_engage(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from annfleet.cluster import health_status, state_path
+    from annfleet.cluster import child_health, state_path
 
     config = _config(args)
     path = state_path(config)
@@ -457,9 +458,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     worst = 0
     for child in state["children"]:
-        status = health_status(child["target"], credentials=credentials)
+        status = child_health(child, credentials)
         worst = max(worst, 0 if status == "SERVING" else 1)
-        if child["name"].startswith("shard"):
+        if child.get("role") == "redis":
+            held = f"state store {config.state.url}, data in {child.get('data', '?')}"
+        elif child["name"].startswith("shard"):
             held = _shard_bundle(child["target"], credentials)
         else:
             held = _router_bundle(config) + _router_recall(config, credentials)

@@ -2,7 +2,8 @@
 
 ``annfleet up`` runs one in the foreground; tests and benchmarks use :class:`LocalCluster`
 as a context manager. Children are ``python -m annfleet.cli serve-shard|serve-router``
-processes whose output goes to log files; readiness is the gRPC health check.
+processes whose output goes to log files; readiness is the gRPC health check. With
+``state.start_redis`` a ``redis-server`` child (readiness: PING) comes first and goes last.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -26,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
-from annfleet.config import ClusterConfig, format_shard_map, replica_port
+from annfleet.config import ClusterConfig, format_shard_map, redis_loopback, replica_port
 from annfleet.errors import ConfigError
 from annfleet.rollout_state import BundleRef, RolloutState, write_state
 from annfleet.rollout_state import state_file as rollout_state_file
@@ -36,6 +38,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
 MAX_RESTARTS_PER_MINUTE = 5
+REDIS_GRACE_S = 10.0  # a stopping redis-server fsyncs its append-only file
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -82,11 +85,18 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
 
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "annfleet.cli", *self.args]
+
+    def health(self, timeout: float) -> str:
+        """ "SERVING" when it answers its health check, else what it said or "DOWN"."""
+        return health_status(self.target, timeout, credentials=self.credentials)
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "annfleet.cli", *self.args],
+                self.command(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -115,7 +125,7 @@ class Child:
                     f"{self.name} exited with code {code} before it was ready; "
                     f"last lines of {self.log_path}:\n{self.log_tail()}"
                 )
-            if health_status(self.target, 0.5, credentials=self.credentials) == "SERVING":
+            if self.health(0.5) == "SERVING":
                 return
             time.sleep(0.1)
         raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s (log: {self.log_path})")
@@ -132,6 +142,68 @@ class Child:
             return self.process.wait()
 
 
+def redis_ping(target: str, timeout: float = 1.0) -> bool:
+    """True when a Redis server at ``host:port`` answers PING (not while it loads its data)."""
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except (OSError, ValueError):
+        return False
+
+
+class RedisChild(Child):
+    """The cluster's own ``redis-server`` (``state.start_redis``): the live state store."""
+
+    def __init__(self, binary: str, host: str, port: int, data_dir: Path, log_path: Path) -> None:
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        super().__init__("redis", [], target, None, log_path)
+        self.binary = binary
+        self.data_dir = data_dir
+        self.args = [
+            "--bind", host,
+            "--port", str(port),
+            "--dir", str(data_dir),
+            # Every write goes to the append-only file (fsync each second); no RDB snapshots.
+            "--appendonly", "yes",
+            "--appendfsync", "everysec",
+            "--save", "",
+            "--daemonize", "no",
+            "--protected-mode", "yes",
+            "--logfile", "",  # stdout: the child's log file
+        ]  # fmt: skip
+
+    def command(self) -> list[str]:
+        return [self.binary, *self.args]
+
+    def health(self, timeout: float) -> str:
+        return "SERVING" if redis_ping(self.target, timeout) else "DOWN"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        super().start()
+
+
+def redis_child(config: ClusterConfig, log_dir: Path) -> RedisChild:
+    """The redis-server child ``state.start_redis`` asks for; ConfigError naming the key
+    when the binary cannot be found."""
+    state = config.state
+    binary = shutil.which(state.redis_server)
+    if binary is None:
+        raise ConfigError(
+            f"state.start_redis: the Redis server binary {state.redis_server!r} "
+            "(state.redis_server) is not installed or not on PATH; install it (Debian: "
+            "apt-get install redis-server) or set state.start_redis: false and point "
+            "state.url at a Redis you run"
+        )
+    address = redis_loopback(state.url)
+    if address is None:  # validate() refuses it first; kept for configs built in code
+        raise ConfigError(f"state.url must be a loopback redis:// url, got {state.url!r}")
+    host, port = address
+    return RedisChild(binary, host, port, config.data_path() / "redis", log_dir / "redis.log")
+
+
 class LocalCluster:
     """Shard servers (``shards.replicas`` processes per shard) + router for one bundle.
 
@@ -140,7 +212,9 @@ class LocalCluster:
     ``metrics_base_port``); otherwise free ports are picked (tests, benchmarks) and metrics
     endpoints are off unless ``metrics`` asks for them on free ports. With ``state_file``
     the cluster's description (every process, its pid) is written there at start and again
-    whenever a child is restarted.
+    whenever a child is restarted. With ``state.start_redis`` a redis-server child listens on
+    ``state.url`` (always that port) and persists into ``<data_dir>/redis/``; the router
+    finds it through the config file, so that needs ``config_path``.
     """
 
     def __init__(
@@ -165,6 +239,14 @@ class LocalCluster:
         )
         self.state_file = state_file
         shards_cfg, router_cfg = self.config.shards, self.config.router
+        if self.config.state.start_redis and not config_path:
+            raise ConfigError(
+                "state.start_redis: the router reads state.url from the config file, "
+                "so pass config_path"
+            )
+        self.redis = (
+            redis_child(self.config, self.log_dir) if self.config.state.start_redis else None
+        )
         common = ["--bundle", str(self.bundle.path)]
         if config_path:
             common += ["--config", str(config_path)]
@@ -281,7 +363,8 @@ class LocalCluster:
 
     @property
     def children(self) -> list[Child]:
-        return [*self.shards, self.router]
+        """Every process, in start order: redis (when started here), the shards, the router."""
+        return [*([self.redis] if self.redis else []), *self.shards, self.router]
 
     @property
     def router_target(self) -> str:
@@ -303,6 +386,9 @@ class LocalCluster:
                 RolloutState(stable=BundleRef(self.bundle.id, str(self.bundle.path))),
             )
         try:
+            if self.redis is not None:  # the router pings its state store at start
+                self.redis.start()
+                self.redis.wait_ready(timeout)
             for shard in self.shards:
                 shard.start()
             for shard in self.shards:
@@ -316,10 +402,13 @@ class LocalCluster:
         return self
 
     def stop(self) -> None:
-        """Router first (it stops taking requests), then the shards; SIGTERM, then kill."""
+        """Router first (it stops taking requests), then the shards, then redis (SIGTERM: it
+        flushes its append-only file and exits); SIGTERM, then kill."""
         self.router.stop(self.config.router.grace_s)
         for shard in self.shards:
             shard.stop(self.config.shards.grace_s)
+        if self.redis is not None:
+            self.redis.stop(REDIS_GRACE_S)
 
     def restart_dead(self) -> list[str]:
         """Restart children that exited; return a line per restart. Raises on crash loops."""
@@ -354,7 +443,7 @@ class LocalCluster:
             "children": [
                 {
                     "name": c.name,
-                    "role": "router" if c is self.router else "shard",
+                    "role": self._role(c),
                     "shard": c.shard,
                     "replica": c.replica,
                     "target": c.target,
@@ -364,10 +453,16 @@ class LocalCluster:
                     if c.metrics_port
                     else None,
                     **({"admin_target": c.admin_target} if c.admin_target else {}),
+                    **({"data": str(c.data_dir)} if isinstance(c, RedisChild) else {}),
                 }
                 for c in self.children
             ],
         }
+
+    def _role(self, child: Child) -> str:
+        if child is self.router:
+            return "router"
+        return "redis" if child is self.redis else "shard"
 
     def _write_state(self) -> None:
         if self.state_file is None:
@@ -391,3 +486,10 @@ def state_path(config: ClusterConfig) -> Path:
 def remove_state(config: ClusterConfig) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.remove(state_path(config))
+
+
+def child_health(child: dict[str, Any], credentials: grpc.ChannelCredentials | None = None) -> str:
+    """Health of a child described in ``cluster.json``: gRPC health, PING for redis."""
+    if child.get("role") == "redis":
+        return "SERVING" if redis_ping(child["target"]) else "DOWN"
+    return health_status(child["target"], credentials=credentials)

@@ -7,10 +7,12 @@ the file. CLI flags override fields with ``dataclasses.replace``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -285,6 +287,11 @@ class StateConfig:
     recent_len: int = 50  # recent items kept per user
     max_future_s: float = 300.0  # engagement timestamps later than now + this are refused
     timeout_s: float = 0.05  # redis: socket timeout of one call
+    # `annfleet up` starts its own redis-server (before the router; watched, restarted and
+    # stopped with the cluster) on the loopback host:port of `url`, persisting into
+    # <data_dir>/redis/ (append-only file), so a restart of the whole cluster loses nothing.
+    start_redis: bool = False
+    redis_server: str = "redis-server"  # the binary start_redis runs (a name on PATH or a path)
 
 
 @dataclass(frozen=True)
@@ -383,6 +390,17 @@ class ClusterConfig:
             (quotas <= 1.0 + 1e-9, "the sum of enabled sources' quota", f"<= 1, got {quotas:g}"),
             (self.state.backend in ("memory", "redis"), "state.backend", "memory or redis"),
             (self.state.recent_len >= 1, "state.recent_len", ">= 1"),
+            (
+                not self.state.start_redis or self.state.backend == "redis",
+                "state.backend",
+                "redis when state.start_redis is true",
+            ),
+            (
+                not self.state.start_redis or redis_loopback(self.state.url) is not None,
+                "state.url",
+                "redis://<loopback host>:<port>[/db] when state.start_redis is true (the "
+                f"cluster starts redis-server on this machine), got {self.state.url!r}",
+            ),
             (self.sources.trending.half_life_s > 0, "sources.trending.half_life_s", "> 0"),
             (self.sources.exploration.pool >= 1, "sources.exploration.pool", ">= 1"),
         ]
@@ -472,6 +490,25 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
         ),
     )
     return config.validate(str(path))
+
+
+def redis_loopback(url: str) -> tuple[str, int] | None:
+    """(host, port) of a ``redis://`` url on a loopback host (localhost, 127.0.0.0/8, ::1)
+    with an explicit port, else None (what ``state.start_redis`` can start a server for)."""
+    try:
+        parts = urlsplit(url)
+        port, host = parts.port, parts.hostname or ""
+    except ValueError:
+        return None
+    if parts.scheme != "redis" or port is None:
+        return None
+    if host != "localhost":
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return None
+        except ValueError:
+            return None
+    return host, port
 
 
 def replica_port(base: int, shard: int, replica: int = 0, replicas: int = 1) -> int:

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from annfleet.config import ClusterConfig, DatasetConfig, IndexConfig, SearchConfig, load_config
+from annfleet.config import (
+    ClusterConfig,
+    DatasetConfig,
+    IndexConfig,
+    SearchConfig,
+    load_config,
+    redis_loopback,
+)
 from annfleet.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,6 +53,12 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("sources:\n  ann: {budget_ms: 0}\n", "sources.ann.budget_ms must be > 0"),
         ("sources:\n  trendy: {}\n", "unknown key 'sources.trendy'"),
         ("state:\n  backend: etcd\n", "state.backend must be memory or redis"),
+        (
+            "state: {backend: redis, start_redis: true, url: 'redis://10.0.0.5:6380/0'}\n",
+            "state.url must be redis://<loopback host>:<port>[/db] when state.start_redis",
+        ),
+        ("state: {backend: redis, start_redis: true, url: 'redis://127.0.0.1/0'}\n", "state.url"),
+        ("state: {start_redis: true}\n", "state.backend must be redis when state.start_redis"),
     ],
 )
 def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -148,3 +161,18 @@ def test_sources_and_state_sections(tmp_path: Path) -> None:
         "social",
         "popular",
     ]
+
+
+def test_shipped_redis_config_starts_its_own_redis_and_changes_nothing_else() -> None:
+    config = load_config(REPO / "deploy" / "redis.yaml")
+    assert config.state.backend == "redis" and config.state.start_redis
+    assert redis_loopback(config.state.url) == ("127.0.0.1", 6380)
+    assert dataclasses.replace(config, state=ClusterConfig().state) == ClusterConfig()
+
+
+def test_redis_loopback() -> None:
+    assert redis_loopback("redis://localhost:7000") == ("localhost", 7000)
+    assert redis_loopback("redis://127.0.0.2:7000/3") == ("127.0.0.2", 7000)
+    assert redis_loopback("redis://[::1]:7000/0") == ("::1", 7000)
+    for url in ("redis://example.com:6379/0", "rediss://127.0.0.1:6379", "redis://127.0.0.1"):
+        assert redis_loopback(url) is None

@@ -1,0 +1,64 @@
+"""A router restart with Redis state loses nothing, through the real router and client:
+engagement recorded on one router is what a new router on the same redis-server serves by."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from support import RedisServer, patient
+
+from annfleet.bundle import Bundle
+from annfleet.client import Client, Engagement
+from annfleet.config import RouterConfig, SocialSourceConfig, SourcesConfig, StateConfig
+from annfleet.router.main import start_router
+from annfleet.synthetic import Catalogue
+
+_prefixes = itertools.count()
+
+
+def test_a_restarted_router_serves_by_the_engagement_the_first_one_recorded(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    alice, bob, carol = (int(u) for u in catalogue.user_ids[3:6])
+    graph = tmp_path / "follows.txt"
+    graph.write_text(f"{alice} {bob}\n")  # alice follows bob
+    sources = patient(SourcesConfig(social=SocialSourceConfig(enabled=True, graph=str(graph))))
+    state = StateConfig(
+        backend="redis", url=redis_server.url, prefix=f"restart{next(_prefixes)}:", timeout_s=2.0
+    )
+    router_config = RouterConfig(oversample=3.0)
+    cluster = cluster_factory(flat_bundle, router_config, sources=sources, state=state)
+    k = 40
+    with Client(cluster.router_target, timeout=10) as client:
+        seen = [int(i) for i in client.retrieve(alice, k).ids[:2]]
+        bobs = [int(i) for i in catalogue.ids[-2:]]
+        events = [Engagement(alice, i, "view") for i in seen]
+        events += [Engagement(bob, i, "like") for i in bobs]
+        assert client.record_engagement(events) == 4
+
+    # Router 1 goes away; router 2 starts on the same shards and the same redis-server.
+    cluster.lt.run(cluster.router.stop(0))
+    cluster.router = cluster.lt.run(
+        start_router(
+            flat_bundle.path,
+            [[t] for t in cluster.shard_targets],
+            router_config,
+            sources=sources,
+            state=state,
+        )
+    )
+    with Client(cluster.router_target, timeout=10) as client:
+        after = client.retrieve(alice, k)
+        assert "state" not in after.dropped_sources and len(after.ids) == k
+        assert not set(seen) & set(after.ids.tolist())  # alice's seen items: never again
+        got = dict(zip(after.ids.tolist(), after.sources_per_candidate, strict=True))
+        for item in bobs:  # bob's recent items (social) and the trending counts survived
+            assert {"social", "trending"} <= set(got[item]), got.get(item)
+        trending = client.retrieve(carol, k)
+        got = dict(zip(trending.ids.tolist(), trending.sources_per_candidate, strict=True))
+        assert all("trending" in got.get(i, ()) for i in [*seen, *bobs]), trending.source_counts
