@@ -267,6 +267,12 @@ class SourcesConfig:
     popular: PopularSourceConfig = field(default_factory=PopularSourceConfig)
     candidate_cache_size: int = 100_000  # blended lists cached per (bundle, user, request)
     candidate_cache_ttl_s: float = 300.0
+    # Diversity of served lists (router/diversity.py), off the request path: this share of
+    # Retrieve answers is kept in a window of the last diversity_window lists per bundle;
+    # the gauges are recomputed from it every diversity_interval_s. 0 = off.
+    diversity_sample_rate: float = 0.1
+    diversity_window: int = 1000
+    diversity_interval_s: float = 15.0
 
     def settings(self) -> dict[str, SourceSettings]:
         """Every source's settings by name (the Source enum's lower-case names)."""
@@ -403,6 +409,13 @@ class ClusterConfig:
             ),
             (self.sources.trending.half_life_s > 0, "sources.trending.half_life_s", "> 0"),
             (self.sources.exploration.pool >= 1, "sources.exploration.pool", ">= 1"),
+            (
+                0.0 <= self.sources.diversity_sample_rate <= 1.0,
+                "sources.diversity_sample_rate",
+                "in [0, 1]",
+            ),
+            (self.sources.diversity_window >= 1, "sources.diversity_window", ">= 1"),
+            (self.sources.diversity_interval_s > 0, "sources.diversity_interval_s", "> 0"),
         ]
         for name, s in settings.items():
             checks += [

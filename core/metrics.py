@@ -111,3 +111,25 @@ RECALL_SAMPLES = Counter(
     "its ExactSearch did not answer)",
     ["outcome"],
 )
+DIVERSITY_ILD = Gauge(
+    "annfleet_router_intra_list_distance",
+    "Mean pairwise cosine distance of the content features of the items in a served Retrieve "
+    "list, averaged over the sampled lists of the window (sources.diversity_window), per bundle",
+    ["bundle"],
+)
+DIVERSITY_COVERAGE = Gauge(
+    "annfleet_router_catalogue_coverage",
+    "Distinct items in the window's sampled served lists / items in the bundle",
+    ["bundle"],
+)
+DIVERSITY_GINI = Gauge(
+    "annfleet_router_exposure_gini",
+    "Gini coefficient of per-item serve counts in the window's sampled lists over the whole "
+    "catalogue (0 = equal exposure, (n-1)/n = one item takes every serve)",
+    ["bundle"],
+)
+DIVERSITY_LISTS = Gauge(
+    "annfleet_router_diversity_window_lists",
+    "Sampled served lists the diversity gauges are computed over, per bundle",
+    ["bundle"],
+)

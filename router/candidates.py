@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,6 +22,7 @@ from annfleet.config import SourcesConfig
 from annfleet.errors import AnnfleetError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from annfleet.router.blend import Blend, blend_outcomes, run_sources
 from annfleet.router.caches import RouterCaches, UserCache
+from annfleet.router.diversity import DiversityMonitor
 from annfleet.router.sources import ItemTable, Source, SourceRequest, last_unique
 from annfleet.router.sources.ann import AnnSource, EmbedFn, SearchFn
 from annfleet.router.sources.coengagement import CoEngagementSource
@@ -129,6 +131,7 @@ class CandidateGenerator:
         bundle_seen: Callable[[int], np.ndarray] | None = None,
         filter_seen: bool = True,
         recent_len: int = 50,
+        diversity: DiversityMonitor | None = None,
     ) -> None:
         self.bundle_id = bundle_id
         self.sources = sources
@@ -137,6 +140,11 @@ class CandidateGenerator:
         self.bundle_seen = bundle_seen
         self.filter_seen = filter_seen
         self.recent_len = recent_len
+        self.diversity = diversity
+        if diversity is not None:  # served lists are measured while this bundle serves
+            content = next((s for s in sources.sources if isinstance(s, ContentSource)), None)
+            diversity.register(bundle_id, sources.items, content.features if content else None)
+            weakref.finalize(self, diversity.release, bundle_id)
 
     async def _user(self, user_id: int) -> tuple[UserState, np.ndarray, str]:
         """Live state and blocked items; a state store that is down degrades to neither."""
@@ -178,7 +186,23 @@ class CandidateGenerator:
         SearchParams) go to the ANN source.
 
         A source that fails because of the request itself (NotFound: a user the bundle cannot
-        embed; InvalidArgument) fails the request; any other failure drops the source."""
+        embed; InvalidArgument) fails the request; any other failure drops the source.
+        The served list (cached or not) is offered to the diversity monitor."""
+        result = await self._retrieve(user_id, context, k, exclude, deadline, shape, params)
+        if self.diversity is not None:
+            self.diversity.offer(self.bundle_id, result.ids)
+        return result
+
+    async def _retrieve(
+        self,
+        user_id: int,
+        context: RequestContext,
+        k: int,
+        exclude: np.ndarray,
+        deadline: float,
+        shape: tuple[object, ...],
+        params: Any,
+    ) -> Blend:
         user, blocked, state_error = await self._user(user_id)
         recent = merge_recent(user.recent, context.recent_item_ids, self.recent_len)
         context = replace(context, recent_item_ids=recent)

@@ -20,6 +20,7 @@ from annfleet.errors import BundleError, ConfigError
 from annfleet.rollout_state import stable_bundle
 from annfleet.router.admin import RouterAdminService
 from annfleet.router.caches import RouterCaches
+from annfleet.router.diversity import DiversityMonitor
 from annfleet.router.replicas import ReplicaGroup
 from annfleet.router.rollout import RolloutController, open_router_bundle
 from annfleet.router.scatter import Scatter
@@ -104,6 +105,8 @@ class RouterServer:
         if self.service.state is not None:
             await self.service.state.scatter.close()
             await self.service.state.env.store.close()
+            if self.service.state.env.diversity is not None:
+                await self.service.state.env.diversity.close()
         self.executor.shutdown(wait=False)
 
 
@@ -147,7 +150,10 @@ async def start_router(
     except BaseException:
         executor.shutdown(wait=False)
         raise
-    env = SourcesEnv(sources, store, RouterCaches(config, sources), executor, state, graph)
+    diversity = DiversityMonitor(sources)
+    env = SourcesEnv(
+        sources, store, RouterCaches(config, sources), executor, state, graph, diversity
+    )
     service = RetrievalService(config, executor)
     # A rollout loads and warms the next bundle's tower in its own thread, so requests keep
     # every worker of ``executor`` (their user-tower calls run there) during a swap.
@@ -200,6 +206,7 @@ async def start_router(
         )
         await rollouts.restore()
         rollouts.start_recall()
+        diversity.start()
         admin_grpc = None
         if admin_port >= 0:
             assert admin_token
@@ -217,6 +224,7 @@ async def start_router(
             await scatter.close()
         await server.stop(0)
         await rollouts.close()
+        await diversity.close()
         await store.close()
         executor.shutdown(wait=False)
         raise

@@ -31,6 +31,7 @@ from annfleet.router.blend import Blend
 from annfleet.router.caches import RouterCaches
 from annfleet.router.candidates import CandidateGenerator, SourceSet, build_sources, cached_embedder
 from annfleet.router.coalesce import Coalescer
+from annfleet.router.diversity import DiversityMonitor
 from annfleet.router.engagement import Event, record_engagement
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.sources import Candidates
@@ -84,6 +85,7 @@ class SourcesEnv:
     executor: Executor
     state_config: StateConfig = field(default_factory=StateConfig)
     graph: FollowGraph | None = None  # the social source's follow graph (else its file)
+    diversity: DiversityMonitor | None = None  # diversity gauges of served lists (diversity.py)
 
     @classmethod
     def default(cls, router: RouterConfig, executor: Executor) -> SourcesEnv:
@@ -207,6 +209,7 @@ class RouterState:
             bundle_seen=seen.of,
             filter_seen=config.filter_seen,
             recent_len=env.state_config.recent_len,
+            diversity=env.diversity,
         )
         return cls(
             bundle,

@@ -159,6 +159,21 @@ def test_dashboard_covers_the_operator_questions() -> None:
     assert dash["uid"] == "annfleet"
 
 
+def test_dashboard_shows_the_diversity_of_served_lists(exported: set[str]) -> None:
+    """Intra-list distance, catalogue coverage and Gini of exposure: a panel each, reading
+    the router's gauge of that name (router/diversity.py), which the code exports."""
+    dash = json.loads(DASHBOARD.read_text())
+    by_title = {p["title"].lower(): p for p in dash["panels"]}
+    for topic, metric in (
+        ("intra-list distance", "annfleet_router_intra_list_distance"),
+        ("catalogue coverage", "annfleet_router_catalogue_coverage"),
+        ("gini of exposure", "annfleet_router_exposure_gini"),
+    ):
+        panel = next(p for title, p in by_title.items() if topic in title)
+        names = set().union(*(metric_names(t["expr"]) for t in panel["targets"]))
+        assert names == {metric} and metric in exported, (topic, names)
+
+
 def test_alerts_name_only_exported_metrics(exported: set[str]) -> None:
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {
