@@ -25,6 +25,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -57,6 +58,30 @@ def _percentiles(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def cache_lookups(metrics_port: int | None) -> dict[str, float]:
+    """The router's ``annfleet_router_cache_lookups`` counters, as ``{cache}_{result}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    if metrics_port is None:
+        return {}
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "annfleet_router_cache_lookups_total":
+                key = f"{sample.labels['cache']}_{sample.labels['result']}"
+                out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+
 def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -82,6 +107,10 @@ def main() -> None:
         choices=["adaptive", "fixed"],
         default=None,
         help="router.admission (fixed: max_in_flight only, nothing shed at these rates)",
+    )
+    ap.add_argument("--tower-threads", type=int, default=None, help="router.tower_threads")
+    ap.add_argument(
+        "--warm-users", type=int, default=None, help="router.rollout_warm_users (0 = off)"
     )
     args = ap.parse_args()
 
@@ -133,6 +162,10 @@ def main() -> None:
     router_keys = {"release_grace_s": 600.0}
     if args.admission is not None:
         router_keys["admission"] = args.admission  # type: ignore[assignment]
+    if args.tower_threads is not None:
+        router_keys["tower_threads"] = args.tower_threads
+    if args.warm_users is not None:
+        router_keys["rollout_warm_users"] = args.warm_users
     shard_keys = {} if args.load_nice is None else {"load_nice": args.load_nice}
     config_path = work / "cluster.yaml"
     config_path.write_text(
@@ -210,6 +243,8 @@ def main() -> None:
         channel = grpc.insecure_channel(cl.router_admin_target)
         stub = admin_pb2_grpc.RouterAdminStub(channel)
         auth = metadata("swap-bench-token")
+        metrics_port = cl.router.metrics_port
+        lookups_before = cache_lookups(metrics_port)
         swap_start = time.perf_counter()
         progress = list(
             stub.Rollout(
@@ -222,7 +257,10 @@ def main() -> None:
         flip_at = swap_start + next(
             p.elapsed_s for p in progress if p.phase == admin_pb2.PHASE_FLIP
         )
-        time.sleep(args.after_s)
+        lookups_swap_end = cache_lookups(metrics_port)
+        time.sleep(min(1.0, args.after_s))
+        lookups_first_s = cache_lookups(metrics_port)
+        time.sleep(max(args.after_s - 1.0, 0.0))
         rb_start = time.perf_counter()
         stub.Rollback(admin_pb2.RollbackRequest(), metadata=auth, timeout=30)
         rb_end = time.perf_counter()
@@ -247,6 +285,15 @@ def main() -> None:
         "after_swap": [r for r in records if swap_end <= r[0] < rb_start],
         "after_rollback": [r for r in records if r[0] >= rb_end],
     }
+    # The first second on the new bundle (every user's first request on it), and every
+    # request sent from 1 s before the Rollout call to 2 s after the flip, for a look at
+    # which requests a swap delays.
+    first_second = [r for r in records if flip_at <= r[0] < flip_at + 1.0]
+    around_flip = [
+        (round(r[0] - flip_at, 4), round(r[1] * 1e3, 2), r[2][:8], r[3])
+        for r in sorted(records)
+        if swap_start - 1.0 <= r[0] < flip_at + 2.0
+    ]
     per_second: list[dict[str, Any]] = []
     for sec in range(int(max(r[0] for r in records) - t0) + 1):
         rows = [r for r in records if t0 + sec <= r[0] < t0 + sec + 1]
@@ -294,7 +341,16 @@ def main() -> None:
             k: {**_percentiles([r[1] for r in v if not r[3]]), "errors": sum(1 for r in v if r[3])}
             for k, v in phases.items()
         },
+        "first_second_after_flip": {
+            **_percentiles([r[1] for r in first_second if not r[3]]),
+            "errors": sum(1 for r in first_second if r[3]),
+        },
+        "cache_lookups": {
+            "during_swap": _delta(lookups_swap_end, lookups_before),
+            "first_second_after_swap": _delta(lookups_first_s, lookups_swap_end),
+        },
         "per_second": per_second,
+        "around_flip": around_flip,
         "progress": [
             {
                 "phase": admin_pb2.RolloutPhase.Name(p.phase),
@@ -342,6 +398,25 @@ def main() -> None:
     ]
     for k, v in result["phases"].items():
         lines.append(f"| {k} | {v['n']} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['errors']} |")
+    first = result["first_second_after_flip"]
+    lines.append(
+        f"| first second after the flip | {first['n']} | {first['p50_ms']:.2f} | "
+        f"{first['p99_ms']:.2f} | {first['errors']} |"
+    )
+    lookups = result["cache_lookups"]["first_second_after_swap"]
+    if lookups:
+        hits, misses = lookups.get("embedding_hit", 0), lookups.get("embedding_miss", 0)
+        lines += [
+            "",
+            f"- user-embedding cache in the first second after the swap: {hits:.0f} hits, "
+            f"{misses:.0f} misses (router /metrics)",
+        ]
+    timeline = ", ".join(
+        f"{admin_pb2.RolloutPhase.Name(p.phase).removeprefix('PHASE_').lower()} "
+        f"{p.elapsed_s * 1e3:.0f}"
+        for p in progress
+    )
+    lines.append(f"- rollout progress, ms after the call: {timeline}")
     lines += [
         "",
         "| second | n | p50 ms | p99 ms | errors | bundles |",

@@ -136,6 +136,11 @@ class RouterConfig:
     # RouterAdmin (rollout, rollback) on its own port, token needed; 0 = free port, -1 = off.
     admin_port: int = 50052
     release_grace_s: float = 60.0  # a replaced bundle stays held (rollback instant) this long
+    # Before the flip, a rollout embeds with the next bundle's tower the user-embedding cache
+    # entries of the users most recently served (at most this many entries), so their first
+    # requests on the new bundle hit the cache. 0 = off.
+    rollout_warm_users: int = 10_000
+    tower_threads: int = 1  # torch intra-op threads of the user tower; 0 = torch's default
     # Live recall (router/recall.py): this share of Retrieve/Search requests is re-run off
     # the request path, ANN and exact (ShardAdmin.ExactSearch), at k = recall_k; recall@k per
     # shard and per bundle is the mean of the last recall_window samples. 0 = off.
@@ -346,6 +351,8 @@ class ClusterConfig:
             (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
             (self.router.admin_port >= -1, "router.admin_port", ">= -1"),
             (self.router.release_grace_s >= 0, "router.release_grace_s", ">= 0"),
+            (self.router.rollout_warm_users >= 0, "router.rollout_warm_users", ">= 0"),
+            (self.router.tower_threads >= 0, "router.tower_threads", ">= 0"),
             (
                 0.0 <= self.router.recall_sample_rate <= 1.0,
                 "router.recall_sample_rate",

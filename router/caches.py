@@ -43,7 +43,8 @@ class _IndexedTTLCache(TTLCache[_Key, Any]):
 
 
 class UserCache(Generic[V]):
-    """Entries keyed (user id, request key); all of one user's entries can be dropped."""
+    """Entries keyed (user id, request key); all of one user's entries can be dropped, and
+    the users most recently served are known (:meth:`recent`: a rollout's cache warm-up)."""
 
     def __init__(
         self, name: str, maxsize: int, ttl_s: float, timer: Callable[[], float] = time.monotonic
@@ -63,13 +64,32 @@ class UserCache(Generic[V]):
     def get(self, user_id: int, key: Hashable) -> V | None:
         value = self._cache.get((user_id, key)) if self.enabled else None
         CACHE_LOOKUPS.labels(self.name, "miss" if value is None else "hit").inc()
+        if value is not None:
+            keys = self._by_user.pop(user_id, None)
+            if keys is not None:
+                self._by_user[user_id] = keys  # most recently served last
         return value
 
     def put(self, user_id: int, key: Hashable, value: V) -> None:
         if not self.enabled:
             return
         self._cache[(user_id, key)] = value
-        self._by_user.setdefault(user_id, set()).add(key)
+        keys = self._by_user.pop(user_id, None)
+        self._by_user[user_id] = keys if keys is not None else set()
+        self._by_user[user_id].add(key)
+
+    def recent(self, users: int) -> list[tuple[int, Hashable]]:
+        """The keys of the ``users`` users most recently served (a hit or a put), most
+        recent first; expired entries left out."""
+        out: list[tuple[int, Hashable]] = []
+        if users <= 0:
+            return out
+        self._cache.expire()
+        for n, user_id in enumerate(reversed(self._by_user)):
+            if n >= users:
+                break
+            out.extend((user_id, key) for key in self._by_user[user_id])
+        return out
 
     def invalidate_user(self, user_id: int) -> int:
         """Drop every entry of ``user_id``; returns how many there were."""

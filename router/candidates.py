@@ -103,12 +103,24 @@ def merge_recent(live: tuple[int, ...], request: tuple[int, ...], n: int) -> tup
     return tuple(last_unique(live + request, n))
 
 
+def embedding_key(bundle_id: str, ctx: RequestContext) -> tuple[Any, ...]:
+    """The embedding cache's key of a user's request (with the user id): the bundle and the
+    whole context, the timestamp to the hour (the tower's time features change hourly)."""
+    return (bundle_id, ctx.recent_item_ids, ctx.timestamp // 3600, ctx.country, ctx.device)
+
+
+def embedding_key_context(key: tuple[Any, ...]) -> tuple[str, RequestContext]:
+    """The bundle id and a context of :func:`embedding_key` (the hour's first second; 0 =
+    "now" stays 0): what a rollout embeds again with the next bundle's tower."""
+    bundle_id, recent, hour, country, device = key
+    return bundle_id, RequestContext(tuple(recent), int(hour) * 3600, country, device)
+
+
 def cached_embedder(cache: UserCache[np.ndarray], bundle_id: str, embed: EmbedFn) -> EmbedFn:
-    """``embed`` behind the embedding cache: key = bundle, user and the whole context, the
-    timestamp to the hour (the tower's time features change hourly)."""
+    """``embed`` behind the embedding cache (key: :func:`embedding_key`)."""
 
     async def embed_cached(user_id: int, ctx: RequestContext) -> np.ndarray:
-        key = (bundle_id, ctx.recent_item_ids, ctx.timestamp // 3600, ctx.country, ctx.device)
+        key = embedding_key(bundle_id, ctx)
         vector = cache.get(user_id, key)
         if vector is None:
             vector = await embed(user_id, ctx)

@@ -196,7 +196,7 @@ async def start_router(
         scatter = Scatter(groups, bundle, config.oversample, config.shard_timeout_s)
         for group in groups:
             group.start()
-        embedder = await loop.run_in_executor(executor, load_embedder, bundle)
+        embedder = await loop.run_in_executor(executor, load_embedder, bundle, config.tower_threads)
         warm_up = getattr(embedder, "warm_up", None)
         if warm_up is not None:  # the tower's first calls are slow: not the first requests'
             await loop.run_in_executor(executor, warm_up)

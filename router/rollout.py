@@ -38,9 +38,10 @@ from annfleet.errors import (
     Unavailable,
 )
 from annfleet.rollout_state import BundleRef, RolloutState, read_state, write_state
+from annfleet.router.candidates import embedding_key, embedding_key_context
 from annfleet.router.recall import RecallMonitor
 from annfleet.router.service import RetrievalService, RouterState
-from annfleet.router.users import load_embedder
+from annfleet.router.users import embed_many, load_embedder
 from annfleet.router.variants import CANARY, STABLE, Canary
 from annfleet.v1 import admin_pb2, shard_pb2, shard_pb2_grpc
 
@@ -87,11 +88,42 @@ def with_bundle(state: RouterState, bundle: Bundle, config: RouterConfig) -> Rou
     tower warmed up (a TorchScript module's first calls profile and optimise its graph and
     are many times slower: they run here, before the flip, not in the first requests)."""
     scatter = state.scatter.for_bundle(bundle)
-    embedder = load_embedder(bundle)
+    embedder = load_embedder(bundle, config.tower_threads)
     warm_up = getattr(embedder, "warm_up", None)
     if warm_up is not None:
         warm_up()
     return RouterState.load(bundle, scatter, embedder, config, state.env)
+
+
+async def warm_embeddings(
+    old: RouterState, new: RouterState, limit: int, executor: Executor, canary_percent: float = 0
+) -> int:
+    """Embed with ``new``'s tower the user-embedding cache entries of ``old`` of the users most
+    recently served (at most ``limit`` entries; for a canary, only its users), and cache them
+    under ``new``'s bundle: their first requests after the flip hit the cache instead of
+    each paying a tower call. The cache is read and written on the event loop (it is not
+    thread-safe); the tower runs in ``executor``, in batches. Returns the entries added."""
+    cache = new.env.caches.embeddings
+    if limit <= 0 or not cache.enabled:
+        return 0
+    canary = Canary(new, canary_percent) if canary_percent > 0 else None
+    users, contexts = [], []
+    for user_id, key in cache.recent(limit):
+        bundle_id, context = embedding_key_context(key)  # type: ignore[arg-type]
+        if bundle_id == old.bundle.id and (canary is None or canary.serves(user_id)):
+            users.append(user_id)
+            contexts.append(context)
+    users, contexts = users[:limit], contexts[:limit]
+    if not users:
+        return 0
+    loop = asyncio.get_running_loop()
+    vectors = await loop.run_in_executor(executor, embed_many, new.embedder, users, contexts)
+    added = 0
+    for user_id, context, vector in zip(users, contexts, vectors, strict=True):
+        if vector is not None:
+            cache.put(user_id, embedding_key(new.bundle.id, context), vector)
+            added += 1
+    return added
 
 
 def _ref(state: RouterState) -> BundleRef:
@@ -460,7 +492,19 @@ class RolloutController:
                 f"rollout of {new_id} aborted, {old.bundle.id} keeps serving: the router could "
                 f"not load the bundle: {exc}"
             ) from exc
-        yield progress(admin_pb2.PHASE_ROUTER_LOAD, f"router loaded {new_id}")
+        warm_started = time.monotonic()
+        try:
+            warmed = await warm_embeddings(
+                old, new, self.config.rollout_warm_users, self.executor, request.canary_percent
+            )
+            warm = (
+                f"; {warmed} user embeddings of recently served users cached "
+                f"({(time.monotonic() - warm_started) * 1e3:.0f} ms)"
+            )
+        except Exception as exc:  # a cold cache is slower, not wrong: the rollout goes on
+            log.warning("rollout of %s: user embeddings not warmed: %s", new_id, exc)
+            warm = f"; user embeddings not warmed: {exc}"
+        yield progress(admin_pb2.PHASE_ROUTER_LOAD, f"router loaded {new_id}{warm}")
         if request.updates == admin_pb2.UPDATES_CARRY:
             try:
                 carried = await self._carry(old.bundle.id, new_id, replicas)

@@ -7,6 +7,7 @@ input spec under ``manifest["user_tower"]``), which ``annfleet.router.tower`` ru
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,13 +63,31 @@ class NoUsers:
         raise NotFound(f"unknown user id {user_id}: this bundle has no user table or user tower")
 
 
-def load_embedder(bundle: Bundle) -> UserEmbedder:
-    """The embedder a bundle supports: its user tower if it has one, else its user table."""
+def load_embedder(bundle: Bundle, tower_threads: int = 0) -> UserEmbedder:
+    """The embedder a bundle supports: its user tower if it has one (``tower_threads``:
+    torch's intra-op threads, 0 = torch's default), else its user table."""
     if "user_tower" in bundle.manifest:
         from annfleet.router.tower import TowerEmbedder  # needs torch; only for tower bundles
 
-        return TowerEmbedder(bundle)
+        return TowerEmbedder(bundle, threads=tower_threads)
     users = bundle.users()
     if users is None:
         return NoUsers()
     return PrecomputedUsers(*users)
+
+
+def embed_many(
+    embedder: UserEmbedder, user_ids: Sequence[int], contexts: Sequence[RequestContext]
+) -> list[np.ndarray | None]:
+    """Each user's vector (None for a user the embedder cannot embed): in batches when the
+    embedder can (a tower: ``embed_batch``), else one by one."""
+    batched = getattr(embedder, "embed_batch", None)
+    if batched is not None:
+        return list(batched(user_ids, contexts))
+    out: list[np.ndarray | None] = []
+    for user_id, context in zip(user_ids, contexts, strict=True):
+        try:
+            out.append(embedder.embed(user_id, context))
+        except NotFound:
+            out.append(None)
+    return out

@@ -58,3 +58,22 @@ def test_router_caches_ttls_and_bundle_change() -> None:
     assert caches.embeddings.get(1, "k") == "vector"
     caches.bundle_changed("b2")
     assert caches.embeddings.get(1, "k") is None and len(caches.embeddings) == 0
+
+
+def test_recent_lists_the_most_recently_served_users_first() -> None:
+    clock = Clock()
+    cache: UserCache[str] = UserCache("recent", maxsize=100, ttl_s=300, timer=clock)
+    cache.put(1, "a", "x")
+    cache.put(2, "a", "y")
+    cache.put(3, "a", "z")
+    cache.put(1, "b", "x2")  # user 1 served again (a put)
+    assert cache.get(2, "a") == "y"  # user 2 served again (a hit)
+    assert cache.get(3, "missing") is None  # a miss does not count as served
+    assert [u for u, _ in cache.recent(2)] == [2, 1, 1]  # two users, all their entries
+    assert [u for u, _ in cache.recent(3)] == [2, 1, 1, 3]
+    assert {k for u, k in cache.recent(3) if u == 1} == {"a", "b"}
+    assert cache.recent(0) == []
+    clock.t = 200
+    cache.put(4, "a", "w")
+    clock.t = 301  # every entry but user 4's has expired
+    assert cache.recent(10) == [(4, "a")]
