@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 ADMIN_TIMEOUT_S = 10.0
 SHOW_MISSING = 10  # missing ids named in a progress message (all are in missing_ids)
 PREPARE_TIMEOUT_S = 600.0
+WARM_PUTS = 500  # cache puts of a rollout's warm-up between two yields to the event loop
 
 
 @dataclass
@@ -106,24 +108,30 @@ async def warm_embeddings(
     cache = new.env.caches.embeddings
     if limit <= 0 or not cache.enabled:
         return 0
-    canary = Canary(new, canary_percent) if canary_percent > 0 else None
-    users, contexts = [], []
-    for user_id, key in cache.recent(limit):
-        bundle_id, context = embedding_key_context(key)  # type: ignore[arg-type]
-        if bundle_id == old.bundle.id and (canary is None or canary.serves(user_id)):
-            users.append(user_id)
-            contexts.append(context)
-    users, contexts = users[:limit], contexts[:limit]
-    if not users:
-        return 0
-    loop = asyncio.get_running_loop()
-    vectors = await loop.run_in_executor(executor, embed_many, new.embedder, users, contexts)
-    added = 0
-    for user_id, context, vector in zip(users, contexts, vectors, strict=True):
-        if vector is not None:
-            cache.put(user_id, embedding_key(new.bundle.id, context), vector)
-            added += 1
-    return added
+    recent = cache.recent(limit)  # on the loop; the rest of the work in the executor
+
+    def embed() -> list[tuple[int, Any, np.ndarray]]:
+        canary = Canary(new, canary_percent) if canary_percent > 0 else None
+        users, contexts = [], []
+        for user_id, key in recent:
+            bundle_id, context = embedding_key_context(key)  # type: ignore[arg-type]
+            if bundle_id == old.bundle.id and (canary is None or canary.serves(user_id)):
+                users.append(user_id)
+                contexts.append(context)
+        users, contexts = users[:limit], contexts[:limit]
+        vectors = embed_many(new.embedder, users, contexts) if users else []
+        return [
+            (user_id, embedding_key(new.bundle.id, context), vector)
+            for user_id, context, vector in zip(users, contexts, vectors, strict=True)
+            if vector is not None
+        ]
+
+    entries = await asyncio.get_running_loop().run_in_executor(executor, embed)
+    for n, (user_id, key, vector) in enumerate(entries):
+        if n and n % WARM_PUTS == 0:
+            await asyncio.sleep(0)  # requests run between slices of the puts
+        cache.put(user_id, key, vector)
+    return len(entries)
 
 
 def _ref(state: RouterState) -> BundleRef:
