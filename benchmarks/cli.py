@@ -19,6 +19,10 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
 def _kv(text: str) -> dict[str, int]:
     """'m=32,ef_construction=200' -> {"m": 32, "ef_construction": 200}."""
     out = {}
@@ -259,6 +263,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=int,
         default=0,
         help="start the cluster with OMP_NUM_THREADS=N (0: inherit)",
+    )
+    sc.add_argument(
+        "--config", type=Path, help="YAML of the local cluster (e.g. shards.search_threads)"
+    )
+    ol = sc.add_argument_group("SLO under load (open loop)")
+    ol.add_argument(
+        "--open-loop",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the sweep: in-process batched capacity and the highest open-loop rate "
+        "holding p50 < 20, p95 < 40, p99 <= 50 ms (default: on)",
+    )
+    ol.add_argument(
+        "--load-recall",
+        type=float,
+        default=0.95,
+        help="operating point: the router's cheapest sweep point with this recall@k",
+    )
+    ol.add_argument(
+        "--load-params",
+        type=_kv,
+        default={},
+        help="operating point instead, e.g. nprobe=32,rerank=1000",
+    )
+    ol.add_argument(
+        "--rates",
+        type=_floats,
+        default=None,
+        help="arrival rates (requests/s) to step through; default 0.1,0.2,...,0.8,1.0 x "
+        "in-process capacity",
+    )
+    ol.add_argument("--step-s", type=float, default=10.0, help="measured seconds per rate")
+    ol.add_argument("--load-warmup-s", type=float, default=2.0, help="warm-up per rate")
+    ol.add_argument(
+        "--bisect", type=int, default=2, help="steps between the last rate held and the first not"
+    )
+    ol.add_argument("--load-processes", type=int, default=1, help="client processes")
+    ol.add_argument(
+        "--load-concurrency", type=int, default=512, help="most requests in flight (client)"
+    )
+    ol.add_argument("--load-timeout", type=float, default=1.0, help="client deadline (s)")
+    ol.add_argument(
+        "--capacity-s", type=float, default=10.0, help="seconds of in-process batched search"
+    )
+    sc.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="build (or find cached) dataset, ground truth and bundle, then exit",
     )
     sc.add_argument("--name", default=None)
     sc.add_argument("--out", type=Path)

@@ -58,6 +58,7 @@ class WorkerResult:
     cpu_seconds: float
     pid: int
     records: list[tuple[float, float, str, bool]] | None = None  # with spec.record
+    sent_in_window: int = 0  # requests sent with a scheduled time in the measured window
 
 
 Record = tuple[float, float, str, bool]  # (scheduled time.time(), latency s, "OK" | code, degraded)
@@ -81,14 +82,15 @@ async def _worker_async(
     lat: list[float] = []
     errors: Counter[str] = Counter()
     records: list[Record] = []
-    sent = 0
+    sent = sent_in_window = 0
     params = {"ef_search": spec.ef_search, "nprobe": spec.nprobe, "rerank": spec.rerank}
 
     async with AsyncClient(spec.target, timeout=spec.timeout, retries=0) as client:
 
         async def one(t_sched: float) -> str:
-            nonlocal sent
+            nonlocal sent, sent_in_window
             sent += 1
+            sent_in_window += t_sched >= measure_from
             try:
                 if spec.rpc == "search":
                     result: Any = await client.search(
@@ -153,6 +155,7 @@ async def _worker_async(
         procstat.own_cpu_seconds(),
         os.getpid(),
         records if spec.record else None,
+        sent_in_window,
     )
 
 
@@ -225,6 +228,7 @@ def run_load(
     for r in results:
         errors.update(r.errors)
     n_ok, n_err = len(lat), sum(errors.values())
+    sent_in_window = sum(r.sent_in_window for r in results)
     cpu: dict[str, dict[str, float | str]] = {
         name: {
             "cpu_seconds": round(cpu1[name] - cpu0[name], 2),
@@ -247,6 +251,10 @@ def run_load(
         "ok": n_ok,
         "errors": dict(errors),
         "error_rate": n_err / max(1, n_ok + n_err),
+        # sent in the window = ok + errors other than CLIENT_BACKLOG + unfinished (still in
+        # flight when the client gave up waiting, timeout + 1 s after the window)
+        "sent_in_window": sent_in_window,
+        "unfinished": sent_in_window - n_ok - (n_err - errors.get("CLIENT_BACKLOG", 0)),
         **report.percentiles(lat),
         "cpu": cpu,
     }

@@ -2,22 +2,33 @@
 
 Reports build time, memory per shard server (RSS vs the faiss index file and the stored
 vectors), and recall@k / latency of k=1000-candidate requests through the router and by
-direct scatter. Documented, not run in CI: it needs ~15 GiB of RAM-backed page cache and
-tens of minutes on 2 cores.
+direct scatter, one query at a time. Then (``--open-loop``, the default) the SLO under load:
+at the cheapest sweep point with recall >= ``--load-recall``, the same bundle's shards
+searched in this process, batched on every core (the box's limit), and an open-loop rate
+search on the router (``bench load``'s generator: fixed arrival rate, latency from the
+scheduled send) for the highest rate that holds the seeds' SLO (p50 < 20 ms, p95 < 40 ms,
+p99 <= 50 ms, nothing shed or timed out). Documented, not run in CI: it needs ~15 GiB of
+RAM-backed page cache and tens of minutes on 2 cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from annfleet.benchmarks import datasets, procstat, report
-from annfleet.benchmarks.groundtruth import cached_exact_topk
+from annfleet.benchmarks.groundtruth import cached_exact_topk, recall_at_k
 from annfleet.benchmarks.recall_latency import (
     SweepConfig,
     ensure_bundle,
@@ -29,14 +40,39 @@ from annfleet.benchmarks.systems import RouterSystem, ScatterSystem
 log = logging.getLogger(__name__)
 
 DEFAULT_BUILD = {"nlist": 2048, "pq_m": 16, "nbits": 8}
+# The seeds' SLO for one request of k candidates: p50 < 20 ms, p95 < 40 ms, p99 <= 50 ms.
+SLO_MS = {"p50_ms": 20.0, "p95_ms": 40.0, "p99_ms": 50.0}
+# Open-loop rates tried when --rates is not given: these fractions of in-process capacity.
+DEFAULT_RATE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OpenLoopConfig:
+    rates: tuple[float, ...] = ()  # requests/s in ascending order; () = fractions of capacity
+    step_s: float = 10.0  # measured seconds per rate
+    warmup_s: float = 2.0  # seconds sent and discarded before each step's window
+    bisect: int = 2  # extra steps halving the gap between the last rate held and the first not
+    processes: int = 1  # client processes
+    concurrency: int = 512  # requests in flight before the schedule backs up (CLIENT_BACKLOG)
+    timeout_s: float = 1.0  # client deadline per request
+    cooldown_s: float = 3.0  # idle time after a step that broke the SLO
+    capacity_s: float = 10.0  # seconds of in-process batched search (split over two modes)
+
+
+def uptime() -> str:
+    """`uptime` (load averages) as the shell prints it."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "load average: " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def prepare(
+    args: argparse.Namespace, progress: bool
+) -> tuple[datasets.Dataset, np.ndarray, Path, dict[str, float]]:
+    """Dataset, exact ground truth and bundle, each built once and cached under the data dir
+    -> (dataset, truth (nq, k) int64, bundle path, timings)."""
     data_dir = args.data_dir or datasets.default_data_dir()
-    progress = not args.no_progress
-    size = f"{args.items // 1_000_000}m" if args.items >= 1_000_000 else str(args.items)
-    name = args.name or f"scale-{size}"
-    header = report.header(name)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ds = datasets.synthetic(args.items, args.dim, queries=args.queries, data_dir=data_dir)
@@ -52,23 +88,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         progress=progress,
     )
     timings["ground_truth_s"] = time.perf_counter() - t0
-    build = {**DEFAULT_BUILD, **args.build}
     t0 = time.perf_counter()
-    bundle = ensure_bundle(ds, "ivfpq", build, args.shards, data_dir, progress)
+    bundle = ensure_bundle(
+        ds, "ivfpq", {**DEFAULT_BUILD, **args.build}, args.shards, data_dir, progress
+    )
     timings["bundle_ready_s"] = time.perf_counter() - t0  # ~0 when cached
     sidecar = bundle.with_name(bundle.name + ".build.json")
     if sidecar.is_file():
-        import json
-
         timings["bundle_build_s"] = json.loads(sidecar.read_text())["build_seconds"]
+    return ds, truth, bundle, timings
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    progress = not args.no_progress
+    size = f"{args.items // 1_000_000}m" if args.items >= 1_000_000 else str(args.items)
+    name = args.name or f"scale-{size}"
+    header = report.header(name)
+    uptime_before = uptime()
+    ds, truth, bundle, timings = prepare(args, progress)
+    build = {**DEFAULT_BUILD, **args.build}
     vectors_gib = round(ds.vectors.nbytes / 2**30, 2)
     # The shard servers hold their own copies: drop ours so RSS figures are not skewed.
     ds.vectors = np.empty((0, ds.dim), dtype=np.float32)
     rows: list[dict[str, Any]] = []
     memory: list[dict[str, Any]] = []
+    open_loop: dict[str, Any] | None = None
     cfg = SweepConfig(index_type="ivfpq", k=args.k, warmup=10, max_seconds_per_point=60.0)
     t0 = time.perf_counter()
-    with local_cluster(bundle, args.cluster_omp_threads) as cluster:
+    with local_cluster(bundle, args.cluster_omp_threads, args.config) as cluster:
         timings["cluster_start_s"] = time.perf_counter() - t0
         pids = cluster.pids
         mem_before = {n: procstat.memory_kib(p) for n, p in pids.items()}
@@ -107,6 +154,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for system in systems.values():
                 system.close()
         mem_after = {n: procstat.memory_kib(p) for n, p in pids.items()}
+        if args.open_loop:
+            open_loop = slo_under_load(
+                bundle,
+                cluster.router_target,
+                dict(pids),
+                ds.queries,
+                truth,
+                args.k,
+                rows,
+                open_loop_config(args),
+                recall=args.load_recall,
+                params=args.load_params or None,
+                oversample=_router_oversample(args.config),
+            )
     from annfleet.bundle import Bundle
 
     b = Bundle.open(bundle, verify=False)
@@ -129,6 +190,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     router_mem = mem_after.get("router", {})
     result = {
         **header,
+        "uptime": {"before": uptime_before, "after": uptime()},
         "dataset": {
             "name": f"synthetic-clustered-{args.items}x{args.dim}",
             "items": args.items,
@@ -144,6 +206,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "nprobe": args.nprobe,
             "rerank": args.rerank,
             "bundle_manifest_params": b.shard(0)["index"]["params"],
+            "cluster_config": str(args.config) if args.config else "built-in defaults",
         },
         "timings": timings,
         "timings_note": "bundle_build_s: the bundle's build (recorded when it was built, so "
@@ -162,7 +225,298 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "p99_ms": best["p99_ms"],
             "met": best["p99_ms"] <= 50,
         }
+    if open_loop is not None:
+        result["open_loop"] = open_loop
     return result
+
+
+def open_loop_config(args: argparse.Namespace) -> OpenLoopConfig:
+    return OpenLoopConfig(
+        rates=tuple(sorted(args.rates or ())),
+        step_s=args.step_s,
+        warmup_s=args.load_warmup_s,
+        bisect=args.bisect,
+        processes=args.load_processes,
+        concurrency=args.load_concurrency,
+        timeout_s=args.load_timeout,
+        capacity_s=args.capacity_s,
+    )
+
+
+def _router_oversample(config_path: Path | None) -> float:
+    """The router's per-shard oversampling in the cluster's config (what it asks shards for)."""
+    from annfleet.config import RouterConfig, load_config
+
+    if config_path is None:
+        return RouterConfig().oversample
+    return load_config(config_path.resolve()).router.oversample
+
+
+# ---------------------------------------------------------------- SLO under load
+
+
+class BundleInProcess:
+    """A bundle's shards loaded in this process and searched as the router searches them:
+    each shard asked for ``per_shard_k(k, share, oversample)`` hits with the same parameters
+    (the servers' own ``ShardIndex``), the rows merged with the router's ``merge_rows``."""
+
+    def __init__(self, bundle_path: Path, oversample: float) -> None:
+        from annfleet.bundle import Bundle
+        from annfleet.router.scatter import shard_shares
+        from annfleet.server.index import IndexSpec, ShardIndex
+        from annfleet.validation import higher_is_better
+
+        bundle = Bundle.open(bundle_path, verify=False)
+        self.shards = []
+        for s in range(bundle.num_shards):
+            index = bundle.shard(s)["index"]
+            spec = IndexSpec(index["type"], index["params"])
+            self.shards.append(ShardIndex.load(bundle.shard_dir(s), bundle.metric, spec))
+        shares = shard_shares(bundle)
+        self.shares = [shares[s] for s in range(bundle.num_shards)]
+        self.oversample = oversample
+        self.higher_is_better = higher_is_better(bundle.metric)
+
+    def search(self, queries: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
+        """queries (nq, d) float32 -> ids (nq, k) int64, -1 padded, best first."""
+        from annfleet.merge import merge_rows, per_shard_k
+
+        parts = [
+            shard.search(queries, per_shard_k(k, share, self.oversample), **params)
+            for shard, share in zip(self.shards, self.shares, strict=True)
+        ]
+        ids, _ = merge_rows(
+            np.concatenate([p[0] for p in parts], axis=1),
+            np.concatenate([p[1] for p in parts], axis=1),
+            k,
+            higher_is_better=self.higher_is_better,
+        )
+        return ids
+
+
+def inprocess_capacity(
+    index: BundleInProcess,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    params: dict[str, int],
+    seconds: float,
+) -> dict[str, Any]:
+    """Queries/s of ``index`` batched on every core, two ways (half of ``seconds`` each):
+    the whole query set per call with faiss on all cores, and one Python thread per core
+    each searching its share of the queries with one faiss thread (re-rank and merge are
+    numpy, which one faiss call does not spread). The capacity is the better of the two."""
+    from annfleet.server.index import set_threads
+
+    cores = os.cpu_count() or 1
+    set_threads(cores)
+    try:
+        n, t0 = 0, time.perf_counter()
+        found = index.search(queries, k, params)
+        n += len(queries)
+        while time.perf_counter() - t0 < seconds / 2:
+            index.search(queries, k, params)
+            n += len(queries)
+        faiss_threads_qps = n / (time.perf_counter() - t0)
+    finally:
+        set_threads(1)
+    chunks = [c for c in np.array_split(np.arange(len(queries)), cores) if len(c)]
+
+    def worker(rows: np.ndarray, stop: float) -> int:
+        set_threads(1)
+        done = 0
+        while done == 0 or time.perf_counter() < stop:
+            index.search(queries[rows], k, params)
+            done += len(rows)
+        return done
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        total = sum(pool.map(worker, chunks, [t0 + seconds / 2] * len(chunks)))
+    threads_qps = total / (time.perf_counter() - t0)
+    return {
+        "params": params,
+        "recall": recall_at_k(found, truth, k),
+        "cores": cores,
+        "batch": len(queries),
+        "faiss_threads_qps": faiss_threads_qps,
+        "python_threads_qps": threads_qps,
+        "capacity_qps": max(faiss_threads_qps, threads_qps),
+    }
+
+
+def slo_breaches(step: dict[str, Any]) -> list[str]:
+    """What broke the SLO in one open-loop step (empty: held)."""
+    out = []
+    if step["ok"] == 0:
+        out.append("nothing answered")
+    else:
+        if not step["p50_ms"] < SLO_MS["p50_ms"]:
+            out.append(f"p50 {step['p50_ms']:.1f} >= {SLO_MS['p50_ms']:.0f}")
+        if not step["p95_ms"] < SLO_MS["p95_ms"]:
+            out.append(f"p95 {step['p95_ms']:.1f} >= {SLO_MS['p95_ms']:.0f}")
+        if not step["p99_ms"] <= SLO_MS["p99_ms"]:
+            out.append(f"p99 {step['p99_ms']:.1f} > {SLO_MS['p99_ms']:.0f}")
+    failed = sum(step["errors"].values()) + step["unfinished"]
+    if failed:
+        out.append(f"{failed} not answered")
+    return out
+
+
+def _step_row(phase: str, rate: float, load: dict[str, Any]) -> dict[str, Any]:
+    spec = load["spec"]
+    row = {
+        "phase": phase,
+        "offered_qps": rate,
+        "sent_in_window": load["sent_in_window"],
+        "ok": load["ok"],
+        "achieved_qps": load["achieved_qps"],
+        "p50_ms": load["p50_ms"],
+        "p95_ms": load["p95_ms"],
+        "p99_ms": load["p99_ms"],
+        "p999_ms": load["p999_ms"],
+        "errors": load["errors"],
+        "unfinished": load["unfinished"],
+        "server_cores": round(
+            sum(c["cores_used"] for n, c in load["cpu"].items() if not n.startswith("client")), 2
+        ),
+        "duration_s": spec["duration"],
+    }
+    breaches = slo_breaches(row)
+    row["slo_met"] = not breaches
+    row["breaches"] = "; ".join(breaches)
+    return row
+
+
+def rate_search(
+    step: Callable[[float], dict[str, Any]],
+    rates: Sequence[float],
+    bisect: int,
+) -> dict[str, Any]:
+    """The highest arrival rate that holds the SLO: ``rates`` in ascending order until the
+    first that breaks it, then ``bisect`` steps halving the gap between the last rate held
+    and that one. ``step(rate)`` runs one open-loop step -> a row of :func:`_step_row`."""
+    steps: list[dict[str, Any]] = []
+    held, broke = 0.0, None
+    for rate in rates:
+        row = step(rate)
+        steps.append(row)
+        if not row["slo_met"]:
+            broke = rate
+            break
+        held = rate
+    for _ in range(bisect if broke is not None else 0):
+        assert broke is not None
+        if broke - held <= max(1.0, 0.02 * broke):
+            break
+        rate = round((held + broke) / 2, 1)
+        row = step(rate)
+        row["phase"] = "bisect"
+        steps.append(row)
+        if row["slo_met"]:
+            held = rate
+        else:
+            broke = rate
+    best = max((s for s in steps if s["slo_met"]), key=lambda s: s["offered_qps"], default=None)
+    return {
+        "steps": steps,
+        "max_sustained_qps": best["offered_qps"] if best else 0.0,
+        "max_sustained_step": best,
+        "first_broken_qps": broke,
+        "upper_bound_found": broke is not None,
+    }
+
+
+def slo_under_load(
+    bundle: Path,
+    target: str,
+    pids: dict[str, int],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    k: int,
+    rows: Sequence[dict[str, Any]],
+    cfg: OpenLoopConfig,
+    *,
+    recall: float,
+    params: dict[str, int] | None,
+    oversample: float,
+) -> dict[str, Any]:
+    """In-process capacity and the open-loop rate search at one operating point: ``params``,
+    else the router's cheapest sweep point (p50) with recall >= ``recall``, else its
+    highest-recall point."""
+    from annfleet.benchmarks.load import LoadSpec, run_load
+    from annfleet.benchmarks.throughput import _cheapest
+    from annfleet.merge import per_shard_k
+
+    notes: list[str] = []
+    router_rows = [r for r in rows if r["system"] == "router"]
+    if params:
+        point = dict(params)
+        chosen = next((r for r in router_rows if r["params"] == point), None)
+        how = "given (--load-params)"
+    else:
+        chosen = _cheapest(router_rows, "router", recall)
+        how = f"the router's cheapest sweep point (p50) with recall@{k} >= {recall}"
+        if chosen is None:
+            chosen = max(router_rows, key=lambda r: r["recall"])
+            how = f"no sweep point reached recall@{k} {recall}: the router's highest-recall point"
+            notes.append(how)
+        point = dict(chosen["params"])
+    t0 = time.perf_counter()
+    index = BundleInProcess(bundle, oversample)
+    load_s = time.perf_counter() - t0
+    capacity = inprocess_capacity(index, queries, truth, k, point, cfg.capacity_s)
+    capacity["load_s"] = load_s
+    capacity["per_shard_k"] = [per_shard_k(k, s, oversample) for s in index.shares]
+    del index
+    rates = list(cfg.rates) or [
+        round(f * capacity["capacity_qps"], 1) for f in DEFAULT_RATE_FRACTIONS
+    ]
+
+    def step(rate: float) -> dict[str, Any]:
+        spec = LoadSpec(
+            target=target,
+            rpc="search",
+            mode="open",
+            concurrency=cfg.concurrency,
+            qps=rate,
+            duration=cfg.step_s,
+            warmup=cfg.warmup_s,
+            processes=cfg.processes,
+            k=k,
+            nprobe=point.get("nprobe", 0),
+            rerank=point.get("rerank", 0),
+            timeout=cfg.timeout_s,
+        )
+        row = _step_row("step", rate, run_load(spec, queries, None, pids))
+        log.info("open loop %.1f/s: %s", rate, row)
+        if not row["slo_met"]:
+            time.sleep(cfg.cooldown_s)
+        return row
+
+    search = rate_search(step, rates, cfg.bisect)
+    ratio = search["max_sustained_qps"] / capacity["capacity_qps"]
+    return {
+        "config": asdict(cfg),
+        "slo_ms": SLO_MS,
+        "point": point,
+        "point_chosen": how,
+        "point_sequential": chosen,
+        "rates": rates,
+        "inprocess": capacity,
+        **search,
+        "ratio_to_inprocess": ratio,
+        "target": {
+            "text": f"recall@{k} >= 0.95 and the SLO held at an open-loop rate >= 0.5 x "
+            "in-process batched capacity",
+            "recall": chosen["recall"] if chosen else capacity["recall"],
+            "ratio": ratio,
+            "met": bool(
+                ratio >= 0.5 and (chosen["recall"] if chosen else capacity["recall"]) >= 0.95
+            ),
+        },
+        "notes": notes,
+    }
 
 
 def write(result: dict[str, Any], out_root: Path | None) -> Path:
@@ -192,6 +546,10 @@ def write(result: dict[str, Any], out_root: Path | None) -> Path:
         f"({result['dataset']['vectors_gib']} GiB), IVF-PQ {result['config']['build_params']} "
         f"+ exact re-rank, {result['config']['shards']} shards, k={result['config']['k']}",
         f"- timings (s): { ({k: round(v, 1) for k, v in result['timings'].items()}) }",
+        f"- uptime before: `{result['uptime']['before']}`",
+        f"- uptime after: `{result['uptime']['after']}`",
+        "- the box (2 cores) is shared with other jobs: absolute latencies depend on their "
+        "load; the ratios below are measured within this run",
         "",
         "## Latency (one query per request, sequential)",
         "",
@@ -214,11 +572,89 @@ def write(result: dict[str, Any], out_root: Path | None) -> Path:
             f"P4 ({p4['target']}): {p4['best_point']} recall {p4['recall']:.3f}, "
             f"p99 {p4['p99_ms']:.1f} ms: {'met' if p4['met'] else 'NOT met'}",
         ]
+    if "open_loop" in result:
+        lines += ["", *open_loop_lines(result["open_loop"])]
+        report.write_csv(out / "open_loop.csv", result["open_loop"]["steps"])
     (out / "README.md").write_text("\n".join(lines) + "\n")
     return out
 
 
+STEP_COLUMNS = [
+    "phase",
+    "offered_qps",
+    "achieved_qps",
+    "sent_in_window",
+    "ok",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "p999_ms",
+    "errors",
+    "server_cores",
+    "slo_met",
+    "breaches",
+]
+
+
+def open_loop_lines(ol: dict[str, Any]) -> list[str]:
+    cap, cfg, t = ol["inprocess"], ol["config"], ol["target"]
+    slo = ol["slo_ms"]
+    best = ol["max_sustained_step"]
+    lines = [
+        "## SLO under load (open loop through the router)",
+        "",
+        f"Operating point {ol['point']} ({ol['point_chosen']}); one query per request, "
+        f"{cfg['processes']} client process(es) on the same box, arrivals at a fixed rate, "
+        "latency from each request's scheduled send time (no coordinated omission), "
+        f"{cfg['step_s']:g} s measured per rate after {cfg['warmup_s']:g} s warm-up, "
+        f"client deadline {cfg['timeout_s']:g} s, at most {cfg['concurrency']} in flight. "
+        f"SLO: p50 < {slo['p50_ms']:g} ms, p95 < {slo['p95_ms']:g} ms, "
+        f"p99 <= {slo['p99_ms']:g} ms, every request answered (no shed, no timeout).",
+        "",
+        "```",
+        report.format_table(ol["steps"], STEP_COLUMNS),
+        "```",
+        "",
+        f"In-process (the same bundle's {len(cap['per_shard_k'])} shards loaded in the "
+        f"benchmark process, each asked for {cap['per_shard_k'][0]} hits as the router asks, "
+        f"merged as the router merges; {cap['batch']} queries per batch, recall@k "
+        f"{cap['recall']:.3f}): {cap['faiss_threads_qps']:.0f} queries/s with faiss on "
+        f"{cap['cores']} threads, {cap['python_threads_qps']:.0f} queries/s with "
+        f"{cap['cores']} Python threads x 1 faiss thread; capacity "
+        f"**{cap['capacity_qps']:.0f} queries/s**.",
+        "",
+    ]
+    if best is not None:
+        lines.append(
+            f"Highest rate holding the SLO: **{ol['max_sustained_qps']:g} requests/s** "
+            f"(p50 {best['p50_ms']:.1f} / p95 {best['p95_ms']:.1f} / p99 {best['p99_ms']:.1f} ms)"
+            + (
+                f"; broken at {ol['first_broken_qps']:g}/s"
+                if ol["upper_bound_found"]
+                else "; every rate tried held it (upper bound not found)"
+            )
+            + f" = **{ol['ratio_to_inprocess']:.2f}x** in-process capacity."
+        )
+    else:
+        lines.append(
+            f"No rate tried held the SLO (the lowest, {ol['steps'][0]['offered_qps']:g}/s, "
+            f"broke it: {ol['steps'][0]['breaches']})."
+        )
+    lines += [
+        "",
+        f"Target ({t['text']}): recall {t['recall']:.3f}, ratio {t['ratio']:.2f}: "
+        + ("met" if t["met"] else "**NOT met**"),
+    ]
+    lines += [f"- note: {n}" for n in ol["notes"]]
+    return lines
+
+
 def cmd(args: argparse.Namespace) -> int:
+    if args.prepare_only:
+        _, _, bundle, timings = prepare(args, not args.no_progress)
+        print(f"bundle: {bundle}")
+        print(f"timings (s): { ({k: round(v, 1) for k, v in timings.items()}) }")
+        return 0
     result = run(args)
     out = write(result, args.out)
     print((out / "README.md").read_text())
