@@ -66,7 +66,7 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
             "bench",
             "scale",
             *("--items", "20000", "--dim", "16", "--shards", "2", "--queries", "50"),
-            *("--build", "nlist=64,pq_m=8", "--nprobe", "16", "--rerank", "200", "-k", "100"),
+            *("--build", "nlist=64,pq_m=8", "--nprobe", "8,16", "--rerank", "200", "-k", "100"),
             *("--rates", ",".join(map(str, rates)), "--step-s", "1", "--load-warmup-s", "0.5"),
             *("--bisect", "1", "--capacity-s", "0.4"),
             *("--out", str(tmp_path / "results"), "--name", "tiny"),
@@ -79,7 +79,14 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
     assert set(result["uptime"]) == {"before", "after"}
     assert "load average" in result["uptime"]["before"]
     ol = result["open_loop"]
-    assert ol["point"] == {"nprobe": 16, "rerank": 200}
+    router = [r for r in result["rows"] if r["system"] == "router"]
+    assert [r["params"] for r in router] == [{"nprobe": n, "rerank": 200} for n in (8, 16)]
+    costs = ol["point_costs"]  # the sweep points with the recall, costed in process
+    assert [c["params"] for c in costs] == [r["params"] for r in router if r["recall"] >= 0.95]
+    if costs:
+        assert ol["point"] == max(costs, key=lambda c: c["inprocess_qps"])["params"]
+    else:
+        assert ol["point"] == max(router, key=lambda r: r["recall"])["params"]
     assert ol["rates"] == rates
     steps = ol["steps"]
     assert steps and [s["offered_qps"] for s in steps][: len(rates)] == rates[: len(steps)]
