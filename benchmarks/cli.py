@@ -295,6 +295,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "in-process capacity",
     )
     ol.add_argument("--step-s", type=float, default=10.0, help="measured seconds per rate")
+    ol.add_argument(
+        "--step-min-requests",
+        type=int,
+        default=300,
+        help="lengthen a step at a low rate until its window holds this many requests",
+    )
     ol.add_argument("--load-warmup-s", type=float, default=2.0, help="warm-up per rate")
     ol.add_argument(
         "--bisect", type=int, default=2, help="steps between the last rate held and the first not"

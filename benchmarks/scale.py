@@ -49,7 +49,8 @@ DEFAULT_RATE_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0)
 @dataclass(frozen=True)
 class OpenLoopConfig:
     rates: tuple[float, ...] = ()  # requests/s in ascending order; () = fractions of capacity
-    step_s: float = 10.0  # measured seconds per rate
+    step_s: float = 10.0  # measured seconds per rate (at least)
+    step_min_requests: int = 300  # ... and long enough for this many requests at the rate
     warmup_s: float = 2.0  # seconds sent and discarded before each step's window
     bisect: int = 2  # extra steps halving the gap between the last rate held and the first not
     processes: int = 1  # client processes
@@ -234,6 +235,7 @@ def open_loop_config(args: argparse.Namespace) -> OpenLoopConfig:
     return OpenLoopConfig(
         rates=tuple(sorted(args.rates or ())),
         step_s=args.step_s,
+        step_min_requests=args.step_min_requests,
         warmup_s=args.load_warmup_s,
         bisect=args.bisect,
         processes=args.load_processes,
@@ -343,6 +345,12 @@ def inprocess_capacity(
         "python_threads_qps": threads_qps,
         "capacity_qps": max(faiss_threads_qps, threads_qps),
     }
+
+
+def step_seconds(cfg: OpenLoopConfig, rate: float) -> float:
+    """Measured seconds at ``rate``: ``step_s``, longer at low rates so the window holds
+    ``step_min_requests`` requests (a p99 of fewer is one or two samples)."""
+    return max(cfg.step_s, cfg.step_min_requests / rate) if rate > 0 else cfg.step_s
 
 
 def slo_breaches(step: dict[str, Any]) -> list[str]:
@@ -499,7 +507,7 @@ def slo_under_load(
             mode="open",
             concurrency=cfg.concurrency,
             qps=rate,
-            duration=cfg.step_s,
+            duration=step_seconds(cfg, rate),
             warmup=cfg.warmup_s,
             processes=cfg.processes,
             k=k,
@@ -626,7 +634,8 @@ def open_loop_lines(ol: dict[str, Any]) -> list[str]:
         f"Operating point {ol['point']} ({ol['point_chosen']}); one query per request, "
         f"{cfg['processes']} client process(es) on the same box, arrivals at a fixed rate, "
         "latency from each request's scheduled send time (no coordinated omission), "
-        f"{cfg['step_s']:g} s measured per rate after {cfg['warmup_s']:g} s warm-up, "
+        f"{cfg['step_s']:g} s measured per rate (longer where needed for "
+        f"{cfg['step_min_requests']} requests) after {cfg['warmup_s']:g} s warm-up, "
         f"client deadline {cfg['timeout_s']:g} s, at most {cfg['concurrency']} in flight. "
         f"SLO: p50 < {slo['p50_ms']:g} ms, p95 < {slo['p95_ms']:g} ms, "
         f"p99 <= {slo['p99_ms']:g} ms, every request answered (no shed, no timeout).",

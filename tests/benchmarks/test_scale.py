@@ -68,6 +68,7 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
             *("--items", "20000", "--dim", "16", "--shards", "2", "--queries", "50"),
             *("--build", "nlist=64,pq_m=8", "--nprobe", "8,16", "--rerank", "200", "-k", "100"),
             *("--rates", ",".join(map(str, rates)), "--step-s", "1", "--load-warmup-s", "0.5"),
+            *("--step-min-requests", "20"),
             *("--bisect", "1", "--capacity-s", "0.4"),
             *("--out", str(tmp_path / "results"), "--name", "tiny"),
             *("--data-dir", str(tmp_path / "data"), "--no-progress"),
@@ -90,9 +91,10 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
     assert ol["rates"] == rates
     steps = ol["steps"]
     assert steps and [s["offered_qps"] for s in steps][: len(rates)] == rates[: len(steps)]
-    processes, duration = ol["config"]["processes"], ol["config"]["step_s"]
+    processes = ol["config"]["processes"]
     for s in steps:
-        assert s["duration_s"] == duration
+        duration = s["duration_s"]  # 1 s, or 20 requests' worth at 15/s
+        assert duration == max(1.0, 20 / s["offered_qps"])
         assert 0 <= s["ok"] <= s["sent_in_window"]
         assert s["unfinished"] >= 0  # ok + errors never exceed what was sent
         assert math.isclose(s["achieved_qps"], s["ok"] / duration)
