@@ -368,11 +368,19 @@ def slo_breaches(step: dict[str, Any]) -> list[str]:
     failed = sum(step["errors"].values()) + step["unfinished"]
     if failed:
         out.append(f"{failed} not answered")
+    if step.get("degraded"):
+        out.append(f"{step['degraded']} degraded (shards missing)")
     return out
 
 
-def _step_row(phase: str, rate: float, load: dict[str, Any]) -> dict[str, Any]:
+def _step_row(
+    phase: str, rate: float, load: dict[str, Any], window: tuple[float, float]
+) -> dict[str, Any]:
+    """One open-loop step's row; ``window``: the measured (start, end) in ``time.time()``,
+    to count the answers in it that the router marked degraded (shards missing)."""
     spec = load["spec"]
+    start, end = window
+    degraded = sum(1 for t, _, _, deg in load.get("records", ()) if deg and start <= t < end)
     row = {
         "phase": phase,
         "offered_qps": rate,
@@ -385,6 +393,7 @@ def _step_row(phase: str, rate: float, load: dict[str, Any]) -> dict[str, Any]:
         "p999_ms": load["p999_ms"],
         "errors": load["errors"],
         "unfinished": load["unfinished"],
+        "degraded": degraded,
         "server_cores": round(
             sum(c["cores_used"] for n, c in load["cpu"].items() if not n.startswith("client")), 2
         ),
@@ -514,8 +523,11 @@ def slo_under_load(
             nprobe=point.get("nprobe", 0),
             rerank=point.get("rerank", 0),
             timeout=cfg.timeout_s,
+            record=True,  # every answer's degraded flag
         )
-        row = _step_row("step", rate, run_load(spec, queries, None, pids))
+        start_at = time.time() + 2.0 + 0.5 * cfg.processes  # time for the spawns to import
+        window = (start_at + spec.warmup, start_at + spec.warmup + spec.duration)
+        row = _step_row("step", rate, run_load(spec, queries, None, pids, start_at), window)
         log.info("open loop %.1f/s: %s", rate, row)
         if not row["slo_met"]:
             time.sleep(cfg.cooldown_s)
@@ -618,6 +630,7 @@ STEP_COLUMNS = [
     "p99_ms",
     "p999_ms",
     "errors",
+    "degraded",
     "server_cores",
     "slo_met",
     "breaches",
@@ -638,7 +651,8 @@ def open_loop_lines(ol: dict[str, Any]) -> list[str]:
         f"{cfg['step_min_requests']} requests) after {cfg['warmup_s']:g} s warm-up, "
         f"client deadline {cfg['timeout_s']:g} s, at most {cfg['concurrency']} in flight. "
         f"SLO: p50 < {slo['p50_ms']:g} ms, p95 < {slo['p95_ms']:g} ms, "
-        f"p99 <= {slo['p99_ms']:g} ms, every request answered (no shed, no timeout).",
+        f"p99 <= {slo['p99_ms']:g} ms, every request answered (no shed, no timeout) from every "
+        "shard (none degraded).",
         "",
         "```",
         report.format_table(ol["steps"], STEP_COLUMNS),

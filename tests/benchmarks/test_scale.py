@@ -34,6 +34,7 @@ def test_slo_breaches_name_each_broken_bound() -> None:
     shed = _step(10, 20.0, {"RESOURCE_EXHAUSTED": 2, "CLIENT_BACKLOG": 1})
     assert slo_breaches(shed) == ["3 not answered"]
     assert slo_breaches({**_step(10, 20.0), "ok": 0}) == ["nothing answered"]
+    assert slo_breaches({**_step(10, 20.0), "degraded": 1}) == ["1 degraded (shards missing)"]
 
 
 def test_rate_search_steps_up_then_bisects_to_the_highest_rate_held() -> None:
@@ -97,6 +98,7 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
         assert duration == max(1.0, 20 / s["offered_qps"])
         assert 0 <= s["ok"] <= s["sent_in_window"]
         assert s["unfinished"] >= 0  # ok + errors never exceed what was sent
+        assert 0 <= s["degraded"] <= s["ok"]
         assert math.isclose(s["achieved_qps"], s["ok"] / duration)
         # at most one send per process more than rate x window (the schedule's phase)
         assert s["achieved_qps"] <= s["offered_qps"] + processes / duration
