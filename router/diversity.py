@@ -42,37 +42,45 @@ log = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------- pure functions
+CHUNK_ROWS = 1 << 16  # feature rows gathered at once (bounds the temporary memory)
+
+
 def intra_list_distances(rows: np.ndarray, lengths: np.ndarray, features: np.ndarray) -> np.ndarray:
     """Mean pairwise cosine distance of each list.
 
     rows (T,) int64 feature rows of every list's items concatenated (-1 = no features),
-    lengths (L,) int64 items per list (sum T), features (N, d) float rows of unit or zero
+    lengths (L,) int64 items per list (sum T), features (N, d) float32 rows of unit or zero
     norm -> (L,) float64, NaN for a list with fewer than two featured items.
 
-    For unit rows x_i with sum s: sum over pairs i<j of cos = (|s|^2 - sum |x_i|^2) / 2, so
-    each list costs O(n d), not O(n^2 d).
+    For n unit rows x_i with sum s: sum over pairs i<j of cos = (|s|^2 - n) / 2, so a list
+    costs O(n d), not O(n^2 d). Lists are gathered at most ``CHUNK_ROWS`` rows at a time.
     """
     lengths = np.asarray(lengths, np.int64)
+    rows = np.asarray(rows, np.int64)
     out = np.full(len(lengths), np.nan)
     if len(lengths) == 0 or len(features) == 0:
         return out
-    rows = np.asarray(rows, np.int64)
-    segment = np.repeat(np.arange(len(lengths)), lengths)
-    x = features[np.maximum(rows, 0)].astype(np.float64)
-    sq = np.einsum("ij,ij->i", x, x)
-    keep = (rows >= 0) & (sq > 0)
-    x, sq, segment = x[keep], sq[keep], segment[keep]
-    n = np.bincount(segment, minlength=len(lengths))
-    if len(segment) == 0:
-        return out
-    starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
-    present = segment[starts]  # the lists with at least one featured item, in order
-    sums = np.add.reduceat(x, starts, axis=0)
-    norms = np.add.reduceat(sq, starts)
-    m = n[present].astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_cos = (np.einsum("ij,ij->i", sums, sums) - norms) / (m * (m - 1))
-    out[present] = np.where(m >= 2, 1.0 - mean_cos, np.nan)
+    ends = np.cumsum(lengths)
+    first = 0
+    while first < len(lengths):
+        start = ends[first] - lengths[first]
+        # whole lists, at least one, up to CHUNK_ROWS rows
+        last = max(first + 1, int(np.searchsorted(ends, start + CHUNK_ROWS, side="right")))
+        chunk = rows[start : ends[last - 1]]
+        segment = np.repeat(np.arange(first, last), lengths[first:last])
+        keep = chunk >= 0
+        chunk, segment = chunk[keep], segment[keep]
+        if len(chunk):
+            x = features[chunk]
+            featured = np.einsum("ij,ij->i", x, x) > 0.5  # unit rows; zero rows add nothing
+            starts = np.flatnonzero(np.r_[True, segment[1:] != segment[:-1]])
+            present = segment[starts]  # lists with an item the bundle knows, in order
+            sums = np.add.reduceat(x, starts, axis=0, dtype=np.float64)
+            n = np.add.reduceat(featured, starts, dtype=np.float64)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean_cos = (np.einsum("ij,ij->i", sums, sums) - n) / (n * (n - 1))
+            out[present] = np.where(n >= 2, 1.0 - mean_cos, np.nan)
+        first = last
     return out
 
 
@@ -120,8 +128,8 @@ def window_figures(
         return DiversityFigures(0, math.nan, 0.0, 0.0)
     lengths = np.fromiter((len(ids) for ids in lists), np.int64, len(lists))
     rows = items.rows(np.concatenate(lists).astype(np.int64, copy=False))
-    known = rows[rows >= 0]
-    _, counts = np.unique(known, return_counts=True)
+    counts = np.bincount(rows[rows >= 0], minlength=len(items))
+    counts = counts[counts > 0]
     ild = math.nan
     if features is not None:
         per_list = intra_list_distances(rows, lengths, features)

@@ -19,6 +19,7 @@ from support import LoopThread, patient, start_cluster
 from annfleet.bundle import Bundle
 from annfleet.client import Client
 from annfleet.config import SourcesConfig
+from annfleet.router import diversity
 from annfleet.router.diversity import (
     DiversityMonitor,
     catalogue_coverage,
@@ -89,6 +90,17 @@ def test_intra_list_distance_matches_brute_force(lists: list[list[int]], seed: i
             assert math.isnan(value)
         else:
             assert value == pytest.approx(want, abs=1e-6)
+
+
+def test_intra_list_distance_in_chunks_equals_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(4)
+    unit = normalise_rows(rng.integers(0, 2, size=(30, 4)).astype(np.float32))
+    lengths = rng.integers(0, 9, size=40)
+    rows = rng.integers(-1, 30, size=int(lengths.sum()))
+    whole = intra_list_distances(rows, lengths, unit)
+    monkeypatch.setattr(diversity, "CHUNK_ROWS", 5)  # lists longer than a chunk included
+    np.testing.assert_allclose(intra_list_distances(rows, lengths, unit), whole, atol=1e-9)
+    assert np.isfinite(whole).sum() > 20
 
 
 def test_intra_list_distance_reference_points() -> None:
