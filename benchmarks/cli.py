@@ -198,6 +198,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     ld.add_argument("--data-dir", type=Path)
     ld.set_defaults(func=cmd_load)
 
+    sc = sub.add_parser(
+        "sources",
+        help="Retrieve latency: ANN only vs every source vs one source hanging (issue 10)",
+    )
+    sc.add_argument("--bundle", type=Path, help="a bundle with a user tower (default: MovieLens)")
+    sc.add_argument("--config", type=Path, help="the cluster YAML the variants start from")
+    sc.add_argument("--qps", type=float, default=30.0, help="open-loop Retrieve rate")
+    sc.add_argument("--duration", type=float, default=15.0, help="seconds measured per variant")
+    sc.add_argument("--warmup", type=float, default=3.0)
+    sc.add_argument("--rounds", type=int, default=2, help="variants interleaved this many times")
+    sc.add_argument("-k", "--k", type=int, default=100)
+    sc.add_argument("--timeout", type=float, default=1.0)
+    sc.add_argument("--client-in-flight", type=int, default=256)
+    sc.add_argument("--hang", default="content", help="the source that hangs")
+    sc.add_argument("--hang-ms", type=float, default=5000.0, help="how late it answers")
+    sc.add_argument("--name", help="write results under benchmarks/results/<name>/")
+    sc.add_argument("--out", type=Path)
+    sc.set_defaults(func=cmd_sources)
+
     pf = sub.add_parser(
         "profile",
         help="py-spy profiles of the router and a shard under closed-loop Search load: CPU "
@@ -454,6 +473,13 @@ def cmd_recall_latency(args: argparse.Namespace) -> int:
 
     print(f"results: {result_dir(name, args.out)}")
     return 0
+
+
+def cmd_sources(args: argparse.Namespace) -> int:
+    _exit_on_sigterm()
+    from annfleet.benchmarks.sources import cmd
+
+    return cmd(args)
 
 
 def cmd_load(args: argparse.Namespace) -> int:
