@@ -3,6 +3,7 @@ the monitor's bounded window, and the gauges of a real router serving Retrieve."
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import time
@@ -18,8 +19,10 @@ from support import LoopThread, patient, start_cluster
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client
-from annfleet.config import SourcesConfig
+from annfleet.config import RouterConfig, SourcesConfig
 from annfleet.router import diversity
+from annfleet.router.caches import RouterCaches
+from annfleet.router.candidates import CandidateGenerator, SourceSet
 from annfleet.router.diversity import (
     DiversityMonitor,
     catalogue_coverage,
@@ -29,6 +32,7 @@ from annfleet.router.diversity import (
 )
 from annfleet.router.sources import ItemTable
 from annfleet.router.sources.content import normalise_rows
+from annfleet.router.state import MemoryState
 from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
 
@@ -149,6 +153,25 @@ def test_the_monitor_window_is_bounded_and_released_bundles_are_forgotten() -> N
     for _ in range(400):
         sampled.offer("b", np.array([1], np.int64))
     assert 50 <= sampled.measure()["b"].lists <= 150  # about a quarter of 400
+
+
+def test_a_bundle_generator_registers_while_it_lives() -> None:
+    """A bundle's CandidateGenerator registers its bundle; once it is gone (a rollout
+    replaced the bundle), the bundle's window and gauges go too."""
+    monitor = DiversityMonitor(SourcesConfig(diversity_sample_rate=1.0), seed=0)
+    items = ItemTable(np.arange(5, dtype=np.int64))
+    generator = CandidateGenerator(
+        "bundle-x",
+        SourceSet([], items, None),
+        MemoryState(),
+        RouterCaches(RouterConfig(), SourcesConfig()),
+        diversity=monitor,
+    )
+    monitor.offer("bundle-x", np.array([1, 2], np.int64))
+    assert monitor.measure()["bundle-x"].lists == 1
+    del generator
+    gc.collect()
+    assert monitor.measure() == {}
 
 
 @pytest.fixture(scope="module")
