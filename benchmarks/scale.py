@@ -313,13 +313,14 @@ def inprocess_capacity(
     cores = os.cpu_count() or 1
     set_threads(cores)
     try:
-        n, t0 = 0, time.perf_counter()
+        n, t0, cpu0 = 0, time.perf_counter(), time.process_time()
         found = index.search(queries, k, params)
         n += len(queries)
         while time.perf_counter() - t0 < seconds / 2:
             index.search(queries, k, params)
             n += len(queries)
         faiss_threads_qps = n / (time.perf_counter() - t0)
+        faiss_threads_cpu = (time.process_time() - cpu0) / n
     finally:
         set_threads(1)
     chunks = [c for c in np.array_split(np.arange(len(queries)), cores) if len(c)]
@@ -332,10 +333,11 @@ def inprocess_capacity(
             done += len(rows)
         return done
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(len(chunks)) as pool:
         total = sum(pool.map(worker, chunks, [t0 + seconds / 2] * len(chunks)))
     threads_qps = total / (time.perf_counter() - t0)
+    threads_cpu = (time.process_time() - cpu0) / total
     return {
         "params": params,
         "recall": recall_at_k(found, truth, k),
@@ -344,6 +346,9 @@ def inprocess_capacity(
         "faiss_threads_qps": faiss_threads_qps,
         "python_threads_qps": threads_qps,
         "capacity_qps": max(faiss_threads_qps, threads_qps),
+        # CPU time (all threads of this process) per query: unlike queries/s, it does not
+        # depend on how much of the shared box the run got
+        "cpu_ms_per_query": 1e3 * min(faiss_threads_cpu, threads_cpu),
     }
 
 
@@ -397,6 +402,9 @@ def _step_row(
         "server_cores": round(
             sum(c["cores_used"] for n, c in load["cpu"].items() if not n.startswith("client")), 2
         ),
+        "server_cpu_ms_per_query": 1e3
+        * sum(c["cpu_seconds"] for n, c in load["cpu"].items() if not n.startswith("client"))
+        / max(1, load["ok"]),
         "duration_s": spec["duration"],
     }
     breaches = slo_breaches(row)
@@ -535,6 +543,8 @@ def slo_under_load(
 
     search = rate_search(step, rates, cfg.bisect)
     ratio = search["max_sustained_qps"] / capacity["capacity_qps"]
+    answered = [s["server_cpu_ms_per_query"] for s in search["steps"] if s["ok"]]
+    cluster_cpu = float(np.median(answered)) if answered else float("nan")
     return {
         "config": asdict(cfg),
         "slo_ms": SLO_MS,
@@ -546,6 +556,8 @@ def slo_under_load(
         "inprocess": capacity,
         **search,
         "ratio_to_inprocess": ratio,
+        "cluster_cpu_ms_per_query": cluster_cpu,  # servers, median over the steps
+        "cpu_ratio": capacity["cpu_ms_per_query"] / cluster_cpu,  # in-process / cluster
         "target": {
             "text": f"recall@{k} >= 0.95 and the SLO held at an open-loop rate >= 0.5 x "
             "in-process batched capacity",
@@ -632,6 +644,7 @@ STEP_COLUMNS = [
     "errors",
     "degraded",
     "server_cores",
+    "server_cpu_ms_per_query",
     "slo_met",
     "breaches",
 ]
@@ -687,9 +700,18 @@ def open_loop_lines(ol: dict[str, Any]) -> list[str]:
         f"{cap['recall']:.3f}): {cap['faiss_threads_qps']:.0f} queries/s with faiss on "
         f"{cap['cores']} threads, {cap['python_threads_qps']:.0f} queries/s with "
         f"{cap['cores']} Python threads x 1 faiss thread; capacity "
-        f"**{cap['capacity_qps']:.0f} queries/s**.",
+        f"**{cap['capacity_qps']:.0f} queries/s**; {cap['cpu_ms_per_query']:.1f} ms of CPU per "
+        "query (the cheaper mode).",
         "",
     ]
+    if not np.isnan(ol["cluster_cpu_ms_per_query"]):
+        lines += [
+            f"CPU per query (independent of how much of the shared box a run gets): the "
+            f"cluster's servers {ol['cluster_cpu_ms_per_query']:.1f} ms (median over the "
+            f"steps), in-process {cap['cpu_ms_per_query']:.1f} ms: **{ol['cpu_ratio']:.2f}x** "
+            "(the share of in-process capacity the cluster could reach if CPU were the limit).",
+            "",
+        ]
     if best is not None:
         lines.append(
             f"Highest rate holding the SLO: **{ol['max_sustained_qps']:g} requests/s** "

@@ -114,6 +114,15 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
     assert cap["per_shard_k"] == [100, 100]  # ceil(100 x ~0.5 x 2), capped at k
     assert 0.9 <= cap["recall"] <= 1.0  # the same shards, params and merge as the router
     assert math.isclose(ol["ratio_to_inprocess"], ol["max_sustained_qps"] / cap["capacity_qps"])
+    assert cap["cpu_ms_per_query"] > 0 and all(s["server_cpu_ms_per_query"] > 0 for s in steps)
+    assert (
+        math.isclose(
+            ol["cluster_cpu_ms_per_query"],
+            sorted(s["server_cpu_ms_per_query"] for s in steps)[(len(steps) - 1) // 2],
+        )
+        or len(steps) % 2 == 0
+    )
+    assert math.isclose(ol["cpu_ratio"], cap["cpu_ms_per_query"] / ol["cluster_cpu_ms_per_query"])
     assert ol["target"]["met"] == (
         ol["ratio_to_inprocess"] >= 0.5 and ol["target"]["recall"] >= 0.95
     )
