@@ -23,7 +23,7 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,26 @@ class StateStore(ABC):
         """Release connections."""
 
 
+def lookup(
+    values: Mapping[int, float], ids: np.ndarray, default: float, dtype: type[np.generic]
+) -> np.ndarray:
+    """(n,) ``dtype``: ``values[id]`` for each of ``ids`` (n,) int64, ``default`` where absent.
+
+    Vectorised (a sorted copy of the mapping and one searchsorted): a request looks up every
+    item of the catalogue, and live counters hold at most that many entries."""
+    out = np.full(len(ids), default, dtype)
+    if not values or not len(ids):
+        return out
+    keys = np.fromiter(values.keys(), np.int64, len(values))
+    vals = np.fromiter(values.values(), dtype, len(values))
+    order = np.argsort(keys)
+    keys, vals = keys[order], vals[order]
+    pos = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    hit = keys[pos] == ids
+    out[hit] = vals[pos[hit]]
+    return out
+
+
 class MemoryState(StateStore):
     """This process only (what ``make up`` uses): lost on restart, not shared."""
 
@@ -153,12 +173,11 @@ class MemoryState(StateStore):
         return ids[order], logs[order]
 
     async def trending_scores(self, scope: str, ids: np.ndarray) -> np.ndarray:
-        counts = self._trending.get(scope, {})
-        return np.array([counts.get(int(i), -math.inf) for i in ids], np.float64)
+        return lookup(self._trending.get(scope, {}), ids, -math.inf, np.float64)
 
     async def posteriors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        imp = np.array([self._impressions[int(i)] for i in ids], np.int64)
-        clk = np.array([self._clicks[int(i)] for i in ids], np.int64)
+        imp = lookup(self._impressions, ids, 0, np.int64)
+        clk = lookup(self._clicks, ids, 0, np.int64)
         return imp, clk
 
     async def co_engaged(self, items: Sequence[int]) -> dict[int, dict[int, int]]:

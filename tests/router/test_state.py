@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from support import RedisServer
 
 from annfleet.config import StateConfig
@@ -132,3 +134,18 @@ def test_log2_add() -> None:
     assert log2_add(-math.inf, 3.0) == 3.0
     assert log2_add(2.0, 2.0) == pytest.approx(3.0)
     assert log2_add(1000.0, 0.0) == pytest.approx(1000.0)
+
+
+@given(
+    values=st.dictionaries(st.integers(-50, 50), st.integers(0, 1000), max_size=30),
+    ids=st.lists(st.integers(-60, 60), max_size=40),
+)
+def test_lookup_matches_a_dict_get_per_id(values: dict[int, int], ids: list[int]) -> None:
+    from annfleet.router.state import lookup
+
+    arr = np.array(ids, np.int64)
+    got = lookup(values, arr, -1, np.int64)
+    assert got.dtype == np.int64
+    assert got.tolist() == [values.get(i, -1) for i in ids]
+    floats = lookup({k: v / 3 for k, v in values.items()}, arr, -np.inf, np.float64)
+    assert floats.tolist() == [values[i] / 3 if i in values else -np.inf for i in ids]
