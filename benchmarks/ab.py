@@ -5,7 +5,10 @@
         --items 200000 --shards 4 --concurrency 32 --processes 2 --duration 15 --ef 200
 
 Each build is an ``annfleet`` executable from its own checkout (a git worktree at the old
-commit with its own venv), so its servers run that checkout's code. Runs go B A B A ...;
+commit with its own venv), so its servers run that checkout's code. Two settings of one
+build (a config switch) are compared with the same executable on both sides and
+``--a-args`` / ``--b-args``, extra ``bench load`` arguments of one side (e.g.
+``--a-args "--config stream.yaml"``). Runs go B A B A ...;
 each ratio A/B is taken within a pair (the machine's speed drifts less within a pair than
 across the session) and the medians are reported. Writes ``<name>/README.md`` and
 ``results.json``: QPS, p50/p99 and server CPU µs per query (/proc over the measured window,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import subprocess
 import sys
@@ -71,7 +75,9 @@ def readme(head: dict[str, Any], data: dict[str, Any]) -> str:
         "",
         f"- command: `{head['command']}`",
         f"- A: `{data['a']}` ({data['a_revision']}); B: `{data['b']}` ({data['b_revision']})",
-        f"- each run: `annfleet bench load {' '.join(data['load_args'])}`",
+        f"- each run: `annfleet bench load {' '.join(data['load_args'])}`"
+        + (f"; A adds `{' '.join(data['a_args'])}`" if data.get("a_args") else "")
+        + (f"; B adds `{' '.join(data['b_args'])}`" if data.get("b_args") else ""),
         f"- date {head['date']}; machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}; "
         "loopback; **shared with other engineers' jobs**",
         f"- uptime before: `{data['uptime'][0]}`",
@@ -99,18 +105,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m annfleet.benchmarks.ab")
     parser.add_argument("--a", required=True, help="annfleet executable of the build tried")
     parser.add_argument("--b", required=True, help="annfleet executable of the baseline build")
+    parser.add_argument("--a-args", default="", help="extra bench load arguments of A")
+    parser.add_argument("--b-args", default="", help="extra bench load arguments of B")
     parser.add_argument("--rounds", type=int, default=2, help="pairs of runs")
     parser.add_argument("--name", required=True, help="results directory name")
     parser.add_argument("--out", type=Path)
     parser.add_argument("load_args", nargs=argparse.REMAINDER, help="-- bench load arguments")
     args = parser.parse_args(argv)
     load_args = [a for a in args.load_args if a != "--"]
+    a_args, b_args = shlex.split(args.a_args), shlex.split(args.b_args)
     before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     runs = []
     with tempfile.TemporaryDirectory(prefix="annfleet-ab-") as tmp:
         for i in range(args.rounds):
-            runs.append(run_one(args.b, "B", i, load_args, Path(tmp)))
-            runs.append(run_one(args.a, "A", i, load_args, Path(tmp)))
+            runs.append(run_one(args.b, "B", i, [*load_args, *b_args], Path(tmp)))
+            runs.append(run_one(args.a, "A", i, [*load_args, *a_args], Path(tmp)))
     after = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     data = {
         "a": args.a,
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         "a_revision": runs[1]["git_revision"] if len(runs) > 1 else "",
         "b_revision": runs[0]["git_revision"] if runs else "",
         "load_args": load_args,
+        "a_args": a_args,
+        "b_args": b_args,
         "uptime": [before, after],
         "runs": runs,
         "ratios": ratios(runs),

@@ -237,6 +237,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     pf.add_argument("--top", type=int, default=15, help="places listed per profile")
     pf.add_argument("--no-spy", action="store_true", help="CPU per query only, no py-spy")
     pf.add_argument("--cluster-omp-threads", type=int, default=0)
+    pf.add_argument("--config", type=Path, help="cluster YAML for the local cluster")
     pf.add_argument("--name", help="write results under benchmarks/results/<name>/")
     pf.add_argument("--out", type=Path)
     pf.add_argument("--data-dir", type=Path)

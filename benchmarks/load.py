@@ -278,7 +278,8 @@ def _cluster_for(
         yield args.target, {}, ds.queries, qids
         return
     bundle = args.bundle or ensure_bundle(ds, "hnsw", {}, args.shards, data_dir)
-    with local_cluster(Path(bundle), args.cluster_omp_threads) as cluster:
+    config = getattr(args, "config", None)  # --config: the local cluster's YAML
+    with local_cluster(Path(bundle), args.cluster_omp_threads, config) as cluster:
         yield cluster.router_target, dict(cluster.pids), ds.queries, qids
 
 

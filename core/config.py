@@ -126,6 +126,11 @@ class RouterConfig:
     hedge_max_delay_s: float = 0.1
     hedge_budget: float = 0.1  # at most this share of shard calls is hedged
     connect_timeout_s: float = 30.0  # wait for shards at start-up
+    # How a shard search travels (router/streams.py): "unary", one IndexShard.Search call
+    # each; "stream", one long-lived IndexShard.SearchStream per replica channel carrying
+    # every search, each message with its own id and deadline (same statuses, retries,
+    # hedges and timeouts).
+    shard_transport: str = "unary"
     # Concurrent searches with equal (k, params) share a shard RPC once this many batches
     # are out per lane (adaptive batching); 0 = one shard RPC per request.
     coalesce_in_flight: int = 2
@@ -376,6 +381,11 @@ class ClusterConfig:
             (self.router.min_in_flight >= 1, "router.min_in_flight", ">= 1"),
             (self.router.latency_tolerance > 1.0, "router.latency_tolerance", "> 1"),
             (self.router.shard_attempts >= 1, "router.shard_attempts", ">= 1"),
+            (
+                self.router.shard_transport in ("unary", "stream"),
+                "router.shard_transport",
+                "unary or stream",
+            ),
             (0.0 <= self.router.hedge_quantile < 1.0, "router.hedge_quantile", "in [0, 1)"),
             (
                 0.0 <= self.router.hedge_min_delay_s <= self.router.hedge_max_delay_s,

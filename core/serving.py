@@ -65,6 +65,38 @@ class RpcObserver(Protocol):
     ) -> None: ...
 
 
+class CallRecorder:
+    """Counts and times one service method's calls (``annfleet_requests``,
+    ``annfleet_request_seconds``) and tells the servicer's ``rpc_observer``, if any.
+
+    The labelled metric children are looked up once (per status code) and kept: a
+    prometheus ``labels()`` lookup costs a lock and a dict walk per call.
+    """
+
+    def __init__(self, service: str, method: str) -> None:
+        self.service = service
+        self.method = method
+        self._latency: Any = None
+        self._counts: dict[grpc.StatusCode, Any] = {}
+
+    def __call__(
+        self, owner: Any, code: grpc.StatusCode, seconds: float, response: Any | None
+    ) -> None:
+        counter = self._counts.get(code)
+        if counter is None:
+            counter = self._counts[code] = REQUESTS.labels(self.service, self.method, code.name)
+        counter.inc()
+        if self._latency is None:
+            self._latency = LATENCY.labels(self.service, self.method)
+        self._latency.observe(seconds)
+        observer: RpcObserver | None = getattr(owner, "rpc_observer", None)
+        if observer is not None:
+            try:
+                observer(self.method, code, seconds, response)
+            except Exception:  # a status page never breaks an answer
+                log.exception("rpc observer failed on %s.%s", self.service, self.method)
+
+
 def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
     """Decorate a servicer method: count and time it, and turn exceptions into statuses.
 
@@ -75,6 +107,7 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
 
     def decorate(method: Handler[R]) -> Handler[R]:
         name = method.__name__
+        record = CallRecorder(service, name)
 
         @functools.wraps(method)
         async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
@@ -97,15 +130,7 @@ def rpc(service: str) -> Callable[[Handler[R]], Handler[R]]:
                 await context.abort(code, short_message(message))
                 raise  # unreachable: abort raises
             finally:
-                seconds = time.perf_counter() - start
-                REQUESTS.labels(service, name, code.name).inc()
-                LATENCY.labels(service, name).observe(seconds)
-                observer: RpcObserver | None = getattr(self, "rpc_observer", None)
-                if observer is not None:
-                    try:
-                        observer(name, code, seconds, response)
-                    except Exception:  # a status page never breaks an answer
-                        log.exception("rpc observer failed on %s.%s", service, name)
+                record(self, code, time.perf_counter() - start, response)
 
         return wrapper
 
@@ -150,11 +175,31 @@ async def _parse(
 
 
 def safe_handler(handler: grpc.RpcMethodHandler, service: str, method: str) -> Any:
-    """The same handler with its request parsed inside the call (unary requests only)."""
+    """The same handler with its request(s) parsed inside the call (client-streaming only
+    with a streamed response: bidirectional streams)."""
     deserialize: Any = handler.request_deserializer
-    if handler.request_streaming or deserialize is None:
-        return handler  # streaming requests (reflection) keep grpc's own parsing
+    if deserialize is None or (handler.request_streaming and not handler.response_streaming):
+        return handler
     short = service.rsplit(".", 1)[-1]
+    if handler.request_streaming:
+        bidi: Any = handler.stream_stream
+
+        async def parsed(raw: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
+            async for message in raw:
+                yield await _parse(deserialize, message, context, short, method)
+
+        if inspect.isasyncgenfunction(bidi):
+
+            async def stream_stream_gen(raw: Any, context: Any) -> AsyncIterator[Any]:
+                async for item in bidi(parsed(raw, context), context):
+                    yield item
+
+            return handler._replace(request_deserializer=None, stream_stream=stream_stream_gen)  # type: ignore[attr-defined]
+
+        async def stream_stream(raw: Any, context: Any) -> Any:  # writes with context.write
+            return await bidi(parsed(raw, context), context)
+
+        return handler._replace(request_deserializer=None, stream_stream=stream_stream)  # type: ignore[attr-defined]
     if not handler.response_streaming:
         behavior: Any = handler.unary_unary
 

@@ -74,19 +74,20 @@ class Coalescer:
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane(k, params)
-        future: asyncio.Future[tuple[Fanout, slice]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Fanout, slice]] = loop.create_future()
         lane.waiting.append(_Waiting(queries, deadline, future))
         self._schedule(key, lane)
+        # A timer on the future itself (asyncio.wait_for adds a waiter future and callbacks).
+        timer = loop.call_later(deadline - time.monotonic(), _too_late, future)
         try:
-            fanout, rows = await asyncio.wait_for(future, deadline - time.monotonic())
-        except TimeoutError:
-            raise DeadlineExceeded(
-                "deadline exceeded while waiting for a batch to the shards"
-            ) from None
+            fanout, rows = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 future.result()[0].leave()
             raise
+        finally:
+            timer.cancel()
         try:
             return await self.scatter.collect(fanout, rows, deadline)
         finally:
@@ -153,3 +154,11 @@ class Coalescer:
         """Forget a lane with nothing out, due or waiting (lanes come and go with params)."""
         if lane.in_flight == 0 and lane.due is None and not lane.waiting:
             self._lanes.pop(key, None)
+
+
+def _too_late(future: asyncio.Future[tuple[Fanout, slice]]) -> None:
+    """A search's deadline passed before its batch left (the dispatch skips it)."""
+    if not future.done():
+        future.set_exception(
+            DeadlineExceeded("deadline exceeded while waiting for a batch to the shards")
+        )

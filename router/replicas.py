@@ -31,7 +31,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -40,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from annfleet.arrays import GRPC_OPTIONS
 from annfleet.config import RouterConfig
 from annfleet.metrics import HEDGES, REPLICA_ATTEMPTS, REPLICA_SERVING
+from annfleet.router.streams import SearchStreams
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -121,6 +123,7 @@ class Replica:
         index: int,
         target: str,
         credentials: grpc.ChannelCredentials | None = None,
+        transport: str = "unary",
     ) -> None:
         self.shard_id = shard_id
         self.index = index
@@ -131,6 +134,8 @@ class Replica:
             else grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
         )
         self.stub = shard_pb2_grpc.IndexShardStub(self.channel)
+        # router.shard_transport: one unary call per search, or one stream for them all
+        self.streams = SearchStreams(self.channel, target) if transport == "stream" else None
         self.health = health_pb2_grpc.HealthStub(self.channel)
         self.status = "UNKNOWN"  # SERVING, NOT_SERVING, DOWN (no stream) or UNKNOWN (not yet)
         self.in_flight: list[float] = []  # start times of its calls in flight, oldest first
@@ -138,10 +143,18 @@ class Replica:
         self.latency = PeakEwma()
         self.ejected_until = 0.0
         self.labels = (str(shard_id), str(index))
+        self._attempts: dict[str, Any] = {}  # outcome -> its labelled counter, looked up once
         self._watch: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"Replica(shard {self.shard_id} #{self.index} {self.target} {self.status})"
+
+    def count(self, outcome: str) -> None:
+        """One attempt more with this outcome (annfleet_router_replica_attempts_total)."""
+        counter = self._attempts.get(outcome)
+        if counter is None:
+            counter = self._attempts[outcome] = REPLICA_ATTEMPTS.labels(*self.labels, outcome)
+        counter.inc()
 
     def start_watch(self) -> None:
         self._watch = asyncio.create_task(self._watch_health())
@@ -187,10 +200,21 @@ class Replica:
                 log.debug("health watch of %s broke: %s", self.target, exc.code().name)
             await asyncio.sleep(WATCH_PAUSE_S)
 
+    def search(
+        self, request: shard_pb2.ShardSearchRequest, timeout: float
+    ) -> Awaitable[shard_pb2.ShardSearchResponse]:
+        """One search on this replica (raises grpc.aio.AioRpcError), by the configured
+        transport."""
+        if self.streams is not None:
+            return self.streams.search(request, timeout)
+        return self.stub.Search(request, timeout=timeout)
+
     async def close(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
+        if self.streams is not None:
+            await self.streams.close()
         await self.channel.close(None)
 
 
@@ -207,7 +231,10 @@ class ReplicaGroup:
         if not targets:
             raise ValueError(f"shard {shard_id} has no replica address")
         self.shard_id = shard_id
-        self.replicas = [Replica(shard_id, i, t, credentials) for i, t in enumerate(targets)]
+        self.replicas = [
+            Replica(shard_id, i, t, credentials, config.shard_transport)
+            for i, t in enumerate(targets)
+        ]
         self.config = config
         self.tokens = HEDGE_BURST
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -281,11 +308,11 @@ class ReplicaGroup:
             raise ShardFailure("DEADLINE_EXCEEDED", "deadline passed before the call", True)
         replica.in_flight.append(started)
         try:
-            response = await replica.stub.Search(request, timeout=timeout)
+            response = await replica.search(request, timeout)
         except grpc.aio.AioRpcError as exc:
             now = time.monotonic()
             code = exc.code()
-            REPLICA_ATTEMPTS.labels(*replica.labels, code.name).inc()
+            replica.count(code.name)
             expired = code == grpc.StatusCode.DEADLINE_EXCEEDED and now >= deadline
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and not expired:
                 replica.latency.observe(now - started, now)
@@ -301,7 +328,7 @@ class ReplicaGroup:
         replica.latency.observe(now - started, now)
         replica.answered += 1
         self._record(now - started)
-        REPLICA_ATTEMPTS.labels(*replica.labels, "OK").inc()
+        replica.count("OK")
         return response
 
     def _retryable(self, exc: BaseException) -> bool:
@@ -377,7 +404,7 @@ class ReplicaGroup:
                     continue
                 task.cancel()  # lost a hedge, or the deadline passed
                 replica.latency.observe(now - started, now)  # it took at least this long
-                REPLICA_ATTEMPTS.labels(*replica.labels, "CANCELLED").inc()
+                replica.count("CANCELLED")
 
     async def _only(
         self,
@@ -402,7 +429,7 @@ class ReplicaGroup:
         except asyncio.CancelledError:
             now = time.monotonic()
             replica.latency.observe(now - started, now)  # it took at least this long
-            REPLICA_ATTEMPTS.labels(*replica.labels, "CANCELLED").inc()
+            replica.count("CANCELLED")
             raise
 
     def _hedge(self, tried: list[Replica], launch: Callable[[Replica], None]) -> None:

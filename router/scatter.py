@@ -88,6 +88,25 @@ class Fanout:
         else:
             self._done_callbacks.append(callback)
 
+    async def wait(self, deadline: float) -> None:
+        """Until every shard task has finished or ``deadline`` (``time.monotonic()``) passed
+        (one future and one timer: asyncio.wait adds a callback to every task)."""
+        if self._running == 0:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        self._done_callbacks.append(wake)
+        timer = loop.call_later(max(deadline - time.monotonic(), 0.0), wake)
+        try:
+            await done
+        finally:
+            timer.cancel()
+
     def leave(self) -> None:
         """A caller has what it needs; cancel the shard calls when nobody else waits."""
         self.waiters -= 1
@@ -254,9 +273,7 @@ class Scatter:
     async def _gather(
         self, fanout: Fanout, rows: slice, deadline: float
     ) -> tuple[list[Hits], list[int], dict[int, str], bool]:
-        pending = [t for t in fanout.tasks.values() if not t.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=max(deadline - time.monotonic(), 0.0))
+        await fanout.wait(deadline)
         hits: list[Hits] = []
         answered: list[int] = []
         failures: dict[int, str] = {}

@@ -178,6 +178,7 @@ class ShardServer:
     async def stop(self, grace: float = 0.0) -> None:
         if self.admin_grpc is not None:
             await self.admin_grpc.stop(0)
+        self.service.close_streams()  # long-lived search streams end once answered
         await self.grpc.stop(grace)
         self.executor.shutdown(wait=False)
         self.loader.shutdown(wait=False)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import json
+import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
@@ -14,15 +17,23 @@ import grpc
 
 from annfleet.arrays import F32, I64, check_k, decode_ids, decode_matrix, to_bytes
 from annfleet.config import ShardsConfig
-from annfleet.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted
+from annfleet.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    status_of,
+)
 from annfleet.metrics import SHARD_DROPPED
 from annfleet.server.holdings import Holding, Holdings
 from annfleet.server.index import set_threads
-from annfleet.serving import RpcObserver, deadline_of, rpc
+from annfleet.serving import CallRecorder, RpcObserver, deadline_of, rpc, short_message
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 from annfleet.validation import check_params
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def held_bundle(holding: Holding, active: bool) -> shard_pb2.HeldBundle:
@@ -133,10 +144,12 @@ class SearchQueue:
             return work(), time.monotonic() - started
 
         self.admitted += 1
+        waiter: asyncio.Future[tuple[T, float]] = loop.create_future()
         future = self.executor.submit(job)
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        # One hand-back to the loop per job (asyncio.wrap_future would add a second one).
+        future.add_done_callback(lambda f: loop.call_soon_threadsafe(self._finish, f, waiter))
         try:
-            result, seconds = await asyncio.wrap_future(future, loop=loop)
+            result, seconds = await waiter
         except asyncio.CancelledError:  # the caller went away (typically its deadline)
             if future.cancel():  # still queued: it never reaches the index
                 SHARD_DROPPED.labels("cancelled").inc()
@@ -144,8 +157,119 @@ class SearchQueue:
         self._observe(kind, seconds, rows)
         return result
 
-    def _release(self) -> None:
+    def _finish(
+        self,
+        future: concurrent.futures.Future[tuple[T, float]],
+        waiter: asyncio.Future[tuple[T, float]],
+    ) -> None:
+        """On the loop: the job has ended; release its place and hand its outcome over."""
         self.admitted -= 1
+        if waiter.done():  # the caller went away
+            return
+        if future.cancelled():
+            waiter.cancel()
+        elif (exc := future.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(future.result())
+
+
+class SearchStream:
+    """One IndexShard.SearchStream: each request searched as Search would be (its own
+    deadline, its own status), concurrently; replies written one at a time, in the order
+    they are ready. Every request is counted and observed as a Search call."""
+
+    def __init__(self, service: ShardService, context: grpc.aio.ServicerContext) -> None:
+        self.service = service
+        self.context = context
+        self.running: dict[int, asyncio.Task[None]] = {}  # request id -> its search
+        self.outbox: collections.deque[shard_pb2.ShardStreamReply] = collections.deque()
+        self.writing = False
+        self.flushed = asyncio.Event()  # set whenever nothing is being written
+        self.flushed.set()
+        self.closing = False
+        self._close: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def serve(self, requests: AsyncIterator[shard_pb2.ShardStreamRequest]) -> None:
+        """Until the caller closes its side (or goes away), or :meth:`close`; then answer
+        what was taken and return (the stream ends OK)."""
+        reader = asyncio.ensure_future(self._read(requests))
+        try:
+            await asyncio.wait((reader, self._close), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not reader.done():
+                reader.cancel()
+            else:
+                reader.result()  # a malformed message aborts the stream (INVALID_ARGUMENT)
+            if not self._close.done():
+                self._close.set_result(None)
+        if self.running:
+            await asyncio.wait(list(self.running.values()))
+        await self.flushed.wait()
+
+    def close(self) -> None:
+        """The server is stopping: answer what was taken, refuse the rest, end the stream."""
+        self.closing = True
+        if not self._close.done():
+            self._close.set_result(None)
+
+    async def _read(self, requests: AsyncIterator[shard_pb2.ShardStreamRequest]) -> None:
+        async for message in requests:
+            self._take(message)
+
+    def _take(self, message: shard_pb2.ShardStreamRequest) -> None:
+        request_id = message.request_id
+        if message.cancel:
+            task = self.running.pop(request_id, None)
+            if task is not None:
+                task.cancel()
+            return
+        deadline = time.monotonic() + message.timeout_s if message.timeout_s > 0 else None
+        self.running[request_id] = asyncio.create_task(self._answer(message, deadline))
+
+    async def _answer(self, message: shard_pb2.ShardStreamRequest, deadline: float | None) -> None:
+        request_id = message.request_id
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        response = None
+        try:
+            if self.closing:
+                raise Unavailable("the shard is shutting down")
+            response = await self.service.answer(message.search, deadline=deadline)
+            reply = shard_pb2.ShardStreamReply(request_id=request_id, search=response)
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except Exception as exc:
+            code, text = status_of(exc)
+            if code == grpc.StatusCode.INTERNAL:
+                log.exception("IndexShard.SearchStream failed")
+            reply = shard_pb2.ShardStreamReply(
+                request_id=request_id, code=code.value[0], message=short_message(text)
+            )
+        finally:
+            if self.running.get(request_id) is asyncio.current_task():
+                del self.running[request_id]
+            self.service.record_search(code, time.perf_counter() - start, response)
+        await self._write(reply)
+
+    async def _write(self, reply: shard_pb2.ShardStreamReply) -> None:
+        """Queue a reply; the first writer writes until the queue is empty (a call takes
+        one write at a time)."""
+        self.outbox.append(reply)
+        if self.writing:
+            return
+        self.writing = True
+        self.flushed.clear()
+        try:
+            while self.outbox:
+                await self.context.write(self.outbox.popleft())
+        except Exception as exc:  # the caller is gone: nobody to answer
+            log.debug("SearchStream write failed: %s", exc)
+            self.outbox.clear()
+        finally:
+            self.writing = False
+            self.flushed.set()
 
 
 class ShardService(shard_pb2_grpc.IndexShardServicer):
@@ -155,6 +279,9 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         self.holdings = holdings
         self.queue = SearchQueue(executor, config.max_queue)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
+        self._search_calls = CallRecorder("IndexShard", "Search")
+        self.streams: set[SearchStream] = set()
+        self.closing = False  # close_streams was called
         # OpenMP's thread count is per thread, and quick searches run on this (the event
         # loop's) thread: give it the executor threads' count, not OpenMP's default (all cores).
         set_threads(config.search_threads)
@@ -211,6 +338,32 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ShardSearchResponse:
         return await self.answer(request, deadline=deadline_of(context))
+
+    def record_search(
+        self, code: grpc.StatusCode, seconds: float, response: shard_pb2.ShardSearchResponse | None
+    ) -> None:
+        """Count and observe one search that came on a stream, as a Search call."""
+        self._search_calls(self, code, seconds, response)
+
+    async def SearchStream(
+        self,
+        requests: AsyncIterator[shard_pb2.ShardStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        stream = SearchStream(self, context)
+        if self.closing:  # opened while the server stops: refuse its requests, end it
+            stream.close()
+        self.streams.add(stream)
+        try:
+            await stream.serve(requests)
+        finally:
+            self.streams.discard(stream)
+
+    def close_streams(self) -> None:
+        """Shutting down: every SearchStream answers what it took and ends."""
+        self.closing = True
+        for stream in list(self.streams):
+            stream.close()
 
     @rpc("IndexShard")
     async def Info(

@@ -83,13 +83,17 @@ def test_shard_map_syntax() -> None:
     assert parse_shard_map("h:1,h:2,") == [["h:1"], ["h:2"]]  # the old syntax: one each
 
 
+@pytest.mark.parametrize("transport", ["unary", "stream"])
 def test_killed_replica_gives_no_degraded_answers(
     cluster_factory,  # type: ignore[no-untyped-def]
     loop_thread: LoopThread,
     flat_bundle: Bundle,
     catalogue: Catalogue,
+    transport: str,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, RouterConfig(**EXACT), replicas=2)
+    cluster = cluster_factory(
+        flat_bundle, RouterConfig(**EXACT, shard_transport=transport), replicas=2
+    )
     wait_until(
         lambda: all(replica(cluster, i, r).status == "SERVING" for i in range(3) for r in (0, 1))
     )
@@ -119,15 +123,23 @@ def test_killed_replica_gives_no_degraded_answers(
     assert_full(searches(cluster.router_target, catalogue.user_vectors[:30], 10))
 
 
+@pytest.mark.parametrize("transport", ["unary", "stream"])
 def test_hung_replica_is_hedged(
     cluster_factory,  # type: ignore[no-untyped-def]
     hang: Callable[[ShardServer], None],
     flat_bundle: Bundle,
     catalogue: Catalogue,
+    transport: str,
 ) -> None:
     # Hedging alone (the per-attempt cap is far away): hung calls are hedged to the other
     # replica after at most hedge_max_delay_s.
-    config = RouterConfig(**EXACT, shard_timeout_s=30.0, hedge_max_delay_s=0.05, hedge_budget=1.0)
+    config = RouterConfig(
+        **EXACT,
+        shard_transport=transport,
+        shard_timeout_s=30.0,
+        hedge_max_delay_s=0.05,
+        hedge_budget=1.0,
+    )
     cluster = cluster_factory(flat_bundle, config, replicas=2)
     wait_until(
         lambda: all(replica(cluster, i, r).status == "SERVING" for i in range(3) for r in (0, 1))
@@ -144,15 +156,19 @@ def test_hung_replica_is_hedged(
     assert hung.answered == answered_before[1]
 
 
+@pytest.mark.parametrize("transport", ["unary", "stream"])
 def test_hung_replica_is_retried_after_the_attempt_cap(
     cluster_factory,  # type: ignore[no-untyped-def]
     hang: Callable[[ShardServer], None],
     flat_bundle: Bundle,
     catalogue: Catalogue,
+    transport: str,
 ) -> None:
     # No hedging: an attempt at the hung replica is cut at shard_timeout_s and retried on
     # the other one, inside the request's deadline; the hung replica then sits out.
-    config = RouterConfig(**EXACT, shard_timeout_s=1.0, hedge_quantile=0.0)
+    config = RouterConfig(
+        **EXACT, shard_transport=transport, shard_timeout_s=1.0, hedge_quantile=0.0
+    )
     cluster = cluster_factory(flat_bundle, config, replicas=2)
     wait_until(
         lambda: all(replica(cluster, i, r).status == "SERVING" for i in range(3) for r in (0, 1))
@@ -174,16 +190,22 @@ def test_hung_replica_is_retried_after_the_attempt_cap(
     assert_full(results)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("transport", ["unary", "stream"])
 def test_replica_back_is_watched_and_used_again(
     cluster_factory,  # type: ignore[no-untyped-def]
     loop_thread: LoopThread,
     flat_bundle: Bundle,
     catalogue: Catalogue,
+    transport: str,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, RouterConfig(**EXACT), replicas=2)
+    cluster = cluster_factory(
+        flat_bundle, RouterConfig(**EXACT, shard_transport=transport), replicas=2
+    )
     watched = replica(cluster, 0, 1)
     wait_until(lambda: watched.status == "SERVING")
     port = cluster.replicas[0][1].port
+    assert_full(searches(cluster.router_target, catalogue.user_vectors[:20], 10))
+    opened = watched.streams.opened if watched.streams else 0
     cluster.stop_replica(0, 1)  # NOT_SERVING, then gone
     wait_until(lambda: watched.status in ("NOT_SERVING", "DOWN"))
     assert_full(searches(cluster.router_target, catalogue.user_vectors[:20], 10))
@@ -195,6 +217,8 @@ def test_replica_back_is_watched_and_used_again(
     before = watched.answered
     assert_full(searches(cluster.router_target, catalogue.user_vectors[:60], 10))
     assert watched.answered > before, "the replica that came back takes traffic again"
+    if transport == "stream":  # on a new stream: the old one ended with the process
+        assert watched.streams is not None and watched.streams.opened > opened
 
 
 def test_one_replica_left_per_shard_is_not_degraded_none_left_is(

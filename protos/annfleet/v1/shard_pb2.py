@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from annfleet.v1 import common_pb2 as annfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nnfleet/v1/shard.proto\x12\x0b\x61nnfleet.v1\x1a\x18\x61nnfleet/v1/common.proto\"\x90\x01\n\x12ShardSearchRequest\x12\x0f\n\x07queries\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12)\n\x06params\x18\x04 \x01(\x0b\x32\x19.annfleet.v1.SearchParams\x12\x11\n\tbundle_id\x18\x05 \x01(\t\x12\x13\n\x0b\x65xclude_ids\x18\x06 \x01(\x0c\"\x87\x01\n\x13ShardSearchResponse\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x13\n\x0bnum_queries\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x10\n\x08shard_id\x18\x05 \x01(\r\x12\x11\n\tbundle_id\x18\x06 \x01(\t\x12\x0e\n\x06metric\x18\x07 \x01(\t\"\r\n\x0bInfoRequest\"\x11\n\x0f\x44\x65scribeRequest\"\xea\x01\n\tShardInfo\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x12\n\nnum_shards\x18\x03 \x01(\r\x12\x11\n\tnum_items\x18\x04 \x01(\x04\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x12\n\nindex_type\x18\x07 \x01(\t\x12\x14\n\x0cindex_params\x18\x08 \x01(\t\x12\r\n\x05max_k\x18\t \x01(\r\x12\x11\n\tmax_batch\x18\n \x01(\r\x12(\n\x07\x62undles\x18\x0b \x03(\x0b\x32\x17.annfleet.v1.HeldBundle\"\xb0\x02\n\nHeldBundle\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x12\n\nnum_shards\x18\x04 \x01(\r\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x12\n\nindex_type\x18\x07 \x01(\t\x12\x14\n\x0c\x62undle_items\x18\x08 \x01(\x04\x12\x16\n\x0eupserted_items\x18\t \x01(\x04\x12\x15\n\rdeleted_items\x18\n \x01(\x04\x12\x11\n\tnum_items\x18\x0b \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x0c \x01(\x04\x12\x11\n\tloaded_at\x18\r \x01(\x01\x12\x13\n\x0bupdates_log\x18\x0e \x01(\t\x12\x16\n\x0eupdate_records\x18\x0f \x01(\x04\"O\n\x0ePrepareRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x19\n\x11\x65xpect_num_shards\x18\x02 \x01(\r\x12\x12\n\nexpect_dim\x18\x03 \x01(\r\"\"\n\rCommitRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\"#\n\x0eReleaseRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\"M\n\rUpsertRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\x0f\n\x07vectors\x18\x03 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\"C\n\rDeleteRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\x12\n\nmissing_ok\x18\x03 \x01(\x08\"\xa4\x01\n\x0eUpdateResponse\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x10\n\x08inserted\x18\x03 \x01(\x04\x12\x10\n\x08replaced\x18\x04 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x04\x12\x0f\n\x07missing\x18\x06 \x01(\x04\x12\'\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x17.annfleet.v1.HeldBundle\"C\n\x13\x43\x61rryUpdatesRequest\x12\x16\n\x0e\x66rom_bundle_id\x18\x01 \x01(\t\x12\x14\n\x0cto_bundle_id\x18\x02 \x01(\t\"\xaa\x01\n\x14\x43\x61rryUpdatesResponse\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x04\x12\x17\n\x0f\x64\x65letes_skipped\x18\x03 \x01(\x04\x12\x18\n\x10upserted_present\x18\x04 \x01(\x04\x12\x13\n\x0bmissing_ids\x18\x05 \x01(\x0c\x12\'\n\x06\x62undle\x18\x06 \x01(\x0b\x32\x17.annfleet.v1.HeldBundle2\x93\x01\n\nIndexShard\x12K\n\x06Search\x12\x1f.annfleet.v1.ShardSearchRequest\x1a .annfleet.v1.ShardSearchResponse\x12\x38\n\x04Info\x12\x18.annfleet.v1.InfoRequest\x1a\x16.annfleet.v1.ShardInfo2\xba\x04\n\nShardAdmin\x12?\n\x07Prepare\x12\x1b.annfleet.v1.PrepareRequest\x1a\x17.annfleet.v1.HeldBundle\x12<\n\x06\x43ommit\x12\x1a.annfleet.v1.CommitRequest\x1a\x16.annfleet.v1.ShardInfo\x12>\n\x07Release\x12\x1b.annfleet.v1.ReleaseRequest\x1a\x16.annfleet.v1.ShardInfo\x12\x41\n\x06Upsert\x12\x1a.annfleet.v1.UpsertRequest\x1a\x1b.annfleet.v1.UpdateResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.annfleet.v1.DeleteRequest\x1a\x1b.annfleet.v1.UpdateResponse\x12@\n\x08\x44\x65scribe\x12\x1c.annfleet.v1.DescribeRequest\x1a\x16.annfleet.v1.ShardInfo\x12P\n\x0b\x45xactSearch\x12\x1f.annfleet.v1.ShardSearchRequest\x1a .annfleet.v1.ShardSearchResponse\x12S\n\x0c\x43\x61rryUpdates\x12 .annfleet.v1.CarryUpdatesRequest\x1a!.annfleet.v1.CarryUpdatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nnfleet/v1/shard.proto\x12\x0b\x61nnfleet.v1\x1a\x18\x61nnfleet/v1/common.proto\"\x90\x01\n\x12ShardSearchRequest\x12\x0f\n\x07queries\x18\x01 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12)\n\x06params\x18\x04 \x01(\x0b\x32\x19.annfleet.v1.SearchParams\x12\x11\n\tbundle_id\x18\x05 \x01(\t\x12\x13\n\x0b\x65xclude_ids\x18\x06 \x01(\x0c\"\x87\x01\n\x13ShardSearchResponse\x12\x0b\n\x03ids\x18\x01 \x01(\x0c\x12\x0e\n\x06scores\x18\x02 \x01(\x0c\x12\x13\n\x0bnum_queries\x18\x03 \x01(\r\x12\t\n\x01k\x18\x04 \x01(\r\x12\x10\n\x08shard_id\x18\x05 \x01(\r\x12\x11\n\tbundle_id\x18\x06 \x01(\t\x12\x0e\n\x06metric\x18\x07 \x01(\t\"|\n\x12ShardStreamRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\x12/\n\x06search\x18\x03 \x01(\x0b\x32\x1f.annfleet.v1.ShardSearchRequest\x12\x0e\n\x06\x63\x61ncel\x18\x04 \x01(\x08\"w\n\x10ShardStreamReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x30\n\x06search\x18\x04 \x01(\x0b\x32 .annfleet.v1.ShardSearchResponse\"\r\n\x0bInfoRequest\"\x11\n\x0f\x44\x65scribeRequest\"\xea\x01\n\tShardInfo\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x12\n\nnum_shards\x18\x03 \x01(\r\x12\x11\n\tnum_items\x18\x04 \x01(\x04\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x12\n\nindex_type\x18\x07 \x01(\t\x12\x14\n\x0cindex_params\x18\x08 \x01(\t\x12\r\n\x05max_k\x18\t \x01(\r\x12\x11\n\tmax_batch\x18\n \x01(\r\x12(\n\x07\x62undles\x18\x0b \x03(\x0b\x32\x17.annfleet.v1.HeldBundle\"\xb0\x02\n\nHeldBundle\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\x08\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x12\n\nnum_shards\x18\x04 \x01(\r\x12\x0b\n\x03\x64im\x18\x05 \x01(\r\x12\x0e\n\x06metric\x18\x06 \x01(\t\x12\x12\n\nindex_type\x18\x07 \x01(\t\x12\x14\n\x0c\x62undle_items\x18\x08 \x01(\x04\x12\x16\n\x0eupserted_items\x18\t \x01(\x04\x12\x15\n\rdeleted_items\x18\n \x01(\x04\x12\x11\n\tnum_items\x18\x0b \x01(\x04\x12\x14\n\x0cmemory_bytes\x18\x0c \x01(\x04\x12\x11\n\tloaded_at\x18\r \x01(\x01\x12\x13\n\x0bupdates_log\x18\x0e \x01(\t\x12\x16\n\x0eupdate_records\x18\x0f \x01(\x04\"O\n\x0ePrepareRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x19\n\x11\x65xpect_num_shards\x18\x02 \x01(\r\x12\x12\n\nexpect_dim\x18\x03 \x01(\r\"\"\n\rCommitRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\"#\n\x0eReleaseRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\"M\n\rUpsertRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\x0f\n\x07vectors\x18\x03 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\"C\n\rDeleteRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x01(\x0c\x12\x12\n\nmissing_ok\x18\x03 \x01(\x08\"\xa4\x01\n\x0eUpdateResponse\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x10\n\x08inserted\x18\x03 \x01(\x04\x12\x10\n\x08replaced\x18\x04 \x01(\x04\x12\x0f\n\x07\x64\x65leted\x18\x05 \x01(\x04\x12\x0f\n\x07missing\x18\x06 \x01(\x04\x12\'\n\x06\x62undle\x18\x07 \x01(\x0b\x32\x17.annfleet.v1.HeldBundle\"C\n\x13\x43\x61rryUpdatesRequest\x12\x16\n\x0e\x66rom_bundle_id\x18\x01 \x01(\t\x12\x14\n\x0cto_bundle_id\x18\x02 \x01(\t\"\xaa\x01\n\x14\x43\x61rryUpdatesResponse\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x04\x12\x17\n\x0f\x64\x65letes_skipped\x18\x03 \x01(\x04\x12\x18\n\x10upserted_present\x18\x04 \x01(\x04\x12\x13\n\x0bmissing_ids\x18\x05 \x01(\x0c\x12\'\n\x06\x62undle\x18\x06 \x01(\x0b\x32\x17.annfleet.v1.HeldBundle2\xe7\x01\n\nIndexShard\x12K\n\x06Search\x12\x1f.annfleet.v1.ShardSearchRequest\x1a .annfleet.v1.ShardSearchResponse\x12R\n\x0cSearchStream\x12\x1f.annfleet.v1.ShardStreamRequest\x1a\x1d.annfleet.v1.ShardStreamReply(\x01\x30\x01\x12\x38\n\x04Info\x12\x18.annfleet.v1.InfoRequest\x1a\x16.annfleet.v1.ShardInfo2\xba\x04\n\nShardAdmin\x12?\n\x07Prepare\x12\x1b.annfleet.v1.PrepareRequest\x1a\x17.annfleet.v1.HeldBundle\x12<\n\x06\x43ommit\x12\x1a.annfleet.v1.CommitRequest\x1a\x16.annfleet.v1.ShardInfo\x12>\n\x07Release\x12\x1b.annfleet.v1.ReleaseRequest\x1a\x16.annfleet.v1.ShardInfo\x12\x41\n\x06Upsert\x12\x1a.annfleet.v1.UpsertRequest\x1a\x1b.annfleet.v1.UpdateResponse\x12\x41\n\x06\x44\x65lete\x12\x1a.annfleet.v1.DeleteRequest\x1a\x1b.annfleet.v1.UpdateResponse\x12@\n\x08\x44\x65scribe\x12\x1c.annfleet.v1.DescribeRequest\x1a\x16.annfleet.v1.ShardInfo\x12P\n\x0b\x45xactSearch\x12\x1f.annfleet.v1.ShardSearchRequest\x1a .annfleet.v1.ShardSearchResponse\x12S\n\x0c\x43\x61rryUpdates\x12 .annfleet.v1.CarryUpdatesRequest\x1a!.annfleet.v1.CarryUpdatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,32 +36,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SHARDSEARCHREQUEST']._serialized_end=211
   _globals['_SHARDSEARCHRESPONSE']._serialized_start=214
   _globals['_SHARDSEARCHRESPONSE']._serialized_end=349
-  _globals['_INFOREQUEST']._serialized_start=351
-  _globals['_INFOREQUEST']._serialized_end=364
-  _globals['_DESCRIBEREQUEST']._serialized_start=366
-  _globals['_DESCRIBEREQUEST']._serialized_end=383
-  _globals['_SHARDINFO']._serialized_start=386
-  _globals['_SHARDINFO']._serialized_end=620
-  _globals['_HELDBUNDLE']._serialized_start=623
-  _globals['_HELDBUNDLE']._serialized_end=927
-  _globals['_PREPAREREQUEST']._serialized_start=929
-  _globals['_PREPAREREQUEST']._serialized_end=1008
-  _globals['_COMMITREQUEST']._serialized_start=1010
-  _globals['_COMMITREQUEST']._serialized_end=1044
-  _globals['_RELEASEREQUEST']._serialized_start=1046
-  _globals['_RELEASEREQUEST']._serialized_end=1081
-  _globals['_UPSERTREQUEST']._serialized_start=1083
-  _globals['_UPSERTREQUEST']._serialized_end=1160
-  _globals['_DELETEREQUEST']._serialized_start=1162
-  _globals['_DELETEREQUEST']._serialized_end=1229
-  _globals['_UPDATERESPONSE']._serialized_start=1232
-  _globals['_UPDATERESPONSE']._serialized_end=1396
-  _globals['_CARRYUPDATESREQUEST']._serialized_start=1398
-  _globals['_CARRYUPDATESREQUEST']._serialized_end=1465
-  _globals['_CARRYUPDATESRESPONSE']._serialized_start=1468
-  _globals['_CARRYUPDATESRESPONSE']._serialized_end=1638
-  _globals['_INDEXSHARD']._serialized_start=1641
-  _globals['_INDEXSHARD']._serialized_end=1788
-  _globals['_SHARDADMIN']._serialized_start=1791
-  _globals['_SHARDADMIN']._serialized_end=2361
+  _globals['_SHARDSTREAMREQUEST']._serialized_start=351
+  _globals['_SHARDSTREAMREQUEST']._serialized_end=475
+  _globals['_SHARDSTREAMREPLY']._serialized_start=477
+  _globals['_SHARDSTREAMREPLY']._serialized_end=596
+  _globals['_INFOREQUEST']._serialized_start=598
+  _globals['_INFOREQUEST']._serialized_end=611
+  _globals['_DESCRIBEREQUEST']._serialized_start=613
+  _globals['_DESCRIBEREQUEST']._serialized_end=630
+  _globals['_SHARDINFO']._serialized_start=633
+  _globals['_SHARDINFO']._serialized_end=867
+  _globals['_HELDBUNDLE']._serialized_start=870
+  _globals['_HELDBUNDLE']._serialized_end=1174
+  _globals['_PREPAREREQUEST']._serialized_start=1176
+  _globals['_PREPAREREQUEST']._serialized_end=1255
+  _globals['_COMMITREQUEST']._serialized_start=1257
+  _globals['_COMMITREQUEST']._serialized_end=1291
+  _globals['_RELEASEREQUEST']._serialized_start=1293
+  _globals['_RELEASEREQUEST']._serialized_end=1328
+  _globals['_UPSERTREQUEST']._serialized_start=1330
+  _globals['_UPSERTREQUEST']._serialized_end=1407
+  _globals['_DELETEREQUEST']._serialized_start=1409
+  _globals['_DELETEREQUEST']._serialized_end=1476
+  _globals['_UPDATERESPONSE']._serialized_start=1479
+  _globals['_UPDATERESPONSE']._serialized_end=1643
+  _globals['_CARRYUPDATESREQUEST']._serialized_start=1645
+  _globals['_CARRYUPDATESREQUEST']._serialized_end=1712
+  _globals['_CARRYUPDATESRESPONSE']._serialized_start=1715
+  _globals['_CARRYUPDATESRESPONSE']._serialized_end=1885
+  _globals['_INDEXSHARD']._serialized_start=1888
+  _globals['_INDEXSHARD']._serialized_end=2119
+  _globals['_SHARDADMIN']._serialized_start=2122
+  _globals['_SHARDADMIN']._serialized_end=2692
 # @@protoc_insertion_point(module_scope)

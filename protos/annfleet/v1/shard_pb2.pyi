@@ -41,6 +41,30 @@ class ShardSearchResponse(_message.Message):
     metric: str
     def __init__(self, ids: _Optional[bytes] = ..., scores: _Optional[bytes] = ..., num_queries: _Optional[int] = ..., k: _Optional[int] = ..., shard_id: _Optional[int] = ..., bundle_id: _Optional[str] = ..., metric: _Optional[str] = ...) -> None: ...
 
+class ShardStreamRequest(_message.Message):
+    __slots__ = ("request_id", "timeout_s", "search", "cancel")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    timeout_s: float
+    search: ShardSearchRequest
+    cancel: bool
+    def __init__(self, request_id: _Optional[int] = ..., timeout_s: _Optional[float] = ..., search: _Optional[_Union[ShardSearchRequest, _Mapping]] = ..., cancel: _Optional[bool] = ...) -> None: ...
+
+class ShardStreamReply(_message.Message):
+    __slots__ = ("request_id", "code", "message", "search")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    code: int
+    message: str
+    search: ShardSearchResponse
+    def __init__(self, request_id: _Optional[int] = ..., code: _Optional[int] = ..., message: _Optional[str] = ..., search: _Optional[_Union[ShardSearchResponse, _Mapping]] = ...) -> None: ...
+
 class InfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -45,6 +45,11 @@ class IndexShardStub:
                 request_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
                 response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.stream_stream(
+                '/annfleet.v1.IndexShard/SearchStream',
+                request_serializer=annfleet_dot_v1_dot_shard__pb2.ShardStreamRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardStreamReply.FromString,
+                _registered_method=True)
         self.Info = channel.unary_unary(
                 '/annfleet.v1.IndexShard/Info',
                 request_serializer=annfleet_dot_v1_dot_shard__pb2.InfoRequest.SerializeToString,
@@ -84,6 +89,25 @@ class IndexShardServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchStream(self, request_iterator, context):
+        """Search over one long-lived stream (the router's `router.shard_transport: stream`): each
+        request message carries its own id and timeout and is answered by one reply with that id,
+        in any order, with the status Search would have given it in the reply (code, message):
+        the stream itself survives a failed search. The shard drops a search whose timeout has
+        passed before it reaches the index, as Search does, and answers it DEADLINE_EXCEEDED.
+        A request with cancel set withdraws request_id (still queued: dropped; no reply follows).
+        Reply codes: those of Search (OK with `search` set, INVALID_ARGUMENT, FAILED_PRECONDITION,
+        UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL).
+        Stream status codes:
+        OK                  the caller closed its side and every reply was sent; or the shard
+        is shutting down: it answered the requests it had taken, answers
+        any later one UNAVAILABLE, and ends the stream (reopen elsewhere).
+        INVALID_ARGUMENT    a message that does not parse as ShardStreamRequest (the stream ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Info(self, request, context):
         """Read-only description of what this shard process serves: the active bundle and every
         bundle it holds. On the serving port (no admin token) for routers, probes and status.
@@ -102,6 +126,11 @@ def add_IndexShardServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.FromString,
                     response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.SerializeToString,
+            ),
+            'SearchStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchStream,
+                    request_deserializer=annfleet_dot_v1_dot_shard__pb2.ShardStreamRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_shard__pb2.ShardStreamReply.SerializeToString,
             ),
             'Info': grpc.unary_unary_rpc_method_handler(
                     servicer.Info,
@@ -142,6 +171,33 @@ class IndexShard:
             '/annfleet.v1.IndexShard/Search',
             annfleet_dot_v1_dot_shard__pb2.ShardSearchRequest.SerializeToString,
             annfleet_dot_v1_dot_shard__pb2.ShardSearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/annfleet.v1.IndexShard/SearchStream',
+            annfleet_dot_v1_dot_shard__pb2.ShardStreamRequest.SerializeToString,
+            annfleet_dot_v1_dot_shard__pb2.ShardStreamReply.FromString,
             options,
             channel_credentials,
             insecure,
