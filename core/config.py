@@ -126,11 +126,11 @@ class RouterConfig:
     hedge_max_delay_s: float = 0.1
     hedge_budget: float = 0.1  # at most this share of shard calls is hedged
     connect_timeout_s: float = 30.0  # wait for shards at start-up
-    # How a shard search travels (router/streams.py): "unary", one IndexShard.Search call
-    # each; "stream", one long-lived IndexShard.SearchStream per replica channel carrying
-    # every search, each message with its own id and deadline (same statuses, retries,
-    # hedges and timeouts).
-    shard_transport: str = "unary"
+    # How a shard search travels (router/streams.py): "stream", one long-lived
+    # IndexShard.SearchStream per replica channel carrying every search, each message with
+    # its own id and deadline (same statuses, retries, hedges and timeouts; less CPU per
+    # query); "unary", one IndexShard.Search call each.
+    shard_transport: str = "stream"
     # Concurrent searches with equal (k, params) share a shard RPC once this many batches
     # are out per lane (adaptive batching); 0 = one shard RPC per request.
     coalesce_in_flight: int = 2

@@ -186,7 +186,11 @@ def safe_handler(handler: grpc.RpcMethodHandler, service: str, method: str) -> A
 
         async def parsed(raw: AsyncIterator[bytes], context: Any) -> AsyncIterator[Any]:
             async for message in raw:
-                yield await _parse(deserialize, message, context, short, method)
+                try:
+                    request = deserialize(message)
+                except Exception:
+                    request = await _parse(deserialize, message, context, short, method)
+                yield request
 
         if inspect.isasyncgenfunction(bidi):
 

@@ -9,7 +9,8 @@ import ast
 import asyncio
 import dataclasses
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -175,6 +176,40 @@ class ObservedShard(shard_pb2_grpc.IndexShardServicer):
             await asyncio.sleep(self.delay)
         return await self.inner.Search(request, context)
 
+    async def SearchStream(
+        self,
+        requests: AsyncIterator[shard_pb2.ShardStreamRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """The real stream, each message recorded as a Search (its timeout as the time
+        remaining) and handed on ``delay`` seconds after it arrived, with that much less time."""
+        arrived: asyncio.Queue[tuple[float, shard_pb2.ShardStreamRequest] | None] = asyncio.Queue()
+
+        async def pump() -> None:
+            async for message in requests:
+                if not message.cancel:
+                    self.seen.append(message.timeout_s if message.timeout_s > 0 else None)
+                    self.requests.append(message.search)
+                arrived.put_nowait((time.monotonic(), message))
+            arrived.put_nowait(None)
+
+        async def delayed() -> AsyncIterator[shard_pb2.ShardStreamRequest]:
+            pumping = asyncio.ensure_future(pump())
+            try:
+                while (item := await arrived.get()) is not None:
+                    at, message = item
+                    if self.delay and not message.cancel:
+                        await asyncio.sleep(max(0.0, at + self.delay - time.monotonic()))
+                        if message.timeout_s > 0:
+                            message.timeout_s = max(
+                                message.timeout_s - (time.monotonic() - at), 1e-9
+                            )
+                    yield message
+            finally:
+                pumping.cancel()
+
+        await self.inner.SearchStream(delayed(), context)
+
 
 def _delegate(name: str) -> Callable[..., Any]:
     def method(self: ObservedShard, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -188,7 +223,7 @@ def _delegate(name: str) -> Callable[..., Any]:
 # base class defines each method, raising UNIMPLEMENTED, so __getattr__ was never asked: the
 # router's start-up Info failed and it waited 30 s for its shards in every deadline test.)
 for _name in shard_pb2.DESCRIPTOR.services_by_name["IndexShard"].methods_by_name:
-    if _name != "Search":
+    if _name not in ("Search", "SearchStream"):
         setattr(ObservedShard, _name, _delegate(_name))
 
 
