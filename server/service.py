@@ -196,6 +196,10 @@ class SearchStream:
         reader = asyncio.ensure_future(self._read(requests))
         try:
             await asyncio.wait((reader, self._close), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the caller went away: nobody to answer
+            for task in self.running.values():
+                task.cancel()
+            raise
         finally:
             if not reader.done():
                 reader.cancel()

@@ -218,3 +218,37 @@ def test_stopping_shard_answers_what_it_took_and_ends_its_streams(
     assert first.code == 0 and first.search.num_queries == 1
     assert end is grpc.aio.EOF
     assert code == grpc.StatusCode.OK
+
+
+def test_cancelled_search_is_withdrawn_from_the_shard_queue(
+    loop_thread: LoopThread, shard: ShardServer, catalogue: Catalogue
+) -> None:
+    release = threading.Event()
+    for _ in range(shard.executor._max_workers):  # every faiss thread blocked: searches queue
+        shard.executor.submit(release.wait)
+    search = request(catalogue.user_vectors[:1], 10)
+    labels = {"reason": "cancelled"}
+    before = REGISTRY.get_sample_value("annfleet_shard_dropped_total", labels) or 0.0
+
+    async def cancel_one() -> tuple[float, shard_pb2.ShardSearchResponse]:
+        async with grpc.aio.insecure_channel(target(shard)) as channel:
+            streams = SearchStreams(channel, target(shard))
+            waiting = asyncio.ensure_future(streams.search(search, 30.0))
+            while shard.service.queue.admitted == 0:  # it reached the shard's queue
+                await asyncio.sleep(0.01)
+            waiting.cancel()  # as a hedge that lost: a cancel message follows
+            while shard.service.queue.admitted:  # withdrawn before any thread took it
+                await asyncio.sleep(0.01)
+            dropped = REGISTRY.get_sample_value("annfleet_shard_dropped_total", labels) or 0.0
+            release.set()
+            answer = await streams.search(search, 10.0)  # the same stream goes on
+            assert streams.opened == 1
+            await streams.close()
+            return dropped, answer
+
+    try:
+        dropped, answer = loop_thread.run(cancel_one(), timeout=60)
+    finally:
+        release.set()
+    assert dropped == before + 1
+    assert answer.num_queries == 1
