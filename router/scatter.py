@@ -69,6 +69,7 @@ class Fanout:
         self.tasks = tasks
         self.waiters = waiters
         self.merged: Hits | None = None  # every row merged, once all shards have answered
+        self.all_answered = False  # every shard task has finished with hits
         self._running = len(tasks)
         self._done_callbacks: list[Callable[[], None]] = []
         for task in tasks.values():
@@ -79,6 +80,9 @@ class Fanout:
             task.exception()  # looked at by the waiters, or by nobody when all have left
         self._running -= 1
         if self._running == 0:
+            self.all_answered = not any(
+                t.cancelled() or t.exception() is not None for t in self.tasks.values()
+            )
             for callback in self._done_callbacks:
                 callback()
 
@@ -220,10 +224,12 @@ class Scatter:
         When a shard failed and the survivors returned fewer than k hits for some row, the
         survivors are asked once more for k each (inside the same deadline) so k stays full.
         """
+        await fanout.wait(deadline)
+        if fanout.all_answered and fanout.tasks:  # the batch is merged once, callers take rows
+            ids, scores = self._merged(fanout)
+            return ScatterResult(ids[rows], scores[rows], sorted(fanout.tasks), {}, False)
         hits, answered, failures, expired = await self._gather(fanout, rows, deadline)
-        if (
-            not failures and fanout.tasks
-        ):  # all answered: the batch is merged once, callers take rows
+        if not failures and fanout.tasks:  # all answered meanwhile
             ids, scores = self._merged(fanout)
             return ScatterResult(ids[rows], scores[rows], sorted(answered), failures, expired)
         k = fanout.k
