@@ -79,7 +79,7 @@ def shard_info(holdings: Holdings, config: ShardsConfig) -> shard_pb2.ShardInfo:
 # A search faiss is expected to finish within this many seconds runs on the event loop
 # thread when nothing else is queued or running: handing it to an executor thread and back
 # (submit, wake-up, GIL hand-off, call_soon_threadsafe) costs more CPU than that at our sizes.
-INLINE_MAX_S = 0.004  # 1 ms sent most coalesced batches through the executor (ab-8: 0.97x CPU)
+INLINE_MAX_S = 0.004  # 1 ms sent batches of > ~4 queries to the executor (ab-8: 0.97x CPU)
 COST_DECAY = 0.9  # weight of the past in the running estimate of seconds per query row
 
 
