@@ -87,6 +87,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="reuse results of an identical earlier run from here",
     )
     e.add_argument("--no-cache", action="store_true", help="always retrain")
+    b = e.add_argument_group(
+        "through the router",
+        "--blend: train the two-tower on the split's train part, serve it in process (real "
+        "shard servers and router on free loopback ports), record the train engagements "
+        "through RecordEngagement and measure the blended Retrieve list, each source's "
+        "incremental recall and each source alone. --served HOST:PORT: the same replay "
+        "through a running router. Both use --split (default per_user) and the first of --seeds.",
+    )
+    b.add_argument("--blend", action="store_true", help="measure Retrieve in process")
+    b.add_argument(
+        "--served",
+        metavar="HOST:PORT",
+        default=None,
+        help="measure Retrieve through the router at HOST:PORT (serving the bundle that "
+        "--blend --export-bundle wrote, with fresh state)",
+    )
+    b.add_argument(
+        "--export-bundle",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="--blend: keep the bundle trained on the split's train part here",
+    )
+    b.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="--served: the bundle the router serves (checked: split and answering bundle id)",
+    )
+    b.add_argument("--users", type=int, default=None, help="only the first N test users")
+    b.add_argument("--config", type=Path, default=None, help="cluster YAML: sources, router")
+    b.add_argument("--shards", type=int, default=2, help="--blend: item shards (default 2)")
+    b.add_argument(
+        "--no-ablation",
+        action="store_true",
+        help="--blend: the blend only (no router per disabled source, none per single source)",
+    )
+    b.add_argument(
+        "--no-baselines", action="store_true", help="--blend: skip offline popularity/MF-BPR"
+    )
+    b.add_argument(
+        "--no-record",
+        action="store_true",
+        help="--served: the router already holds the train engagements (a second run)",
+    )
+    b.add_argument("--out", type=Path, default=None, help="write blend.json and blend.csv here")
+    b.add_argument("--overwrite", action="store_true", help="replace --export-bundle")
     e.set_defaults(func=cmd_eval)
 
 
@@ -100,6 +148,8 @@ def _config(args: argparse.Namespace, seed: int = 0):  # type: ignore[no-untyped
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.blend or args.served:
+        return cmd_blend_eval(args)
     from annfleet.model.evaluate import run_eval
 
     results = run_eval(
@@ -146,6 +196,53 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"cold items: R@50 {cold['recall@50']:.3f} vs random "
                 f"{cold['random_recall@50']:.3f} ({cold['lift']:.1f}x)"
             )
+    return 0
+
+
+def cmd_blend_eval(args: argparse.Namespace) -> int:
+    from annfleet.config import load_config
+    from annfleet.model.blend_eval import print_blend, run_blend_eval, run_served_eval, write_out
+
+    if args.blend and args.served:
+        raise SystemExit("annfleet eval: --blend and --served are two modes; pick one")
+    results = []
+    for split in args.split or ["per_user"]:
+        if args.served:
+            res = run_served_eval(
+                args.served,
+                args.data,
+                split_name=split,
+                validation=args.validation,
+                users=args.users,
+                bundle_dir=args.bundle,
+                record_first=not args.no_record,
+                progress=not args.no_progress,
+            )
+        else:
+            res = run_blend_eval(
+                args.data,
+                split_name=split,
+                validation=args.validation,
+                config=_config(args, args.seeds[0]),
+                users=args.users,
+                export_bundle=args.export_bundle,
+                num_shards=args.shards,
+                cluster_config=load_config(args.config),
+                ablations=not args.no_ablation,
+                singles=not args.no_ablation,
+                baselines_too=not args.no_baselines,
+                progress=not args.no_progress,
+                threads=args.threads,
+                overwrite=args.overwrite,
+            )
+        results.append(res)
+    if args.out is not None:
+        write_out(args.out, results)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for res in results:
+            print_blend(res)
     return 0
 
 

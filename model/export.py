@@ -74,9 +74,14 @@ def item_content(data: MovieLens) -> np.ndarray:
     return np.concatenate([data.item_genres[1:], years], axis=1).astype(np.float32)
 
 
-def engagement_events(data: MovieLens, days: int = ENGAGEMENT_WINDOW_DAYS) -> np.ndarray:
-    """(n, 3) int64 [item id, unix time, user id] of the last ``days`` days, in time order."""
-    idx = np.flatnonzero(data.inter_ts >= data.inter_ts.max() - days * 86400)
+def engagement_events(
+    data: MovieLens, days: int = ENGAGEMENT_WINDOW_DAYS, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, 3) int64 [item id, unix time, user id] of the last ``days`` days of the
+    interactions selected by ``mask`` (default all), in time order."""
+    mask = np.ones(data.num_interactions, dtype=bool) if mask is None else mask
+    end = data.inter_ts[mask].max()
+    idx = np.flatnonzero(mask & (data.inter_ts >= end - days * 86400))
     idx = idx[np.argsort(data.inter_ts[idx], kind="stable")]
     return np.stack(
         [
@@ -178,28 +183,65 @@ def train_and_export(
     everything = np.ones(data.num_interactions, dtype=bool)
     eval_figures = quick_eval(data, config, progress) if evaluate else {}
     model = train_two_tower(data, everything, config, progress=progress)
+    return export_model(
+        out,
+        data,
+        model,
+        config,
+        num_shards=num_shards,
+        index_type=index_type,
+        index_params=index_params,
+        eval_figures=eval_figures,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def export_model(
+    out: Path,
+    data: MovieLens,
+    model: TwoTower,
+    config: TwoTowerConfig,
+    *,
+    train: np.ndarray | None = None,
+    num_shards: int = 2,
+    index_type: str = "hnsw",
+    index_params: dict[str, int] | None = None,
+    eval_figures: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Bundle:
+    """Write the bundle of a trained ``model``: item shards, user tower and every table.
+
+    ``train`` (n,) bool selects the interactions the bundle knows (default all): the user
+    tables, seen sets, popularity, co-engagement, ``engagement_events`` and the tower's time
+    reference are computed from them alone, so a bundle trained on a split's train part
+    knows nothing of its test part (``annfleet eval --blend``). ``extra``: more manifest keys.
+    """
+    mask = np.ones(data.num_interactions, dtype=bool) if train is None else train
     item_vecs = all_item_vectors(model, data.num_items)[1:]
 
     length = config.recent_len
-    recent, last_ts = user_state(data, everything, length)
+    recent, last_ts = user_state(data, mask, length)
     users = np.arange(1, data.num_users + 1)
     urows = user_rows(data, users)
-    reference_ts = int(data.inter_ts.max())
+    reference_ts = int(data.inter_ts[mask].max())
     tfeat = time_features(np.maximum(last_ts, 0), last_ts, reference_ts)
     uvecs = user_vectors(model, urows, recent, tfeat)
 
-    counts = np.bincount(data.inter_item, minlength=data.num_items + 1)[1:]
+    counts = np.bincount(data.inter_item[mask], minlength=data.num_items + 1)[1:]
     popular_ids = data.item_ids[np.lexsort((data.item_ids, -counts))].astype(np.int64)
-    recent_mask = data.inter_ts >= data.inter_ts.max() - RECENT_WINDOW_DAYS * 86400
+    recent_mask = mask & (data.inter_ts >= reference_ts - RECENT_WINDOW_DAYS * 86400)
     rcounts = np.bincount(data.inter_item[recent_mask], minlength=data.num_items + 1)[1:]
     popular_recent = data.item_ids[np.lexsort((-counts, -rcounts))].astype(np.int64)
-    co_ids, co_scores = coengagement(data, everything)
+    co_ids, co_scores = coengagement(data, mask)
     user_table = np.concatenate([data.user_ids[:, None], urows], axis=1).astype(np.int64)
 
     seen = seen_table(
         data.user_ids.astype(np.int64),
-        data.user_ids[data.inter_user - 1].astype(np.int64),
-        data.item_ids[data.inter_item - 1].astype(np.int64),
+        data.user_ids[data.inter_user[mask] - 1].astype(np.int64),
+        data.item_ids[data.inter_item[mask] - 1].astype(np.int64),
     )
     tables: dict[str, Any] = {
         **seen,
@@ -214,7 +256,7 @@ def train_and_export(
         "coengagement_scores": co_scores,
         "item_genres": data.item_genres[1:],
         "item_content": item_content(data),
-        "engagement_events": engagement_events(data),
+        "engagement_events": engagement_events(data, mask=mask),
     }
     spec = {
         "file": "user_tower.pt",
@@ -265,12 +307,13 @@ def train_and_export(
             files={"user_tower.pt": tower},
             extra={
                 "user_tower": spec,
-                "eval": eval_figures,
+                "eval": eval_figures or {},
                 "item_features": {
                     "genres": data.genres,
                     "table": "item_genres",
                     "content_table": "item_content",
                 },
+                **(extra or {}),
             },
             overwrite=overwrite,
             progress=progress,
