@@ -91,7 +91,11 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
         assert ol["point"] == max(router, key=lambda r: r["recall"])["params"]
     assert ol["rates"] == rates
     steps = ol["steps"]
-    assert steps and [s["offered_qps"] for s in steps][: len(rates)] == rates[: len(steps)]
+    stepped = [s["offered_qps"] for s in steps if s["phase"] == "step"]
+    assert stepped and stepped == rates[: len(stepped)]  # in order, up to the first broken
+    assert [s["phase"] for s in steps] == ["step"] * len(stepped) + ["bisect"] * (
+        len(steps) - len(stepped)
+    )
     processes = ol["config"]["processes"]
     for s in steps:
         duration = s["duration_s"]  # 1 s, or 20 requests' worth at 15/s
@@ -123,6 +127,9 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
         or len(steps) % 2 == 0
     )
     assert math.isclose(ol["cpu_ratio"], cap["cpu_ms_per_query"] / ol["cluster_cpu_ms_per_query"])
+    assert ol["idle_server_cores"] >= 0
+    for s in steps:  # the idle share left out
+        assert s["marginal_cpu_ms_per_query"] <= s["server_cpu_ms_per_query"]
     assert ol["target"]["met"] == (
         ol["ratio_to_inprocess"] >= 0.5 and ol["target"]["recall"] >= 0.95
     )
