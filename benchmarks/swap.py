@@ -185,7 +185,11 @@ def main() -> None:
     mixed = 0
 
     with LocalCluster(
-        bundles[0], config, config_path=config_path, rollout_state=work / "data" / "rollout.json"
+        bundles[0],
+        config,
+        config_path=config_path,
+        rollout_state=work / "data" / "rollout.json",
+        metrics=True,  # the router's cache counters
     ) as cl:
         client = Client(cl.router_target, timeout=5.0, retries=0)
         client.search(queries[0], args.k)
