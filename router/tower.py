@@ -37,7 +37,8 @@ class TowerEmbedder:
     def __init__(self, bundle: Bundle, threads: int = 0) -> None:
         if threads > 0:
             # One request's tower call is a few small matmuls: intra-op threads only wait on
-            # each other (on a busy 2-core box a call took 20-40 ms with 2, 0.1-0.4 with 1).
+            # each other (standalone on a busy 2-core box a call took 20-40 ms with 2 threads,
+            # 0.1-0.4 ms with 1).
             torch.set_num_threads(threads)
         spec: dict[str, Any] = bundle.manifest["user_tower"]
         self.bundle_id = bundle.id
