@@ -328,6 +328,7 @@ def run_blend_eval(
     config: Any = None,
     users: int | None = None,
     export_bundle: Path | None = None,
+    bundle_dir: Path | None = None,
     num_shards: int = 2,
     cluster_config: ClusterConfig | None = None,
     ablations: bool = True,
@@ -338,7 +339,10 @@ def run_blend_eval(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """``annfleet eval --blend``: train on the split's train part, export, serve in process,
-    replay through the router for the blend, each ablation and each source alone."""
+    replay through the router for the blend, each ablation and each source alone.
+
+    ``bundle_dir``: serve that bundle (one ``export_bundle`` wrote for this split) instead of
+    training: no offline references then, and a sources config is measured in minutes."""
     import tempfile
 
     import torch
@@ -353,33 +357,38 @@ def run_blend_eval(
     split = make_split(data, split_name, validation=validation)
     queries = build_queries(data, split)
     rows = query_rows(queries, users)
-    t0 = time.monotonic()
-    model = train_two_tower(data, split.train, config, progress=progress)
-    train_s = time.monotonic() - t0
-    offline = offline_references(
-        data,
-        split,
-        queries,
-        rows,
-        model,
-        seed=config.seed,
-        baselines_too=baselines_too,
-        progress=progress,
-    )
+    offline: dict[str, dict[str, float]] = {}
+    train_s = 0.0
     with contextlib.ExitStack() as stack:
-        out = export_bundle or Path(stack.enter_context(tempfile.TemporaryDirectory())) / "b"
-        bundle = export_model(
-            out,
-            data,
-            model,
-            config,
-            train=split.train,
-            num_shards=num_shards,
-            index_type=EXPORT_INDEX,
-            extra={"eval_split": split_manifest(data, split, validation)},
-            overwrite=overwrite,
-            progress=progress,
-        )
+        if bundle_dir is not None:
+            bundle = eval_bundle(bundle_dir, data, split, validation)
+        else:
+            t0 = time.monotonic()
+            model = train_two_tower(data, split.train, config, progress=progress)
+            train_s = time.monotonic() - t0
+            offline = offline_references(
+                data,
+                split,
+                queries,
+                rows,
+                model,
+                seed=config.seed,
+                baselines_too=baselines_too,
+                progress=progress,
+            )
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            bundle = export_model(
+                export_bundle or tmp / "bundle",
+                data,
+                model,
+                config,
+                train=split.train,
+                num_shards=num_shards,
+                index_type=EXPORT_INDEX,
+                extra={"eval_split": split_manifest(data, split, validation)},
+                overwrite=overwrite,
+                progress=progress,
+            )
         sources = patient(cluster_config.sources)
         configs: list[tuple[str, str, SourcesConfig]] = [(BLEND, "", sources)]
         names = enabled_sources(sources)
@@ -411,18 +420,35 @@ def run_blend_eval(
         "mode": "in_process",
         "split": split_name,
         "validation": validation,
-        "seed": config.seed,
+        "seed": bundle.manifest["model"].get("config", {}).get("seed", config.seed),
         "num_queries": int(blend["num_queries"]),
         "users": len(rows),
         "engagements_recorded": recorded,
         "bundle_id": bundle.id,
-        "bundle": str(export_bundle) if export_bundle else "",
+        "bundle": str(bundle_dir or export_bundle or ""),
         "sources": {n: dataclasses.asdict(sources.settings()[n]) for n in names},
         "train_seconds": round(train_s, 1),
         "offline": offline,
         "router": results,
         "incremental": incremental,
     }
+
+
+def eval_bundle(bundle_dir: Path, data: MovieLens, split: Split, validation: bool) -> Any:
+    """The bundle at ``bundle_dir``, checked to be trained on ``split``'s train part of
+    ``data`` (``manifest["eval_split"]``, written by ``--export-bundle``); InvalidArgument
+    otherwise (a bundle that knows the test items would flatter every figure)."""
+    from annfleet.bundle import Bundle
+    from annfleet.errors import InvalidArgument
+
+    bundle = Bundle.open(bundle_dir)
+    meta = bundle.manifest.get("eval_split")
+    if meta != split_manifest(data, split, validation):
+        raise InvalidArgument(
+            f"bundle {bundle_dir} was not trained on the {split.name} split's train part "
+            f"of this data (its eval_split: {meta}); it would see the test items"
+        )
+    return bundle
 
 
 def split_manifest(data: MovieLens, split: Split, validation: bool) -> dict[str, Any]:
@@ -452,22 +478,11 @@ def run_served_eval(
     With ``bundle_dir`` (the bundle the cluster serves, as ``--export-bundle`` wrote it), the
     split it was trained for is checked against ``split_name`` and every answer's bundle id
     against it."""
-    from annfleet.bundle import Bundle
     from annfleet.errors import InvalidArgument
 
     data = load_movielens(data_dir)
-    expected = None
-    if bundle_dir is not None:
-        bundle = Bundle.open(bundle_dir, verify=False)
-        expected = bundle.id
-        meta = bundle.manifest.get("eval_split")
-        want = split_manifest(data, make_split(data, split_name, validation=validation), validation)
-        if meta != want:
-            raise InvalidArgument(
-                f"bundle {bundle_dir} was not trained on the {split_name} split's train part "
-                f"of this data (its eval_split: {meta}); it would see the test items"
-            )
     split = make_split(data, split_name, validation=validation)
+    expected = eval_bundle(bundle_dir, data, split, validation).id if bundle_dir else None
     queries = build_queries(data, split)
     rows = query_rows(queries, users)
     res, applied = measure(

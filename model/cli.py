@@ -115,7 +115,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         type=Path,
         default=None,
         metavar="DIR",
-        help="--served: the bundle the router serves (checked: split and answering bundle id)",
+        help="--served: the bundle the router serves (checked: split and answering bundle "
+        "id); --blend: serve this bundle (an --export-bundle of this split) instead of training",
     )
     b.add_argument("--users", type=int, default=None, help="only the first N test users")
     b.add_argument("--config", type=Path, default=None, help="cluster YAML: sources, router")
@@ -205,6 +206,8 @@ def cmd_blend_eval(args: argparse.Namespace) -> int:
 
     if args.blend and args.served:
         raise SystemExit("annfleet eval: --blend and --served are two modes; pick one")
+    if args.bundle and args.export_bundle:
+        raise SystemExit("annfleet eval: --bundle reuses a bundle, --export-bundle writes one")
     results = []
     for split in args.split or ["per_user"]:
         if args.served:
@@ -226,6 +229,7 @@ def cmd_blend_eval(args: argparse.Namespace) -> int:
                 config=_config(args, args.seeds[0]),
                 users=args.users,
                 export_bundle=args.export_bundle,
+                bundle_dir=args.bundle,
                 num_shards=args.shards,
                 cluster_config=load_config(args.config),
                 ablations=not args.no_ablation,

@@ -17,7 +17,7 @@ from annfleet.client import Client, Engagement
 from annfleet.config import load_config
 from annfleet.errors import InvalidArgument
 from annfleet.model import cli
-from annfleet.model.blend_eval import run_served_eval
+from annfleet.model.blend_eval import run_blend_eval, run_served_eval
 from annfleet.model.data import load_movielens, make_split, recbole_data_dir
 from annfleet.model.features import build_queries
 
@@ -164,3 +164,25 @@ def test_served_refuses_a_bundle_of_another_split(blend_run, tiny_data: Path) ->
         run_served_eval(
             "127.0.0.1:1", tiny_data, split_name="global", bundle_dir=bundle_dir, progress=False
         )
+
+
+def test_blend_reuses_an_exported_bundle(blend_run, tiny_data: Path) -> None:  # type: ignore[no-untyped-def]
+    """`--blend --bundle DIR` serves the bundle an earlier run wrote (no training): the same
+    blend figures, no offline references."""
+    result, bundle_dir, config_path = blend_run
+    again = run_blend_eval(
+        tiny_data,
+        users=REPLAYED,
+        bundle_dir=bundle_dir,
+        cluster_config=load_config(config_path),
+        ablations=False,
+        singles=False,
+        progress=False,
+    )
+    assert again["bundle_id"] == result["bundle_id"] and again["offline"] == {}
+    assert list(again["router"]) == ["blend"]
+    for k in (10, 50, 100):
+        key = f"recall@{k}"
+        assert again["router"]["blend"][key] == result["router"]["blend"][key]
+    with pytest.raises(InvalidArgument, match="would see the test items"):
+        run_blend_eval(tiny_data, split_name="global", bundle_dir=bundle_dir, progress=False)
