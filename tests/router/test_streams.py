@@ -252,3 +252,37 @@ def test_cancelled_search_is_withdrawn_from_the_shard_queue(
         release.set()
     assert dropped == before + 1
     assert answer.num_queries == 1
+
+
+def test_full_queue_is_resource_exhausted_on_the_stream_as_on_unary(
+    loop_thread: LoopThread, flat_bundle: Bundle, catalogue: Catalogue
+) -> None:
+    server = loop_thread.run(start_shard_server(flat_bundle.path, 0, ShardsConfig(max_queue=1)))
+    release = threading.Event()
+    for _ in range(server.executor._max_workers):
+        server.executor.submit(release.wait)
+    search = request(catalogue.user_vectors[:1], 10)
+
+    async def overflow() -> tuple[tuple[grpc.StatusCode, str], tuple[grpc.StatusCode, str]]:
+        async with grpc.aio.insecure_channel(target(server)) as channel:
+            stub = shard_pb2_grpc.IndexShardStub(channel)
+            streams = SearchStreams(channel, target(server))
+            held = asyncio.ensure_future(streams.search(search, 30.0))  # takes the one place
+            while server.service.queue.admitted == 0:
+                await asyncio.sleep(0.01)
+            with pytest.raises(grpc.aio.AioRpcError) as s:
+                await streams.search(search, 10.0)
+            with pytest.raises(grpc.aio.AioRpcError) as u:
+                await stub.Search(search, timeout=10)
+            release.set()
+            assert (await held).num_queries == 1  # the stream went on
+            await streams.close()
+            return (s.value.code(), s.value.details()), (u.value.code(), u.value.details())
+
+    try:
+        streamed, unary = loop_thread.run(overflow(), timeout=60)
+    finally:
+        release.set()
+        loop_thread.run(server.stop(0))
+    assert streamed == unary
+    assert streamed[0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "max_queue 1" in streamed[1]
