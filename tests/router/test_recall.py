@@ -8,6 +8,7 @@ Bundle C has A's ids with other vectors (a retrained model) for carrying updates
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,19 @@ class Fleet:
         assert admin_port is not None
         self.lt.run(self.shards[i].stop(0))
         self.shards[i] = self._start_shard(i, port, admin_port)
+        if self.router is not None:
+            self.lt.run(self._admin_channels_ready())
+
+    async def _admin_channels_ready(self) -> None:
+        """Until the router's admin channels are connected again: one that tried the port
+        while the replica was down sits in gRPC's reconnect backoff (1 s and growing), and a
+        Commit sent then fails at once (UNAVAILABLE, connection refused)."""
+        assert self.router is not None
+        for replica in await self.router.rollouts.replicas():
+            state = replica.channel.get_state(try_to_connect=True)
+            while state != grpc.ChannelConnectivity.READY:
+                await asyncio.wait_for(replica.channel.wait_for_state_change(state), 30)
+                state = replica.channel.get_state(try_to_connect=True)
 
     def start_router(self) -> None:
         self.router = self.lt.run(
