@@ -106,14 +106,21 @@ def merge_recent(live: tuple[int, ...], request: tuple[int, ...], n: int) -> tup
 def embedding_key(bundle_id: str, ctx: RequestContext) -> tuple[Any, ...]:
     """The embedding cache's key of a user's request (with the user id): the bundle and the
     whole context, the timestamp to the hour (the tower's time features change hourly)."""
-    return (bundle_id, ctx.recent_item_ids, ctx.timestamp // 3600, ctx.country, ctx.device)
+    return (
+        bundle_id,
+        ctx.recent_item_ids,
+        ctx.timestamp // 3600,
+        ctx.country,
+        ctx.device,
+        ctx.recent_timestamp,
+    )
 
 
 def embedding_key_context(key: tuple[Any, ...]) -> tuple[str, RequestContext]:
     """The bundle id and a context of :func:`embedding_key` (the hour's first second; 0 =
     "now" stays 0): what a rollout embeds again with the next bundle's tower."""
-    bundle_id, recent, hour, country, device = key
-    return bundle_id, RequestContext(tuple(recent), int(hour) * 3600, country, device)
+    bundle_id, recent, hour, country, device, recent_ts = key
+    return bundle_id, RequestContext(tuple(recent), int(hour) * 3600, country, device, recent_ts)
 
 
 def cached_embedder(cache: UserCache[np.ndarray], bundle_id: str, embed: EmbedFn) -> EmbedFn:
@@ -217,7 +224,11 @@ class CandidateGenerator:
     ) -> Blend:
         user, blocked, state_error = await self._user(user_id)
         recent = merge_recent(user.recent, context.recent_item_ids, self.recent_len)
-        context = replace(context, recent_item_ids=recent)
+        # The caller's own recent items are as of the request; the live ones as of the user's
+        # last engagement, which the tower needs for its time-since-last-item feature (as in
+        # training: the real gap, not zero).
+        stamp = context.recent_timestamp if context.recent_item_ids else user.last_ts
+        context = replace(context, recent_item_ids=recent, recent_timestamp=stamp)
         excluded = hashlib.blake2b(np.asarray(exclude, np.int64).tobytes(), digest_size=8)
         key = (
             self.bundle_id,

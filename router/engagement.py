@@ -116,6 +116,7 @@ def plan_update(
         update.clicks[e.item_id] += 1
         update.recent.setdefault(e.user_id, []).append(e.item_id)
         update.seen.setdefault(e.user_id, set()).add(e.item_id)
+        update.last_ts[e.user_id] = max(update.last_ts.get(e.user_id, 0), e.timestamp)
         history = recent.setdefault(e.user_id, [])
         previous = [o for o in dict.fromkeys(reversed(history)) if o != e.item_id]
         for other in previous[:co_window]:  # the user's last co_window other items

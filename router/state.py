@@ -42,6 +42,7 @@ class UserState:
     recent: tuple[int, ...] = ()  # most recent last
     seen: np.ndarray = field(default_factory=lambda: EMPTY_IDS)  # (s,) int64 sorted unique
     version: int = 0
+    last_ts: int = 0  # unix seconds of the user's latest engagement (0 = none recorded)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class StateUpdate:
     impressions: Counter[int] = field(default_factory=Counter)
     clicks: Counter[int] = field(default_factory=Counter)
     co_engagement: Counter[tuple[int, int]] = field(default_factory=Counter)  # (a, b) -> count
+    last_ts: dict[int, int] = field(default_factory=dict)  # user -> latest engagement time
 
     def users(self) -> set[int]:
         return set(self.recent) | set(self.seen)
@@ -151,6 +153,7 @@ class MemoryState(StateStore):
         self._clicks: Counter[int] = Counter()
         self._co: dict[int, Counter[int]] = {}
         self._blocked: set[int] = set()
+        self._last_ts: dict[int, int] = {}
 
     async def user(self, user_id: int) -> UserState:
         seen = self._seen.get(user_id)
@@ -158,6 +161,7 @@ class MemoryState(StateStore):
             tuple(self._recent.get(user_id, ())),
             np.array(sorted(seen), np.int64) if seen else EMPTY_IDS,
             self._version[user_id],
+            self._last_ts.get(user_id, 0),
         )
 
     async def users_recent(self, user_ids: Sequence[int], n: int) -> dict[int, tuple[int, ...]]:
@@ -205,6 +209,8 @@ class MemoryState(StateStore):
             self._seen.setdefault(user, set()).update(seen)
         for user in update.users():
             self._version[user] += 1
+        for user, ts in update.last_ts.items():
+            self._last_ts[user] = max(self._last_ts.get(user, 0), ts)
         for scope, item, x in update.trending:
             counts = self._trending.setdefault(scope, {})
             counts[item] = log2_add(counts.get(item, -math.inf), x)
@@ -271,11 +277,13 @@ class RedisState(StateStore):
         pipe.lrange(self._k("recent", user_id), 0, self.recent_len - 1)
         pipe.smembers(self._k("seen", user_id))
         pipe.get(self._k("ver", user_id))
-        recent, seen, version = await self._run("read user", pipe.execute())
+        pipe.zscore(self._k("last_ts"), user_id)
+        recent, seen, version, last_ts = await self._run("read user", pipe.execute())
         return UserState(
             tuple(int(i) for i in reversed(recent)),
             np.array(sorted(int(i) for i in seen), np.int64) if seen else EMPTY_IDS,
             int(version or 0),
+            int(last_ts or 0),
         )
 
     async def users_recent(self, user_ids: Sequence[int], n: int) -> dict[int, tuple[int, ...]]:
@@ -360,6 +368,8 @@ class RedisState(StateStore):
             pipe.sadd(self._k("seen", user), *sorted(seen))
         for user in sorted(update.users()):
             pipe.incr(self._k("ver", user))
+        if update.last_ts:  # GT: a batch of older events never moves the time back
+            pipe.zadd(self._k("last_ts"), {str(u): t for u, t in update.last_ts.items()}, gt=True)
         if update.trending:
             args: list[int | str] = []
             for _scope, item, x in update.trending:

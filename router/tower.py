@@ -116,7 +116,7 @@ class TowerEmbedder:
             # The request's recent items are newer than the stored history; a repeated item
             # keeps only its latest position.
             history = history[~np.isin(history, fresh)]
-            last_ts = now
+            last_ts = context.recent_timestamp if context.recent_timestamp > 0 else now
         seq = np.concatenate([history, fresh])[-length:]
         recent = np.zeros(length, dtype=np.int64)
         if len(seq):

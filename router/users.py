@@ -25,6 +25,10 @@ class RequestContext:
     timestamp: int = 0  # unix seconds; 0 = now
     country: str = ""
     device: str = ""
+    # Unix seconds of the newest of recent_item_ids; 0 = engaged at the request's time (what
+    # a caller's own recent items are). The router sets it from the live state's last
+    # engagement when the items come from there, so the tower sees the real gap.
+    recent_timestamp: int = 0
 
 
 class UserEmbedder(Protocol):

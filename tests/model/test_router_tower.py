@@ -87,3 +87,34 @@ def test_every_movielens_source_serves_through_the_router(
         }
         assert not set(recent) & set(result.ids.tolist())
     assert not set(engaged) & set(after.ids.tolist())  # engaged items never come back
+
+
+def test_live_recent_items_carry_their_engagement_time_to_the_tower(
+    cluster_factory, small_bundle: Bundle
+) -> None:  # type: ignore[no-untyped-def]
+    """Items the router takes from the live state were engaged when their events say, not at
+    the request's time: the tower's time-since-last-item feature sees the real gap, as in
+    training (a zero gap here was a training/serving skew)."""
+    from annfleet.client import Engagement
+
+    embedder = TowerEmbedder(small_bundle)
+    month_ago = WHEN - 30 * 86_400
+    live = RequestContext(recent_item_ids=(50, 172), timestamp=WHEN, recent_timestamp=month_ago)
+    as_if_now = RequestContext(recent_item_ids=(50, 172), timestamp=WHEN)
+    gap = embedder.inputs(10**9, live)[2][0, 2]
+    assert gap != embedder.inputs(10**9, as_if_now)[2][0, 2]  # a month vs no time at all
+    assert not np.allclose(embedder.embed(10**9, live), embedder.embed(10**9, as_if_now))
+
+    cluster = cluster_factory(small_bundle, RouterConfig(oversample=2.0), sources=ANN_ONLY)
+    user = 10**9 + 7  # unknown to the bundle: its history is only what is recorded here
+    with Client(cluster.router_target, timeout=30) as client:
+        events = [
+            Engagement(user, 50, "click", month_ago - 60),
+            Engagement(user, 172, "click", month_ago),
+        ]
+        assert client.record_engagement(events) == 2
+        answer = client.retrieve(user, 20, timestamp=WHEN)
+    ids, vectors = _catalogue(small_bundle)
+    unseen = ~np.isin(ids, [50, 172])
+    expected, _ = exact_topk(vectors[unseen], ids[unseen], embedder.embed(user, live)[None, :], 20)
+    assert answer.ids.tolist() == expected[0].tolist()

@@ -65,6 +65,8 @@ def test_engagement_updates_every_part(make_store: Callable[[], StateStore]) -> 
         user = await store.user(1)
         assert user.recent == (10, 20, 30) and user.seen.tolist() == [10, 20, 30]
         assert (await store.user(2)).recent == ()  # an impression is not an engagement
+        # The latest engagement's time (the "now" event), for the tower's gap feature.
+        assert user.last_ts == int(NOW) and (await store.user(2)).last_ts == 0
         imp, clk = await store.posteriors(np.array([10, 20, 30, 40]))
         assert imp.tolist() == [0, 0, 1, 1] and clk.tolist() == [1, 1, 1, 0]
         # co-engagement with the user's previous 2 items, both ways.

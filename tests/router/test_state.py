@@ -49,6 +49,20 @@ def test_user_state_round_trip(make_store: Callable[[], StateStore]) -> None:
     run(go())
 
 
+def test_last_engagement_time_only_moves_forward(make_store: Callable[[], StateStore]) -> None:
+    async def go() -> None:
+        store = make_store()
+        assert (await store.user(7)).last_ts == 0
+        await store.apply(update(recent={7: [1]}, last_ts={7: 1_000}))
+        await store.apply(update(recent={7: [2]}, last_ts={7: 500}))  # a late, older batch
+        assert (await store.user(7)).last_ts == 1_000
+        await store.apply(update(recent={7: [3]}, last_ts={7: 2_000, 8: 10}))
+        assert (await store.user(7)).last_ts == 2_000 and (await store.user(8)).last_ts == 10
+        await store.close()
+
+    run(go())
+
+
 def test_trending_log_add_and_top(make_store: Callable[[], StateStore]) -> None:
     async def go() -> None:
         store = make_store()
