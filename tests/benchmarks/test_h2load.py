@@ -66,7 +66,9 @@ def test_closed_loop_keeps_requests_in_flight_for_the_duration(
     before = _router_search_codes()
     result = generator.closed(in_flight=4, duration=0.5)
     answered = {c: v - before.get(c, 0) for c, v in _router_search_codes().items()}
-    # h2load counts an answer, whatever its gRPC status; the router counts each one.
+    # h2load counts an answer, whatever its gRPC status; the router counts each one, and
+    # the streams still open when the duration ends, which h2load resets (CANCELLED).
     assert result.requests > 0
     assert sum(answered.values()) >= result.requests
-    assert set(c for c, n in answered.items() if n) <= {"OK", "RESOURCE_EXHAUSTED"}
+    assert answered.get("OK", 0) > 0
+    assert set(c for c, n in answered.items() if n) <= {"OK", "RESOURCE_EXHAUSTED", "CANCELLED"}
