@@ -22,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -80,6 +81,8 @@ class RecallMonitor:
     ) -> None:
         self.config = config
         self.rate = config.recall_sample_rate
+        self.min_spacing_s = 1.0 / config.recall_max_per_s if config.recall_max_per_s > 0 else 0.0
+        self._last_sample = -math.inf
         self.k = config.recall_k
         self._admin_replicas = admin_replicas
         self._token = token
@@ -99,6 +102,10 @@ class RecallMonitor:
         """Maybe sample a live request (its first query row). Never waits, never raises."""
         if self.rate <= 0 or self._task is None or self._random.random() >= self.rate:
             return
+        now = time.monotonic()
+        if now - self._last_sample < self.min_spacing_s:
+            return  # router.recall_max_per_s
+        self._last_sample = now
         self._forgotten.discard(state.bundle.id)  # it serves again
         try:
             self._queue.put_nowait(Sample(state, np.array(queries[:1], dtype=np.float32), params))

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -33,7 +35,7 @@ from annfleet.router.variants import user_bucket
 from annfleet.server.builder import build_bundle
 from annfleet.server.main import ShardServer, start_shard_server
 from annfleet.synthetic import make_catalogue
-from annfleet.v1 import admin_pb2, admin_pb2_grpc, shard_pb2, shard_pb2_grpc
+from annfleet.v1 import admin_pb2, admin_pb2_grpc, common_pb2, shard_pb2, shard_pb2_grpc
 
 TOKEN = "recall-test-token"
 AUTH = metadata(TOKEN)
@@ -190,6 +192,7 @@ def _fleet(
         "shard_timeout_s": 5.0,
         "release_grace_s": 30.0,
         "recall_sample_rate": 1.0,
+        "recall_max_per_s": 0.0,
         "recall_min_samples": 5,
         **router,
     }
@@ -229,6 +232,28 @@ def gauge(bundle_id: str, shard: str, k: int = 100) -> float | None:
     return REGISTRY.get_sample_value(
         "annfleet_router_recall", {"bundle": bundle_id, "shard": shard, "k": str(k)}
     )
+
+
+def test_samples_are_capped_per_second() -> None:
+    """``recall_max_per_s``: however many requests pass the coin flip, at most that many a
+    second are queued for the exact search (0 = no cap)."""
+    from annfleet.router.recall import QUEUE_SIZE, RecallMonitor
+
+    async def offered(max_per_s: float) -> int:
+        config = RouterConfig(recall_sample_rate=1.0, recall_max_per_s=max_per_s)
+        monitor = RecallMonitor(config, _no_replicas, "token", seed=0)
+        monitor._task = asyncio.get_running_loop().create_future()  # type: ignore[assignment]
+        state: Any = SimpleNamespace(bundle=SimpleNamespace(id="b"))
+        for _ in range(QUEUE_SIZE):  # well under a second
+            monitor.offer(state, np.zeros((1, 4), np.float32), common_pb2.SearchParams())
+        return monitor._queue.qsize()
+
+    assert asyncio.run(offered(2.0)) == 1
+    assert asyncio.run(offered(0.0)) == QUEUE_SIZE
+
+
+async def _no_replicas() -> list[Any]:
+    return []
 
 
 def test_recall_at_k_counts_true_ids_only() -> None:
