@@ -70,6 +70,9 @@ class Source(ABC):
     """One candidate source. ``fetch`` must not block the event loop."""
 
     name: str = ""
+    # Waits on other processes (the ANN: the shards): started first, and given a few loop
+    # passes to send before the local sources, whose work is CPU on the router's loop.
+    remote: bool = False
 
     def __init__(self, settings: SourceSettings) -> None:
         self.settings = settings
@@ -80,15 +83,50 @@ class Source(ABC):
         """The best ``request.k`` candidates not in ``request.exclude``."""
 
 
+SMALL_LOOKUP = 512  # up to this many ids, membership by binary search beats np.isin
+
+
+def isin_sorted(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+    """(n,) bool: which of ``ids`` (n,) int64 are in ``sorted_ids`` (e,) int64 sorted.
+
+    Same answer as ``np.isin``: a binary search per id for a few hundred ids (a source's
+    list against the request's exclusions: ~5x cheaper than ``np.isin``'s set-up), ``np.isin``
+    (its lookup table) for more."""
+    ids = np.asarray(ids, np.int64)
+    if len(sorted_ids) == 0 or len(ids) == 0:
+        return np.zeros(len(ids), bool)
+    if len(ids) > SMALL_LOOKUP:
+        return np.isin(ids, sorted_ids)
+    pos = np.searchsorted(sorted_ids, ids)
+    np.minimum(pos, len(sorted_ids) - 1, out=pos)
+    return np.asarray(sorted_ids[pos] == ids)
+
+
+def first_not_in(ids: np.ndarray, n: int, sorted_ids: np.ndarray) -> np.ndarray:
+    """The first ``n`` of ``ids`` not in ``sorted_ids`` (e,) sorted unique, order kept:
+    only the first n + e of ``ids`` are looked at (at most e of them are excluded)."""
+    head = ids[: n + len(sorted_ids)]
+    return head[~isin_sorted(head, sorted_ids)][:n] if len(sorted_ids) else head[:n]
+
+
 def top_k(
     ids: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray = EMPTY_IDS
 ) -> Candidates:
-    """Best k of (ids (n,) int64, scores (n,)) with ids in ``exclude`` or < 0 dropped; ties by
-    smaller id. Scores of -inf are dropped too."""
+    """Best k of (ids (n,) int64 distinct, scores (n,)) with ids in ``exclude`` (sorted
+    unique) or < 0 dropped; ties by smaller id. Scores of -inf are dropped too.
+
+    Only the best k + len(exclude) valid scores (ties at the cut included) are filtered and
+    sorted: at most len(exclude) of them are excluded."""
     keep = (ids >= 0) & np.isfinite(scores)
+    ids, scores = ids[keep], scores[keep].astype(np.float32)  # ranked as float32
+    cut = k + len(exclude)
+    if 0 < cut < len(scores):
+        kth = np.partition(scores, len(scores) - cut)[len(scores) - cut]
+        top = scores >= kth
+        ids, scores = ids[top], scores[top]
     if len(exclude):
-        keep &= ~np.isin(ids, exclude)
-    ids, scores = ids[keep], scores[keep].astype(np.float32)
+        out = ~isin_sorted(ids, exclude)
+        ids, scores = ids[out], scores[out]
     order = np.lexsort((ids, -scores))[:k]
     return Candidates(ids[order].astype(np.int64), scores[order])
 
@@ -116,6 +154,14 @@ class ItemTable:
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """(n,) bool."""
         return self.rows(ids) >= 0
+
+    def row_mask(self, ids: np.ndarray) -> np.ndarray:
+        """(N,) bool over the table's rows: True at the rows of ``ids`` (unknown ids ignored):
+        membership of the whole catalogue in a few ids without an ``np.isin`` over it."""
+        mask = np.zeros(len(self.ids), bool)
+        rows = self.rows(ids)
+        mask[rows[rows >= 0]] = True
+        return mask
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ItemTable:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from annfleet.config import SourceSettings
-from annfleet.router.sources import Candidates, Source, SourceRequest
+from annfleet.router.sources import Candidates, Source, SourceRequest, isin_sorted
 from annfleet.router.users import RequestContext
 
 EmbedFn = Callable[[int, RequestContext], Awaitable[np.ndarray]]
@@ -24,6 +24,7 @@ SearchFn = Callable[[np.ndarray, int, np.ndarray, float, Any], Awaitable[Candida
 
 class AnnSource(Source):
     name = "ann"
+    remote = True
 
     def __init__(self, settings: SourceSettings, embed: EmbedFn, search: SearchFn) -> None:
         super().__init__(settings)
@@ -39,7 +40,7 @@ class AnnSource(Source):
         # case the searcher could not push the exclusion down.
         keep = found.ids >= 0
         if len(request.exclude):
-            keep &= ~np.isin(found.ids, request.exclude)
+            keep &= ~isin_sorted(found.ids, request.exclude)
         return Candidates(
             found.ids[keep][: request.k], found.scores[keep][: request.k], found.detail
         )

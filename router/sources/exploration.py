@@ -35,15 +35,32 @@ class ExplorationSource(Source):
 
     async def fetch(self, request: SourceRequest) -> Candidates:
         ids = self.items.ids
+        rows = None
         if len(ids) > self.config.pool:
-            ids = ids[self.rng.choice(len(ids), self.config.pool, replace=False)]
-        if len(request.exclude):
-            ids = ids[~np.isin(ids, request.exclude)]
+            rows = self.rng.choice(len(ids), self.config.pool, replace=False)
+            ids = ids[rows]
+        if len(request.exclude):  # over the catalogue's rows: no np.isin over the pool
+            excluded = self.items.row_mask(request.exclude)
+            ids = ids[~(excluded[rows] if rows is not None else excluded)]
         if len(ids) == 0:
             return Candidates.empty()
         impressions, clicks = await self.state.posteriors(ids)
         low = impressions < self.config.max_impressions
         ids, impressions, clicks = ids[low], impressions[low], clicks[low]
         clicks = np.minimum(clicks, impressions) if len(ids) else clicks
-        theta = self.rng.beta(clicks + 1.0, impressions - clicks + 1.0)
-        return top_k(ids, theta, request.k)
+        return top_k(ids, self.thompson(impressions, clicks), request.k)
+
+    def thompson(self, impressions: np.ndarray, clicks: np.ndarray) -> np.ndarray:
+        """theta ~ Beta(clicks + 1, impressions - clicks + 1) per item (clicks <= impressions).
+
+        An item never shown draws from Beta(1, 1), the uniform distribution: drawn as such
+        (~30x cheaper than a Beta draw, and most of a catalogue was never shown)."""
+        theta = np.empty(len(impressions), np.float64)
+        fresh = impressions == 0
+        theta[fresh] = self.rng.random(int(fresh.sum()))
+        shown = ~fresh
+        if shown.any():
+            theta[shown] = self.rng.beta(
+                clicks[shown] + 1.0, impressions[shown] - clicks[shown] + 1.0
+            )
+        return theta

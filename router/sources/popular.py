@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from annfleet.config import SourceSettings
-from annfleet.router.sources import Candidates, Source, SourceRequest
+from annfleet.router.sources import Candidates, Source, SourceRequest, isin_sorted
 
 
 class PopularSource(Source):
@@ -19,5 +19,10 @@ class PopularSource(Source):
         self.scores = (1.0 - np.arange(len(self.ids)) / n).astype(np.float32)
 
     async def fetch(self, request: SourceRequest) -> Candidates:
-        keep = ~np.isin(self.ids, request.exclude) if len(request.exclude) else slice(None)
-        return Candidates(self.ids[keep][: request.k], self.scores[keep][: request.k])
+        # Only the first k + len(exclude) entries can be among the first k not excluded.
+        head = slice(0, request.k + len(request.exclude))
+        ids, scores = self.ids[head], self.scores[head]
+        if len(request.exclude):
+            keep = ~isin_sorted(ids, request.exclude)
+            ids, scores = ids[keep], scores[keep]
+        return Candidates(ids[: request.k], scores[: request.k])

@@ -23,7 +23,14 @@ import numpy as np
 
 from annfleet.bundle import Bundle
 from annfleet.config import TrendingSourceConfig
-from annfleet.router.sources import EMPTY_IDS, Candidates, Source, SourceRequest
+from annfleet.router.sources import (
+    EMPTY_IDS,
+    Candidates,
+    Source,
+    SourceRequest,
+    first_not_in,
+    isin_sorted,
+)
 from annfleet.router.state import StateStore
 
 TABLE_EVENTS = "engagement_events"
@@ -100,8 +107,8 @@ class ScopeCounts:
         self._sorted_ids, self._sorted_logs = self.ids[by_id], self.logs[by_id]
 
     def top(self, n: int, exclude: np.ndarray) -> np.ndarray:
-        ids = self.ids[~np.isin(self.ids, exclude)] if len(exclude) else self.ids
-        return ids[:n]
+        """The first ``n`` ranked ids not in ``exclude`` (sorted unique)."""
+        return first_not_in(self.ids, n, exclude)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """(n,) float64 L of ``ids``, -inf where the seed has none."""
@@ -177,15 +184,18 @@ class TrendingSource(Source):
         live_ids, live_logs = await self.state.trending_top(key, n + len(exclude))
         seed = self.seeds.get(scope)
         seed_ids = seed.top(n, exclude) if seed is not None else EMPTY_IDS
-        ids = np.union1d(live_ids, seed_ids)
+        ids = np.union1d(live_ids, seed_ids)  # sorted unique
         if len(exclude):
-            ids = ids[~np.isin(ids, exclude)]
+            ids = ids[~isin_sorted(ids, exclude)]
         if len(ids) == 0:
             return EMPTY_IDS, np.empty(0, np.float64)
         live = np.full(len(ids), -math.inf)
-        known = np.isin(ids, live_ids)
-        lookup = dict(zip(live_ids.tolist(), live_logs.tolist(), strict=True))
-        live[known] = [lookup[i] for i in ids[known].tolist()]
+        known = np.zeros(len(ids), bool)
+        if len(live_ids):  # each live id's place in ``ids`` (sorted), where it is there
+            at = np.minimum(np.searchsorted(ids, live_ids), len(ids) - 1)
+            there = ids[at] == live_ids
+            known[at[there]] = True
+            live[at[there]] = live_logs[there]
         if (~known).any() and len(live_ids) >= n + len(exclude):
             # The live top was cut: read the live part of the seed's items too.
             live[~known] = await self.state.trending_scores(key, ids[~known])

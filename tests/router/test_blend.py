@@ -10,7 +10,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from annfleet.config import SourceSettings
-from annfleet.router.blend import SourceList, blend, blend_outcomes, run_sources, slots
+from annfleet.router.blend import (
+    HEAD_START_PASSES,
+    SourceList,
+    blend,
+    blend_outcomes,
+    run_sources,
+    slots,
+)
 from annfleet.router.sources import Candidates, Source, SourceRequest
 from annfleet.router.users import RequestContext
 
@@ -113,6 +120,83 @@ def test_blend_properties(raw: list, k: int, exclude: set[int]) -> None:
     assert result.counts == {s.name: len(set(final) & set(clean[s.name])) for s in live}
 
 
+def reference_blend(lists: list[SourceList], k: int, exclude: set[int]) -> dict[str, object]:
+    """The blender's definition (module doc of annfleet.router.blend) item by item."""
+    order = sorted(lists, key=lambda s: (-s.weight, s.code))
+    live = [s for s in order if s.ids is not None]
+    clean = [cleaned(s.ids, exclude, k) for s in live]  # type: ignore[arg-type]
+    best: dict[int, tuple[float, int, int]] = {}  # id -> (score, list position, code)
+    mask: dict[int, int] = {}
+    for pos, (s, ids) in enumerate(zip(live, clean, strict=True)):
+        for rank, item in enumerate(ids):
+            score = s.weight * (1.0 - rank / k)
+            mask[item] = mask.get(item, 0) | (1 << s.code)
+            if item not in best or score > best[item][0]:
+                best[item] = (score, pos, s.code)
+    chosen: list[int] = []
+    for ids, quota in zip(clean, slots([s.quota for s in live], k), strict=True):
+        added = 0
+        for item in ids:
+            if added >= quota or len(chosen) >= k:
+                break
+            if item not in chosen:
+                chosen.append(item)
+                added += 1
+    key = lambda i: (-best[i][0], best[i][1], i)  # noqa: E731
+    rest = sorted((i for i in best if i not in chosen), key=key)
+    chosen += rest[: max(k - len(chosen), 0)]
+    final = sorted(chosen, key=key)
+    return {
+        "ids": final,
+        "scores": [np.float32(best[i][0]) for i in final],
+        "primary": [best[i][2] for i in final],
+        "masks": [mask[i] for i in final],
+        "counts": {s.name: sum(1 for i in final if mask[i] >> s.code & 1) for s in live},
+    }
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    source_lists,
+    st.integers(1, 25),
+    st.sets(st.integers(0, 40), max_size=10),
+    st.sampled_from([0.0, 0.5, 1.0]),
+)
+def test_blend_equals_the_reference(
+    raw: list, k: int, exclude: set[int], tied_weight: float
+) -> None:
+    """Exactly the item-by-item definition: ids, scores, primary sources, masks, counts;
+    equal weights (ties across sources) drawn on purpose."""
+    codes = list(NAMES)[: len(raw)]
+    total = sum(q for q, _, _ in raw) or 1
+    lists = [
+        SourceList(
+            NAMES[c],
+            c,
+            q / max(total, 10),
+            tied_weight if i % 2 else w,
+            None if ids is None else np.array(ids, np.int64),
+        )
+        for i, (c, (q, w, ids)) in enumerate(zip(codes, raw, strict=False))
+    ]
+    result = blend(lists, k, np.array(sorted(exclude), np.int64))
+    want = reference_blend(lists, k, exclude)
+    assert result.ids.tolist() == want["ids"]
+    assert result.scores.tolist() == want["scores"]
+    assert result.primary.tolist() == want["primary"]
+    assert result.masks.tolist() == want["masks"]
+    assert result.counts == want["counts"]
+    assert result.ids.dtype == np.int64 and result.scores.dtype == np.float32
+    assert result.primary.dtype == np.uint8 and result.masks.dtype == np.uint32
+
+
+def test_blend_of_nothing() -> None:
+    result = blend([SourceList("ann", 1, 0.5, 1.0, None)], 5)
+    assert result.ids.tolist() == [] and result.counts == {}
+    result = blend([SourceList("ann", 1, 0.5, 1.0, np.array([-1, -1]))], 5, np.array([3]))
+    assert result.ids.tolist() == [] and result.counts == {"ann": 0}
+
+
 # --- budgets -----------------------------------------------------------------------------
 
 
@@ -211,3 +295,50 @@ def test_cancelling_the_caller_cancels_the_sources() -> None:
         assert Slow.cancelled
 
     asyncio.run(go())
+
+
+def test_remote_sources_get_a_head_start_over_local_ones() -> None:
+    """The ANN's shard calls need a few loop passes to leave (its task, then the calls' own
+    tasks, then the stream writer); the local sources, CPU on the same loop, start after."""
+    events: list[str] = []
+
+    class Remote(ListSource):
+        remote = True
+
+        async def fetch(self, request: SourceRequest) -> Candidates:
+            events.append("remote asked")
+            for _ in range(HEAD_START_PASSES - 1):  # a chain of tasks, one pass each
+                await asyncio.sleep(0)
+            events.append("remote sent")
+            return await super().fetch(request)
+
+    class Local(ListSource):
+        async def fetch(self, request: SourceRequest) -> Candidates:
+            events.append(f"{self.name} computed")
+            return await super().fetch(request)
+
+    async def go() -> dict[str, object]:
+        sources = [Local("trending", [5, 6]), Remote("ann", [1, 2, 3]), Local("content", [7])]
+        return await run_sources(sources, req(3))  # type: ignore[return-value]
+
+    outcomes = asyncio.run(go())
+    assert events == ["remote asked", "remote sent", "trending computed", "content computed"]
+    assert all(o.dropped == "" for o in outcomes.values())  # type: ignore[attr-defined]
+
+
+def test_source_seconds_are_each_sources_own() -> None:
+    """One wait for every source: each outcome's time is when that source answered."""
+
+    class Later(ListSource):
+        async def fetch(self, request: SourceRequest) -> Candidates:
+            await asyncio.sleep(0.05)
+            return await super().fetch(request)
+
+    async def go() -> dict[str, object]:
+        sources = [ListSource("ann", [1]), Later("trending", [4])]
+        return await run_sources(sources, req(3))  # type: ignore[return-value]
+
+    outcomes = asyncio.run(go())
+    ann, trending = outcomes["ann"], outcomes["trending"]
+    assert ann.seconds < trending.seconds  # type: ignore[attr-defined]
+    assert trending.candidates.ids.tolist() == [4]  # type: ignore[attr-defined]

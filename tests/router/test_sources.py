@@ -22,7 +22,15 @@ from annfleet.config import (
     TrendingSourceConfig,
 )
 from annfleet.errors import ConfigError
-from annfleet.router.sources import Candidates, ItemTable, SourceRequest
+from annfleet.router.sources import (
+    SMALL_LOOKUP,
+    Candidates,
+    ItemTable,
+    SourceRequest,
+    first_not_in,
+    isin_sorted,
+    top_k,
+)
 from annfleet.router.sources.ann import AnnSource
 from annfleet.router.sources.coengagement import CoEngagementSource
 from annfleet.router.sources.content import ContentSource
@@ -253,3 +261,104 @@ def test_ann_adapter_embeds_then_searches_and_drops_excluded() -> None:
     assert calls == [(3, 4, [101])]
     assert got.ids.tolist() == [102, 100]  # 101 dropped (the searcher did not), pad gone
     assert got.detail == "coverage"
+
+
+# --- shared helpers: membership, top k, row masks; trending against its definition ---------
+
+
+def test_isin_sorted_equals_np_isin_on_both_paths() -> None:
+    rng = np.random.default_rng(7)
+    for n in (0, 1, 5, 300, SMALL_LOOKUP, SMALL_LOOKUP + 1, 3000):
+        for e in (0, 1, 40, 2000):
+            ids = rng.integers(-3, 2500, n)
+            exclude = np.unique(rng.integers(0, 2500, e))
+            got = isin_sorted(ids, exclude)
+            assert got.dtype == bool and got.tolist() == np.isin(ids, exclude).tolist()
+
+
+def test_first_not_in_keeps_order_and_looks_only_at_the_head() -> None:
+    ids = np.array([9, 4, 7, 1, 8, 2, 6], np.int64)
+    assert first_not_in(ids, 3, np.array([4, 7], np.int64)).tolist() == [9, 1, 8]
+    assert first_not_in(ids, 3, np.empty(0, np.int64)).tolist() == [9, 4, 7]
+    assert first_not_in(ids, 10, np.array([1, 2, 6, 7, 8, 9], np.int64)).tolist() == [4]
+
+
+def test_top_k_equals_a_full_sort() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n = int(rng.integers(0, 60))
+        ids = rng.permutation(np.arange(-2, 80))[:n].astype(np.int64)  # distinct, some < 0
+        scores = rng.integers(0, 6, n).astype(np.float64)  # many ties
+        scores[rng.random(n) < 0.1] = -np.inf
+        exclude = np.unique(rng.integers(0, 80, int(rng.integers(0, 15))))
+        k = int(rng.integers(1, 20))
+        got = top_k(ids, scores, k, exclude)
+        want = sorted(
+            (-s, i)
+            for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
+            if i >= 0 and math.isfinite(s) and i not in set(exclude.tolist())
+        )[:k]
+        assert got.ids.tolist() == [i for _, i in want]
+        assert got.scores.tolist() == [-s for s, _ in want]
+        assert got.ids.dtype == np.int64 and got.scores.dtype == np.float32
+
+
+def test_item_table_row_mask() -> None:
+    table = ItemTable(np.array([30, 10, 20, 40]))
+    assert table.row_mask(np.array([10, 40, 99])).tolist() == [False, True, False, True]
+    assert table.row_mask(np.empty(0, np.int64)).tolist() == [False] * 4
+
+
+def test_exploration_never_shown_items_draw_uniformly_and_excluded_stay_out() -> None:
+    items = ItemTable(np.arange(4000, dtype=np.int64))
+    source = ExplorationSource(
+        ExplorationSourceConfig(pool=3000), MemoryState(), items, rng=np.random.default_rng(2)
+    )
+    exclude = np.arange(0, 4000, 2, dtype=np.int64)  # every even id
+    got = fetch(source, request(k=3000, exclude=exclude.tolist()))
+    assert len(got.ids) > 1000 and (got.ids % 2 == 1).all()  # the odd ones of the pool
+    assert len(set(got.ids.tolist())) == len(got.ids)
+    # Beta(1, 1) is uniform on [0, 1): its mean and quartiles.
+    assert abs(float(got.scores.mean()) - 0.5) < 0.05
+    assert abs(float(np.quantile(got.scores, 0.25)) - 0.25) < 0.05
+    assert ((got.scores >= 0) & (got.scores < 1)).all()
+
+
+def test_trending_merges_seed_and_live_tops_as_defined() -> None:
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        n_seed = int(rng.integers(1, 40))
+        events = np.stack(
+            [rng.integers(0, 25, n_seed), rng.integers(0, 100, n_seed), np.full(n_seed, 7)],
+            axis=1,
+        )
+        state = MemoryState()
+        source = TrendingSource(
+            TrendingSourceConfig(half_life_s=H),
+            state,
+            Regions({}),
+            seed_counts(events, Regions({}), H),
+        )
+        live = [
+            (int(rng.integers(0, 25)), float(rng.integers(0, 100)), float(rng.choice([1, 2])))
+            for _ in range(int(rng.integers(0, 30)))
+        ]
+        updates = [u for i, t, w in live for u in source.updates(99, "", i, w, t)]
+        asyncio.run(state.apply(StateUpdate(trending=updates)))
+        exclude = sorted(set(rng.integers(0, 25, int(rng.integers(0, 6))).tolist()))
+        k = int(rng.integers(1, 12))
+        got = fetch(source, request(user=99, k=k, now=100, exclude=exclude))
+        # The definition: candidates = the live top k + e and the seed's top k not excluded
+        # (the union of each part's top, not the exact top of the sum), less the excluded;
+        # each scored by its whole decayed count (seed + live).
+        seed_events = [(int(i), float(t), 1.0) for i, t, _ in events]
+        total = {i: decayed_log2(seed_events + live, i, 100) for i, _, _ in seed_events + live}
+        seed_l = {i: decayed_log2(seed_events, i, 100) for i, _, _ in seed_events}
+        live_l = {i: decayed_log2(live, i, 100) for i, _, _ in live}
+        live_top = sorted(live_l, key=lambda i: (-live_l[i], i))[: k + len(exclude)]
+        seed_top = [i for i in sorted(seed_l, key=lambda i: (-seed_l[i], i)) if i not in exclude]
+        candidates = (set(live_top) | set(seed_top[:k])) - set(exclude)
+        ranked = sorted(candidates, key=lambda i: (-total[i], i))[:k]
+        assert len(got.ids) == len(ranked)
+        np.testing.assert_allclose(got.scores, [total[i] for i in got.ids.tolist()], rtol=1e-5)
+        np.testing.assert_allclose(got.scores, [total[i] for i in ranked], rtol=1e-5)

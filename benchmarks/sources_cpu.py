@@ -1,0 +1,146 @@
+"""CPU of Retrieve's candidate generation in the router, in process (no gRPC, no shards).
+
+``python -m annfleet.benchmarks.sources_cpu [--bundle B] [--k 100] [--requests 300]``
+
+Over one bundle with a user tower (the MovieLens default unless ``--bundle``) and the default
+sources config, with an in-memory state store: per request of a bundle user, the thread CPU
+of the exclusions, of each non-ANN source's ``fetch``, of ``blend_outcomes`` and of the
+whole ``CandidateGenerator.retrieve`` (candidate cache off) with the ``ann`` source answered
+at once from a fixed list (its own work is the shards' and the scatter's, not measured
+here). Medians over ``--repeats`` passes over the same users, in µs per request.
+
+Only the public APIs of ``annfleet.router`` are used, so the same file runs against an older
+checkout (``<old venv>/bin/python path/to/sources_cpu.py``) for an old/new comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _cpu_us(fn: Callable[[], Any], n: int) -> float:
+    """Thread CPU µs per call of ``fn`` over ``n`` calls."""
+    start = time.thread_time()
+    for _ in range(n):
+        fn()
+    return (time.thread_time() - start) / n * 1e6
+
+
+def _run(coro: Awaitable[Any]) -> Any:
+    """Drive a coroutine that never suspends (in-memory state, no I/O) without a loop."""
+    it = coro.__await__()
+    try:
+        next(it)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError("coroutine suspended: not a pure in-memory path")
+
+
+def measure(bundle_path: Path, k: int, requests: int, repeats: int) -> dict[str, float]:
+    from annfleet.bundle import Bundle
+    from annfleet.config import RouterConfig, SourcesConfig
+    from annfleet.router.blend import Outcome, blend_outcomes
+    from annfleet.router.caches import RouterCaches
+    from annfleet.router.candidates import CandidateGenerator, build_sources
+    from annfleet.router.service import SeenItems
+    from annfleet.router.sources import Candidates, SourceRequest
+    from annfleet.router.state import MemoryState
+    from annfleet.router.users import RequestContext
+
+    bundle = Bundle.open(bundle_path, verify=False)
+    users = np.random.default_rng(0).permutation(bundle.load_array(bundle.manifest["users"]["ids"]))
+    users = users[:requests]
+    state = MemoryState()
+    config = SourcesConfig(candidate_cache_size=0)
+    popular = np.asarray(bundle.table("popular_ids"), np.int64)
+
+    async def embed(user_id: int, ctx: RequestContext) -> np.ndarray:
+        return np.zeros(bundle.dim, np.float32)
+
+    async def search(vector: np.ndarray, kk: int, exclude: Any, deadline: float, params: Any):  # type: ignore[no-untyped-def]
+        # What the shards would answer: k ids not excluded (the popular list stands in).
+        ids = popular[~np.isin(popular, exclude)][:kk]
+        return Candidates(ids, np.linspace(1, 0, len(ids)).astype(np.float32))
+
+    sources = build_sources(config, bundle, state, embed=embed, search=search)
+    seen = SeenItems.load(bundle)
+    caches = RouterCaches(RouterConfig(), config)
+    generator = CandidateGenerator(
+        bundle.id, sources, state, caches, bundle_seen=seen.of, diversity=None
+    )
+    ctx = RequestContext((), 0, "", "")
+    exclude = no_ids = np.empty(0, np.int64)
+    far = time.monotonic() + 3600.0
+
+    prepared = []
+    for user in users.tolist():
+        u = _run(state.user(user))
+        excl = generator.exclusions(user, u, (), exclude, np.empty(0, np.int64))
+        request = SourceRequest(user, ctx, k, far, excl, None)
+        outcomes = {s.name: Outcome(s.name, _run(s.fetch(request))) for s in sources.sources}
+        prepared.append((user, u, request, outcomes))
+
+    def each(fn: Callable[[Any], Any]) -> Callable[[], None]:
+        it = iter(prepared * (repeats + 1))
+        return lambda: fn(next(it))
+
+    def fetch_of(source: Any) -> Callable[[Any], Any]:
+        return lambda p: _run(source.fetch(p[2]))
+
+    stages: dict[str, Callable[[Any], Any]] = {
+        "exclusions": lambda p: generator.exclusions(p[0], p[1], (), exclude, no_ids),
+        **{f"fetch {s.name}": fetch_of(s) for s in sources.sources},
+        "blend_outcomes": lambda p: blend_outcomes(sources.sources, p[3], k, p[2].exclude),
+    }
+    out: dict[str, float] = {}
+    for name, fn in stages.items():
+        runs = [_cpu_us(each(fn), len(prepared)) for _ in range(repeats)]
+        out[name] = float(np.median(runs))
+
+    async def retrieve_all() -> None:
+        for user in users.tolist():
+            await generator.retrieve(int(user), ctx, k, exclude, time.monotonic() + 10.0)
+
+    runs = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        asyncio.run(retrieve_all())
+        runs.append((time.thread_time() - start) / len(users) * 1e6)
+    out["retrieve (ann answered at once)"] = float(np.median(runs))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bundle", default="", help="default: the MovieLens default bundle")
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if args.bundle:
+        path = Path(args.bundle)
+    else:
+        from annfleet.cli import default_bundle
+        from annfleet.config import load_config
+
+        path = default_bundle(load_config(None))
+    result = measure(path, args.k, args.requests, args.repeats)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for name, us in result.items():
+            print(f"{name:34s} {us:9.1f} µs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
