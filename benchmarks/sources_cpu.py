@@ -7,7 +7,9 @@ sources config, with an in-memory state store: per request of a bundle user, the
 of the exclusions, of each non-ANN source's ``fetch``, of ``blend_outcomes`` and of the
 whole ``CandidateGenerator.retrieve`` (candidate cache off) with the ``ann`` source answered
 at once from a fixed list (its own work is the shards' and the scatter's, not measured
-here). Medians over ``--repeats`` passes over the same users, in µs per request.
+here). Medians over ``--repeats`` passes over the same users, in µs per request. Then, with
+``content`` hanging (``delay_ms`` 1 s, budget 20 ms), how many ms past the budget each of
+``--hang-requests`` retrieves returns (wall clock: the budget timer's wake-up and the blend).
 
 Only the public APIs of ``annfleet.router`` are used, so the same file runs against an older
 checkout (``<old venv>/bin/python path/to/sources_cpu.py``) for an old/new comparison.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -44,7 +47,9 @@ def _run(coro: Awaitable[Any]) -> Any:
     raise RuntimeError("coroutine suspended: not a pure in-memory path")
 
 
-def measure(bundle_path: Path, k: int, requests: int, repeats: int) -> dict[str, float]:
+def measure(
+    bundle_path: Path, k: int, requests: int, repeats: int, hang_requests: int = 200
+) -> dict[str, float]:
     from annfleet.bundle import Bundle
     from annfleet.config import RouterConfig, SourcesConfig
     from annfleet.router.blend import Outcome, blend_outcomes
@@ -115,6 +120,32 @@ def measure(bundle_path: Path, k: int, requests: int, repeats: int) -> dict[str,
         asyncio.run(retrieve_all())
         runs.append((time.thread_time() - start) / len(users) * 1e6)
     out["retrieve (ann answered at once)"] = float(np.median(runs))
+
+    # One source hanging (content answers 1 s late, past its 20 ms budget): how long after
+    # the budget each retrieve returns (wall clock: the budget timer's wake-up, the blend).
+    hanging = dataclasses.replace(config, content=dataclasses.replace(config.content, delay_ms=1e3))
+    hang_sources = build_sources(hanging, bundle, state, embed=embed, search=search)
+    hang_gen = CandidateGenerator(
+        bundle.id, hang_sources, state, caches, bundle_seen=seen.of, diversity=None
+    )
+    budget = hanging.content.budget_ms
+
+    async def hang_all() -> list[float]:
+        late = []
+        for user in users[:hang_requests].tolist():
+            t0 = time.perf_counter()
+            result = await hang_gen.retrieve(int(user), ctx, k, exclude, time.monotonic() + 10.0)
+            late.append((time.perf_counter() - t0) * 1e3 - budget)
+            assert "content" in result.dropped
+        return late
+
+    if hang_requests:
+        from annfleet.serving import run as run_loop  # uvloop when installed, as the router
+
+        late = run_loop(hang_all)
+        out["hang: ms past the budget, p50"] = float(np.percentile(late, 50))
+        out["hang: ms past the budget, p99"] = float(np.percentile(late, 99))
+        out["hang: ms past the budget, max"] = float(np.max(late))
     return out
 
 
@@ -124,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--hang-requests", type=int, default=200, help="0 = skip")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.bundle:
@@ -133,12 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         from annfleet.config import load_config
 
         path = default_bundle(load_config(None))
-    result = measure(path, args.k, args.requests, args.repeats)
+    result = measure(path, args.k, args.requests, args.repeats, args.hang_requests)
     if args.json:
         print(json.dumps(result))
     else:
         for name, us in result.items():
-            print(f"{name:34s} {us:9.1f} µs")
+            unit = "ms" if name.startswith("hang") else "µs"
+            print(f"{name:34s} {us:9.2f} {unit}")
     return 0
 
 

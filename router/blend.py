@@ -41,6 +41,10 @@ log = logging.getLogger(__name__)
 # enough for the ANN's task to embed (cached), create its shard calls and for those to write
 # their requests (the stream writer wakes one pass later).
 HEAD_START_PASSES = 3
+# The event loop's timers have a resolution of 1 ms (epoll; libuv under uvloop), so a wait
+# for a budget ends up to 1 ms after it. A source still running this close to its budget is
+# dropped then: at most this much before the budget rather than up to this much after it.
+TIMER_SLACK_S = 1e-3
 
 
 @dataclass(frozen=True)
@@ -219,8 +223,9 @@ async def _fetch(source: Source, request: SourceRequest) -> Candidates:
 async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict[str, Outcome]:
     """Run every source concurrently; each gets ``min(its budget, request.deadline)``.
 
-    A source still running at its own deadline is cancelled and dropped without waiting for
-    it to finish; one that raises is dropped with the error. Returns an outcome per source.
+    A source still running at its own deadline (less ``TIMER_SLACK_S``, the loop's timer
+    resolution) is cancelled and dropped without waiting for it to finish; one that raises is
+    dropped with the error. Returns an outcome per source.
     Remote sources (the ANN) start first, a few loop passes ahead of the local ones.
 
     One wait for all of them, woken at the earliest budget of those still running (not at
@@ -251,7 +256,8 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
             pending.add(task)
         while pending:
             now = time.monotonic()
-            for task in [t for t in pending if tasks[t][1] <= now and not t.done()]:
+            late = now + TIMER_SLACK_S
+            for task in [t for t in pending if tasks[t][1] <= late and not t.done()]:
                 source = tasks[task][0]
                 task.cancel()
                 task.add_done_callback(_forget)
@@ -259,7 +265,7 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
                 outcomes[source.name] = Outcome(source.name, None, "budget", now - start)
             if not pending:
                 break
-            timeout = max(min(tasks[t][1] for t in pending) - now, 0.0)
+            timeout = max(min(tasks[t][1] for t in pending) - late, 0.0)
             done, pending = await asyncio.wait(pending, timeout=timeout)
             for task in done:
                 source = tasks[task][0]

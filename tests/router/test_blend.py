@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from annfleet.config import SourceSettings
 from annfleet.router.blend import (
     HEAD_START_PASSES,
+    TIMER_SLACK_S,
     SourceList,
     blend,
     blend_outcomes,
@@ -342,3 +343,15 @@ def test_source_seconds_are_each_sources_own() -> None:
     ann, trending = outcomes["ann"], outcomes["trending"]
     assert ann.seconds < trending.seconds  # type: ignore[attr-defined]
     assert trending.candidates.ids.tolist() == [4]  # type: ignore[attr-defined]
+
+
+def test_a_hanging_source_is_dropped_no_earlier_than_its_budget_less_the_timer_slack() -> None:
+    async def go() -> dict[str, object]:
+        hanging = HangingSource("trending", [20], budget_ms=30)
+        return await run_sources([ListSource("ann", [1]), hanging], req(3))  # type: ignore[return-value]
+
+    outcomes = asyncio.run(go())
+    dropped = outcomes["trending"]
+    assert dropped.dropped == "budget"  # type: ignore[attr-defined]
+    assert dropped.seconds >= 0.030 - TIMER_SLACK_S  # type: ignore[attr-defined]
+    assert outcomes["ann"].candidates.ids.tolist() == [1]  # type: ignore[attr-defined]
