@@ -43,7 +43,7 @@ class TwoTowerConfig:
     batch_size: int = 1024
     lr: float = 5e-3
     weight_decay: float = 1e-6
-    temperature: float = 0.07
+    temperature: float = 0.1
     logq: bool = True
     logq_weight: float = 1.0  # logits - w * log q: 1 = full correction, 0 = none
     uniform_negatives: int = 0  # extra uniform catalogue negatives per batch (mixed negatives)
@@ -51,9 +51,11 @@ class TwoTowerConfig:
     use_recent: bool = True
     id_dropout: float = 0.1  # share of examples whose user id is replaced by "unknown"
     item_id_dropout: float = 0.1  # share of candidates whose item id is replaced by "unknown"
-    content_loss: float = 0.0  # weight of a second softmax over content-only item vectors
-    fine_year: bool = False  # item tower also embeds the release year itself (1990s on)
+    content_loss: float = 0.5  # weight of a second softmax over content-only item vectors
+    fine_year: bool = True  # item tower also embeds the release year itself (1990s on)
     share_items: bool = False  # user tower's recent items use the item tower's id embedding
+    full_softmax: bool = True  # softmax over the whole catalogue instead of in-batch samples
+    mask_user_items: bool = True  # (full softmax) the user's other train items are no negatives
     context_shift: int = 8  # context ends up to this many interactions before the target
     shift_frac: float = 0.0  # ... or up to this share of the user's train interactions if more
     hidden: int = 256
@@ -294,23 +296,55 @@ def two_tower_loss(
     cand_item: Tensor,
     id_known: Tensor,
     log_q: Tensor | None,
+    exclude: Tensor | None = None,
 ) -> Tensor:
     """The training loss of one batch: user (B, d) vectors, pos_item (B,) their positives,
-    cand_item (M,) candidates (the positives first), id_known (M,) bool, log_q (M,) or None.
+    cand_item (M,) candidates (the positives first; with ``full_softmax`` every training item,
+    sorted), id_known (M,) bool, log_q (M,) or None, exclude (B, M) bool or None (full softmax
+    only: candidates that are not negatives for that row).
 
-    In-batch sampled softmax over the candidates' vectors, plus ``content_loss`` times the same
-    softmax with every candidate scored from its content alone (so the content features carry
-    the signal by themselves: that is all a cold item has).
+    Softmax over the candidates' vectors (in-batch sampled, or over the whole catalogue), plus
+    ``content_loss`` times the same softmax with every candidate scored from its content alone
+    (so the content features carry the signal by themselves: that is all a cold item has).
     """
     c = model.config
-    v = model.item_vectors(cand_item, id_known)
-    loss = sampled_softmax_loss(user, v, pos_item, cand_item, log_q, c.temperature)
+
+    def softmax(v: Tensor) -> Tensor:
+        if c.full_softmax:  # cand_item is sorted: the positive's column by binary search
+            target = torch.searchsorted(cand_item, pos_item)
+            return full_softmax_loss(user, v, target, exclude, c.temperature)
+        return sampled_softmax_loss(user, v, pos_item, cand_item, log_q, c.temperature)
+
+    loss = softmax(model.item_vectors(cand_item, id_known))
     if c.content_loss > 0:
-        content = model.item_vectors(cand_item, torch.zeros_like(id_known))
-        loss = loss + c.content_loss * sampled_softmax_loss(
-            user, content, pos_item, cand_item, log_q, c.temperature
+        loss = loss + c.content_loss * softmax(
+            model.item_vectors(cand_item, torch.zeros_like(id_known))
         )
     return loss
+
+
+def full_softmax_loss(
+    user: Tensor, items: Tensor, target: Tensor, exclude: Tensor | None, temperature: float
+) -> Tensor:
+    """Softmax over every training item: user (B, d), items (M, d), target (B,) int64 the
+    column of each row's positive, exclude (B, M) bool or None: columns that are not negatives
+    for that row (the user's other train items; the positive itself is always kept)."""
+    logits = user @ items.T / temperature
+    if exclude is not None:
+        keep = torch.zeros_like(exclude)
+        keep[torch.arange(len(target)), target] = True
+        logits = logits.masked_fill(exclude & ~keep, -1e9)
+    return F.cross_entropy(logits, target)
+
+
+def user_item_mask(ex: Examples, rows: np.ndarray, num_items: int) -> np.ndarray:
+    """(B, N + 1) bool: every train item of each row's user."""
+    mask = np.zeros((len(rows), num_items + 1), dtype=bool)
+    lo, n = ex.start[rows], ex.count[rows]
+    r = np.repeat(np.arange(len(rows)), n)
+    cols = ex.item[np.repeat(lo, n) + (np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n))]
+    mask[r, cols] = True
+    return mask
 
 
 @dataclass
@@ -374,6 +408,9 @@ def train_two_tower(
     ex = build_examples(data, train, config.recent_len)
     counts = np.bincount(ex.item, minlength=data.num_items + 1).astype(np.float64)
     p = counts / counts.sum()
+    # the full softmax's candidates: items with a training interaction (an item held out of
+    # training, e.g. a cold item, is unknown to training, as it is to the sampled softmax)
+    train_items = np.flatnonzero(counts > 0)
     n_items = data.num_items
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     steps = config.epochs * math.ceil(len(ex.item) / config.batch_size)
@@ -394,19 +431,32 @@ def train_two_tower(
             drop = rng.random(b) < config.id_dropout
             user[drop, 0] = 0
             pos = ex.item[rows]
-            cand = pos
-            if config.uniform_negatives:
-                cand = np.r_[pos, rng.integers(1, n_items + 1, size=config.uniform_negatives)]
-            log_q = torch.from_numpy(
-                logq_correction(p, cand, b, config.uniform_negatives, config.logq_weight)
-            )
+            exclude = None
+            if config.full_softmax:  # every training item is a candidate: no sampling, no logQ
+                cand = train_items
+                log_q = None
+                if config.mask_user_items:
+                    exclude = torch.from_numpy(user_item_mask(ex, rows, n_items)[:, cand])
+            else:
+                cand = pos
+                if config.uniform_negatives:
+                    cand = np.r_[pos, rng.integers(1, n_items + 1, size=config.uniform_negatives)]
+                log_q = torch.from_numpy(
+                    logq_correction(p, cand, b, config.uniform_negatives, config.logq_weight)
+                )
             id_known = torch.from_numpy(rng.random(len(cand)) >= config.item_id_dropout)
             cand_t = torch.from_numpy(cand)
             u = model.user(
                 torch.from_numpy(user), torch.from_numpy(recent), torch.from_numpy(tfeat)
             )
             loss = two_tower_loss(
-                model, u, torch.from_numpy(pos), cand_t, id_known, log_q if config.logq else None
+                model,
+                u,
+                torch.from_numpy(pos),
+                cand_t,
+                id_known,
+                log_q if config.logq else None,
+                exclude,
             )
             opt.zero_grad()
             loss.backward()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from annfleet.model.data import MovieLens, per_user_split
@@ -12,11 +13,14 @@ from annfleet.model.features import build_queries
 from annfleet.model.two_tower import (
     TwoTower,
     TwoTowerConfig,
+    build_examples,
+    full_softmax_loss,
     logq_correction,
     sampled_softmax_logits,
     sampled_softmax_loss,
     train_two_tower,
     two_tower_loss,
+    user_item_mask,
 )
 
 
@@ -49,6 +53,57 @@ def test_duplicate_positives_are_not_negatives() -> None:
     assert float(loss) < 1e-6  # the other column holds the same item: masked, not a negative
 
 
+def test_full_softmax_does_not_count_the_users_other_items_as_negatives() -> None:
+    # three candidate items; row 0's positive is column 0 and column 1 is another of its items
+    u = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=1)
+    v = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    target = torch.tensor([0, 2])
+    logits = u @ v.T
+    plain = full_softmax_loss(u, v, target, None, 1.0)
+    assert torch.isclose(plain, torch.nn.functional.cross_entropy(logits, target))
+    exclude = torch.tensor([[True, True, False], [False, False, True]])
+    masked = full_softmax_loss(u, v, target, exclude, 1.0)  # row 1's positive stays
+    keep0 = torch.tensor([0, 2])  # row 0: column 1 is not a negative
+    expect = (
+        -(torch.log_softmax(logits[0, keep0], dim=0)[0] + torch.log_softmax(logits[1], dim=0)[2])
+        / 2
+    )
+    assert torch.isclose(masked, expect)
+    assert masked < plain
+
+
+def test_full_softmax_candidates_are_the_training_items(movielens: MovieLens, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # an item with no training interaction (a held-out cold item) is never a candidate
+    train = _small(movielens)
+    cold = int(movielens.inter_item[train][0])
+    train &= movielens.inter_item != cold
+    candidates: list[np.ndarray] = []
+    original = TwoTower.item_vectors
+
+    def spy(self, index, id_known=None):  # type: ignore[no-untyped-def]
+        candidates.append(index.numpy().copy())
+        return original(self, index, id_known)
+
+    monkeypatch.setattr(TwoTower, "item_vectors", spy)
+    cfg = TwoTowerConfig(dim=8, epochs=1, batch_size=2048, full_softmax=True, content_loss=0.5)
+    train_two_tower(movielens, train, cfg, progress=False)
+    expect = np.unique(movielens.inter_item[train])
+    assert len(candidates) == 2 * -(-int(train.sum()) // 2048)  # warm + content-only per batch
+    assert all(np.array_equal(c, expect) for c in candidates)
+    assert cold not in expect
+
+
+def test_user_item_mask_is_each_rows_users_train_items(movielens: MovieLens) -> None:
+    train = _small(movielens)
+    ex = build_examples(movielens, train, 5)
+    rows = np.array([0, len(ex.item) - 1, 40])
+    mask = user_item_mask(ex, rows, movielens.num_items)
+    for r, row in zip(rows, mask, strict=True):
+        user = movielens.inter_user[np.flatnonzero(train)[r]]
+        items = movielens.inter_item[train & (movielens.inter_user == user)]
+        assert set(np.flatnonzero(row)) == set(items.tolist())
+
+
 def _small(movielens: MovieLens) -> np.ndarray:
     return per_user_split(movielens).train & (movielens.inter_user <= 150)
 
@@ -60,8 +115,11 @@ def test_loss_decreases_on_a_small_run(movielens: MovieLens) -> None:
     assert model.losses[-1] < model.losses[0] - 0.05
 
 
-def test_deterministic_per_seed(movielens: MovieLens) -> None:
-    cfg = TwoTowerConfig(dim=8, epochs=1, batch_size=512, seed=3)
+@pytest.mark.parametrize("full", [False, True])
+def test_deterministic_per_seed(movielens: MovieLens, full: bool) -> None:
+    cfg = TwoTowerConfig(
+        dim=8, epochs=1, batch_size=512, seed=3, full_softmax=full, mask_user_items=full
+    )
     a = train_two_tower(movielens, _small(movielens), cfg, progress=False)
     b = train_two_tower(movielens, _small(movielens), cfg, progress=False)
     assert a.losses == b.losses
@@ -101,7 +159,8 @@ def test_fine_year_separates_items_that_differ_only_in_release_year(movielens: M
 
 def test_content_loss_adds_the_softmax_over_content_only_vectors(movielens: MovieLens) -> None:
     torch.manual_seed(0)
-    model = TwoTower(movielens, TwoTowerConfig(dim=8, content_loss=0.5, fine_year=True))
+    cfg = TwoTowerConfig(dim=8, content_loss=0.5, fine_year=True, full_softmax=False)
+    model = TwoTower(movielens, cfg)
     user = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     pos = torch.tensor([5, 50, 7])
     cand = torch.tensor([5, 50, 7, 100])
