@@ -157,20 +157,28 @@ def test_fine_year_separates_items_that_differ_only_in_release_year(movielens: M
         assert torch.allclose(vec[0], vec[1]) != fine
 
 
-def test_content_loss_adds_the_softmax_over_content_only_vectors(movielens: MovieLens) -> None:
+@pytest.mark.parametrize("full_softmax", [False, True])
+def test_content_loss_adds_the_softmax_over_content_only_vectors(
+    movielens: MovieLens, full_softmax: bool
+) -> None:
     torch.manual_seed(0)
-    cfg = TwoTowerConfig(dim=8, content_loss=0.5, fine_year=True, full_softmax=False)
+    cfg = TwoTowerConfig(dim=8, content_loss=0.5, fine_year=True, full_softmax=full_softmax)
     model = TwoTower(movielens, cfg)
     user = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
-    pos = torch.tensor([5, 50, 7])
-    cand = torch.tensor([5, 50, 7, 100])
+    pos = torch.tensor([5, 7, 50])
+    cand = torch.tensor([5, 7, 50, 100])  # positives first, and sorted (the full softmax's)
     known = torch.tensor([True, False, True, True])
     log_q = torch.tensor([0.1, 0.2, 0.3, 0.4])
+
+    def softmax(v: torch.Tensor) -> torch.Tensor:
+        if full_softmax:  # no logQ: nothing is sampled
+            return full_softmax_loss(user, v, torch.tensor([0, 1, 2]), None, cfg.temperature)
+        return sampled_softmax_loss(user, v, pos, cand, log_q, cfg.temperature)
+
     with torch.no_grad():
         both = two_tower_loss(model, user, pos, cand, known, log_q)
-        full = sampled_softmax_loss(user, model.item_vectors(cand, known), pos, cand, log_q, 0.07)
-        content = model.item_vectors(cand, torch.zeros(4, dtype=torch.bool))
-        alone = sampled_softmax_loss(user, content, pos, cand, log_q, 0.07)
+        full = softmax(model.item_vectors(cand, known))
+        alone = softmax(model.item_vectors(cand, torch.zeros(4, dtype=torch.bool)))
         model.config = replace(model.config, content_loss=0.0)
         plain = two_tower_loss(model, user, pos, cand, known, log_q)
     assert torch.isclose(both, full + 0.5 * alone)
