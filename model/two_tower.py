@@ -1,10 +1,12 @@
 """Two-tower retrieval model: user tower (features + recent-item sequence + time) and item
-tower (id + genres + year + hashed title words), trained with in-batch sampled softmax,
-temperature, logQ correction and optional mixed uniform negatives.
+tower (id + genres + year + hashed title words), trained by default with a softmax over every
+training item in which the user's other train items are not negatives, plus a second softmax
+over content-only item vectors (cold start); the in-batch sampled softmax with logQ correction
+and optional mixed uniform negatives stays available (``full_softmax=False``).
 
-Options that are off by default (tried on validation, see benchmarks/results/eval/README.md):
-a weighted logQ correction, a second softmax over content-only item vectors (cold start), a
-per-year release-year embedding, and one item-id embedding shared by both towers.
+Other options, off by default (tried on validation, see benchmarks/results/eval/TUNING.md and
+README.md there): a weighted logQ correction, one item-id embedding shared by both towers,
+self-attention blocks over the recent items.
 
 By default the towers share no parameters; both outputs are L2-normalised and scored by dot
 product.
