@@ -5,6 +5,10 @@ Both sides of every RPC use these, so validation messages are the same everywher
 
 from __future__ import annotations
 
+import os
+import threading
+from typing import Literal
+
 import numpy as np
 
 from annfleet.errors import InvalidArgument
@@ -73,3 +77,17 @@ def check_k(k: int, max_k: int) -> int:
     if k > max_k:
         raise InvalidArgument(f"k={k} exceeds max_k {max_k}")
     return k
+
+
+# np.load parses a .npy header with ast.literal_eval, and CPython 3.11's AST constructor is
+# not safe when two threads build ASTs at once: it fails with "SystemError: AST constructor
+# recursion depth mismatch" (python/cpython#106905; seen here with shards built in parallel).
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def load_npy(path: str | os.PathLike[str], mmap_mode: Literal["r"] | None = None) -> np.ndarray:
+    """A .npy file, never unpickled; safe from several threads at once (the header is parsed
+    under a lock, the data read outside it). ``mmap_mode="r"``: memory-mapped, read-only."""
+    with _NPY_HEADER_LOCK:
+        mapped = np.load(path, allow_pickle=False, mmap_mode="r")
+    return mapped if mmap_mode == "r" else np.array(mapped)

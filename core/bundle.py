@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from annfleet.arrays import load_npy
 from annfleet.errors import BundleError, InvalidArgument
 
 MANIFEST = "manifest.json"
@@ -143,7 +144,7 @@ class Bundle:
     def load_array(self, rel: str) -> np.ndarray:
         """A .npy file of the bundle, never unpickled."""
         try:
-            return np.load(self.path / rel, allow_pickle=False)
+            return load_npy(self.path / rel)
         except (ValueError, OSError) as exc:
             raise BundleError(f"bundle {self.id}: cannot read {rel}: {exc}") from exc
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from annfleet.arrays import load_npy
 from annfleet.bundle import FORMAT_VERSION, MANIFEST, Bundle, content_id, sha256_file, shard_dirname
 from annfleet.errors import InvalidArgument
 from annfleet.partition import SCHEME, shard_of
@@ -70,7 +71,7 @@ def _build_shard_index(
 ) -> dict[str, int]:
     """Worker: build shard_dir/index.faiss from shard_dir/vectors.npy (faiss releases the GIL)."""
     set_threads(1)  # one build per core, and a deterministic HNSW graph
-    vectors = np.load(Path(shard_dir) / "vectors.npy", allow_pickle=False)
+    vectors = load_npy(Path(shard_dir) / "vectors.npy")
     spec = IndexSpec(index_type, params).resolved(*vectors.shape)
     write_index(build_index(vectors, spec, metric, seed=seed), Path(shard_dir) / "index.faiss")
     return spec.params

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from annfleet.arrays import load_npy
 from annfleet.errors import BundleError, InvalidArgument, NotFound, ResourceExhausted
 from annfleet.merge import merge_rows
 from annfleet.partition import shard_of
@@ -146,7 +147,7 @@ class UpdateLog:
     def _load(self, name: str) -> np.ndarray:
         path = self.directory / Path(name).name  # never outside the log directory
         try:
-            return np.load(path, allow_pickle=False)
+            return load_npy(path)
         except (OSError, ValueError) as exc:
             raise BundleError(f"{self.path}: cannot read segment {path.name}: {exc}") from exc
 

@@ -17,6 +17,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from annfleet.arrays import load_npy
 from annfleet.config import SearchConfig
 from annfleet.errors import BundleError, InvalidArgument
 from annfleet.validation import higher_is_better, worst_score
@@ -169,8 +170,8 @@ class ShardIndex:
         spec: IndexSpec,
         defaults: SearchConfig | None = None,
     ) -> ShardIndex:
-        ids = np.load(shard_dir / "ids.npy", allow_pickle=False)
-        vectors = np.load(shard_dir / "vectors.npy", allow_pickle=False, mmap_mode="r")
+        ids = load_npy(shard_dir / "ids.npy")
+        vectors = load_npy(shard_dir / "vectors.npy", mmap_mode="r")
         try:
             index = faiss.read_index(str(shard_dir / "index.faiss"))
         except RuntimeError as exc:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -44,3 +46,23 @@ def test_check_k(k: int) -> None:
     else:
         with pytest.raises(InvalidArgument, match="k"):
             check_k(k, 5)
+
+
+def test_load_npy_from_many_threads_at_once(tmp_path: Path) -> None:
+    """Loads in parallel (CPython 3.11's AST constructor, which parses .npy headers, fails
+    under concurrent use): every thread gets the array; mmap'd loads are read-only."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from annfleet.arrays import load_npy
+
+    arrays = [np.arange(i, i + 50, dtype=np.float32).reshape(5, 10) for i in range(16)]
+    for i, a in enumerate(arrays):
+        np.save(tmp_path / f"{i}.npy", a)
+    with ThreadPoolExecutor(8) as pool:
+        loaded = list(pool.map(lambda i: load_npy(tmp_path / f"{i % 16}.npy"), range(400)))
+    for i, a in enumerate(loaded):
+        np.testing.assert_array_equal(a, arrays[i % 16])
+        assert a.flags.writeable
+    mapped = load_npy(tmp_path / "0.npy", mmap_mode="r")
+    np.testing.assert_array_equal(mapped, arrays[0])
+    assert not mapped.flags.writeable
