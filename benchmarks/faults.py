@@ -185,13 +185,6 @@ def per_second(records: list[Record], t0: float, duration: float) -> list[dict[s
     return rows
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from annfleet.benchmarks import datasets
     from annfleet.benchmarks.recall_latency import ensure_bundle
@@ -203,7 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     bundle = ensure_bundle(ds, "hnsw", {}, args.shards, data_dir)
     config = ClusterConfig(shards=ShardsConfig(count=args.shards, replicas=args.replicas))
     assert ds.query_ids is not None
-    load_before = _loadavg()
+    load_before = report.loadavg()
     with tempfile.TemporaryDirectory(prefix="annfleet-faults-") as logs:
         cluster = LocalCluster(bundle, config, metrics=True, log_dir=Path(logs))
         with cluster:
@@ -280,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "targets": targets,
         "router_counters": counters,
         "per_second": per_second(records, t0, duration),
-        "loadavg": {"before": load_before, "after": _loadavg()},
+        "loadavg": {"before": load_before, "after": report.loadavg()},
     }
 
 

@@ -151,20 +151,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         phase_row(f"capacity (closed, {args.concurrency} in flight)", capacity, None),
         phase_row(f"overload (open, {args.overload:g}x capacity)", overload, offered),
     ]
-    ratio = overload["p99_ms"] / unloaded["p99_ms"] if unloaded["p99_ms"] else float("nan")
+    return {
+        **summary("python", rows, rss, peak, unloaded, overload, capacity["achieved_qps"]),
+        "cpu": {"capacity": capacity["cpu"], "overload": overload["cpu"]},
+        "raw": {"unloaded": unloaded, "capacity": capacity, "overload": overload},
+    }
+
+
+def summary(
+    generator: str,
+    rows: list[dict[str, Any]],
+    rss: dict[str, dict[str, float]],
+    peak: dict[str, float],
+    unloaded: dict[str, Any],
+    accepted: dict[str, Any],
+    capacity_qps: float,
+) -> dict[str, Any]:
+    """What both generators report: the rows, memory, and accepted p99 over unloaded p99
+    (``unloaded`` and ``accepted``: run_load results)."""
+    ratio = accepted["p99_ms"] / unloaded["p99_ms"] if unloaded["p99_ms"] else float("nan")
     growth = {
         n: round(rss["after overload"][n] - rss["after capacity"][n], 1) for n in rss["start"]
     }
     return {
-        "generator": "python",
+        "generator": generator,
         "rows": rows,
         "rss_mib": rss,
         "peak_rss_mib": peak,
         "rss_growth_during_overload_mib": growth,
         "accepted_p99_over_unloaded_p99": round(ratio, 2),
-        "capacity_qps": round(capacity["achieved_qps"], 1),
-        "cpu": {"capacity": capacity["cpu"], "overload": overload["cpu"]},
-        "raw": {"unloaded": unloaded, "capacity": capacity, "overload": overload},
+        "capacity_qps": round(capacity_qps, 1),
     }
 
 
@@ -290,18 +306,8 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             loaded,
         ),
     ]
-    ratio = loaded["p99_ms"] / unloaded["p99_ms"] if unloaded["p99_ms"] else float("nan")
-    growth = {
-        n: round(rss["after overload"][n] - rss["after capacity"][n], 1) for n in rss["start"]
-    }
     return {
-        "generator": "h2load",
-        "rows": rows,
-        "rss_mib": rss,
-        "peak_rss_mib": peak,
-        "rss_growth_during_overload_mib": growth,
-        "accepted_p99_over_unloaded_p99": round(ratio, 2),
-        "capacity_qps": round(capacity_qps, 1),
+        **summary("h2load", rows, rss, peak, unloaded, loaded, capacity_qps),
         "cpu": {"probe_unloaded": unloaded["cpu"], "probe_overload": loaded["cpu"]},
         "h2load": {"capacity": capacity.summary(), "overload": overload.summary()},
         "raw": {"unloaded": unloaded, "overload_probe": loaded},
@@ -326,10 +332,6 @@ def lines(result: dict[str, Any]) -> list[str]:
     return out
 
 
-def _loadavg(values: tuple[float, float, float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in values)
-
-
 def _generator_line(args: argparse.Namespace, result: dict[str, Any]) -> str:
     if result["generator"] == "h2load":
         return (
@@ -347,9 +349,9 @@ def cmd(args: argparse.Namespace) -> int:
             "--overload starts its own local cluster (it reads the servers' memory); drop --target"
         )
         return 2
-    load_before = os.getloadavg()
+    load_before = report.loadavg()
     result = run(args)
-    result["loadavg_before_after"] = [load_before, os.getloadavg()]
+    result["loadavg_before_after"] = [load_before, report.loadavg()]
     text = "\n".join(lines(result))
     print(text)
     if args.name:
@@ -362,8 +364,8 @@ def cmd(args: argparse.Namespace) -> int:
             f"- git revision: `{head['git_revision']}`, date {head['date']}\n"
             f"- machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}; the load "
             "generator runs on the same 2 cores as the cluster; load average (1/5/15 min) "
-            f"before {_loadavg(result['loadavg_before_after'][0])}, after "
-            f"{_loadavg(result['loadavg_before_after'][1])}\n"
+            f"before {result['loadavg_before_after'][0]}, after "
+            f"{result['loadavg_before_after'][1]}\n"
             f"- Retrieval.Search, k={args.k}, {args.duration:g} s per phase after "
             f"{args.warmup:g} s warm-up, client timeout {args.timeout:g} s\n"
             f"- generator: {_generator_line(args, result)}\n\n```\n{text}\n```\n"

@@ -210,3 +210,12 @@ def plot_recall_latency(path: Path, rows: Sequence[dict[str, Any]], title: str, 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def loadavg() -> str:
+    """The 1/5/15-minute load averages (``/proc/loadavg``), e.g. ``"2.10 1.85 1.40"``; ``?``
+    where they cannot be read. Result files record them before and after a run."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"

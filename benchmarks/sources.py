@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -184,9 +183,9 @@ def lines(result: dict[str, Any]) -> list[str]:
 
 
 def cmd(args: argparse.Namespace) -> int:
-    load_before = os.getloadavg()
+    load_before = report.loadavg()
     result = run(args)
-    load_after = os.getloadavg()
+    load_after = report.loadavg()
     text = "\n".join(lines(result))
     print(text)
     if args.name:
@@ -194,12 +193,11 @@ def cmd(args: argparse.Namespace) -> int:
         head = report.header(args.name)
         report.write_json(out / "results.json", {**head, **result})
         m = head["machine"]
-        loads = " / ".join(" ".join(f"{v:.2f}" for v in load) for load in (load_before, load_after))
         (out / "README.md").write_text(
             f"# {head['name']}\n\n- command: `{head['command']}`\n"
             f"- git revision: `{head['git_revision']}`, date {head['date']}\n"
             f"- machine: {m['cores']} cores, {m['memory_gib']} GiB, {m['cpu']}; load average "
-            f"(1/5/15 min) before / after: {loads}\n"
+            f"(1/5/15 min) before / after: {load_before} / {load_after}\n"
             f"- open-loop Retrieve at {args.qps:g}/s, k={args.k}, {args.duration:g} s after "
             f"{args.warmup:g} s warm-up per variant, {args.rounds} round(s) interleaved; "
             "candidate cache off\n\n"
