@@ -36,6 +36,7 @@ import numpy as np
 
 from annfleet.config import SourcesConfig
 from annfleet.metrics import DIVERSITY_COVERAGE, DIVERSITY_GINI, DIVERSITY_ILD, DIVERSITY_LISTS
+from annfleet.router.background import SampledBackground
 from annfleet.router.sources import ItemTable
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class _Window:
     holders: int = 1  # generators registered for this bundle (a rollback loads it again)
 
 
-class DiversityMonitor:
+class DiversityMonitor(SampledBackground):
     """Samples served lists (``offer``) and keeps the diversity gauges of every bundle that
     is being served (``register`` / ``release``) up to date from a background task."""
 
@@ -216,17 +217,6 @@ class DiversityMonitor:
             if not math.isnan(fig.intra_list_distance):
                 DIVERSITY_ILD.labels(bundle_id).set(fig.intra_list_distance)
         return figures
-
-    def start(self) -> None:
-        if self.rate > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -37,6 +37,7 @@ from annfleet.auth import metadata
 from annfleet.config import RouterConfig
 from annfleet.merge import merge_rows
 from annfleet.metrics import RECALL, RECALL_SAMPLES
+from annfleet.router.background import SampledBackground
 from annfleet.router.replicas import ShardFailure
 from annfleet.v1 import admin_pb2, common_pb2, shard_pb2
 
@@ -68,7 +69,7 @@ class Sample:
     params: common_pb2.SearchParams
 
 
-class RecallMonitor:
+class RecallMonitor(SampledBackground):
     """Samples live requests (``offer``) and measures them in a background task (``start``)."""
 
     def __init__(
@@ -113,17 +114,6 @@ class RecallMonitor:
             RECALL_SAMPLES.labels("dropped").inc()
 
     # ------------------------------------------------------------------ background task
-    def start(self) -> None:
-        if self.rate > 0 and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
     async def _run(self) -> None:
         while True:
             sample = await self._queue.get()
