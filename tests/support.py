@@ -32,9 +32,11 @@ from annfleet.config import (
     TrendingSourceConfig,
 )
 from annfleet.router.main import RouterServer, start_router
+from annfleet.server.builder import build_bundle
 from annfleet.server.main import SERVICE_NAMES, ShardServer, start_shard_server
 from annfleet.server.service import ShardService
 from annfleet.serving import GrpcServer, start_server
+from annfleet.synthetic import Catalogue
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -96,6 +98,19 @@ class Cluster:
             for r, shard in enumerate(group):
                 if (i, r) not in self.stopped:
                     self.lt.run(shard.stop(0))
+
+
+def catalogue_bundle(path: Path, cat: Catalogue, **kw: Any) -> Bundle:
+    """A bundle of ``cat``'s items and users (flat, 2 shards unless ``kw`` says otherwise)."""
+    return build_bundle(
+        path,
+        cat.ids,
+        cat.vectors,
+        **{"num_shards": 2, "index_type": "flat", **kw},
+        user_ids=cat.user_ids,
+        user_vectors=cat.user_vectors,
+        progress=False,
+    )
 
 
 def patient(sources: SourcesConfig, budget_ms: float = 60_000.0) -> SourcesConfig:

@@ -9,28 +9,19 @@ import time
 from pathlib import Path
 
 import pytest
+from support import catalogue_bundle
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client
 from annfleet.cluster import LocalCluster
 from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig, parse_shard_map
-from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
 
 
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     cat = make_catalogue(4000, 16, clusters=8, users=20, seed=3)
-    return build_bundle(
-        tmp_path_factory.mktemp("b") / "b",
-        cat.ids,
-        cat.vectors,
-        num_shards=2,
-        index_type="flat",
-        user_ids=cat.user_ids,
-        user_vectors=cat.user_vectors,
-        progress=False,
-    )
+    return catalogue_bundle(tmp_path_factory.mktemp("b") / "b", cat)
 
 
 def complete(client: Client, user: int) -> bool:

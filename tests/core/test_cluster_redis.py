@@ -15,13 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import catalogue_bundle
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client, RetrieveResult
 from annfleet.cluster import LocalCluster, free_port, redis_ping
 from annfleet.config import load_config
 from annfleet.errors import ConfigError
-from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
 
 ANNFLEET = [sys.executable, "-m", "annfleet.cli"]
@@ -31,16 +31,7 @@ K = 20
 @pytest.fixture(scope="module")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     cat = make_catalogue(2000, 16, clusters=8, users=20, seed=5)
-    return build_bundle(
-        tmp_path_factory.mktemp("b") / "b",
-        cat.ids,
-        cat.vectors,
-        num_shards=2,
-        index_type="flat",
-        user_ids=cat.user_ids,
-        user_vectors=cat.user_vectors,
-        progress=False,
-    )
+    return catalogue_bundle(tmp_path_factory.mktemp("b") / "b", cat)
 
 
 def redis_config(tmp_path: Path, bundle: Bundle, redis_server: str = "redis-server") -> Path:

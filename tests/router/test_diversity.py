@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
-from support import LoopThread, patient, start_cluster
+from support import LoopThread, catalogue_bundle, patient, start_cluster
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client
@@ -33,7 +33,6 @@ from annfleet.router.diversity import (
 from annfleet.router.sources import ItemTable
 from annfleet.router.sources.content import normalise_rows
 from annfleet.router.state import MemoryState
-from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
 
 
@@ -179,17 +178,11 @@ def content_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """A small catalogue with a content feature table (genre-like multi-hot rows)."""
     cat = make_catalogue(3000, 16, clusters=8, users=30, seed=11)
     content = np.random.default_rng(3).integers(0, 2, size=(len(cat.ids), 6)).astype(np.float32)
-    return build_bundle(
+    return catalogue_bundle(
         tmp_path_factory.mktemp("div") / "b",
-        cat.ids,
-        cat.vectors,
-        num_shards=2,
-        index_type="flat",
-        user_ids=cat.user_ids,
-        user_vectors=cat.user_vectors,
+        cat,
         tables={"item_ids": cat.ids, "item_content": content, "popular_ids": cat.popular_ids},
         extra={"item_features": {"content_table": "item_content"}},
-        progress=False,
     )
 
 
