@@ -71,6 +71,15 @@ def by_kind(objects: Sequence[dict[str, Any]], kind: str) -> list[dict[str, Any]
     return [o for o in objects if o["kind"] == kind]
 
 
+def shard_sets(objects: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The shards' StatefulSets (the chart's Redis is a StatefulSet too)."""
+    return [
+        o
+        for o in by_kind(objects, "StatefulSet")
+        if o["metadata"]["labels"].get("app.kubernetes.io/component") == "shard"
+    ]
+
+
 def one(objects: Sequence[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
     found = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} found"

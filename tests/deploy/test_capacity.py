@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, Render, by_kind
+from conftest import REPO, Render, by_kind, shard_sets
 
 from annfleet import capacity
 from annfleet.capacity import GIB, plan
@@ -124,7 +124,7 @@ def test_helm_values_install_the_plan(render: Render, tmp_path: Path) -> None:
     values.write_text(done.stdout)
     p = plan(6_000_000, 96, 30_000, 50)
     objects = render(values)
-    sets = by_kind(objects, "StatefulSet")
+    sets = shard_sets(objects)
     assert len(sets) == p.shards
     for sts in sets:
         assert sts["spec"]["replicas"] == p.replicas

@@ -7,12 +7,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import shutil
+import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from conftest import BIG_VALUES, CHART, Render, by_kind, one, run_helm
+from conftest import BIG_VALUES, CHART, Render, by_kind, one, run_helm, shard_sets
 
 from annfleet.cli import build_parser
 from annfleet.config import ClusterConfig, load_config, parse_shard_map
@@ -128,7 +132,7 @@ def test_tls_without_a_secret_is_refused(helm: str) -> None:
 def test_one_statefulset_headless_service_and_pdb_per_shard(render: Render, shape: str) -> None:
     objects = rendered(render, shape)
     _, shards, replicas = SHAPES[shape]
-    sets = by_kind(objects, "StatefulSet")
+    sets = shard_sets(objects)
     assert [s["metadata"]["name"] for s in sets] == [
         f"rel-annfleet-shard-{i}" for i in range(shards)
     ]
@@ -212,7 +216,7 @@ def test_probe_container_service_and_config_ports_agree(
         },
     }
     tls = values_of(shape)["tls"]["enabled"]
-    workloads = [("shard", s) for s in by_kind(objects, "StatefulSet")] + [
+    workloads = [("shard", s) for s in shard_sets(objects)] + [
         ("router", one(objects, "Deployment", "rel-annfleet-router"))
     ]
     for role, workload in workloads:
@@ -244,7 +248,7 @@ def test_probe_container_service_and_config_ports_agree(
     # under its headless Service, on the shard gRPC port (serve-router's "a|b,c|d" syntax)
     router_args = container(one(objects, "Deployment", "rel-annfleet-router"))["args"]
     groups = parse_shard_map(flag(router_args, "--shards"))
-    sets = by_kind(objects, "StatefulSet")
+    sets = shard_sets(objects)
     assert len(groups) == config.shards.count == len(sets) == SHAPES[shape][1]
     for i, (group, sts) in enumerate(zip(groups, sets, strict=True)):
         assert len(group) == sts["spec"]["replicas"] == config.shards.replicas == SHAPES[shape][2]
@@ -295,7 +299,7 @@ def test_configmap_is_an_annfleet_config(render: Render, shape: str, tmp_path: P
     objects = rendered(render, shape)
     config = load_config(config_file(objects, tmp_path))
     values_config = values_of(shape)["config"]
-    assert config.shards.count == len(by_kind(objects, "StatefulSet"))
+    assert config.shards.count == len(shard_sets(objects))
     assert config.shards.host == config.router.host == "0.0.0.0"
     assert config.bundle == "/bundles/current"
     assert config.data_dir == "/var/lib/annfleet"
@@ -304,7 +308,7 @@ def test_configmap_is_an_annfleet_config(render: Render, shape: str, tmp_path: P
             if hasattr(getattr(config, section), key):
                 assert getattr(getattr(config, section), key) == value, f"{section}.{key}"
     # every process gets the file through the same mount
-    for workload in by_kind(objects, "StatefulSet") + by_kind(objects, "Deployment"):
+    for workload in shard_sets(objects) + by_kind(objects, "Deployment"):
         c = container(workload)
         assert flag(c["args"], "--config") == "/etc/annfleet/config.yaml"
         mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
@@ -334,12 +338,108 @@ def test_pending_config_keys_are_still_unknown_to_the_code(helm: str) -> None:
     )
 
 
+# ------------------------------------------------------------------ shared state (Redis)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_router_keeps_its_state_in_the_charts_redis(
+    render: Render, shape: str, tmp_path: Path
+) -> None:
+    objects = rendered(render, shape)
+    config = load_config(config_file(objects, tmp_path))
+    svc = one(objects, "Service", "rel-annfleet-redis")
+    sts = one(objects, "StatefulSet", "rel-annfleet-redis")
+    (port,) = svc["spec"]["ports"]
+    assert config.state.backend == "redis" and not config.state.start_redis
+    assert config.state.url == f"redis://rel-annfleet-redis.ns.svc.cluster.local:{port['port']}/0"
+    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    assert sts["spec"]["replicas"] == 1
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    (mount,) = container(sts)["volumeMounts"]
+    assert mount["name"] == claim["metadata"]["name"]
+    assert flag_pairs(container(sts)["args"])["--dir"] == mount["mountPath"]
+    # only router pods may connect
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    assert policy["spec"]["podSelector"]["matchLabels"] == sts["spec"]["selector"]["matchLabels"]
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    router = one(objects, "Deployment", "rel-annfleet-router")["spec"]["template"]["metadata"]
+    assert source["podSelector"]["matchLabels"].items() <= router["labels"].items()
+
+
+def flag_pairs(args: list[str]) -> dict[str, str]:
+    """redis-server's ``--name value`` arguments as a dict."""
+    assert len(args) % 2 == 0, args
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+@pytest.mark.parametrize(
+    ("values", "backend", "url"),
+    [
+        ({"redis.enabled": "false"}, "memory", None),
+        (
+            {"redis.enabled": "false", "redis.url": "redis://:pw@state.example:6379/2"},
+            "redis",
+            "redis://:pw@state.example:6379/2",
+        ),
+    ],
+)
+def test_without_the_charts_redis_state_is_the_given_url_or_memory(
+    render: Render, values: dict[str, str], backend: str, url: str | None, tmp_path: Path
+) -> None:
+    objects = render(set=values)
+    assert not [o for o in objects if "redis" in o["metadata"]["name"]]
+    config = load_config(config_file(objects, tmp_path))
+    assert config.state.backend == backend
+    assert url is None or config.state.url == url
+
+
+def test_the_redis_pods_flags_are_ones_redis_server_accepts(render: Render, tmp_path: Path) -> None:
+    """Run the installed redis-server with the pod's flags (bound to loopback, on a free port,
+    in a tmp dir): it starts, answers, and writes its append-only file."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed; `make test` installs it via tests/install-deps.sh")
+    redis = pytest.importorskip("redis", reason="redis is a dependency of annfleet")
+    sts = one(render(), "StatefulSet", "rel-annfleet-redis")
+    assert container(sts)["command"] == ["redis-server"]
+    flags = flag_pairs(container(sts)["args"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    flags.update({"--port": str(port), "--bind": "127.0.0.1", "--dir": str(tmp_path)})
+    server = subprocess.Popen(
+        [binary, *[x for pair in flags.items() for x in pair]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert client.ping()
+                break
+            except redis.ConnectionError:
+                assert server.poll() is None, server.communicate()[0]
+                assert time.monotonic() < deadline, "redis-server did not answer"
+                time.sleep(0.05)
+        client.set("annfleet:probe", "1")
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert server.returncode == 0
+    assert list(tmp_path.glob("appendonlydir/*.aof")), sorted(p.name for p in tmp_path.rglob("*"))
+
+
 # ------------------------------------------------------------------ lifecycle
 @pytest.mark.parametrize("shape", SHAPES)
 def test_termination_grace_covers_prestop_and_drain(render: Render, shape: str) -> None:
     objects = rendered(render, shape)
     values = values_of(shape)
-    for workload, section in [(s, "shards") for s in by_kind(objects, "StatefulSet")] + [
+    for workload, section in [(s, "shards") for s in shard_sets(objects)] + [
         (one(objects, "Deployment", "rel-annfleet-router"), "router")
     ]:
         spec, c = pod_spec(workload), container(workload)
@@ -382,7 +482,7 @@ def test_code_rollout_is_staged_by_partition_shard_by_shard(render: Render) -> N
     objects = rendered(render, "8x3-tls")
     partitions = {
         s["metadata"]["name"]: s["spec"]["updateStrategy"]["rollingUpdate"]["partition"]
-        for s in by_kind(objects, "StatefulSet")
+        for s in shard_sets(objects)
     }
     # updatePartition 3 (= replicas) stages the new template everywhere; shard 5 rolls
     assert partitions.pop("rel-annfleet-shard-5") == 0
@@ -420,7 +520,7 @@ def build_bundle_flags() -> set[str]:
 
 
 def test_tls_probe_command_is_one_the_cli_accepts(render: Render) -> None:
-    c = container(by_kind(rendered(render, "8x3-tls"), "StatefulSet")[0])
+    c = container(shard_sets(rendered(render, "8x3-tls"))[0])
     cmd = c["readinessProbe"]["exec"]["command"]
     assert cmd[0] == "annfleet"
     args = build_parser().parse_args(cmd[1:])
@@ -432,8 +532,7 @@ def test_tls_probe_command_is_one_the_cli_accepts(render: Render) -> None:
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["tls"] == "/etc/annfleet/tls"
     volumes = {
-        v["name"]: v
-        for v in pod_spec(by_kind(rendered(render, "8x3-tls"), "StatefulSet")[0])["volumes"]
+        v["name"]: v for v in pod_spec(shard_sets(rendered(render, "8x3-tls"))[0])["volumes"]
     }
     assert volumes["tls"]["secret"]["secretName"] == "annfleet-tls"
 
@@ -444,9 +543,7 @@ def test_every_container_command_is_one_the_cli_accepts(render: Render, shape: s
     objects = rendered(render, shape)
     parser = build_parser()
     checked = 0
-    for obj in (
-        by_kind(objects, "StatefulSet") + by_kind(objects, "Deployment") + by_kind(objects, "Job")
-    ):
+    for obj in shard_sets(objects) + by_kind(objects, "Deployment") + by_kind(objects, "Job"):
         c = container(obj)
         if c.get("command"):  # the rollout Job's shell script (annfleet rollout: issue 9)
             continue

@@ -120,6 +120,9 @@ top: []
   "admin" (dict "token_file" (printf "%s/token" .Values.admin.mountPath))
 -}}
 {{- $config = mustMergeOverwrite $config $owned -}}
+{{- with include "annfleet.redisUrl" . -}}
+{{- $_ := set $config "state" (mustMergeOverwrite (deepCopy ($config.state | default dict)) (dict "backend" "redis" "url" . "start_redis" false)) -}}
+{{- end -}}
 {{- $pending := include "annfleet.pendingConfigKeys" . | fromYaml -}}
 {{- range $key := $pending.shards }}{{ $_ := unset $config.shards $key }}{{ end -}}
 {{- range $key := $pending.router }}{{ $_ := unset $config.router $key }}{{ end -}}
@@ -209,4 +212,48 @@ lifecycle:
   preStop:
     exec:
       command: ["sleep", "{{ int .Values.preStopSleepSeconds }}"]
+{{- end -}}
+
+{{/* The chart's Redis (redis.enabled): its Service and StatefulSet name. */}}
+{{- define "annfleet.redisName" -}}
+{{- printf "%s-redis" (include "annfleet.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The Redis every router keeps its live state in: the chart's own (redis.enabled), else
+redis.url, else "" (each router keeps its state in memory: config.state as given).
+*/}}
+{{- define "annfleet.redisUrl" -}}
+{{- if .Values.redis.enabled -}}
+{{- printf "redis://%s.%s.svc.%s:%d/0" (include "annfleet.redisName" .) .Release.Namespace .Values.clusterDomain (int .Values.redis.port) -}}
+{{- else -}}
+{{- .Values.redis.url -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+redis-server's flags in the chart's Redis pod: those `annfleet up` gives its own
+(core/cluster.py RedisChild: append-only file, fsync each second, no RDB snapshots), bound
+to the pod's addresses; protected mode off because the NetworkPolicy, not a password,
+keeps other pods out.
+*/}}
+{{- define "annfleet.redisArgs" -}}
+- --port
+- {{ .Values.redis.port | toString | quote }}
+- --bind
+- "* -::*"
+- --protected-mode
+- "no"
+- --dir
+- /data
+- --appendonly
+- "yes"
+- --appendfsync
+- everysec
+- --save
+- ""
+- --maxmemory
+- {{ printf "%dmb" (int .Values.redis.maxmemoryMb) | quote }}
+- --maxmemory-policy
+- noeviction
 {{- end -}}
