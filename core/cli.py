@@ -577,6 +577,7 @@ def cmd_serve_shard(args: argparse.Namespace) -> int:
         admin_token=token,
         replica=args.replica,
         also_hold=also_held(Path(args.rollout_state) if args.rollout_state else None),
+        freeze_gc=True,
     )
     name = f"shard {args.shard}" + (f" replica {args.replica}" if config.replicas > 1 else "")
     run(lambda: serve_until_signal(start, name=name, host=host, grace=config.grace_s))
@@ -646,6 +647,7 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
         rollout_state=Path(args.rollout_state) if args.rollout_state else None,
         sources=cluster.sources,
         state=cluster.state,
+        freeze_gc=True,
     )
     run(lambda: serve_until_signal(start, name="router", host=host, grace=config.grace_s))
     return 0

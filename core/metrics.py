@@ -133,3 +133,13 @@ DIVERSITY_LISTS = Gauge(
     "Sampled served lists the diversity gauges are computed over, per bundle",
     ["bundle"],
 )
+GC_PAUSE = Histogram(
+    "annfleet_gc_pause_seconds",
+    "Pauses of Python's cyclic garbage collector, by generation collected (2 = full)",
+    ["generation"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+GC_FROZEN = Gauge(
+    "annfleet_gc_frozen_objects",
+    "Objects frozen out of the garbage collector's reach at start-up (gc.freeze)",
+)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from importlib import import_module
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,7 @@ from annfleet.auth import BearerTokenInterceptor
 from annfleet.bundle import Bundle
 from annfleet.config import RouterConfig, SourcesConfig, StateConfig, TlsConfig
 from annfleet.errors import BundleError, ConfigError
+from annfleet.gcpolicy import freeze_startup_objects, observe_pauses
 from annfleet.rollout_state import stable_bundle
 from annfleet.router.admin import RouterAdminService
 from annfleet.router.caches import RouterCaches
@@ -126,6 +128,7 @@ async def start_router(
     sources: SourcesConfig | None = None,
     state: StateConfig | None = None,
     graph: FollowGraph | None = None,
+    freeze_gc: bool = False,
 ) -> RouterServer:
     """Bind (NOT_SERVING), load the bundle, connect to the shards, then SERVING.
 
@@ -136,7 +139,9 @@ async def start_router(
     ``shard_targets``: one entry per shard, in shard order: its replicas' addresses.
     ``sources`` / ``state``: the candidate sources of Retrieve and their live state store
     (defaults: every source the bundle supports, in memory); ``graph`` the social source's
-    follow graph instead of its file.
+    follow graph instead of its file. ``freeze_gc``: once the bundle is opened, and torch
+    imported if it has a user tower, freeze every object alive out of the garbage collector's
+    reach (``annfleet.gcpolicy``; only for a process of its own: serve-router).
     """
     config = config or RouterConfig()
     sources = sources or SourcesConfig()
@@ -196,6 +201,11 @@ async def start_router(
         scatter = Scatter(groups, bundle, config.oversample, config.shard_timeout_s)
         for group in groups:
             group.start()
+        if freeze_gc:
+            if "user_tower" in bundle.manifest:
+                import_module("annfleet.router.tower")  # torch: ~100k objects to freeze
+            observe_pauses()
+            freeze_startup_objects()
         embedder = await loop.run_in_executor(executor, load_embedder, bundle, config.tower_threads)
         warm_up = getattr(embedder, "warm_up", None)
         if warm_up is not None:  # the tower's first calls are slow: not the first requests'

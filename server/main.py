@@ -20,6 +20,7 @@ from pathlib import Path
 from annfleet.auth import BearerTokenInterceptor
 from annfleet.config import SearchConfig, ShardsConfig, TlsConfig
 from annfleet.errors import ConfigError, FailedPrecondition
+from annfleet.gcpolicy import freeze_startup_objects, observe_pauses
 from annfleet.server.admin import ShardAdminService
 from annfleet.server.holdings import Holdings, load_shard
 from annfleet.server.index import set_threads
@@ -199,8 +200,12 @@ async def start_shard_server(
     replica: int = 0,
     tls: TlsConfig | None = None,
     also_hold: Sequence[Path] = (),
+    freeze_gc: bool = False,
 ) -> ShardServer:
     """Bind, then load; raises BundleError (after stopping) when the shard cannot be loaded.
+
+    ``freeze_gc``: freeze every object alive before the bundle loads out of the garbage
+    collector's reach (``annfleet.gcpolicy``; only for a process of its own: serve-shard).
 
     ``also_hold``: bundles to prepare beside the active one once it serves (what the rollout
     state says a restarted replica holds: a canary, the rollback target, a rollout's bundle);
@@ -218,6 +223,9 @@ async def start_shard_server(
         replica=replica,
         tls=tls,
     )
+    if freeze_gc:
+        observe_pauses()
+        freeze_startup_objects()
     try:
         await server.load(bundle_path, shard_id, also_hold)
     except BaseException:

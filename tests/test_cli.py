@@ -184,6 +184,8 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         assert page["bundles"][0]["bundle_id"] == bundle_id
         assert [s["state"] for s in page["shards"]] == ["up", "up"]
         assert page["requests"]["Retrieve"]["count"] >= 2  # the sample and the query above
+        # serve-router froze its start-up objects out of the collector's reach (gcpolicy)
+        assert frozen_objects(page_url.rsplit("/", 1)[0]) > 10_000
 
         unknown = run("query", "--user", "999999", "--target", target)
         assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
@@ -249,7 +251,7 @@ def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
     bundle = build_bundle(
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
     )
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     shard = subprocess.Popen(
         [
             *ANNFLEET,
@@ -261,7 +263,7 @@ def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
             "--port",
             str(port),
             "--metrics-port",
-            "-1",
+            str(metrics_port),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -272,11 +274,21 @@ def test_serve_shard_drains_on_sigterm_and_exits_0(tmp_path: Path) -> None:
         while health_status(f"127.0.0.1:{port}") != "SERVING":
             assert time.monotonic() < deadline and shard.poll() is None
             time.sleep(0.1)
+        # faiss, grpc and numpy were imported before the bundle loaded: frozen (gcpolicy)
+        assert frozen_objects(f"http://127.0.0.1:{metrics_port}") > 10_000
     finally:
         shard.send_signal(signal.SIGTERM)
         out, _ = shard.communicate(timeout=30)
     assert shard.returncode == 0, out
     assert f"shard 1 listening on 127.0.0.1:{port}" in out
+
+
+def frozen_objects(base_url: str) -> float:
+    """``annfleet_gc_frozen_objects`` from a process's /metrics."""
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("annfleet_gc_frozen_objects ")]
+    return float(line.split()[1])
 
 
 def test_up_with_a_wrong_movielens_path_fails_clearly(tmp_path: Path) -> None:
