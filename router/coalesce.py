@@ -5,11 +5,14 @@ the router spends its time on RPC overhead. Searches with the same (k, params) s
 *lane*. With no batch of its lane out, a search leaves at the end of the event loop's current
 pass (with the searches that arrived in the same pass): at low load nothing waits. While
 batches are out, searches wait and leave together, as one batch, either when a batch returns
-or, if fewer than ``max_in_flight`` are out, once ``1 / max_in_flight`` of a typical batch's
-time (at most ``MAX_SPACING_S``) has passed since the last one left; so under load the
-lane's batches leave evenly spaced and each carries the searches that arrived meanwhile,
-instead of the first arrival leaving alone whenever a slot is free (which made most shard
-RPCs carry one query).
+or, if fewer than ``max_in_flight`` are out, once a typical batch's time (the running mean
+from send to the last shard's answer, at most ``MAX_SPACING_S``) has passed since the last
+one left. So under load a lane sends about one batch per batch time, carrying every search
+that arrived meanwhile, and the further slots only keep searches moving when a batch is
+slower than usual (a slow replica, a retry). Spacing by ``1 / max_in_flight`` of a batch's
+time instead (before) halved the batches and cost ~15% more server CPU per query in closed
+loop for no gain in latency; the first arrival leaving alone whenever a slot was free
+(before that) made most shard RPCs carry one query.
 
 Deadlines are never shortened: a batch is sent with the *latest* deadline of its searches,
 and each search collects its rows of whatever the shards answered by its *own* deadline
@@ -30,7 +33,7 @@ from annfleet.router.scatter import Fanout, Scatter, ScatterResult
 from annfleet.v1 import common_pb2
 
 LaneKey = tuple[int, int, int, int]
-# Batches are spaced by 1/max_in_flight of a batch's running time, at most this long: a
+# A further batch leaves a batch's running time after the last one, at most this long: a
 # slow shard (retries, hedges, timeouts) must not hold searches back with a free slot.
 MAX_SPACING_S = 0.05
 
@@ -100,9 +103,8 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         if lane.in_flight == 0:
             lane.due = loop.call_soon(self._dispatch_due, key, lane)
-        else:  # space the lane's batches evenly over a batch's time
-            spacing = min(self.batch_s / self.max_in_flight, MAX_SPACING_S)
-            at = lane.last_sent + spacing
+        else:  # about one batch per batch time; another slot only for a slow batch
+            at = lane.last_sent + min(self.batch_s, MAX_SPACING_S)
             lane.due = loop.call_later(at - time.monotonic(), self._dispatch_due, key, lane)
 
     def _dispatch_due(self, key: LaneKey, lane: _Lane) -> None:
