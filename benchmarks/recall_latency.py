@@ -27,11 +27,13 @@ from annfleet.benchmarks import report
 from annfleet.benchmarks.datasets import Dataset, default_data_dir, params_key
 from annfleet.benchmarks.groundtruth import cached_exact_topk, recall_at_k
 from annfleet.benchmarks.systems import (
+    CACHED_PEERS,
     InProcessFaiss,
     RouterSystem,
     ScatterSystem,
     System,
     make_peer,
+    peer_key,
 )
 
 log = logging.getLogger(__name__)
@@ -370,13 +372,22 @@ def run(
         peer_points = points if cfg.index_type == "hnsw" else default_points("hnsw", k)
         for peer_name in cfg.peers:
             t0 = time.perf_counter()
+            peer_hnsw = {"m": 32, "ef_construction": 200, **hnsw}
+            extra: dict[str, Any] = {}
+            if peer_key(peer_name) in CACHED_PEERS:  # built once, beside the bundles
+                extra["cache"] = (
+                    data_dir
+                    / "peers"
+                    / f"{peer_key(peer_name)}-{dataset.key}-{params_key(peer_hnsw)}"
+                )
             peer, why = make_peer(
                 peer_name,
                 dataset.ids,
                 dataset.vectors,
                 dataset.metric,
-                {"m": 32, "ef_construction": 200, **hnsw},
+                peer_hnsw,
                 progress=progress,
+                **extra,
             )
             if peer is None:
                 notes.append(f"skipped {why}")

@@ -9,10 +9,10 @@ or, if fewer than ``max_in_flight`` are out, once a typical batch's time (the ru
 from send to the last shard's answer, at most ``MAX_SPACING_S``) has passed since the last
 one left. So under load a lane sends about one batch per batch time, carrying every search
 that arrived meanwhile, and the further slots only keep searches moving when a batch is
-slower than usual (a slow replica, a retry). Spacing by ``1 / max_in_flight`` of a batch's
-time instead (before) halved the batches and cost ~15% more server CPU per query in closed
-loop for no gain in latency; the first arrival leaving alone whenever a slot was free
-(before that) made most shard RPCs carry one query.
+slower than usual (a slow replica, a retry). Spacing them by ``1 / max_in_flight`` of a
+batch's time (before) made batches half as large: 1.10x the server CPU per query in closed
+loop, with a worse p99 (benchmarks/results/ab-12-coalesce-batch-time); the first arrival
+leaving alone whenever a slot was free (before that) made most shard RPCs carry one query.
 
 Deadlines are never shortened: a batch is sent with the *latest* deadline of its searches,
 and each search collects its rows of whatever the shards answered by its *own* deadline

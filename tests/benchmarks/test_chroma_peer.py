@@ -78,39 +78,7 @@ def test_harness_runs_chroma_against_the_same_ground_truth(
     np.save(tmp_path / "x.npy", vectors)
     np.save(tmp_path / "q.npy", queries)
     np.save(tmp_path / "ids.npy", ids)
-    code = main(
-        [
-            "bench",
-            "recall-latency",
-            "--vectors",
-            str(tmp_path / "x.npy"),
-            "--query-vectors",
-            str(tmp_path / "q.npy"),
-            "--ids",
-            str(tmp_path / "ids.npy"),
-            "--build",
-            f"m={BUILD['m']},ef_construction={BUILD['ef_construction']}",
-            "--ef",
-            f"{EF_LOW},{EF_HIGH}",
-            "-k",
-            str(K),
-            "--systems",
-            "faiss",
-            "--peers",
-            "chroma",
-            "--throughput",
-            "--throughput-seconds",
-            "1",
-            "--out",
-            str(tmp_path / "results"),
-            "--name",
-            "chroma",
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--save-ids",
-            "--no-progress",
-        ]
-    )
+    code = main(_harness_args(tmp_path, "chroma", f"{EF_LOW},{EF_HIGH}", throughput=True))
     assert code == 0
     out = tmp_path / "results" / "chroma"
     result = json.loads((out / "results.json").read_text())
@@ -128,3 +96,55 @@ def test_harness_runs_chroma_against_the_same_ground_truth(
     assert "chroma-server" in tp["cpu"] and "client" in tp["cpu"]
     readme = (out / "README.md").read_text()
     assert "Closed-loop QPS of the server peers" in readme and "chroma (peer)" in readme
+
+    # The built collection was kept under the data dir: a second run serves a copy of it
+    # (no insert) and finds the same ids.
+    (cache,) = (tmp_path / "data" / "peers").iterdir()
+    assert (cache / "complete").is_file()
+    assert main(_harness_args(tmp_path, "again", str(EF_HIGH), throughput=False)) == 0
+    again = json.loads((tmp_path / "results" / "again" / "results.json").read_text())
+    assert any(n.startswith("chroma: served from a copy") for n in again["notes"]), again["notes"]
+    before = {(r["series"], r["params"]["ef_search"]): r["recall"] for r in result["rows"]}
+    after = {(r["series"], r["params"]["ef_search"]): r["recall"] for r in again["rows"]}
+    assert after == {key: before[key] for key in after} and len(after) == 2
+    with (
+        np.load(out / "found_ids.npz", allow_pickle=False) as first,
+        np.load(tmp_path / "results" / "again" / "found_ids.npz", allow_pickle=False) as second,
+    ):
+        (i,) = [i for i, (key, _) in enumerate(before.items()) if key == ("chroma (peer)", EF_HIGH)]
+        (j,) = [j for j, key in enumerate(after) if key == ("chroma (peer)", EF_HIGH)]
+        assert np.array_equal(first[str(i)], second[str(j)])
+
+
+def _harness_args(tmp_path: Path, name: str, efs: str, *, throughput: bool) -> list[str]:
+    return [
+        "bench",
+        "recall-latency",
+        "--vectors",
+        str(tmp_path / "x.npy"),
+        "--query-vectors",
+        str(tmp_path / "q.npy"),
+        "--ids",
+        str(tmp_path / "ids.npy"),
+        "--build",
+        f"m={BUILD['m']},ef_construction={BUILD['ef_construction']}",
+        "--ef",
+        f"{EF_LOW},{EF_HIGH}",
+        "-k",
+        str(K),
+        "--systems",
+        "faiss",
+        "--peers",
+        "chroma",
+        "--throughput",
+        "--throughput-seconds",
+        "1",
+        "--out",
+        str(tmp_path / "results"),
+        "--name",
+        name,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--save-ids",
+        "--no-progress",
+    ]
