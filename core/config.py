@@ -104,7 +104,9 @@ class RouterConfig:
     # that has not answered by then is given up and the call retried elsewhere).
     default_timeout_s: float = 1.0  # deadline when the caller sets none
     shard_timeout_s: float = 0.5  # cap on one shard attempt
-    deadline_margin_s: float = 0.002  # kept back from the caller's deadline to merge and reply
+    # kept back from the caller's deadline, and from each Retrieve source's budget, to merge
+    # and reply
+    deadline_margin_s: float = 0.002
     max_in_flight: int = 512  # requests being served at once; beyond: RESOURCE_EXHAUSTED
     # admission "adaptive" (router/admission.py): the in-flight limit (min_in_flight ..
     # max_in_flight) shrinks while the router's median latency is above latency_tolerance x

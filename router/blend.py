@@ -221,11 +221,14 @@ async def _fetch(source: Source, request: SourceRequest) -> Candidates:
 
 
 async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict[str, Outcome]:
-    """Run every source concurrently; each gets ``min(its budget, request.deadline)``.
+    """Run every source concurrently; each until ``min(request.received + its budget -
+    request.reply_margin, request.deadline)``: a budget counts from the request's arrival
+    and ends early enough to blend and reply within it.
 
     A source still running at its own deadline (less ``TIMER_SLACK_S``, the loop's timer
     resolution) is cancelled and dropped without waiting for it to finish; one that raises is
-    dropped with the error. Returns an outcome per source.
+    dropped with the error. Returns an outcome per source (its time counted from the start
+    of this call).
     Remote sources (the ANN) start first, a few loop passes ahead of the local ones.
 
     One wait for all of them, woken at the earliest budget of those still running (not at
@@ -249,7 +252,8 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
                 # their CPU then overlaps the shards' work instead of delaying the calls.
                 for _ in range(HEAD_START_PASSES):
                     await asyncio.sleep(0)
-            deadline = min(start + source.settings.budget_ms / 1e3, request.deadline)
+            budget_end = request.received + source.settings.budget_ms / 1e3 - request.reply_margin
+            deadline = min(budget_end, request.deadline)
             task = asyncio.ensure_future(_fetch(source, replace(request, deadline=deadline)))
             task.add_done_callback(note)
             tasks[task] = (source, deadline)

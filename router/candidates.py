@@ -199,15 +199,20 @@ class CandidateGenerator:
         deadline: float,
         shape: tuple[object, ...] = (),
         params: Any = None,
+        received: float | None = None,
+        reply_margin: float = 0.0,
     ) -> Blend:
         """The blended candidates. ``shape`` = what else makes two requests differ (search
         params, source overrides): part of the candidate-cache key. ``params`` (the request's
-        SearchParams) go to the ANN source.
+        SearchParams) go to the ANN source. ``received`` (``time.monotonic()`` of the
+        request's arrival, default now) and ``reply_margin``: where the sources' budgets
+        start and how much of each is kept back to blend and reply (``SourceRequest``).
 
         A source that fails because of the request itself (NotFound: a user the bundle cannot
         embed; InvalidArgument) fails the request; any other failure drops the source.
         The served list (cached or not) is offered to the diversity monitor."""
-        result = await self._retrieve(user_id, context, k, exclude, deadline, shape, params)
+        timing = (time.monotonic() if received is None else received, reply_margin)
+        result = await self._retrieve(user_id, context, k, exclude, deadline, shape, params, timing)
         if self.diversity is not None:
             self.diversity.offer(self.bundle_id, result.ids)
         return result
@@ -221,6 +226,7 @@ class CandidateGenerator:
         deadline: float,
         shape: tuple[object, ...],
         params: Any,
+        timing: tuple[float, float],
     ) -> Blend:
         user, blocked, state_error = await self._user(user_id)
         recent = merge_recent(user.recent, context.recent_item_ids, self.recent_len)
@@ -245,7 +251,7 @@ class CandidateGenerator:
         if cached is not None:
             return replace(cached, cached=True)
         excl = self.exclusions(user_id, user, recent, exclude, blocked)
-        request = SourceRequest(user_id, context, k, deadline, excl, params)
+        request = SourceRequest(user_id, context, k, deadline, excl, params, *timing)
         outcomes = await run_sources(self.sources.sources, request)
         for outcome in outcomes.values():
             if isinstance(outcome.error, CALLER_ERRORS):

@@ -312,12 +312,17 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.RetrieveRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RetrieveResponse:
         started = time.perf_counter()
+        received = time.monotonic()
         deadline = self._deadline(context)
         with self._admit():
-            return await self._retrieve(request, deadline, started)
+            return await self._retrieve(request, deadline, started, received)
 
     async def _retrieve(
-        self, request: retrieval_pb2.RetrieveRequest, deadline: float, started: float
+        self,
+        request: retrieval_pb2.RetrieveRequest,
+        deadline: float,
+        started: float,
+        received: float,
     ) -> retrieval_pb2.RetrieveResponse:
         state, variant = self._variant(request.user_id)  # one bundle for the whole request
         k = check_k(request.k, self.config.max_k)
@@ -325,7 +330,15 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         exclude = decode_ids(request.exclude_ids, name="exclude_ids")
         shape = (request.params.SerializeToString(deterministic=True),)
         result = await state.candidates.retrieve(
-            request.user_id, _context(request), k, exclude, deadline, shape, request.params
+            request.user_id,
+            _context(request),
+            k,
+            exclude,
+            deadline,
+            shape,
+            request.params,
+            received=received,
+            reply_margin=self.config.deadline_margin_s,
         )
         ann = result.details.get("ann")
         if self.sampler is not None and isinstance(ann, AnnDetail) and not result.cached:

@@ -275,6 +275,28 @@ def test_the_request_deadline_caps_every_budget() -> None:
     asyncio.run(go())
 
 
+def test_a_budget_counts_from_the_requests_arrival_less_the_reply_margin() -> None:
+    """The request reached the router 0.9 s ago and 0.1 s is kept to blend and reply: of the
+    hanging source's 1 s budget nothing is left, so it is dropped at once; a source with
+    budget to spare still answers."""
+
+    async def go() -> None:
+        hanging = HangingSource("trending", [20], budget_ms=1000)
+        quick = ListSource("ann", [1, 2], budget_ms=60_000)
+        now = time.monotonic()
+        request = SourceRequest(
+            1, RequestContext(), 3, now + 60, received=now - 0.9, reply_margin=0.1
+        )
+        outcomes = await run_sources([quick, hanging], request)
+        assert outcomes["trending"].dropped == "budget"
+        assert not hanging.started  # cancelled before its first step: no budget was left
+        assert outcomes["ann"].dropped == ""
+        assert outcomes["ann"].candidates is not None
+        assert outcomes["ann"].candidates.ids.tolist() == [1, 2]
+
+    asyncio.run(go())
+
+
 def test_cancelling_the_caller_cancels_the_sources() -> None:
     async def go() -> None:
         class Slow(ListSource):
