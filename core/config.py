@@ -87,6 +87,10 @@ class ShardsConfig:
     # Niceness added to the thread that loads and verifies a prepared bundle, so a rollout's
     # load yields the CPU to searches (Linux: per thread); 0 = same priority as serving.
     load_nice: int = 0
+    # Niceness added to the one thread that runs exact brute-force searches
+    # (ShardAdmin.ExactSearch: live recall samples, each a scan of every stored vector), so
+    # they yield the CPU to searches (Linux: per thread); 0 = serving priority.
+    exact_nice: int = 10
 
 
 @dataclass(frozen=True)
@@ -377,6 +381,7 @@ class ClusterConfig:
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
             (0 <= self.shards.load_nice <= 19, "shards.load_nice", "in [0, 19]"),
+            (0 <= self.shards.exact_nice <= 19, "shards.exact_nice", "in [0, 19]"),
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
             (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
             (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),

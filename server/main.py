@@ -38,15 +38,21 @@ ADMIN_SERVICE_NAMES = [shard_pb2.DESCRIPTOR.services_by_name["ShardAdmin"].full_
 
 
 def _loader_thread(search_threads: int, nice: int) -> None:
-    """The load thread: faiss threads as for searches, and ``nice`` lower priority (Linux
-    applies setpriority to the calling thread only; elsewhere it is left as it is)."""
+    """A background thread (bundle loads, exact searches): faiss threads as for searches,
+    and ``nice`` lower priority (Linux applies setpriority to the calling thread only;
+    elsewhere it is left as it is)."""
     set_threads(search_threads)
     if nice > 0 and sys.platform == "linux":
         tid = threading.get_native_id()
         try:
             os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
         except OSError as exc:
-            log.warning("load thread: cannot lower its priority by %d: %s", nice, exc)
+            log.warning(
+                "%s: cannot lower its priority by %d: %s",
+                threading.current_thread().name,
+                nice,
+                exc,
+            )
 
 
 @dataclass
@@ -58,6 +64,7 @@ class ShardServer:
     executor: ThreadPoolExecutor
     loader: ThreadPoolExecutor
     updater: ThreadPoolExecutor
+    exact: ThreadPoolExecutor
 
     @classmethod
     async def bind(
@@ -99,8 +106,16 @@ class ShardServer:
             initargs=(config.search_threads, config.load_nice),
         )
         updater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="updates")
+        # Exact brute-force searches (live recall samples) in one thread of their own, at
+        # lower priority with shards.exact_nice: serving comes first.
+        exact = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="exact",
+            initializer=_loader_thread,
+            initargs=(config.search_threads, config.exact_nice),
+        )
         holdings = Holdings(config, search, shard_id, replica)
-        service = ShardService(config, executor, holdings)
+        service = ShardService(config, executor, holdings, exact)
         admin = ShardAdminService(service, loader, updater)
         status = ShardStatus(service, asyncio.get_running_loop())
         service.rpc_observer = status.observe
@@ -130,7 +145,7 @@ class ShardServer:
                 await server.stop(0)
                 raise
             await admin_grpc.set_serving(True)  # usable before any bundle is loaded
-        return cls(server, service, admin, admin_grpc, executor, loader, updater)
+        return cls(server, service, admin, admin_grpc, executor, loader, updater, exact)
 
     @property
     def port(self) -> int:
@@ -184,6 +199,7 @@ class ShardServer:
         self.executor.shutdown(wait=False)
         self.loader.shutdown(wait=False)
         self.updater.shutdown(wait=False)
+        self.exact.shutdown(wait=False)
 
 
 async def start_shard_server(

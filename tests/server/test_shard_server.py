@@ -255,20 +255,48 @@ def test_faiss_threads_apply_in_the_search_threads(loop_thread: LoopThread) -> N
         loop_thread.run(server.stop(0))
 
 
+def _niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def _niceness_in(executor: Executor) -> int:
+    return await asyncio.get_running_loop().run_in_executor(executor, _niceness)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
 def test_the_load_thread_runs_at_lower_priority_with_load_nice(loop_thread: LoopThread) -> None:
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    async def in_executor(executor: Executor) -> int:
-        return await asyncio.get_running_loop().run_in_executor(executor, niceness)
-
+    in_executor = _niceness_in
     server = loop_thread.run(ShardServer.bind(ShardsConfig(load_nice=7)))
     try:
         serving = loop_thread.run(in_executor(server.executor))
         assert loop_thread.run(in_executor(server.loader)) == min(serving + 7, 19)
         assert loop_thread.run(in_executor(server.updater)) == serving
     finally:
+        loop_thread.run(server.stop(0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_exact_searches_run_in_their_own_thread_at_lower_priority(
+    loop_thread: LoopThread, flat_bundle: Bundle
+) -> None:
+    """ExactSearch (live recall samples: a scan of every stored vector) has a thread and a
+    queue of its own at shards.exact_nice: it answers while every search thread is busy."""
+    server = loop_thread.run(start_shard_server(flat_bundle.path, 0, ShardsConfig(exact_nice=5)))
+    release = threading.Event()
+    try:
+        serving = loop_thread.run(_niceness_in(server.executor))
+        assert loop_thread.run(_niceness_in(server.exact)) == min(serving + 5, 19)
+        for _ in range(os.cpu_count() or 2):  # the search executor's every thread
+            server.executor.submit(release.wait, 60)
+        ids = np.load(flat_bundle.shard_dir(0) / "ids.npy")
+        vectors = np.load(flat_bundle.shard_dir(0) / "vectors.npy")
+        reply = loop_thread.run(
+            asyncio.wait_for(server.service.answer(request(vectors[:3], k=5), exact=True), 10)
+        )
+        exact = np.argsort(-(vectors[:3] @ vectors.T), axis=1)[:, :5]
+        assert np.array_equal(decode_rows(reply.ids, I64, 3, 5, name="ids"), ids[exact])
+    finally:
+        release.set()
         loop_thread.run(server.stop(0))
 
 
