@@ -16,10 +16,12 @@ from annfleet.client.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    Throttled,
     Unavailable,
 )
 from annfleet.client.results import Coverage, Engagement, RetrieveResult, SearchResult
 from annfleet.client.sync import Client, ScatterClient
+from annfleet.client.throttle import ThrottleConfig, ThrottleStats
 
 __all__ = [
     "AnnfleetError",
@@ -36,6 +38,9 @@ __all__ = [
     "RetrieveResult",
     "ScatterClient",
     "SearchResult",
+    "ThrottleConfig",
+    "ThrottleStats",
+    "Throttled",
     "Unavailable",
     "tls_credentials",
 ]

@@ -12,22 +12,42 @@ import numpy as np
 
 from annfleet.client import results as r
 from annfleet.client.channels import open_aio_channel
-from annfleet.client.errors import from_rpc_error, retry_backoff
+from annfleet.client.errors import from_rpc_error, refused, retry_backoff
+from annfleet.client.throttle import (
+    DEFAULT_THROTTLE,
+    AdaptiveThrottle,
+    ThrottleConfig,
+    ThrottleStats,
+)
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
 
 
-async def call_with_retry(call: Callable[[float], Awaitable[T]], timeout: float, retries: int) -> T:
-    """Async twin of ``annfleet.client.sync.call_with_retry`` (same retry rule, bounded)."""
+async def call_with_retry(
+    call: Callable[[float], Awaitable[T]],
+    timeout: float,
+    retries: int,
+    throttle: AdaptiveThrottle | None = None,
+) -> T:
+    """Async twin of ``annfleet.client.sync.call_with_retry`` (same retry and throttle rules)."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
+        if throttle is not None:
+            throttle.admit()
         try:
-            return await call(max(deadline - time.monotonic(), 0.001))
+            result = await call(max(deadline - time.monotonic(), 0.001))
         except grpc.RpcError as exc:
-            await asyncio.sleep(retry_backoff(from_rpc_error(exc), attempt, retries, deadline))
+            error = from_rpc_error(exc)
+            if throttle is not None:
+                throttle.record(refused(error))
+            await asyncio.sleep(retry_backoff(error, attempt, retries, deadline))
             attempt += 1
+        else:
+            if throttle is not None:
+                throttle.record(False)
+            return result
 
 
 class AsyncClient:
@@ -40,12 +60,19 @@ class AsyncClient:
         timeout: float = 1.0,
         retries: int = 2,
         credentials: grpc.ChannelCredentials | None = None,
+        throttle: ThrottleConfig | None = DEFAULT_THROTTLE,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
+        self.throttle = AdaptiveThrottle(throttle) if throttle is not None else None
         self._channel = open_aio_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
+
+    @property
+    def throttle_stats(self) -> ThrottleStats | None:
+        """Requests, accepts, server refusals and local rejections so far (None: no throttle)."""
+        return self.throttle.stats() if self.throttle is not None else None
 
     async def search(
         self,
@@ -61,7 +88,10 @@ class AsyncClient:
             r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
         )
         response = await call_with_retry(
-            lambda t: self._stub.Search(request, timeout=t), timeout or self.timeout, self.retries
+            lambda t: self._stub.Search(request, timeout=t),
+            timeout or self.timeout,
+            self.retries,
+            self.throttle,
         )
         return r.search_result(response)
 
@@ -87,7 +117,10 @@ class AsyncClient:
             **context,
         )
         response = await call_with_retry(
-            lambda t: self._stub.Retrieve(request, timeout=t), timeout or self.timeout, self.retries
+            lambda t: self._stub.Retrieve(request, timeout=t),
+            timeout or self.timeout,
+            self.retries,
+            self.throttle,
         )
         return r.retrieve_result(response)
 
@@ -106,6 +139,7 @@ class AsyncClient:
             lambda t: self._stub.RecordEngagement(request, timeout=t),
             timeout or self.timeout,
             self.retries,
+            self.throttle,
         )
         return int(response.applied)
 

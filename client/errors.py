@@ -43,6 +43,11 @@ class ResourceExhausted(AnnfleetError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class Throttled(ResourceExhausted):
+    """RESOURCE_EXHAUSTED from the client's own adaptive throttle (``client/throttle.py``):
+    the call was rejected locally, never sent, and is not retried."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[AnnfleetError]] = {
     cls.code: cls
     for cls in (
@@ -57,15 +62,26 @@ _BY_CODE: dict[grpc.StatusCode, type[AnnfleetError]] = {
 
 
 RETRY_BACKOFF_S = 0.05
-RETRIED = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 # grpc's own RESOURCE_EXHAUSTED for an over-size message: the same request fails again.
-MESSAGE_SIZE = ("Received message larger than max", "Sent message larger than max")
+# "Received message larger than max (N vs. M)" / "Sent message larger than max ..." from the
+# client's channel, "SERVER: Received message larger than max ..." from the server's.
+MESSAGE_SIZE = "message larger than max"
+
+
+def refused(error: AnnfleetError) -> bool:
+    """The server refused the request (RESOURCE_EXHAUSTED from its admission or queue
+    limit), not grpc's message-size RESOURCE_EXHAUSTED nor the client's own throttle."""
+    return (
+        error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        and not isinstance(error, Throttled)
+        and MESSAGE_SIZE not in error.details
+    )
 
 
 def retryable(error: AnnfleetError) -> bool:
     """UNAVAILABLE (server down or starting) and RESOURCE_EXHAUSTED (a full queue shed the
-    request), except grpc's message-size RESOURCE_EXHAUSTED."""
-    return error.code in RETRIED and not error.details.startswith(MESSAGE_SIZE)
+    request), except grpc's message-size RESOURCE_EXHAUSTED and a local throttle."""
+    return error.code == grpc.StatusCode.UNAVAILABLE or refused(error)
 
 
 def retry_backoff(error: AnnfleetError, attempt: int, retries: int, deadline: float) -> float:

@@ -11,24 +11,46 @@ import numpy as np
 
 from annfleet.client import results as r
 from annfleet.client.channels import open_channel
-from annfleet.client.errors import from_rpc_error, retry_backoff
+from annfleet.client.errors import from_rpc_error, refused, retry_backoff
+from annfleet.client.throttle import (
+    DEFAULT_THROTTLE,
+    AdaptiveThrottle,
+    ThrottleConfig,
+    ThrottleStats,
+)
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
 
 
-def call_with_retry(call: Callable[[float], T], timeout: float, retries: int) -> T:
+def call_with_retry(
+    call: Callable[[float], T],
+    timeout: float,
+    retries: int,
+    throttle: AdaptiveThrottle | None = None,
+) -> T:
     """Run ``call(remaining_timeout)``; retry what ``retry_backoff`` allows (UNAVAILABLE, a
     shed RESOURCE_EXHAUSTED), at most ``retries`` times, never past ``timeout``. Other
-    failures raise the mapped annfleet exception at once."""
+    failures raise the mapped annfleet exception at once. With a ``throttle``, every attempt
+    (retries too) is first admitted by it (``Throttled`` ends the call, not retried) and
+    its outcome recorded."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
+        if throttle is not None:
+            throttle.admit()
         try:
-            return call(max(deadline - time.monotonic(), 0.001))
+            result = call(max(deadline - time.monotonic(), 0.001))
         except grpc.RpcError as exc:
-            time.sleep(retry_backoff(from_rpc_error(exc), attempt, retries, deadline))
+            error = from_rpc_error(exc)
+            if throttle is not None:
+                throttle.record(refused(error))
+            time.sleep(retry_backoff(error, attempt, retries, deadline))
             attempt += 1
+        else:
+            if throttle is not None:
+                throttle.record(False)
+            return result
 
 
 class Client:
@@ -41,13 +63,21 @@ class Client:
         timeout: float = 1.0,
         retries: int = 2,
         credentials: grpc.ChannelCredentials | None = None,
+        throttle: ThrottleConfig | None = DEFAULT_THROTTLE,
     ) -> None:
-        """``credentials``: None = plaintext; ``tls_credentials(ca=, cert=, key=)`` = TLS."""
+        """``credentials``: None = plaintext; ``tls_credentials(ca=, cert=, key=)`` = TLS.
+        ``throttle``: the adaptive client-side throttle (``ThrottleConfig``; None: off)."""
         self.target = target
         self.timeout = timeout
         self.retries = retries
+        self.throttle = AdaptiveThrottle(throttle) if throttle is not None else None
         self._channel = open_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
+
+    @property
+    def throttle_stats(self) -> ThrottleStats | None:
+        """Requests, accepts, server refusals and local rejections so far (None: no throttle)."""
+        return self.throttle.stats() if self.throttle is not None else None
 
     def search(
         self,
@@ -64,7 +94,10 @@ class Client:
             r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
         )
         response = call_with_retry(
-            lambda t: self._stub.Search(request, timeout=t), timeout or self.timeout, self.retries
+            lambda t: self._stub.Search(request, timeout=t),
+            timeout or self.timeout,
+            self.retries,
+            self.throttle,
         )
         return r.search_result(response)
 
@@ -91,7 +124,10 @@ class Client:
             **context,
         )
         response = call_with_retry(
-            lambda t: self._stub.Retrieve(request, timeout=t), timeout or self.timeout, self.retries
+            lambda t: self._stub.Retrieve(request, timeout=t),
+            timeout or self.timeout,
+            self.retries,
+            self.throttle,
         )
         return r.retrieve_result(response)
 
@@ -110,6 +146,7 @@ class Client:
             lambda t: self._stub.RecordEngagement(request, timeout=t),
             timeout or self.timeout,
             self.retries,
+            self.throttle,
         )
         return int(response.applied)
 

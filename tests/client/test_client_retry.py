@@ -1,5 +1,6 @@
 """Which failures the client retries: UNAVAILABLE and RESOURCE_EXHAUSTED (a shed request),
-bounded and inside the call's timeout; never a message-size RESOURCE_EXHAUSTED."""
+bounded and inside the call's timeout; never a message-size RESOURCE_EXHAUSTED. The retry
+rule alone: the adaptive throttle is off here (with it, see test_client_throttle.py)."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def shedding(loop_thread: LoopThread) -> Iterator[object]:
 
 def test_resource_exhausted_is_retried_then_succeeds(shedding) -> None:  # type: ignore[no-untyped-def]
     target, servicer = shedding(shed=2)
-    with Client(target, timeout=5, retries=2) as client:
+    with Client(target, timeout=5, retries=2, throttle=None) as client:
         result = client.search(np.zeros(4, np.float32), 1)
     assert servicer.calls == 3 and result.ids.shape == (1, 1)
 
@@ -69,7 +70,7 @@ def test_resource_exhausted_retries_are_bounded(shedding, loop_thread: LoopThrea
     target, servicer = shedding(shed=100)
 
     async def call() -> None:
-        async with AsyncClient(target, timeout=5, retries=3) as client:
+        async with AsyncClient(target, timeout=5, retries=3, throttle=None) as client:
             await client.search(np.zeros(4, np.float32), 1)
 
     with pytest.raises(ResourceExhausted, match="queue full"):
