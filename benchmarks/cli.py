@@ -181,10 +181,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     ld.add_argument(
         "--generator",
-        choices=("auto", "h2load", "python"),
+        choices=("auto", "h2load", "python", "client"),
         default="auto",
         help="--overload: who sends the capacity and overload traffic (auto: h2load where "
-        "installed, else annfleet's Python client)",
+        "installed, else annfleet's Python client; client: capacity from h2load, then the "
+        "overload from annfleet's client with its adaptive throttle, from h2load, and from "
+        "the client without throttle)",
+    )
+    ld.add_argument(
+        "--throttle-k",
+        type=float,
+        default=2.0,
+        help="--overload --generator client: the client throttle's k (ThrottleConfig.k)",
+    )
+    ld.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        help="--overload --generator client: seconds between overload phases",
     )
     ld.add_argument(
         "--probe-qps",

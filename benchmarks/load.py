@@ -5,7 +5,9 @@ process's GIL is not the bottleneck), for a bounded duration. Closed loop: each 
 in-flight slots sends its next request as soon as the previous one returns. Open loop: each
 process sends at rate QPS/P on a fixed schedule, and latency is measured from the scheduled
 send time (no coordinated omission); requests the schedule could not start because N were
-already in flight are counted as ``CLIENT_BACKLOG`` errors. Loopback targets only.
+already in flight are counted as ``CLIENT_BACKLOG`` errors. The client's adaptive throttle
+is off unless ``LoadSpec.throttle_k`` > 0 (the load measures the servers); its local
+rejections are counted as ``THROTTLED``. Loopback targets only.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class LoadSpec:
     rerank: int = 0
     timeout: float = 1.0
     record: bool = False  # keep every request's outcome (time series, e.g. `bench faults`)
+    throttle_k: float = 0.0  # > 0: the client's adaptive throttle with this k (0: off)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def _check_loopback(target: str) -> None:
 async def _worker_async(
     spec: LoadSpec, queries: np.ndarray, user_ids: np.ndarray, seed: int, start_at: float
 ) -> WorkerResult:
-    from annfleet.client import AnnfleetError, AsyncClient
+    from annfleet.client import AnnfleetError, AsyncClient, ThrottleConfig, Throttled
     from annfleet.client.errors import RETRY_BACKOFF_S
 
     rng = np.random.default_rng(seed)
@@ -85,7 +88,10 @@ async def _worker_async(
     sent = sent_in_window = 0
     params = {"ef_search": spec.ef_search, "nprobe": spec.nprobe, "rerank": spec.rerank}
 
-    async with AsyncClient(spec.target, timeout=spec.timeout, retries=0) as client:
+    throttle = ThrottleConfig(k=spec.throttle_k) if spec.throttle_k > 0 else None
+    async with AsyncClient(
+        spec.target, timeout=spec.timeout, retries=0, throttle=throttle
+    ) as client:
 
         async def one(t_sched: float) -> str:
             nonlocal sent, sent_in_window
@@ -100,6 +106,8 @@ async def _worker_async(
                     result = await client.retrieve(
                         int(user_ids[rng.integers(len(user_ids))]), spec.k
                     )
+            except Throttled:
+                code = "THROTTLED"  # rejected by the client's own throttle, never sent
             except AnnfleetError as exc:
                 code = getattr(exc.code, "name", str(exc.code))
             except Exception as exc:  # transport-level surprises are reported, not fatal
@@ -122,7 +130,7 @@ async def _worker_async(
 
             async def slot() -> None:
                 while (now := time.time()) < end_at:
-                    if await one(now) == "RESOURCE_EXHAUSTED":
+                    if await one(now) in ("RESOURCE_EXHAUSTED", "THROTTLED"):
                         # shed: back off as the client's own retry would, rather than
                         # spending the router's time on an immediate resend
                         await asyncio.sleep(RETRY_BACKOFF_S)

@@ -21,7 +21,14 @@ they fall behind their schedule, and their backlog, not the router, sets the acc
 capacity and overload traffic come from h2load (C, a few µs of CPU per request, see
 ``h2load.py``) and a light Python *probe* (``--probe-qps``, open loop, the real client)
 measures what an accepted request sees, unloaded and then beside the overload; the
-router's own ``annfleet_requests_total`` counts answers and refusals.
+router's own ``annfleet_requests_total`` counts answers and refusals. ``client``: capacity
+as with h2load (its closed loop is the honest capacity figure), then the overload three
+ways in one run: annfleet's asyncio client with its adaptive throttle on (``--processes``
+processes, open loop, ``--throttle-k``; what a cooperative caller sends), h2load with the
+probe (an uncooperative caller that never backs off), and annfleet's client with the
+throttle off (the same generator, A/B). Each row: offered, rejected locally by the
+client's throttle, sent, refused by the server, OK, and the accepted (OK) p99 over the
+unloaded p99.
 """
 
 from __future__ import annotations
@@ -108,8 +115,59 @@ def generator(args: argparse.Namespace) -> str:
     return str(args.generator)
 
 
+def client_row(
+    name: str,
+    result: dict[str, Any] | None,
+    codes: dict[str, int],
+    wall_s: float,
+    offered_qps: float | None,
+    unloaded_p99_ms: float,
+    sent_qps: float | None = None,
+) -> dict[str, Any]:
+    """One phase of ``--generator client``. ``result``: the run_load of annfleet's client
+    whose OK latencies are the accepted latencies (the load itself, or the probe beside
+    h2load); its own counts are over the measured window. ``codes``: the router's answers
+    by status over ``wall_s``. ``sent_qps``: what h2load sent, when it was the load."""
+    answered = sum(codes.values())
+    row: dict[str, Any] = {
+        "phase": name,
+        "offered_qps": round(offered_qps, 1) if offered_qps else None,
+        "throttled_qps": None,
+        "sent_qps": round(sent_qps, 1) if sent_qps is not None else None,
+        "refused_qps": round(codes.get("RESOURCE_EXHAUSTED", 0) / wall_s, 1),
+        "ok_qps": round(codes.get("OK", 0) / wall_s, 1),
+        "other_codes": {c: n for c, n in codes.items() if c not in ("OK", "RESOURCE_EXHAUSTED")}
+        or "",
+        "accepted_p50_ms": None,
+        "accepted_p99_ms": None,
+        "p99_x_unloaded": None,
+        "accepted_n": 0,
+        "router_answered_qps": round(answered / wall_s, 1),
+    }
+    if result is None:
+        return row
+    row["accepted_p50_ms"] = round(result["p50_ms"], 2)
+    row["accepted_p99_ms"] = round(result["p99_ms"], 2)
+    row["p99_x_unloaded"] = round(result["p99_ms"] / unloaded_p99_ms, 2)
+    row["accepted_n"] = result["ok"]
+    if sent_qps is None:  # annfleet's client was the load: its own counts, per window second
+        duration = result["spec"]["duration"]
+        errors = result["errors"]
+        local = ("THROTTLED", "CLIENT_BACKLOG")
+        sent = result["ok"] + sum(n for c, n in errors.items() if c not in local)
+        row["throttled_qps"] = round(errors.get("THROTTLED", 0) / duration, 1)
+        row["sent_qps"] = round(sent / duration, 1)
+        row["refused_qps"] = round(errors.get("RESOURCE_EXHAUSTED", 0) / duration, 1)
+        row["ok_qps"] = round(result["ok"] / duration, 1)
+        others = {c: n for c, n in errors.items() if c not in (*local, "RESOURCE_EXHAUSTED")}
+        if errors.get("CLIENT_BACKLOG"):
+            others["CLIENT_BACKLOG"] = errors["CLIENT_BACKLOG"]
+        row["other_codes"] = others or ""
+    return row
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if generator(args) == "h2load":
+    if generator(args) in ("h2load", "client"):
         return run_h2load(args)
     with _cluster(args) as (target, pids, queries, _):
         base = LoadSpec(
@@ -238,9 +296,12 @@ def h2load_row(
 
 
 def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
-    """The three phases with h2load as the load and a Python probe as the measurement."""
+    """Unloaded (the probe alone) and capacity (h2load closed loop), then the overload:
+    h2load + probe (``--generator h2load``) or, with ``--generator client``, annfleet's
+    client with its throttle, h2load + probe, and the client without throttle."""
     from annfleet.v1 import retrieval_pb2
 
+    with_client = generator(args) == "client"
     with _cluster(args) as (target, pids, queries, metrics_port):
         query = np.ascontiguousarray(queries[:1], dtype="<f4")
         message = retrieval_pb2.SearchRequest(
@@ -258,34 +319,120 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             k=args.k,
             timeout=args.timeout,
         )
-        try:
-            rss = {"start": rss_mib(pids)}
-            before = router_requests(metrics_port)
-            unloaded = run_load(probe_spec, queries, server_pids=pids)
-            unloaded_codes = _delta(router_requests(metrics_port), before)
-            unloaded_wall = args.duration + args.warmup
 
-            before = router_requests(metrics_port)
-            capacity = gen.closed(args.concurrency, args.warmup + args.duration)
-            capacity_codes = _delta(router_requests(metrics_port), before)
-            capacity_qps = capacity_codes.get("OK", 0) / capacity.wall_s
-            rss["after capacity"] = rss_mib(pids)
+        def counted(run: Any) -> tuple[Any, dict[str, int], float]:
+            """run() with the router's answers by status over its wall time."""
+            before, t0 = router_requests(metrics_port), time.perf_counter()
+            out = run()
+            return out, _delta(router_requests(metrics_port), before), time.perf_counter() - t0
 
-            offered = args.overload * capacity_qps
+        def flood(offered: float) -> tuple[h2load.H2LoadResult, dict[str, Any]]:
             lead = 3.0  # the probe's process spawns and imports meanwhile
             start_at = time.time() + lead
-            before = router_requests(metrics_port)
             with ThreadPoolExecutor(1) as pool:
-                flood = pool.submit(gen.open, offered, lead + args.warmup + args.duration + 1)
-                loaded = run_load(probe_spec, queries, server_pids=pids, start_at=start_at)
-                overload = flood.result()
-            overload_codes = _delta(router_requests(metrics_port), before)
-            rss["after overload"] = rss_mib(pids)
+                sent = pool.submit(gen.open, offered, lead + args.warmup + args.duration + 1)
+                probe = run_load(probe_spec, queries, server_pids=pids, start_at=start_at)
+                return sent.result(), probe
+
+        def client(offered: float, throttle_k: float) -> dict[str, Any]:
+            spec = dataclasses.replace(
+                probe_spec,
+                qps=offered,
+                processes=args.processes,
+                concurrency=args.client_in_flight * args.processes,
+                throttle_k=throttle_k,
+            )
+            return run_load(spec, queries, server_pids=pids)
+
+        try:
+            rss = {"start": rss_mib(pids)}
+            unloaded, unloaded_codes, unloaded_wall = counted(
+                lambda: run_load(probe_spec, queries, server_pids=pids)
+            )
+            capacity, capacity_codes, _ = counted(
+                lambda: gen.closed(args.concurrency, args.warmup + args.duration)
+            )
+            capacity_qps = capacity_codes.get("OK", 0) / capacity.wall_s
+            rss["after capacity"] = rss_mib(pids)
+            offered = args.overload * capacity_qps
+            if with_client:
+                throttled, throttled_codes, throttled_wall = counted(
+                    lambda: client(offered, args.throttle_k)
+                )
+                rss["after overload"] = rss_mib(pids)
+                time.sleep(args.settle)
+            (overload, loaded), overload_codes, _ = counted(lambda: flood(offered))
+            rss["after h2load overload" if with_client else "after overload"] = rss_mib(pids)
+            if with_client:
+                time.sleep(args.settle)
+                plain, plain_codes, plain_wall = counted(lambda: client(offered, 0.0))
+                rss["after unthrottled overload"] = rss_mib(pids)
             peak = {
                 n: round(procstat.memory_kib(p).get("VmHWM", 0) / 1024, 1) for n, p in pids.items()
             }
         finally:
             gen.close()
+    h2load_summary = {"capacity": capacity.summary(), "overload": overload.summary()}
+    if with_client:
+        u99 = unloaded["p99_ms"]
+        k = f"{args.throttle_k:g}"
+        name = f"{args.overload:g}x capacity"
+        rows = [
+            client_row(
+                "unloaded (probe alone)", unloaded, unloaded_codes, unloaded_wall, None, u99
+            ),
+            client_row(
+                f"capacity (h2load closed, {args.concurrency} in flight)",
+                None,
+                capacity_codes,
+                capacity.wall_s,
+                None,
+                u99,
+                sent_qps=capacity.requests / capacity.wall_s,
+            ),
+            client_row(
+                f"{name}: annfleet client, throttle k={k}",
+                throttled,
+                throttled_codes,
+                throttled_wall,
+                offered,
+                u99,
+            ),
+            client_row(
+                f"{name}: h2load (never backs off) + probe",
+                loaded,
+                overload_codes,
+                overload.wall_s,
+                offered,
+                u99,
+                sent_qps=overload.requests / overload.wall_s,
+            ),
+            client_row(
+                f"{name}: annfleet client, no throttle",
+                plain,
+                plain_codes,
+                plain_wall,
+                offered,
+                u99,
+            ),
+        ]
+        return {
+            **summary("client", rows, rss, peak, unloaded, throttled, capacity_qps),
+            "throttle_k": args.throttle_k,
+            "cpu": {
+                "probe_unloaded": unloaded["cpu"],
+                "client_throttled": throttled["cpu"],
+                "probe_h2load": loaded["cpu"],
+                "client_unthrottled": plain["cpu"],
+            },
+            "h2load": h2load_summary,
+            "raw": {
+                "unloaded": unloaded,
+                "client_throttled": throttled,
+                "h2load_probe": loaded,
+                "client_unthrottled": plain,
+            },
+        }
     no_probe = {"ok": 0, "errors": {}, "p50_ms": float("nan"), "p99_ms": float("nan")}
     rows = [
         h2load_row("unloaded (probe alone)", unloaded_codes, unloaded_wall, None, None, unloaded),
@@ -309,7 +456,7 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
     return {
         **summary("h2load", rows, rss, peak, unloaded, loaded, capacity_qps),
         "cpu": {"probe_unloaded": unloaded["cpu"], "probe_overload": loaded["cpu"]},
-        "h2load": {"capacity": capacity.summary(), "overload": overload.summary()},
+        "h2load": h2load_summary,
         "raw": {"unloaded": unloaded, "overload_probe": loaded},
     }
 
@@ -320,7 +467,7 @@ def lines(result: dict[str, Any]) -> list[str]:
     out.append(
         f"accepted p99 / unloaded p99 = {result['accepted_p99_over_unloaded_p99']} (target <= 2)"
     )
-    out.append("RSS MiB per process (start / after capacity / after overload / peak):")
+    out.append(f"RSS MiB per process ({' / '.join(result['rss_mib'])} / peak):")
     for name in result["rss_mib"]["start"]:
         values = [result["rss_mib"][phase][name] for phase in result["rss_mib"]]
         out.append(
@@ -333,6 +480,18 @@ def lines(result: dict[str, Any]) -> list[str]:
 
 
 def _generator_line(args: argparse.Namespace, result: dict[str, Any]) -> str:
+    if result["generator"] == "client":
+        return (
+            "capacity from h2load's closed loop (4 HTTP/2 connections, one query repeated); "
+            f"the overload from annfleet's AsyncClient in {args.processes} process(es), open "
+            f"loop, retries 0, its adaptive throttle at k={args.throttle_k:g} (2 s window); "
+            "then h2load open loop with the probe (annfleet's client, "
+            f"{args.probe_qps:g}/s) beside it; then annfleet's client without throttle. "
+            "Client rows count over the measured window (offered, locally throttled, sent, "
+            "refused, OK); the accepted p99 is over the calls the server answered OK, from "
+            "their scheduled send time. `router_answered_qps` is the router's own count over "
+            "the phase's wall time (drain included)"
+        )
     if result["generator"] == "h2load":
         return (
             "h2load (4 HTTP/2 connections, one query repeated; CPU per request in "
