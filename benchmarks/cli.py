@@ -190,9 +190,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     ld.add_argument(
         "--throttle-k",
-        type=float,
-        default=2.0,
-        help="--overload --generator client: the client throttle's k (ThrottleConfig.k)",
+        type=_floats,
+        default=[2.0],
+        help="--overload --generator client: the client throttle's k (ThrottleConfig.k); a "
+        "comma list runs one throttled overload phase per value (the first is the headline)",
     )
     ld.add_argument(
         "--settle",

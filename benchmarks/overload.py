@@ -355,11 +355,10 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             capacity_qps = capacity_codes.get("OK", 0) / capacity.wall_s
             rss["after capacity"] = rss_mib(pids)
             offered = args.overload * capacity_qps
-            if with_client:
-                throttled, throttled_codes, throttled_wall = counted(
-                    lambda: client(offered, args.throttle_k)
-                )
-                rss["after overload"] = rss_mib(pids)
+            throttled: list[tuple[float, dict[str, Any], dict[str, int], float]] = []
+            for k in args.throttle_k if with_client else ():
+                throttled.append((k, *counted(lambda: client(offered, k))))  # noqa: B023
+                rss["after overload" if len(throttled) == 1 else f"after k={k:g}"] = rss_mib(pids)
                 time.sleep(args.settle)
             (overload, loaded), overload_codes, _ = counted(lambda: flood(offered))
             rss["after h2load overload" if with_client else "after overload"] = rss_mib(pids)
@@ -375,7 +374,6 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
     h2load_summary = {"capacity": capacity.summary(), "overload": overload.summary()}
     if with_client:
         u99 = unloaded["p99_ms"]
-        k = f"{args.throttle_k:g}"
         name = f"{args.overload:g}x capacity"
         rows = [
             client_row(
@@ -390,13 +388,9 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 u99,
                 sent_qps=capacity.requests / capacity.wall_s,
             ),
-            client_row(
-                f"{name}: annfleet client, throttle k={k}",
-                throttled,
-                throttled_codes,
-                throttled_wall,
-                offered,
-                u99,
+            *(
+                client_row(f"{name}: annfleet client, throttle k={k:g}", r, c, w, offered, u99)
+                for k, r, c, w in throttled
             ),
             client_row(
                 f"{name}: h2load (never backs off) + probe",
@@ -417,18 +411,18 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             ),
         ]
         return {
-            **summary("client", rows, rss, peak, unloaded, throttled, capacity_qps),
+            **summary("client", rows, rss, peak, unloaded, throttled[0][1], capacity_qps),
             "throttle_k": args.throttle_k,
             "cpu": {
                 "probe_unloaded": unloaded["cpu"],
-                "client_throttled": throttled["cpu"],
+                **{f"client_throttle_k{k:g}": r["cpu"] for k, r, _, _ in throttled},
                 "probe_h2load": loaded["cpu"],
                 "client_unthrottled": plain["cpu"],
             },
             "h2load": h2load_summary,
             "raw": {
                 "unloaded": unloaded,
-                "client_throttled": throttled,
+                **{f"client_throttle_k{k:g}": r for k, r, _, _ in throttled},
                 "h2load_probe": loaded,
                 "client_unthrottled": plain,
             },
@@ -481,10 +475,12 @@ def lines(result: dict[str, Any]) -> list[str]:
 
 def _generator_line(args: argparse.Namespace, result: dict[str, Any]) -> str:
     if result["generator"] == "client":
+        ks = ", ".join(f"{k:g}" for k in args.throttle_k)
         return (
             "capacity from h2load's closed loop (4 HTTP/2 connections, one query repeated); "
             f"the overload from annfleet's AsyncClient in {args.processes} process(es), open "
-            f"loop, retries 0, its adaptive throttle at k={args.throttle_k:g} (2 s window); "
+            f"loop, retries 0, its adaptive throttle at k = {ks} "
+            "(one phase each, 2 s window); "
             "then h2load open loop with the probe (annfleet's client, "
             f"{args.probe_qps:g}/s) beside it; then annfleet's client without throttle. "
             "Client rows count over the measured window (offered, locally throttled, sent, "

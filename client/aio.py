@@ -12,7 +12,7 @@ import numpy as np
 
 from annfleet.client import results as r
 from annfleet.client.channels import open_aio_channel
-from annfleet.client.errors import from_rpc_error, refused, retry_backoff
+from annfleet.client.errors import from_rpc_error, overloaded, retry_backoff
 from annfleet.client.throttle import (
     DEFAULT_THROTTLE,
     AdaptiveThrottle,
@@ -41,7 +41,7 @@ async def call_with_retry(
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             if throttle is not None:
-                throttle.record(refused(error))
+                throttle.record(overloaded(error))
             await asyncio.sleep(retry_backoff(error, attempt, retries, deadline))
             attempt += 1
         else:

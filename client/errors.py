@@ -78,6 +78,18 @@ def refused(error: AnnfleetError) -> bool:
     )
 
 
+# Outcomes that say the server could not take the call in time: it refused it, or the call
+# ran out of time (queued in the server's HTTP/2 or handler queue, the deadline passed).
+OVERLOAD_TIMEOUTS = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+def overloaded(error: AnnfleetError) -> bool:
+    """What the client's throttle counts against the server: a refusal (``refused``), or a
+    call that timed out or was cancelled by the server. Not UNAVAILABLE (down, not busy),
+    nor the caller's own mistakes, nor grpc's message-size limit."""
+    return refused(error) or error.code in OVERLOAD_TIMEOUTS
+
+
 def retryable(error: AnnfleetError) -> bool:
     """UNAVAILABLE (server down or starting) and RESOURCE_EXHAUSTED (a full queue shed the
     request), except grpc's message-size RESOURCE_EXHAUSTED and a local throttle."""

@@ -8,9 +8,14 @@ remedy is that each client stops sending what the server is going to refuse.
 Each client keeps, over a sliding window of ``window_s`` seconds (``buckets`` buckets):
 
 - ``requests``: attempts that finished, plus calls this client rejected locally;
-- ``accepts``: attempts the server did not refuse (anything but a RESOURCE_EXHAUSTED from
-  an admission or queue limit; grpc's message-size RESOURCE_EXHAUSTED is not a refusal,
-  see ``errors.refused``).
+- ``accepts``: attempts the server took: all but those it refused (RESOURCE_EXHAUSTED from
+  an admission or queue limit; grpc's message-size RESOURCE_EXHAUSTED is not a refusal)
+  and those that ran out of time (DEADLINE_EXCEEDED, or CANCELLED by the server), see
+  ``errors.overloaded``. The timeouts count because an overloaded Python gRPC server may
+  not get to refuse at all: requests wait in HTTP/2 until their deadline passes (measured:
+  at 4x capacity with a throttle that counted only refusals, the router refused 3.7/s and
+  let 2,900/s time out, and the throttle never engaged). As grpc-java's RLS throttler,
+  which counts every error; unlike it, UNAVAILABLE (a server down, not busy) is an accept.
 
 and rejects a new attempt locally, before any RPC, with probability
 ``max(0, (requests - k * accepts) / (requests + 1))``. While the server accepts everything
@@ -74,7 +79,7 @@ class ThrottleStats:
 
     requests: int  # attempts that finished + calls rejected locally
     accepts: int  # attempts the server did not refuse
-    refused: int  # attempts the server refused (RESOURCE_EXHAUSTED from its limits)
+    refused: int  # attempts refused (RESOURCE_EXHAUSTED from a limit) or timed out
     throttled: int  # calls rejected locally, never sent
     probability: float  # what the next attempt is rejected with, now
 
@@ -145,8 +150,8 @@ class AdaptiveThrottle:
         )
 
     def record(self, refused: bool) -> None:
-        """After an attempt finished: ``refused`` if the server refused it (its admission or
-        queue limit); any other outcome, success or failure, is an accept."""
+        """After an attempt finished: ``refused`` if the server refused it or it timed out
+        (``errors.overloaded``); any other outcome, success or failure, is an accept."""
         with self._lock:
             i = self._advance()
             self._requests[i] += 1

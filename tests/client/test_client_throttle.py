@@ -20,14 +20,17 @@ from support import LoopThread, ObservedServer, start_observed_shard
 
 from annfleet.bundle import Bundle
 from annfleet.client import (
+    AnnfleetError,
     AsyncClient,
     Client,
+    DeadlineExceeded,
     InvalidArgument,
     ResourceExhausted,
     ThrottleConfig,
     Throttled,
+    Unavailable,
 )
-from annfleet.client.errors import refused, retryable
+from annfleet.client.errors import overloaded, refused, retryable
 from annfleet.client.throttle import AdaptiveThrottle, rejection_probability
 from annfleet.config import RouterConfig
 from annfleet.router.main import RouterServer, start_router
@@ -144,12 +147,22 @@ def test_config_is_checked() -> None:
             ThrottleConfig(**bad)  # type: ignore[arg-type]
 
 
-def test_only_admission_refusals_count_as_refused() -> None:
+def test_what_counts_against_the_server() -> None:
+    """Refusals by a limit and timeouts count; grpc's message-size limit, the client's own
+    throttle, a server that is down and a bad argument do not."""
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     assert refused(ResourceExhausted("2 requests in flight (limit 2, max_in_flight 2)", code))
-    assert not refused(ResourceExhausted("Received message larger than max (9 vs. 4)", code))
+    assert overloaded(ResourceExhausted("shard 0: 64 searches queued (max_queue 64)", code))
+    for size in ("Received", "Sent", "SERVER: Received"):
+        too_big = ResourceExhausted(f"{size} message larger than max (9 vs. 4)", code)
+        assert not refused(too_big) and not overloaded(too_big) and not retryable(too_big)
     assert not refused(Throttled("throttled locally, not sent: ...", code))
+    assert not overloaded(Throttled("throttled locally, not sent: ...", code))
     assert not retryable(Throttled("throttled locally, not sent: ...", code))
+    assert overloaded(DeadlineExceeded("Deadline Exceeded"))
+    assert overloaded(AnnfleetError("cancelled by the server", grpc.StatusCode.CANCELLED))
+    assert not overloaded(Unavailable("failed to connect"))
+    assert not overloaded(InvalidArgument("k must be >= 1"))
 
 
 def test_a_local_rejection_costs_no_rpc() -> None:
