@@ -117,17 +117,20 @@ def generator(args: argparse.Namespace) -> str:
 
 def client_row(
     name: str,
-    result: dict[str, Any] | None,
+    load: dict[str, Any] | None,
+    probe: dict[str, Any] | None,
     codes: dict[str, int],
     wall_s: float,
     offered_qps: float | None,
     unloaded_p99_ms: float,
     sent_qps: float | None = None,
 ) -> dict[str, Any]:
-    """One phase of ``--generator client``. ``result``: the run_load of annfleet's client
-    whose OK latencies are the accepted latencies (the load itself, or the probe beside
-    h2load); its own counts are over the measured window. ``codes``: the router's answers
-    by status over ``wall_s``. ``sent_qps``: what h2load sent, when it was the load."""
+    """One phase of ``--generator client``. ``load``: the run_load of annfleet's client when
+    it was the load (its own counts over the measured window, and its accepted latency,
+    which includes its own event loop's lag at thousands of arrivals per second);
+    ``probe``: the light probe beside it (the accepted latency, measured as the unloaded
+    one was). ``codes``: the router's answers by status over ``wall_s``. ``sent_qps``:
+    what h2load sent, when it was the load."""
     answered = sum(codes.values())
     row: dict[str, Any] = {
         "phase": name,
@@ -138,27 +141,31 @@ def client_row(
         "ok_qps": round(codes.get("OK", 0) / wall_s, 1),
         "other_codes": {c: n for c, n in codes.items() if c not in ("OK", "RESOURCE_EXHAUSTED")}
         or "",
-        "accepted_p50_ms": None,
-        "accepted_p99_ms": None,
-        "p99_x_unloaded": None,
-        "accepted_n": 0,
+        "load_p99_ms": None,
+        "load_p99_x": None,
+        "probe_p50_ms": None,
+        "probe_p99_ms": None,
+        "probe_p99_x": None,
+        "probe_ok": None,
         "router_answered_qps": round(answered / wall_s, 1),
     }
-    if result is None:
-        return row
-    row["accepted_p50_ms"] = round(result["p50_ms"], 2)
-    row["accepted_p99_ms"] = round(result["p99_ms"], 2)
-    row["p99_x_unloaded"] = round(result["p99_ms"] / unloaded_p99_ms, 2)
-    row["accepted_n"] = result["ok"]
-    if sent_qps is None:  # annfleet's client was the load: its own counts, per window second
-        duration = result["spec"]["duration"]
-        errors = result["errors"]
+    if probe is not None:
+        row["probe_p50_ms"] = round(probe["p50_ms"], 2)
+        row["probe_p99_ms"] = round(probe["p99_ms"], 2)
+        row["probe_p99_x"] = round(probe["p99_ms"] / unloaded_p99_ms, 2)
+        probe_errors = {c: n for c, n in probe["errors"].items() if c != "CLIENT_BACKLOG"}
+        row["probe_ok"] = f"{probe['ok']}/{probe['ok'] + sum(probe_errors.values())}"
+    if load is not None:  # annfleet's client was the load: its own counts, per window second
+        row["load_p99_ms"] = round(load["p99_ms"], 2)
+        row["load_p99_x"] = round(load["p99_ms"] / unloaded_p99_ms, 2)
+        duration = load["spec"]["duration"]
+        errors = load["errors"]
         local = ("THROTTLED", "CLIENT_BACKLOG")
-        sent = result["ok"] + sum(n for c, n in errors.items() if c not in local)
+        sent = load["ok"] + sum(n for c, n in errors.items() if c not in local)
         row["throttled_qps"] = round(errors.get("THROTTLED", 0) / duration, 1)
         row["sent_qps"] = round(sent / duration, 1)
         row["refused_qps"] = round(errors.get("RESOURCE_EXHAUSTED", 0) / duration, 1)
-        row["ok_qps"] = round(result["ok"] / duration, 1)
+        row["ok_qps"] = round(load["ok"] / duration, 1)
         others = {c: n for c, n in errors.items() if c not in (*local, "RESOURCE_EXHAUSTED")}
         if errors.get("CLIENT_BACKLOG"):
             others["CLIENT_BACKLOG"] = errors["CLIENT_BACKLOG"]
@@ -334,7 +341,9 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 probe = run_load(probe_spec, queries, server_pids=pids, start_at=start_at)
                 return sent.result(), probe
 
-        def client(offered: float, throttle_k: float) -> dict[str, Any]:
+        def client(offered: float, throttle_k: float) -> tuple[dict[str, Any], dict[str, Any]]:
+            """annfleet's client as the load, and the probe beside it (both throttled with
+            ``throttle_k``, 0: neither): (load, probe)."""
             spec = dataclasses.replace(
                 probe_spec,
                 qps=offered,
@@ -342,7 +351,15 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=args.client_in_flight * args.processes,
                 throttle_k=throttle_k,
             )
-            return run_load(spec, queries, server_pids=pids)
+            start_at = time.time() + 3.0 + 0.5 * args.processes  # spawns and imports
+            with ThreadPoolExecutor(1) as pool:
+                load = pool.submit(run_load, spec, queries, server_pids=pids, start_at=start_at)
+                probe = run_load(
+                    dataclasses.replace(probe_spec, throttle_k=throttle_k),
+                    queries,
+                    start_at=start_at,
+                )
+                return load.result(), probe
 
         try:
             rss = {"start": rss_mib(pids)}
@@ -355,7 +372,9 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             capacity_qps = capacity_codes.get("OK", 0) / capacity.wall_s
             rss["after capacity"] = rss_mib(pids)
             offered = args.overload * capacity_qps
-            throttled: list[tuple[float, dict[str, Any], dict[str, int], float]] = []
+            throttled: list[
+                tuple[float, tuple[dict[str, Any], dict[str, Any]], dict[str, int], float]
+            ] = []
             for k in args.throttle_k if with_client else ():
                 throttled.append((k, *counted(lambda: client(offered, k))))  # noqa: B023
                 rss["after overload" if len(throttled) == 1 else f"after k={k:g}"] = rss_mib(pids)
@@ -377,10 +396,11 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
         name = f"{args.overload:g}x capacity"
         rows = [
             client_row(
-                "unloaded (probe alone)", unloaded, unloaded_codes, unloaded_wall, None, u99
+                "unloaded (probe alone)", None, unloaded, unloaded_codes, unloaded_wall, None, u99
             ),
             client_row(
                 f"capacity (h2load closed, {args.concurrency} in flight)",
+                None,
                 None,
                 capacity_codes,
                 capacity.wall_s,
@@ -389,11 +409,12 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 sent_qps=capacity.requests / capacity.wall_s,
             ),
             *(
-                client_row(f"{name}: annfleet client, throttle k={k:g}", r, c, w, offered, u99)
+                client_row(f"{name}: annfleet client, throttle k={k:g}", *r, c, w, offered, u99)
                 for k, r, c, w in throttled
             ),
             client_row(
-                f"{name}: h2load (never backs off) + probe",
+                f"{name}: h2load (never backs off)",
+                None,
                 loaded,
                 overload_codes,
                 overload.wall_s,
@@ -403,7 +424,8 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             ),
             client_row(
                 f"{name}: annfleet client, no throttle",
-                plain,
+                plain[0],
+                plain[1],
                 plain_codes,
                 plain_wall,
                 offered,
@@ -411,20 +433,22 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             ),
         ]
         return {
-            **summary("client", rows, rss, peak, unloaded, throttled[0][1], capacity_qps),
+            **summary("client", rows, rss, peak, unloaded, throttled[0][1][1], capacity_qps),
             "throttle_k": args.throttle_k,
             "cpu": {
                 "probe_unloaded": unloaded["cpu"],
-                **{f"client_throttle_k{k:g}": r["cpu"] for k, r, _, _ in throttled},
+                **{f"client_throttle_k{k:g}": r[0]["cpu"] for k, r, _, _ in throttled},
                 "probe_h2load": loaded["cpu"],
-                "client_unthrottled": plain["cpu"],
+                "client_unthrottled": plain[0]["cpu"],
             },
             "h2load": h2load_summary,
             "raw": {
                 "unloaded": unloaded,
-                **{f"client_throttle_k{k:g}": r for k, r, _, _ in throttled},
+                **{f"client_throttle_k{k:g}": r[0] for k, r, _, _ in throttled},
+                **{f"probe_throttle_k{k:g}": r[1] for k, r, _, _ in throttled},
                 "h2load_probe": loaded,
-                "client_unthrottled": plain,
+                "client_unthrottled": plain[0],
+                "probe_unthrottled": plain[1],
             },
         }
     no_probe = {"ok": 0, "errors": {}, "p50_ms": float("nan"), "p99_ms": float("nan")}
@@ -480,13 +504,15 @@ def _generator_line(args: argparse.Namespace, result: dict[str, Any]) -> str:
             "capacity from h2load's closed loop (4 HTTP/2 connections, one query repeated); "
             f"the overload from annfleet's AsyncClient in {args.processes} process(es), open "
             f"loop, retries 0, its adaptive throttle at k = {ks} "
-            "(one phase each, 2 s window); "
-            "then h2load open loop with the probe (annfleet's client, "
-            f"{args.probe_qps:g}/s) beside it; then annfleet's client without throttle. "
-            "Client rows count over the measured window (offered, locally throttled, sent, "
-            "refused, OK); the accepted p99 is over the calls the server answered OK, from "
-            "their scheduled send time. `router_answered_qps` is the router's own count over "
-            "the phase's wall time (drain included)"
+            "(one phase each, 2 s window); then h2load open loop; then annfleet's client "
+            "without throttle. Beside every overload phase the probe (annfleet's client, "
+            f"{args.probe_qps:g}/s open loop, throttled as the load is) measures accepted "
+            "latency as it measured the unloaded one (`probe_*`: p99 over the calls the "
+            "server answered OK, from their scheduled send time; `probe_p99_x`: over the "
+            "unloaded p99). Client rows count over the measured window (offered, locally "
+            "throttled, sent, refused, OK), and `load_p99_*` is the load's own accepted p99 "
+            "(including its event loop's lag). `router_answered_qps`: the router's own "
+            "count over the phase's wall time (drain included)"
         )
     if result["generator"] == "h2load":
         return (
