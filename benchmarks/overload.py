@@ -173,6 +173,42 @@ def client_row(
     return row
 
 
+def local_reject_us(dim: int, k: int, n: int = 20_000) -> dict[str, float]:
+    """CPU µs of one call the client's throttle rejects (nothing is sent: the target is a
+    closed port): ``AdaptiveThrottle.admit`` alone, and a whole ``AsyncClient.search``
+    (request built, admitted, ``Throttled`` raised and caught), ``n`` of each in a loop."""
+    import asyncio
+
+    from annfleet.client import AsyncClient, Throttled
+    from annfleet.cluster import free_port
+
+    def reject_all(throttle: Any) -> None:
+        for _ in range(100):
+            throttle.record(True)
+        throttle._draw = lambda: 0.0  # every p > 0 rejects
+
+    async def measure() -> dict[str, float]:
+        async with AsyncClient(f"127.0.0.1:{free_port()}", retries=0) as client:
+            assert client.throttle is not None
+            reject_all(client.throttle)
+            query = np.zeros(dim, np.float32)
+            t0 = time.process_time()
+            for _ in range(n):
+                with contextlib.suppress(Throttled):
+                    client.throttle.admit()
+            t1 = time.process_time()
+            for _ in range(n):
+                with contextlib.suppress(Throttled):
+                    await client.search(query, k)
+            t2 = time.process_time()
+        return {
+            "admit_us": round(1e6 * (t1 - t0) / n, 2),
+            "async_search_us": round(1e6 * (t2 - t1) / n, 2),
+        }
+
+    return asyncio.run(measure())
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if generator(args) in ("h2load", "client"):
         return run_h2load(args)
@@ -435,6 +471,7 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
         return {
             **summary("client", rows, rss, peak, unloaded, throttled[0][1][1], capacity_qps),
             "throttle_k": args.throttle_k,
+            "local_reject_cpu_us": local_reject_us(queries.shape[1], args.k),
             "cpu": {
                 "probe_unloaded": unloaded["cpu"],
                 **{f"client_throttle_k{k:g}": r[0]["cpu"] for k, r, _, _ in throttled},
@@ -485,6 +522,12 @@ def lines(result: dict[str, Any]) -> list[str]:
     out.append(
         f"accepted p99 / unloaded p99 = {result['accepted_p99_over_unloaded_p99']} (target <= 2)"
     )
+    if "local_reject_cpu_us" in result:
+        cost = result["local_reject_cpu_us"]
+        out.append(
+            f"a call the throttle rejects: {cost['async_search_us']} µs of CPU per "
+            f"AsyncClient.search, {cost['admit_us']} µs of it the throttle's admit"
+        )
     out.append(f"RSS MiB per process ({' / '.join(result['rss_mib'])} / peak):")
     for name in result["rss_mib"]["start"]:
         values = [result["rss_mib"][phase][name] for phase in result["rss_mib"]]

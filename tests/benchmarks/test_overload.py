@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from annfleet.benchmarks.overload import phase_row
+from annfleet.benchmarks.overload import client_row, phase_row
 
 
 def test_shed_fraction_counts_sent_requests_not_client_backlog() -> None:
@@ -20,3 +20,28 @@ def test_shed_fraction_counts_sent_requests_not_client_backlog() -> None:
     assert row["shed_fraction"] == 0.3
     assert row["client_backlog"] == 50
     assert row["errors"] == {"RESOURCE_EXHAUSTED": 300, "DEADLINE_EXCEEDED": 100}
+
+
+def test_client_row_counts_the_throttled_load_and_reads_latency_from_the_probe() -> None:
+    load = {
+        "spec": {"duration": 10.0},
+        "ok": 5000,
+        "errors": {
+            "THROTTLED": 30000,
+            "RESOURCE_EXHAUSTED": 400,
+            "DEADLINE_EXCEEDED": 600,
+            "CLIENT_BACKLOG": 7,
+        },
+        "p50_ms": 30.0,
+        "p99_ms": 90.0,
+    }
+    probe = {"ok": 450, "errors": {"THROTTLED": 50}, "p50_ms": 20.0, "p99_ms": 60.0}
+    codes = {"OK": 5100, "RESOURCE_EXHAUSTED": 410, "CANCELLED": 20}
+    row = client_row("k=2", load, probe, codes, 11.0, 3600.0, unloaded_p99_ms=30.0)
+    assert row["throttled_qps"] == 3000.0  # rejected locally, never sent
+    assert row["sent_qps"] == 600.0  # 5000 ok + 400 refused + 600 timed out, per 10 s
+    assert (row["refused_qps"], row["ok_qps"]) == (40.0, 500.0)
+    assert row["other_codes"] == {"DEADLINE_EXCEEDED": 600, "CLIENT_BACKLOG": 7}
+    assert (row["load_p99_x"], row["probe_p99_x"]) == (3.0, 2.0)
+    assert row["probe_ok"] == "450/500"  # the probe's throttled calls count as not answered
+    assert row["router_answered_qps"] == round(5530 / 11.0, 1)
