@@ -34,7 +34,7 @@ async def call_with_retry(
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
-        if throttle is not None:
+        if throttle is not None and attempt == 0:
             throttle.admit()
         try:
             result = await call(max(deadline - time.monotonic(), 0.001))

@@ -31,13 +31,13 @@ def call_with_retry(
 ) -> T:
     """Run ``call(remaining_timeout)``; retry what ``retry_backoff`` allows (UNAVAILABLE, a
     shed RESOURCE_EXHAUSTED), at most ``retries`` times, never past ``timeout``. Other
-    failures raise the mapped annfleet exception at once. With a ``throttle``, every attempt
-    (retries too) is first admitted by it (``Throttled`` ends the call, not retried) and
-    its outcome recorded."""
+    failures raise the mapped annfleet exception at once. With a ``throttle``, the call is
+    first admitted by it (``Throttled``: nothing is sent, nothing retried); a call it lets
+    out keeps its bounded retries, and every attempt's outcome is recorded."""
     deadline = time.monotonic() + timeout
     attempt = 0
     while True:
-        if throttle is not None:
+        if throttle is not None and attempt == 0:
             throttle.admit()
         try:
             result = call(max(deadline - time.monotonic(), 0.001))

@@ -90,3 +90,15 @@ def test_message_size_and_other_codes_are_not_retried() -> None:
     with pytest.raises(InvalidArgument):
         retry_backoff(InvalidArgument("bad"), 0, 3, deadline)
     assert retry_backoff(ResourceExhausted("full"), 0, 3, deadline) == pytest.approx(0.05)
+
+
+def test_a_call_the_throttle_let_out_keeps_its_retries(shedding) -> None:  # type: ignore[no-untyped-def]
+    """The throttle decides once per call: after two refusals (which alone would make it
+    reject with p = 2/3) the call's retries still go out, and each counts as a request."""
+    target, servicer = shedding(shed=2)
+    with Client(target, timeout=5, retries=2) as client:
+        result = client.search(np.zeros(4, np.float32), 1)
+        stats = client.throttle_stats
+    assert servicer.calls == 3 and result.ids.shape == (1, 1)
+    assert stats is not None
+    assert (stats.requests, stats.refused, stats.accepts, stats.throttled) == (3, 2, 1, 0)
