@@ -160,6 +160,12 @@ class RouterConfig:
     # ~100 ANN searches: at 1% of a busy router's traffic sampling took ~11% of the servers'
     # CPU, ab-10); 0 = no cap.
     recall_max_per_s: float = 2.0
+    # ... and measuring takes at most this share of the time: after a sample that took t
+    # seconds (its exact searches, each a whole-shard scan on every shard at once), the next
+    # is not taken for t / recall_max_share seconds. At 10M items an exact search costs
+    # ~135 ms of CPU per shard, and 2 samples a second took ~1 core (scale-10m-open-loop-2);
+    # at 0.05 each shard spends at most ~5% of a core on them. 0 = no cap.
+    recall_max_share: float = 0.05
     recall_k: int = 100
     recall_window: int = 1000
     # rollout --promote refuses a canary whose measured recall@recall_k is below recall_floor,
@@ -374,6 +380,11 @@ class ClusterConfig:
                 "in [0, 1]",
             ),
             (self.router.recall_max_per_s >= 0, "router.recall_max_per_s", ">= 0"),
+            (
+                0 <= self.router.recall_max_share <= 1,
+                "router.recall_max_share",
+                "between 0 (no cap) and 1",
+            ),
             (self.router.recall_k >= 1, "router.recall_k", ">= 1"),
             (self.router.recall_window >= 1, "router.recall_window", ">= 1"),
             (0.0 <= self.router.recall_floor <= 1.0, "router.recall_floor", "in [0, 1]"),

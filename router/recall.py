@@ -83,7 +83,9 @@ class RecallMonitor(SampledBackground):
         self.config = config
         self.rate = config.recall_sample_rate
         self.min_spacing_s = 1.0 / config.recall_max_per_s if config.recall_max_per_s > 0 else 0.0
+        self.max_share = config.recall_max_share
         self._last_sample = -math.inf
+        self._resume_at = -math.inf  # router.recall_max_share: no sample before this
         self.k = config.recall_k
         self._admin_replicas = admin_replicas
         self._token = token
@@ -104,8 +106,8 @@ class RecallMonitor(SampledBackground):
         if self.rate <= 0 or self._task is None or self._random.random() >= self.rate:
             return
         now = time.monotonic()
-        if now - self._last_sample < self.min_spacing_s:
-            return  # router.recall_max_per_s
+        if now - self._last_sample < self.min_spacing_s or now < self._resume_at:
+            return  # router.recall_max_per_s, router.recall_max_share
         self._last_sample = now
         self._forgotten.discard(state.bundle.id)  # it serves again
         try:
@@ -117,6 +119,9 @@ class RecallMonitor(SampledBackground):
     async def _run(self) -> None:
         while True:
             sample = await self._queue.get()
+            started = time.monotonic()
+            if self.max_share > 0:
+                self._resume_at = math.inf  # none queued while this one is measured
             try:
                 await self.measure(sample)
             except asyncio.CancelledError:
@@ -124,6 +129,10 @@ class RecallMonitor(SampledBackground):
             except Exception as exc:
                 RECALL_SAMPLES.labels("failed").inc()
                 log.info("recall sample not measured: %s", exc)
+            finally:
+                if self.max_share > 0:
+                    took = time.monotonic() - started
+                    self._resume_at = started + took / self.max_share
 
     async def measure(self, sample: Sample) -> None:
         """ANN and exact top-k of one sample on every shard; record the recalls."""

@@ -97,7 +97,7 @@ shards: {{count: 2, base_port: {shard_base}, metrics_base_port: -1, grace_s: 1.0
           admin_base_port: {free_port()}}}
 router: {{port: {free_port()}, metrics_port: {free_port()}, grace_s: 1.0,
           admin_port: {free_port()}, recall_sample_rate: 1.0,
-          recall_max_per_s: 0}}
+          recall_max_per_s: 0, recall_max_share: 0}}
 # The ANN source is never dropped for its budget here (coverage is asserted below), however
 # loaded the machine is.
 sources: {{ann: {{budget_ms: 60000.0}}}}

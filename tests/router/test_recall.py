@@ -193,6 +193,7 @@ def _fleet(
         "release_grace_s": 30.0,
         "recall_sample_rate": 1.0,
         "recall_max_per_s": 0.0,
+        "recall_max_share": 0.0,
         "recall_min_samples": 5,
         **router,
     }
@@ -250,6 +251,47 @@ def test_samples_are_capped_per_second() -> None:
 
     assert asyncio.run(offered(2.0)) == 1
     assert asyncio.run(offered(0.0)) == QUEUE_SIZE
+
+
+def test_measuring_takes_at_most_its_share_of_the_time() -> None:
+    """``recall_max_share``: no sample is queued while one is measured, nor for t / share
+    after a measurement that took t (at 10M items one takes ~135 ms of every shard's CPU);
+    0 = no cap: samples queue behind the one being measured."""
+    from annfleet.router.recall import RecallMonitor
+
+    class SlowMonitor(RecallMonitor):
+        async def measure(self, sample: Any) -> None:
+            await asyncio.sleep(0.05)
+            self.measured += 1
+
+    async def queued(max_share: float) -> tuple[int, int, int]:
+        """(queued while measuring, measured, queued right after the measurement)"""
+        config = RouterConfig(
+            recall_sample_rate=1.0, recall_max_per_s=0.0, recall_max_share=max_share
+        )
+        monitor = SlowMonitor(config, _no_replicas, "token", seed=0)
+        monitor.start()
+        state: Any = SimpleNamespace(bundle=SimpleNamespace(id="b"))
+        query = np.zeros((1, 4), np.float32)
+        monitor.offer(state, query, common_pb2.SearchParams())
+        await asyncio.sleep(0.01)  # the background task took it and is measuring
+        for _ in range(5):
+            monitor.offer(state, query, common_pb2.SearchParams())
+        during = monitor._queue.qsize()
+        while monitor.measured < 1:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        if max_share > 0:
+            monitor.offer(state, query, common_pb2.SearchParams())  # within t / share
+            after = monitor._queue.qsize()
+        else:
+            after = -1
+        await monitor.close()
+        return during, monitor.measured, after
+
+    assert asyncio.run(queued(0.01)) == (0, 1, 0)
+    during, _, _ = asyncio.run(queued(0.0))
+    assert during == 5
 
 
 async def _no_replicas() -> list[Any]:
