@@ -12,6 +12,16 @@ from pathlib import Path
 
 # Kept here (not imported from evaluate) so the main CLI starts without importing torch.
 SPLITS = ("per_user", "global")
+MODELS = (
+    "popularity",
+    "popularity_recent",
+    "mf_bpr",
+    "item_item",
+    "ease",
+    "two_tower",
+    "two_tower_ann",
+    "cold_start",
+)
 
 DEFAULT_CACHE = Path(os.environ.get("ANNFLEET_CACHE", Path.home() / ".cache" / "annfleet"))
 
@@ -25,6 +35,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     p.add_argument("--epochs", type=int, default=None, help="two-tower epochs (default: tuned)")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=None,
+        help="independently seeded two-towers served as one (default: tuned)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide tqdm progress bars")
 
 
@@ -68,6 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="seeds that also train the cold-start model (default: all --seeds)",
     )
     e.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    e.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS,
+        default=None,
+        help="only these models (default all; cold_start still only for --cold-seeds)",
+    )
     e.add_argument(
         "--split",
         choices=SPLITS,
@@ -145,6 +168,10 @@ def _config(args: argparse.Namespace, seed: int = 0):  # type: ignore[no-untyped
     cfg = replace(TwoTowerConfig(), dim=args.dim, seed=seed)
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
+    if args.members is not None:
+        if args.members < 1:
+            raise SystemExit("--members must be at least 1")
+        cfg = replace(cfg, members=args.members)
     return cfg
 
 
@@ -163,6 +190,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         cold_seeds=None if args.cold_seeds is None else tuple(args.cold_seeds),
         threads=args.threads,
+        models=tuple(args.models or MODELS),
     )
     if args.json:
         print(json.dumps(results, indent=2))

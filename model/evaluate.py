@@ -212,9 +212,11 @@ def cache_key(
     config: TwoTowerConfig,
     validation: bool,
     cold_seeds: tuple[int, ...] = (),
+    models: tuple[str, ...] = MODELS,
 ) -> str:
     blob = json.dumps(
         {
+            **({} if set(models) >= set(MODELS) else {"models": sorted(models)}),
             "v": EVAL_VERSION,
             "data": fingerprint,
             "splits": splits,
@@ -243,11 +245,12 @@ def run_eval(
     progress: bool = True,
     cold_seeds: tuple[int, ...] | None = None,
     threads: int = 2,
+    models: tuple[str, ...] = MODELS,
 ) -> list[dict[str, Any]]:
     """The `annfleet eval` result: one object per split with per-model means over seeds.
 
     ``cold_seeds``: the seeds that also run the (separately trained) cold-start model;
-    default all of ``seeds``.
+    default all of ``seeds``. ``models``: only these (default all).
     """
     torch.set_num_threads(threads)
     cold_seeds = tuple(seeds) if cold_seeds is None else tuple(cold_seeds)
@@ -255,7 +258,7 @@ def run_eval(
     config = config or TwoTowerConfig()
     cache_file = None
     if cache_dir is not None:
-        key = cache_key(data.fingerprint(), splits, seeds, config, validation, cold_seeds)
+        key = cache_key(data.fingerprint(), splits, seeds, config, validation, cold_seeds, models)
         cache_file = Path(cache_dir) / f"eval-{key}.json"
         if cache_file.is_file():
             log.info("reusing cached evaluation %s", cache_file)
@@ -271,7 +274,7 @@ def run_eval(
                 config=config,
                 validation=validation,
                 progress=progress,
-                models=MODELS if s in cold_seeds else MODELS[:-1],
+                models=tuple(m for m in models if s in cold_seeds or m != "cold_start"),
             )
             for s in seeds
         ]

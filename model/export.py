@@ -44,7 +44,7 @@ from annfleet.model.data import GAP_EDGES, MovieLens, load_movielens
 from annfleet.model.features import TREND_WEEKS, USER_TOWER_INPUTS, time_features, user_rows
 from annfleet.model.tables import seen_table
 from annfleet.model.two_tower import (
-    TwoTower,
+    Model,
     TwoTowerConfig,
     all_item_vectors,
     train_two_tower,
@@ -55,7 +55,7 @@ from annfleet.server.builder import build_bundle
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "two_tower_movielens100k"
-MODEL_VERSION = "4"
+MODEL_VERSION = "5"
 NEIGHBOURS = 20
 USER_COLUMNS: list[str] = list(cast(dict[str, Any], USER_TOWER_INPUTS["user"])["columns"])
 RECENT_WINDOW_DAYS = 7
@@ -128,7 +128,7 @@ def user_state(data: MovieLens, mask: np.ndarray, length: int) -> tuple[np.ndarr
     return recent, last_ts
 
 
-def script_user_tower(model: TwoTower, path: Path) -> Path:
+def script_user_tower(model: Model, path: Path) -> Path:
     """Save the user tower as TorchScript to ``path``."""
     scripted = torch.jit.script(model.user.eval())
     scripted.save(str(path))
@@ -200,7 +200,7 @@ def train_and_export(
 def export_model(
     out: Path,
     data: MovieLens,
-    model: TwoTower,
+    model: Model,
     config: TwoTowerConfig,
     *,
     train: np.ndarray | None = None,
@@ -262,7 +262,7 @@ def export_model(
         "file": "user_tower.pt",
         "format": "torchscript",
         "inputs": USER_TOWER_INPUTS,
-        "output": {"shape": ["B", config.dim], "dtype": "float32", "normalized": True},
+        "output": {"shape": ["B", config.out_dim], "dtype": "float32", "normalized": True},
         "recent_len": length,
         "tables": {
             "users": "user_features",

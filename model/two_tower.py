@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -64,7 +64,18 @@ class TwoTowerConfig:
     blocks: int = 0  # self-attention blocks over the recent-item sequence (0 = pooling only)
     heads: int = 2
     dropout: float = 0.1  # dropout inside the self-attention blocks
+    members: int = 2  # independently seeded two-towers served as one (vectors concatenated)
     seed: int = 0
+
+    @property
+    def out_dim(self) -> int:
+        """Width of the served user and item vectors: ``dim`` per member."""
+        return self.dim * self.members
+
+    def member_seed(self, j: int) -> int:
+        """Training seed of ensemble member ``j`` (member 0 = ``seed``: a one-member
+        ensemble is the plain model)."""
+        return self.seed + 1000 * j
 
 
 class SelfAttentionBlock(nn.Module):
@@ -253,6 +264,47 @@ class TwoTower(nn.Module):
         return self.item(ids, f.genres[index], f.year[index], f.title[index], f.fine_year[index])
 
 
+class EnsembleUserTower(nn.Module):
+    """The members' user towers as one: their (B, dim) outputs concatenated and scaled by
+    1/sqrt(K), so the result is L2-normalised and its dot product with an ensemble item vector
+    is the mean of the members' scores. TorchScript-able, same inputs as ``UserTower``."""
+
+    def __init__(self, towers: list[UserTower]) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(towers)
+        self.scale = 1.0 / math.sqrt(len(towers))
+
+    def forward(self, user: Tensor, recent: Tensor, time: Tensor) -> Tensor:
+        outs: list[Tensor] = []
+        for tower in self.towers:
+            outs.append(tower(user, recent, time))
+        return torch.cat(outs, dim=1) * self.scale
+
+
+class TwoTowerEnsemble(nn.Module):
+    """K independently trained two-towers served as one two-tower of width K * dim: user and
+    item vectors are the members' concatenated (each scaled by 1/sqrt(K)), so one
+    inner-product index over the item vectors ranks by the mean of the members' scores."""
+
+    def __init__(self, members: list[TwoTower], config: TwoTowerConfig) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.config = config
+        self.user = EnsembleUserTower([m.user for m in members])
+        self.scale = 1.0 / math.sqrt(len(members))
+        # mean training loss per epoch, averaged over the members
+        per_member = [m.losses for m in members]
+        self.losses: list[float] = [float(np.mean(e)) for e in zip(*per_member, strict=True)]
+
+    def item_vectors(self, index: Tensor, id_known: Tensor | None = None) -> Tensor:
+        """index (n,) int64 -> (n, K * dim), as ``TwoTower.item_vectors``."""
+        vecs = [m.item_vectors(index, id_known) for m in self.members]
+        return torch.cat(vecs, dim=1) * self.scale
+
+
+Model = TwoTower | TwoTowerEnsemble
+
+
 def sampled_softmax_logits(
     user: Tensor, items: Tensor, log_q: Tensor | None, temperature: float
 ) -> Tensor:
@@ -402,8 +454,24 @@ def _shifted_context(
 
 def train_two_tower(
     data: MovieLens, train: np.ndarray, config: TwoTowerConfig, *, progress: bool = True
+) -> Model:
+    """Train on the interactions selected by ``train`` (n,) bool; deterministic per seed.
+
+    With ``config.members`` > 1: that many two-towers, member j seeded
+    ``config.member_seed(j)``, returned as one ``TwoTowerEnsemble``.
+    """
+    if config.members <= 1:
+        return _train_one(data, train, config, progress)
+    members = [
+        _train_one(data, train, replace(config, members=1, seed=config.member_seed(j)), progress)
+        for j in range(config.members)
+    ]
+    return TwoTowerEnsemble(members, config)
+
+
+def _train_one(
+    data: MovieLens, train: np.ndarray, config: TwoTowerConfig, progress: bool
 ) -> TwoTower:
-    """Train on the interactions selected by ``train`` (n,) bool; deterministic per seed."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = TwoTower(data, config)
@@ -480,8 +548,8 @@ def train_two_tower(
 
 
 @torch.no_grad()
-def all_item_vectors(model: TwoTower, num_items: int, cold: np.ndarray | None = None) -> np.ndarray:
-    """(N + 1, dim) float32 item vectors (row 0 = padding); ``cold`` indices use content only."""
+def all_item_vectors(model: Model, num_items: int, cold: np.ndarray | None = None) -> np.ndarray:
+    """(N + 1, out_dim) float32 item vectors (row 0 = padding); ``cold``: content only."""
     index = torch.arange(num_items + 1)
     known = torch.ones(num_items + 1, dtype=torch.bool)
     if cold is not None and len(cold):
@@ -491,9 +559,9 @@ def all_item_vectors(model: TwoTower, num_items: int, cold: np.ndarray | None = 
 
 @torch.no_grad()
 def user_vectors(
-    model: TwoTower, user: np.ndarray, recent: np.ndarray, tfeat: np.ndarray, batch: int = 4096
+    model: Model, user: np.ndarray, recent: np.ndarray, tfeat: np.ndarray, batch: int = 4096
 ) -> np.ndarray:
-    """Tower inputs (n, 5), (n, L), (n, 4) int64 -> (n, dim) float32."""
+    """Tower inputs (n, 5), (n, L), (n, 4) int64 -> (n, out_dim) float32."""
     out = [
         model.user(
             torch.from_numpy(user[s : s + batch]),

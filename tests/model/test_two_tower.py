@@ -13,6 +13,8 @@ from annfleet.model.features import build_queries
 from annfleet.model.two_tower import (
     TwoTower,
     TwoTowerConfig,
+    TwoTowerEnsemble,
+    all_item_vectors,
     build_examples,
     full_softmax_loss,
     logq_correction,
@@ -21,6 +23,7 @@ from annfleet.model.two_tower import (
     train_two_tower,
     two_tower_loss,
     user_item_mask,
+    user_vectors,
 )
 
 
@@ -85,7 +88,9 @@ def test_full_softmax_candidates_are_the_training_items(movielens: MovieLens, mo
         return original(self, index, id_known)
 
     monkeypatch.setattr(TwoTower, "item_vectors", spy)
-    cfg = TwoTowerConfig(dim=8, epochs=1, batch_size=2048, full_softmax=True, content_loss=0.5)
+    cfg = TwoTowerConfig(
+        dim=8, epochs=1, batch_size=2048, full_softmax=True, content_loss=0.5, members=1
+    )
     train_two_tower(movielens, train, cfg, progress=False)
     expect = np.unique(movielens.inter_item[train])
     assert len(candidates) == 2 * -(-int(train.sum()) // 2048)  # warm + content-only per batch
@@ -109,7 +114,7 @@ def _small(movielens: MovieLens) -> np.ndarray:
 
 
 def test_loss_decreases_on_a_small_run(movielens: MovieLens) -> None:
-    cfg = TwoTowerConfig(dim=16, epochs=3, batch_size=512, lr=1e-2, seed=1)
+    cfg = TwoTowerConfig(dim=16, epochs=3, batch_size=512, lr=1e-2, seed=1, members=1)
     model = train_two_tower(movielens, _small(movielens), cfg, progress=False)
     assert len(model.losses) == 3
     assert model.losses[-1] < model.losses[0] - 0.05
@@ -118,7 +123,13 @@ def test_loss_decreases_on_a_small_run(movielens: MovieLens) -> None:
 @pytest.mark.parametrize("full", [False, True])
 def test_deterministic_per_seed(movielens: MovieLens, full: bool) -> None:
     cfg = TwoTowerConfig(
-        dim=8, epochs=1, batch_size=512, seed=3, full_softmax=full, mask_user_items=full
+        dim=8,
+        epochs=1,
+        batch_size=512,
+        seed=3,
+        full_softmax=full,
+        mask_user_items=full,
+        members=1,
     )
     a = train_two_tower(movielens, _small(movielens), cfg, progress=False)
     b = train_two_tower(movielens, _small(movielens), cfg, progress=False)
@@ -126,7 +137,7 @@ def test_deterministic_per_seed(movielens: MovieLens, full: bool) -> None:
 
 
 def test_torchscript_equals_eager(movielens: MovieLens, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    cfg = TwoTowerConfig(dim=16, epochs=1, seed=0)
+    cfg = TwoTowerConfig(dim=16, epochs=1, seed=0, members=1)
     model = train_two_tower(movielens, _small(movielens), cfg, progress=False)
     q = build_queries(movielens, per_user_split(movielens))
     inputs = (torch.from_numpy(q.user), torch.from_numpy(q.recent), torch.from_numpy(q.time))
@@ -199,3 +210,40 @@ def test_shared_item_embedding_is_one_parameter_and_scripts(movielens: MovieLens
     inputs = (torch.from_numpy(q.user), torch.from_numpy(q.recent), torch.from_numpy(q.time))
     with torch.no_grad():
         assert torch.allclose(model.user(*inputs), torch.jit.load(str(path))(*inputs), atol=1e-5)
+
+
+def test_ensemble_serves_the_mean_of_its_members_scores_as_one_tower(  # type: ignore[no-untyped-def]
+    movielens: MovieLens, tmp_path
+) -> None:
+    cfg = TwoTowerConfig(dim=8, epochs=1, batch_size=512, seed=2, members=2)
+    model = train_two_tower(movielens, _small(movielens), cfg, progress=False)
+    assert isinstance(model, TwoTowerEnsemble) and len(model.members) == 2
+    assert cfg.out_dim == 16 and len(model.losses) == 1
+    # member 0 is the plain model of the same seed, member 1 a differently seeded one
+    plain = train_two_tower(movielens, _small(movielens), replace(cfg, members=1), progress=False)
+    assert model.members[0].losses == plain.losses != model.members[1].losses
+    q = build_queries(movielens, per_user_split(movielens))
+    users = user_vectors(model, q.user[:50], q.recent[:50], q.time[:50])
+    items = all_item_vectors(model, movielens.num_items)
+    assert users.shape == (50, 16) and items.shape == (movielens.num_items + 1, 16)
+    assert np.allclose(np.linalg.norm(users, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(np.linalg.norm(items[1:], axis=1), 1.0, atol=1e-5)
+    mean = (
+        sum(
+            user_vectors(m, q.user[:50], q.recent[:50], q.time[:50])
+            @ all_item_vectors(m, movielens.num_items).T
+            for m in model.members
+        )
+        / 2
+    )
+    assert np.allclose(users @ items.T, mean, atol=1e-5)
+    # cold items: content only in every member
+    cold = all_item_vectors(model, movielens.num_items, cold=np.array([5]))
+    assert not np.allclose(cold[5], items[5]) and np.allclose(cold[6], items[6])
+    # the served user tower is one TorchScript module with the same output
+    path = tmp_path / "tower.pt"
+    torch.jit.script(model.user.eval()).save(str(path))
+    inputs = (torch.from_numpy(q.user[:50]), torch.from_numpy(q.recent[:50]))
+    with torch.no_grad():
+        script = torch.jit.load(str(path))(*inputs, torch.from_numpy(q.time[:50]))
+    assert torch.allclose(script, torch.from_numpy(users), atol=1e-5)
