@@ -33,7 +33,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="directory with ml-100k.{inter,item,user} (default: the recbole wheel's)",
     )
-    p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
+    p.add_argument(
+        "--dim", type=int, default=64, help="embedding dimension per ensemble member (default 64)"
+    )
     p.add_argument("--epochs", type=int, default=None, help="two-tower epochs (default: tuned)")
     p.add_argument(
         "--members",

@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -298,7 +299,7 @@ class TwoTowerEnsemble(nn.Module):
 
     def item_vectors(self, index: Tensor, id_known: Tensor | None = None) -> Tensor:
         """index (n,) int64 -> (n, K * dim), as ``TwoTower.item_vectors``."""
-        vecs = [m.item_vectors(index, id_known) for m in self.members]
+        vecs = [cast(TwoTower, m).item_vectors(index, id_known) for m in self.members]
         return torch.cat(vecs, dim=1) * self.scale
 
 

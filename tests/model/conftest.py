@@ -19,11 +19,11 @@ def movielens() -> MovieLens:
 
 @pytest.fixture(scope="session")
 def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """A fast export: a two-member ensemble (as the defaults), 1 epoch, dim 8 per member (16
-    served), flat index, 2 shards."""
+    """A fast export: one member (the ensemble's export: test_two_tower), 1 epoch, dim 16,
+    flat index, 2 shards."""
     from annfleet.model.export import train_and_export
     from annfleet.model.two_tower import TwoTowerConfig
 
     out: Path = tmp_path_factory.mktemp("ml") / "bundle"
-    config = TwoTowerConfig(epochs=1, dim=8, members=2)
+    config = TwoTowerConfig(epochs=1, dim=16, members=1)
     return train_and_export(out, config=config, num_shards=2, index_type="flat", progress=False)

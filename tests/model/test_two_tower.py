@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from annfleet.model.data import MovieLens, per_user_split
+from annfleet.model.export import export_model
 from annfleet.model.features import build_queries
 from annfleet.model.two_tower import (
     TwoTower,
@@ -25,6 +26,8 @@ from annfleet.model.two_tower import (
     user_item_mask,
     user_vectors,
 )
+from annfleet.router.tower import TowerEmbedder
+from annfleet.router.users import RequestContext
 
 
 def test_logq_shifts_logits_by_minus_log_q() -> None:
@@ -220,8 +223,9 @@ def test_ensemble_serves_the_mean_of_its_members_scores_as_one_tower(  # type: i
     assert isinstance(model, TwoTowerEnsemble) and len(model.members) == 2
     assert cfg.out_dim == 16 and len(model.losses) == 1
     # member 0 is the plain model of the same seed, member 1 a differently seeded one
-    plain = train_two_tower(movielens, _small(movielens), replace(cfg, members=1), progress=False)
-    assert model.members[0].losses == plain.losses != model.members[1].losses
+    assert [m.config.seed for m in model.members] == [2, 1002]
+    assert all(m.config.members == 1 for m in model.members)
+    assert model.members[0].losses != model.members[1].losses
     q = build_queries(movielens, per_user_split(movielens))
     users = user_vectors(model, q.user[:50], q.recent[:50], q.time[:50])
     items = all_item_vectors(model, movielens.num_items)
@@ -240,10 +244,26 @@ def test_ensemble_serves_the_mean_of_its_members_scores_as_one_tower(  # type: i
     # cold items: content only in every member
     cold = all_item_vectors(model, movielens.num_items, cold=np.array([5]))
     assert not np.allclose(cold[5], items[5]) and np.allclose(cold[6], items[6])
-    # the served user tower is one TorchScript module with the same output
-    path = tmp_path / "tower.pt"
-    torch.jit.script(model.user.eval()).save(str(path))
-    inputs = (torch.from_numpy(q.user[:50]), torch.from_numpy(q.recent[:50]))
-    with torch.no_grad():
-        script = torch.jit.load(str(path))(*inputs, torch.from_numpy(q.time[:50]))
-    assert torch.allclose(script, torch.from_numpy(users), atol=1e-5)
+    # served as one two-tower: the bundle holds the 16-wide item vectors, one TorchScript
+    # user tower, and the router's embedder gives the exported user vectors back
+    bundle = export_model(
+        tmp_path / "bundle",
+        movielens,
+        model,
+        cfg,
+        train=_small(movielens),
+        num_shards=2,
+        index_type="flat",
+        progress=False,
+    )
+    assert bundle.dim == 16 and bundle.manifest["user_tower"]["output"]["shape"] == ["B", 16]
+    ids, vectors = bundle.users()  # type: ignore[misc]
+    embedder = TowerEmbedder(bundle)
+    row = int(np.flatnonzero(ids == 1)[0])
+    ts = int(bundle.table("user_last_ts")[row])
+    assert np.allclose(embedder.embed(1, RequestContext(timestamp=ts)), vectors[row], atol=1e-5)
+    for s in range(bundle.num_shards):  # the shards hold the ensemble's item vectors
+        shard_ids = np.load(bundle.shard_dir(s) / "ids.npy", allow_pickle=False)
+        stored = np.load(bundle.shard_dir(s) / "vectors.npy", allow_pickle=False)
+        index = np.searchsorted(movielens.item_ids, shard_ids) + 1
+        assert np.allclose(stored, items[index], atol=1e-6)
