@@ -291,6 +291,12 @@ class SourcesConfig:
     exploration: ExplorationSourceConfig = field(default_factory=ExplorationSourceConfig)
     social: SocialSourceConfig = field(default_factory=SocialSourceConfig)
     popular: PopularSourceConfig = field(default_factory=PopularSourceConfig)
+    # How the sources' lists become one (router/blend.py): "rrf" = weighted reciprocal rank
+    # fusion (score = sum of weight / (rrf_c + rank + 1); quotas are floors), "quota" = fixed
+    # slots filled in weight order, then backfill.
+    blend: str = "rrf"
+    rrf_c: float = 60.0
+    depth: int = 0  # rrf: each source is asked max(k, depth) candidates
     candidate_cache_size: int = 100_000  # blended lists cached per (bundle, user, request)
     candidate_cache_ttl_s: float = 300.0
     # Diversity of served lists (router/diversity.py), off the request path: this share of
@@ -446,6 +452,13 @@ class ClusterConfig:
                 "state.url",
                 "redis://<loopback host>:<port>[/db] when state.start_redis is true (the "
                 f"cluster starts redis-server on this machine), got {self.state.url!r}",
+            ),
+            (self.sources.blend in ("rrf", "quota"), "sources.blend", "rrf or quota"),
+            (self.sources.rrf_c >= 0, "sources.rrf_c", ">= 0"),
+            (
+                0 <= self.sources.depth <= self.router.max_k,
+                "sources.depth",
+                f"in [0, router.max_k = {self.router.max_k}]",
             ),
             (self.sources.trending.half_life_s > 0, "sources.trending.half_life_s", "> 0"),
             (self.sources.exploration.pool >= 1, "sources.exploration.pool", ">= 1"),

@@ -390,6 +390,14 @@ def run_blend_eval(
                 progress=progress,
             )
         sources = patient(cluster_config.sources)
+        # Likewise a shard call: the router's 0.5 s per attempt fails the ANN source on a
+        # machine busy enough to starve the shard servers for that long.
+        cluster_config = dataclasses.replace(
+            cluster_config,
+            router=dataclasses.replace(
+                cluster_config.router, shard_timeout_s=PATIENT_BUDGET_MS / 1e3
+            ),
+        )
         configs: list[tuple[str, str, SourcesConfig]] = [(BLEND, "", sources)]
         names = enabled_sources(sources)
         if ablations:
@@ -427,6 +435,7 @@ def run_blend_eval(
         "bundle_id": bundle.id,
         "bundle": str(bundle_dir or export_bundle or ""),
         "sources": {n: dataclasses.asdict(sources.settings()[n]) for n in names},
+        "blend": {"mode": sources.blend, "rrf_c": sources.rrf_c, "depth": sources.depth},
         "train_seconds": round(train_s, 1),
         "offline": offline,
         "router": results,
@@ -558,6 +567,7 @@ def print_blend(res: dict[str, Any]) -> None:
         f"\nsplit {res['split']}{' VALIDATION' if res['validation'] else ''}: "
         f"{res['num_queries']} users, {res['mode']}, bundle {res['bundle_id']}, "
         f"{res['engagements_recorded']} engagements recorded first"
+        + (f", blend {res['blend']}" if "blend" in res else "")
     )
     print(f"{'':<12}{'config':<26}{'R@10':>8}{'R@50':>8}{'R@100':>8}{'NDCG@50':>9}")
     for row in table_rows(res):

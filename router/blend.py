@@ -1,19 +1,36 @@
 """The blender: many sources' ranked lists -> one list of k candidates.
 
-``blend`` is a pure function:
+``blend`` is a pure function with two modes (``sources.blend``):
+
+``rrf`` (the default: weighted reciprocal rank fusion; candidates several sources agree on
+rise to the top):
 
 1. **filter**: every list loses padding (< 0), excluded ids (seen items, the request's
-   ``exclude_ids``, blocked items: one sorted array) and its own repeats, and is cut to k;
-2. **score**: the candidate at rank r (0-based) of a source with weight w scores
-   ``w * (1 - r / k)``; a candidate several sources returned keeps its best score, and every
-   source that returned it is recorded (bit ``1 << code`` of its mask); its primary source
-   is the one that gave the best score;
-3. **quotas**: sources in weight order (heaviest first) each take their next candidates not
-   yet taken until they have added ``quota * k`` (largest-remainder rounding);
-4. **backfill**: what is left of k is filled with the best-scored candidates not yet taken,
-   from every source, so a source that under-delivered, timed out or failed is made up for
-   and the list has k candidates whenever the sources together had that many;
-5. the list is ordered by score (ties: primary source's weight order, then id).
+   ``exclude_ids``, blocked items: one sorted array) and its own repeats, and is cut to
+   ``max(k, depth)`` (the sources were asked that many: ``asked``);
+2. **score**: the candidate at rank r (0-based) of a source with weight w gets
+   ``w / (rrf_c + r + 1)`` from it; its score is the sum over every source that returned it
+   (each recorded: bit ``1 << code`` of its mask); its primary source is the one that gave
+   the largest share;
+3. **floors**: sources in weight order (heaviest first) each make sure at least
+   ``quota * k`` (largest-remainder rounding) of the list are among their first k candidates,
+   adding the best-scored of those not yet taken;
+4. **fill**: the rest of k is the best-scored candidates not yet taken, from every source
+   (so a source that under-delivered, timed out or failed is made up for, and the list has k
+   candidates whenever the sources together had that many);
+5. the list is ordered by score (ties: primary source's weight order, the candidate's rank
+   there, then id).
+
+``quota`` (fixed slots, the blender before ``rrf``):
+
+1. **filter** as above, each list cut to k;
+2. **score**: the candidate at rank r of a source with weight w scores ``w * (1 - r / k)``;
+   a candidate several sources returned keeps its best score, and every source that returned
+   it is recorded; its primary source is the one that gave the best score;
+3. **quotas**: sources in weight order each take their next candidates not yet taken until
+   they have added ``quota * k``;
+4. **backfill**: what is left of k is filled with the best-scored candidates not yet taken;
+5. ordered by score as above.
 
 ``run_sources`` runs sources concurrently, each within its budget: a source that misses it
 is dropped for that request (cancelled, never waited for), one that fails likewise.
@@ -32,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from annfleet.config import SourcesConfig
 from annfleet.metrics import SOURCE_CANDIDATES, SOURCE_LATENCY, SOURCE_OUTCOMES
 from annfleet.router.sources import Candidates, Source, SourceRequest
 
@@ -45,6 +63,10 @@ HEAD_START_PASSES = 3
 # for a budget ends up to 1 ms after it. A source still running this close to its budget is
 # dropped then: at most this much before the budget rather than up to this much after it.
 TIMER_SLACK_S = 1e-3
+
+RRF = "rrf"
+QUOTA = "quota"
+BLEND_MODES = (RRF, QUOTA)
 
 
 @dataclass(frozen=True)
@@ -61,7 +83,7 @@ class SourceList:
 @dataclass(frozen=True)
 class Blend:
     ids: np.ndarray  # (n,) int64, n <= k, best first
-    scores: np.ndarray  # (n,) float32, weight * (1 - rank / k) of the best source
+    scores: np.ndarray  # (n,) float32: rrf sum over sources / quota best source's score
     primary: np.ndarray  # (n,) uint8 Source code of the best source
     masks: np.ndarray  # (n,) uint32: bit 1 << code for every source that returned it
     counts: dict[str, int]  # source -> candidates it returned among the n (with sharing)
@@ -82,6 +104,28 @@ def slots(quotas: Sequence[float], k: int) -> list[int]:
     return out
 
 
+def asked(k: int, mode: str = RRF, depth: int = 0) -> int:
+    """How many candidates each source is asked for a list of k: ``max(k, depth)`` in
+    ``rrf`` mode (deeper lists let agreement below rank k count), k in ``quota`` mode."""
+    return max(k, depth) if mode == RRF else k
+
+
+@dataclass(frozen=True)
+class Blender:
+    """How a router blends (``sources.blend``, ``sources.rrf_c``, ``sources.depth``)."""
+
+    mode: str = RRF
+    rrf_c: float = 60.0
+    depth: int = 0
+
+    @classmethod
+    def from_config(cls, config: SourcesConfig) -> Blender:
+        return cls(config.blend, config.rrf_c, config.depth)
+
+    def asked(self, k: int) -> int:
+        return asked(k, self.mode, self.depth)
+
+
 def sorted_unique(ids: np.ndarray | None) -> np.ndarray:
     """(e,) int64 sorted unique (as given when it already is: the request's exclusions)."""
     ids = np.asarray(ids if ids is not None else [], np.int64).ravel()
@@ -93,13 +137,21 @@ def blend(
     k: int,
     exclude: np.ndarray | None = None,
     dropped: dict[str, str] | None = None,
+    *,
+    mode: str = RRF,
+    rrf_c: float = 60.0,
+    depth: int = 0,
 ) -> Blend:
     """Blend ``lists`` into at most k candidates (module doc). ``exclude`` (e,) int64.
 
-    Vectorised over all the lists' entries at once (a Retrieve blends ~6 lists of k on the
-    event loop): one stable sort of the entries by id gives the exclusions (sorted against
-    sorted), each list's repeats and, per candidate, its best score and mask; then one short
-    loop over the sources fills the quotas."""
+    Vectorised over all the lists' entries at once (a Retrieve blends ~6 lists on the event
+    loop): one stable sort of the entries by id gives the exclusions (sorted against sorted),
+    each list's repeats and, per candidate, its score and mask; then one short loop over the
+    sources fills the quotas (floors)."""
+    if mode not in BLEND_MODES:
+        raise ValueError(f"blend mode {mode!r}: expected one of {', '.join(BLEND_MODES)}")
+    fuse = mode == RRF
+    limit = asked(k, mode, depth)
     exclude = sorted_unique(exclude)
     order = sorted(range(len(lists)), key=lambda i: (-lists[i].weight, lists[i].code))
     live = [lists[i] for i in order if lists[i].ids is not None]
@@ -109,9 +161,9 @@ def blend(
     ids = np.concatenate(parts) if parts else np.empty(0, np.int64)
     lst = np.repeat(np.arange(n_live, dtype=np.int64), sizes)  # list position (weight order)
 
-    # 1. filter: padding, excluded ids, a list's own repeats (first kept); each list cut to k.
-    # Entries are in (list, rank) order; a stable sort by id keeps that order within an id,
-    # so a repeat within a list follows its first occurrence.
+    # 1. filter: padding, excluded ids, a list's own repeats (first kept); each list cut to
+    # ``limit``. Entries are in (list, rank) order; a stable sort by id keeps that order
+    # within an id, so a repeat within a list follows its first occurrence.
     by = np.argsort(ids, kind="stable")
     sid, slst = ids[by], lst[by]
     drop = sid < 0
@@ -124,16 +176,18 @@ def blend(
     rank = np.cumsum(keep) - 1  # rank within its list, once each list's start is taken off
     starts_of = np.concatenate(([0], np.cumsum(np.bincount(lst[keep], minlength=n_live))))
     rank -= starts_of[lst]
-    keep &= rank < k
+    keep &= rank < limit
     new_index = np.cumsum(keep) - 1  # index among the kept entries, in (list, rank) order
     by = new_index[by[keep[by]]]  # the kept entries by id (stable), as kept indices
     ids, lst, rank = ids[keep], lst[keep], rank[keep]
     bounds = np.searchsorted(lst, np.arange(n_live + 1), side="left")
 
-    # 2. score: best score per candidate (ties: the earlier list), mask of every source.
+    # 2. score: each entry's share (rrf: w / (c + r + 1); quota: w * (1 - r / k)); per
+    # candidate the entry with the largest share (ties: the earlier list) names its primary
+    # source; its score is the sum of the shares (rrf) or that largest share (quota).
     weights = np.array([s.weight for s in live], np.float64)
     codes = np.array([s.code for s in live], np.int64)
-    score = weights[lst] * (1.0 - rank / k)
+    score = weights[lst] / (rrf_c + rank + 1.0) if fuse else weights[lst] * (1.0 - rank / k)
     sid, sscore = ids[by], score[by]
     head = np.ones(len(by), bool)
     head[1:] = sid[1:] != sid[:-1]
@@ -150,31 +204,43 @@ def blend(
         best_entry = by[at_top[first]]
         bits = np.left_shift(np.uint32(1), codes.astype(np.uint32))[lst]
         mask = np.bitwise_or.reduceat(bits[by], starts).astype(np.uint32)
+        best_score = np.add.reduceat(sscore, starts) if fuse else score[best_entry]
     else:
         best_entry = np.empty(0, np.int64)
         mask = np.empty(0, np.uint32)
-    best_score = score[best_entry]
+        best_score = np.empty(0, np.float64)
     best_pos = lst[best_entry]
+    best_rank = rank[best_entry]
 
-    # 3. quotas, in weight order; 4. backfill with the best-scored candidates not taken.
+    # 3. quotas in weight order (rrf: floors over each source's first k; quota: new
+    # candidates each); 4. fill with the best-scored candidates not taken.
+    def by_score(c: np.ndarray) -> np.ndarray:
+        """Candidates ``c`` best first: score, primary source's weight order, rank there, id."""
+        return c[np.lexsort((uniq[c], best_rank[c], best_pos[c], -best_score[c]))]
+
     taken = np.zeros(len(uniq), bool)
     chosen = 0
     for pos, quota in enumerate(slots([s.quota for s in live], k)):
-        room = min(quota, k - chosen)
-        if room <= 0:
-            continue
         own = inv[bounds[pos] : bounds[pos + 1]]
-        pick = own[~taken[own]][:room]
+        if fuse:
+            own = own[rank[bounds[pos] : bounds[pos + 1]] < k]
+            room = min(quota - int(taken[own].sum()), k - chosen)
+            if room <= 0:
+                continue
+            free = own[~taken[own]]
+            pick = by_score(free)[:room]
+        else:
+            room = min(quota, k - chosen)
+            if room <= 0:
+                continue
+            pick = own[~taken[own]][:room]
         taken[pick] = True
         chosen += len(pick)
     if chosen < k:
-        rest = np.flatnonzero(~taken)
-        best = np.lexsort((uniq[rest], best_pos[rest], -best_score[rest]))
-        taken[rest[best[: k - chosen]]] = True
+        taken[by_score(np.flatnonzero(~taken))[: k - chosen]] = True
 
-    # 5. order by score, then the primary source's weight order, then id.
-    final = np.flatnonzero(taken)
-    final = final[np.lexsort((uniq[final], best_pos[final], -best_score[final]))]
+    # 5. order by score, then the primary source's weight order, its rank there, then id.
+    final = by_score(np.flatnonzero(taken))
     masks = mask[final]
     per_code = (masks[:, None] >> codes.astype(np.uint32)[None, :]) & 1
     counts = dict(zip((s.name for s in live), per_code.sum(axis=0).tolist(), strict=True))
@@ -299,9 +365,10 @@ def blend_outcomes(
     outcomes: dict[str, Outcome],
     k: int,
     exclude: np.ndarray | None = None,
+    blender: Blender | None = None,
 ) -> Blend:
     """``blend`` over ``run_sources``' outcomes (quota and weight from each source's
-    settings); records each source's contribution in the metrics."""
+    settings, mode from ``blender``); records each source's contribution in the metrics."""
     lists = []
     dropped = {}
     for source in sources:
@@ -318,7 +385,8 @@ def blend_outcomes(
                 found.ids if found is not None else None,
             )
         )
-    result = blend(lists, k, exclude, dropped)
+    how = blender or Blender()
+    result = blend(lists, k, exclude, dropped, mode=how.mode, rrf_c=how.rrf_c, depth=how.depth)
     for name, count in result.counts.items():
         _child(SOURCE_CANDIDATES, name).inc(count)
     details = {

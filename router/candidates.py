@@ -12,7 +12,7 @@ import logging
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import numpy as np
 from annfleet.bundle import TABLE_POPULAR_IDS, Bundle
 from annfleet.config import SourcesConfig
 from annfleet.errors import AnnfleetError, DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from annfleet.router.blend import Blend, blend_outcomes, run_sources
+from annfleet.router.blend import Blend, Blender, blend_outcomes, run_sources
 from annfleet.router.caches import RouterCaches, UserCache
 from annfleet.router.diversity import DiversityMonitor
 from annfleet.router.sources import ItemTable, Source, SourceRequest, last_unique
@@ -47,6 +47,7 @@ class SourceSet:
     sources: list[Source]
     items: ItemTable
     trending: TrendingSource | None
+    blender: Blender = field(default_factory=Blender)  # how their lists are blended
 
     def names(self) -> list[str]:
         return [s.name for s in self.sources]
@@ -94,7 +95,7 @@ def build_sources(
             missing.append("popular")
     if missing:
         log.info("bundle %s lacks the tables of source(s) %s: off", bundle.id, ", ".join(missing))
-    return SourceSet(sources, items, trending)
+    return SourceSet(sources, items, trending, Blender.from_config(config))
 
 
 def merge_recent(live: tuple[int, ...], request: tuple[int, ...], n: int) -> tuple[int, ...]:
@@ -251,12 +252,13 @@ class CandidateGenerator:
         if cached is not None:
             return replace(cached, cached=True)
         excl = self.exclusions(user_id, user, recent, exclude, blocked)
-        request = SourceRequest(user_id, context, k, deadline, excl, params, *timing)
+        blender = self.sources.blender
+        request = SourceRequest(user_id, context, blender.asked(k), deadline, excl, params, *timing)
         outcomes = await run_sources(self.sources.sources, request)
         for outcome in outcomes.values():
             if isinstance(outcome.error, CALLER_ERRORS):
                 raise outcome.error
-        result = blend_outcomes(self.sources.sources, outcomes, k, excl)
+        result = blend_outcomes(self.sources.sources, outcomes, k, excl, blender)
         if not len(result.ids):
             errors = [outcomes[s.name].error for s in self.sources.sources if s.name in outcomes]
             failed = [e for e in errors if isinstance(e, AnnfleetError)]  # the ANN's first

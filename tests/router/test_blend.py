@@ -12,8 +12,12 @@ from hypothesis import strategies as st
 from annfleet.config import SourceSettings
 from annfleet.router.blend import (
     HEAD_START_PASSES,
+    QUOTA,
+    RRF,
     TIMER_SLACK_S,
+    Blender,
     SourceList,
+    asked,
     blend,
     blend_outcomes,
     run_sources,
@@ -47,7 +51,7 @@ def test_blend_example() -> None:
         SourceList("trending", 6, 0.25, 0.5, np.array([3, 7, 8, -1])),
         SourceList("content", 4, 0.25, 0.2, None),  # dropped: its quota is backfilled
     ]
-    result = blend(lists, 4, exclude=np.array([2]), dropped={"content": "budget"})
+    result = blend(lists, 4, exclude=np.array([2]), dropped={"content": "budget"}, mode=QUOTA)
     # ann takes 2 slots (1, 3), trending 1 (7: 3 already taken), backfill: best left is 4.
     assert result.ids.tolist() == [1, 3, 4, 7]
     np.testing.assert_allclose(result.scores, [1.0, 0.75, 0.5, 0.375])
@@ -55,6 +59,40 @@ def test_blend_example() -> None:
     assert result.masks.tolist() == [1 << 1, (1 << 1) | (1 << 6), 1 << 1, 1 << 6]
     assert result.counts == {"ann": 3, "trending": 2}
     assert result.dropped == {"content": "budget"}
+
+
+def test_rrf_example() -> None:
+    lists = [
+        SourceList("ann", 1, 0.5, 1.0, np.array([1, 2, 3, 4, 5, 6])),
+        SourceList("trending", 6, 0.25, 0.5, np.array([3, 7, 8, -1])),
+        SourceList("exploration", 5, 0.25, 0.0, np.array([9, 10])),
+        SourceList("content", 4, 0.25, 0.2, None),  # dropped
+    ]
+    result = blend(lists, 4, exclude=np.array([2]), dropped={"content": "budget"}, rrf_c=0)
+    # scores: 3 = 1/2 + 0.5/1, 1 = 1/1, 4 = 1/3, 7 = 0.5/2, 5 = 1/4, 9 = 0 ...
+    # floors: ann 2 (1, 3), trending 1 (3 is its first: met already), exploration 1 (9);
+    # the rest of k by score: 4.
+    assert result.ids.tolist() == [1, 3, 4, 9]
+    np.testing.assert_allclose(result.scores, [1.0, 1.0, 1 / 3, 0.0])
+    # 1 and 3 tie at 1.0: primary source ann (weight order) for both, then id.
+    assert result.primary.tolist() == [1, 1, 1, 5]
+    assert result.masks.tolist() == [1 << 1, (1 << 1) | (1 << 6), 1 << 1, 1 << 5]
+    assert result.counts == {"ann": 3, "trending": 1, "exploration": 1}
+    assert result.dropped == {"content": "budget"}
+
+
+def test_rrf_depth_lets_agreement_below_k_count() -> None:
+    """With depth, an item two sources rank just below k beats one only ann ranks inside k."""
+    lists = [
+        SourceList("ann", 1, 0.0, 1.0, np.array([1, 2, 3, 4])),
+        SourceList("co_engagement", 3, 0.0, 1.0, np.array([5, 6, 7, 3])),
+    ]
+    shallow = blend(lists, 2, depth=0)
+    deep = blend(lists, 2, depth=4)
+    assert shallow.ids.tolist() == [1, 5]  # ties at rank 0: ann first (weight order, code)
+    assert deep.ids.tolist() == [3, 1]  # 3: 1/63 + 1/64 beats 1/61 alone
+    assert asked(2, RRF, 4) == 4 and asked(2, QUOTA, 4) == 2 and asked(8, RRF, 4) == 8
+    assert Blender(RRF, 60.0, 4).asked(2) == 4
 
 
 def test_slots() -> None:
@@ -83,8 +121,15 @@ source_lists = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(source_lists, st.integers(1, 25), st.sets(st.integers(0, 40), max_size=10))
-def test_blend_properties(raw: list, k: int, exclude: set[int]) -> None:
+@given(
+    source_lists,
+    st.integers(1, 25),
+    st.sets(st.integers(0, 40), max_size=10),
+    st.sampled_from([(QUOTA, 0), (RRF, 0), (RRF, 12)]),
+)
+def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tuple) -> None:
+    mode, depth = mode_depth
+    limit = asked(k, mode, depth)
     codes = list(NAMES)[: len(raw)]
     total = sum(q for q, _, _ in raw) or 1
     lists = [
@@ -93,10 +138,10 @@ def test_blend_properties(raw: list, k: int, exclude: set[int]) -> None:
         )
         for c, (q, w, ids) in zip(codes, raw, strict=False)
     ]
-    result = blend(lists, k, np.array(sorted(exclude), np.int64))
+    result = blend(lists, k, np.array(sorted(exclude), np.int64), mode=mode, depth=depth)
     final = result.ids.tolist()
     live = [s for s in lists if s.ids is not None]
-    clean = {s.name: cleaned(s.ids, exclude, k) for s in live}  # type: ignore[arg-type]
+    clean = {s.name: cleaned(s.ids, exclude, limit) for s in live}  # type: ignore[arg-type]
     union = set().union(*clean.values()) if clean else set()
 
     # Dedup and filters.
@@ -104,38 +149,53 @@ def test_blend_properties(raw: list, k: int, exclude: set[int]) -> None:
     assert not set(final) & exclude and all(i >= 0 for i in final)
     # k is full whenever the sources together had k candidates (backfill).
     assert len(final) == min(k, len(union))
-    # Quotas: a source gets at least its slots (or all it had) among the final list.
+    # Quotas: a source gets at least its slots (or all it had) among its first k candidates.
     order = sorted(live, key=lambda s: (-s.weight, s.code))
     for s, n in zip(order, slots([s.quota for s in order], k), strict=True):
-        assert len(set(final) & set(clean[s.name])) >= min(n, len(clean[s.name]))
-    # Every contributing source recorded; best score kept; ordered by score.
+        assert len(set(final) & set(clean[s.name][:k])) >= min(n, len(clean[s.name][:k]))
+    # Every contributing source recorded; best (quota) or summed (rrf) score; by score.
     for item, mask, score, primary in zip(
         final, result.masks.tolist(), result.scores.tolist(), result.primary.tolist(), strict=True
     ):
         holders = [s for s in live if item in clean[s.name]]
         assert mask == sum(1 << s.code for s in holders)
-        best = max(s.weight * (1 - clean[s.name].index(item) / k) for s in holders)
-        assert abs(score - best) < 1e-6
+        if mode == QUOTA:
+            want = max(s.weight * (1 - clean[s.name].index(item) / k) for s in holders)
+        else:
+            want = sum(s.weight / (61 + clean[s.name].index(item)) for s in holders)
+        assert abs(score - want) < 1e-6
         assert primary in {s.code for s in holders}
     assert (np.diff(result.scores) <= 1e-7).all()
     assert result.counts == {s.name: len(set(final) & set(clean[s.name])) for s in live}
 
 
-def reference_blend(lists: list[SourceList], k: int, exclude: set[int]) -> dict[str, object]:
+def reference_blend(
+    lists: list[SourceList], k: int, exclude: set[int], mode: str = QUOTA, depth: int = 0
+) -> dict[str, object]:
     """The blender's definition (module doc of annfleet.router.blend) item by item."""
+    fuse = mode == RRF
     order = sorted(lists, key=lambda s: (-s.weight, s.code))
     live = [s for s in order if s.ids is not None]
-    clean = [cleaned(s.ids, exclude, k) for s in live]  # type: ignore[arg-type]
-    best: dict[int, tuple[float, int, int]] = {}  # id -> (score, list position, code)
+    clean = [cleaned(s.ids, exclude, asked(k, mode, depth)) for s in live]  # type: ignore[arg-type]
+    best: dict[int, tuple[float, int, int, int]] = {}  # id -> (share, list position, code, rank)
+    total: dict[int, float] = {}
     mask: dict[int, int] = {}
     for pos, (s, ids) in enumerate(zip(live, clean, strict=True)):
         for rank, item in enumerate(ids):
-            score = s.weight * (1.0 - rank / k)
+            share = s.weight / (60.0 + rank + 1.0) if fuse else s.weight * (1.0 - rank / k)
             mask[item] = mask.get(item, 0) | (1 << s.code)
-            if item not in best or score > best[item][0]:
-                best[item] = (score, pos, s.code)
+            total[item] = total.get(item, 0.0) + share
+            if item not in best or share > best[item][0]:
+                best[item] = (share, pos, s.code, rank)
+    score = total if fuse else {i: b[0] for i, b in best.items()}
+    key = lambda i: (-score[i], best[i][1], best[i][3], i)  # noqa: E731
     chosen: list[int] = []
     for ids, quota in zip(clean, slots([s.quota for s in live], k), strict=True):
+        if fuse:  # a floor over its first k: the best-scored of them not yet taken
+            have = sum(1 for i in ids[:k] if i in chosen)
+            free = sorted((i for i in ids[:k] if i not in chosen), key=key)
+            chosen += free[: max(min(quota - have, k - len(chosen)), 0)]
+            continue
         added = 0
         for item in ids:
             if added >= quota or len(chosen) >= k:
@@ -143,13 +203,12 @@ def reference_blend(lists: list[SourceList], k: int, exclude: set[int]) -> dict[
             if item not in chosen:
                 chosen.append(item)
                 added += 1
-    key = lambda i: (-best[i][0], best[i][1], i)  # noqa: E731
     rest = sorted((i for i in best if i not in chosen), key=key)
     chosen += rest[: max(k - len(chosen), 0)]
     final = sorted(chosen, key=key)
     return {
         "ids": final,
-        "scores": [np.float32(best[i][0]) for i in final],
+        "scores": [np.float32(score[i]) for i in final],
         "primary": [best[i][2] for i in final],
         "masks": [mask[i] for i in final],
         "counts": {s.name: sum(1 for i in final if mask[i] >> s.code & 1) for s in live},
@@ -162,12 +221,14 @@ def reference_blend(lists: list[SourceList], k: int, exclude: set[int]) -> dict[
     st.integers(1, 25),
     st.sets(st.integers(0, 40), max_size=10),
     st.sampled_from([0.0, 0.5, 1.0]),
+    st.sampled_from([(QUOTA, 0), (RRF, 0), (RRF, 12)]),
 )
 def test_blend_equals_the_reference(
-    raw: list, k: int, exclude: set[int], tied_weight: float
+    raw: list, k: int, exclude: set[int], tied_weight: float, mode_depth: tuple
 ) -> None:
     """Exactly the item-by-item definition: ids, scores, primary sources, masks, counts;
     equal weights (ties across sources) drawn on purpose."""
+    mode, depth = mode_depth
     codes = list(NAMES)[: len(raw)]
     total = sum(q for q, _, _ in raw) or 1
     lists = [
@@ -180,8 +241,8 @@ def test_blend_equals_the_reference(
         )
         for i, (c, (q, w, ids)) in enumerate(zip(codes, raw, strict=False))
     ]
-    result = blend(lists, k, np.array(sorted(exclude), np.int64))
-    want = reference_blend(lists, k, exclude)
+    result = blend(lists, k, np.array(sorted(exclude), np.int64), mode=mode, depth=depth)
+    want = reference_blend(lists, k, exclude, mode, depth)
     assert result.ids.tolist() == want["ids"]
     assert result.scores.tolist() == want["scores"]
     assert result.primary.tolist() == want["primary"]
