@@ -213,7 +213,7 @@ class SourceSettings:
 class AnnSourceConfig(SourceSettings):
     """The two-tower ANN over every shard."""
 
-    quota: float = 0.6
+    quota: float = 0.0
     weight: float = 1.0
     budget_ms: float = 250.0
 
@@ -222,8 +222,8 @@ class AnnSourceConfig(SourceSettings):
 class TrendingSourceConfig(SourceSettings):
     """Exponentially time-decayed engagement counts, global and per region."""
 
-    quota: float = 0.1
-    weight: float = 0.3
+    quota: float = 0.0
+    weight: float = 0.1
     half_life_s: float = 7 * 86400.0  # an event counts half after this long
 
 
@@ -231,8 +231,8 @@ class TrendingSourceConfig(SourceSettings):
 class CoEngagementSourceConfig(SourceSettings):
     """Item-item neighbours (bundle table + live co-engagement) of the user's recent items."""
 
-    quota: float = 0.15
-    weight: float = 0.5
+    quota: float = 0.0
+    weight: float = 1.25
     recent: int = 10  # the user's last N items are expanded
     recency_decay: float = 0.8  # weight of the i-th most recent item: decay ** i
     live_weight: float = 0.1  # live pair count c adds live_weight * log1p(c) to the cosine
@@ -242,8 +242,8 @@ class CoEngagementSourceConfig(SourceSettings):
 class ContentSourceConfig(SourceSettings):
     """Items nearest by content features to the user's recent items (cold start)."""
 
-    quota: float = 0.05
-    weight: float = 0.2
+    quota: float = 0.0
+    weight: float = 0.1
     recent: int = 10
     recency_decay: float = 0.8
 
@@ -252,8 +252,8 @@ class ContentSourceConfig(SourceSettings):
 class ExplorationSourceConfig(SourceSettings):
     """Thompson sampling over Beta(clicks + 1, impressions - clicks + 1), low-impression items."""
 
-    quota: float = 0.05
-    weight: float = 0.1
+    quota: float = 0.02
+    weight: float = 0.0
     max_impressions: int = 100  # items with at least this many impressions are not explored
     pool: int = 2000  # items sampled from the catalogue per request (all when smaller)
     seed: int = 0  # -1 = fresh entropy
@@ -277,7 +277,7 @@ class PopularSourceConfig(SourceSettings):
     """The bundle's all-time popularity list: last-resort backfill over the whole catalogue."""
 
     quota: float = 0.0
-    weight: float = 0.05
+    weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -295,8 +295,8 @@ class SourcesConfig:
     # fusion (score = sum of weight / (rrf_c + rank + 1); quotas are floors), "quota" = fixed
     # slots filled in weight order, then backfill.
     blend: str = "rrf"
-    rrf_c: float = 60.0
-    depth: int = 0  # rrf: each source is asked max(k, depth) candidates
+    rrf_c: float = 120.0
+    depth: int = 200  # rrf: each source is asked max(k, depth) candidates
     candidate_cache_size: int = 100_000  # blended lists cached per (bundle, user, request)
     candidate_cache_ttl_s: float = 300.0
     # Diversity of served lists (router/diversity.py), off the request path: this share of
