@@ -127,9 +127,10 @@ def patient(sources: SourcesConfig, budget_ms: float = 60_000.0) -> SourcesConfi
 
 
 # Retrieve as the ANN over the shards, backfilled from the popularity table only (tests of
-# the ANN path compare it with exact search).
+# the ANN path compare it with exact search); depth 0: the sources are asked k, as requested.
 ANN_ONLY = patient(
     SourcesConfig(
+        depth=0,
         ann=AnnSourceConfig(quota=1.0),
         trending=TrendingSourceConfig(enabled=False),
         co_engagement=CoEngagementSourceConfig(enabled=False),

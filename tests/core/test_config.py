@@ -49,7 +49,7 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("router:\n  hedge_min_delay_s: 0.5\n", "router.hedge_min_delay_s must be"),
         ("shards: 3\n", "shards must be a mapping"),
         ("a: [\n", "not valid YAML"),
-        ("sources:\n  trending: {quota: 0.5}\n", "sum of enabled sources' quota must be <= 1"),
+        ("sources:\n  trending: {quota: 1.0}\n", "sum of enabled sources' quota must be <= 1"),
         ("sources:\n  ann: {budget_ms: 0}\n", "sources.ann.budget_ms must be > 0"),
         ("sources:\n  trendy: {}\n", "unknown key 'sources.trendy'"),
         ("state:\n  backend: etcd\n", "state.backend must be memory or redis"),

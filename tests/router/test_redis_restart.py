@@ -10,7 +10,13 @@ from support import RedisServer, patient
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client, Engagement
-from annfleet.config import RouterConfig, SocialSourceConfig, SourcesConfig, StateConfig
+from annfleet.config import (
+    RouterConfig,
+    SocialSourceConfig,
+    SourcesConfig,
+    StateConfig,
+    TrendingSourceConfig,
+)
 from annfleet.router.main import start_router
 from annfleet.synthetic import Catalogue
 
@@ -27,7 +33,13 @@ def test_a_restarted_router_serves_by_the_engagement_the_first_one_recorded(
     alice, bob, carol = (int(u) for u in catalogue.user_ids[3:6])
     graph = tmp_path / "follows.txt"
     graph.write_text(f"{alice} {bob}\n")  # alice follows bob
-    sources = patient(SourcesConfig(social=SocialSourceConfig(enabled=True, graph=str(graph))))
+    # trending weighs more than the ANN here, so its top items are in every list of k.
+    sources = patient(
+        SourcesConfig(
+            social=SocialSourceConfig(enabled=True, graph=str(graph)),
+            trending=TrendingSourceConfig(weight=2.0),
+        )
+    )
     state = StateConfig(
         backend="redis", url=redis_server.url, prefix=f"restart{next(_prefixes)}:", timeout_s=2.0
     )
