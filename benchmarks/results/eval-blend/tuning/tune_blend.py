@@ -57,7 +57,7 @@ def capture(split_name: str, which: str, bundle_dir: str, out: str, depth: int =
         config, router=dataclasses.replace(config.router, shard_timeout_s=60.0)
     )
     sources = be.patient(config.sources)
-    lists = {}
+    lists: dict[str, Any] = {}
     with be.InProcessCluster(bundle.path, config) as cluster:
         for name in be.enabled_sources(sources):
             t0 = time.monotonic()
@@ -240,6 +240,10 @@ def offline(split_name: str, bundle_dir: str, out: str) -> None:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "capture":
-        capture(*args[:4], *(int(a) for a in args[4:]))
+        capture(args[0], args[1], args[2], args[3], *(int(a) for a in args[4:]))
+    elif command == "search":
+        search(args[0], args[1], args[2])
+    elif command == "ablate":
+        ablate(args[0], args[1], args[2], args[3], args[4])
     else:
-        {"search": search, "ablate": ablate, "offline": offline}[command](*args)
+        offline(args[0], args[1], args[2])
