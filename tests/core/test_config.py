@@ -176,3 +176,17 @@ def test_redis_loopback() -> None:
     assert redis_loopback("redis://[::1]:7000/0") == ("::1", 7000)
     for url in ("redis://example.com:6379/0", "rediss://127.0.0.1:6379", "redis://127.0.0.1"):
         assert redis_loopback(url) is None
+
+
+def test_shipped_global_sources_config_changes_two_weights_only() -> None:
+    config = load_config(REPO / "deploy" / "sources-global.yaml")
+    default = ClusterConfig()
+    sources = default.sources
+    assert config == dataclasses.replace(
+        default,
+        sources=dataclasses.replace(
+            sources,
+            co_engagement=dataclasses.replace(sources.co_engagement, weight=0.25),
+            trending=dataclasses.replace(sources.trending, weight=0.5),
+        ),
+    )
