@@ -45,7 +45,8 @@ data_dir: {tmp_path / "data"}
 shards: {{base_port: {shard_base}, metrics_base_port: -1, admin_base_port: -1, grace_s: 1.0}}
 router: {{port: {free_port()}, metrics_port: -1, admin_port: -1, grace_s: 1.0,
           recall_sample_rate: 0.0}}
-sources: {{ann: {{budget_ms: 60000.0}}, trending: {{budget_ms: 60000.0}}}}
+# trending weighs more than the ANN here, so its top items are in every list of k
+sources: {{ann: {{budget_ms: 60000.0}}, trending: {{budget_ms: 60000.0, weight: 2.0}}}}
 state: {{backend: redis, url: "redis://127.0.0.1:{free_port()}/0", start_redis: true,
          redis_server: {redis_server}, timeout_s: 2.0}}
 """)
