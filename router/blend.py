@@ -9,9 +9,11 @@ rise to the top):
    ``exclude_ids``, blocked items: one sorted array) and its own repeats, and is cut to
    ``max(k, depth)`` (the sources were asked that many: ``asked``);
 2. **score**: the candidate at rank r (0-based) of a source with weight w gets
-   ``w / (rrf_c + r + 1)`` from it; its score is the sum over every source that returned it
-   (each recorded: bit ``1 << code`` of its mask); its primary source is the one that gave
-   the largest share;
+   ``w / (rrf_c + r + 1)`` from it; its score is the sum over every source that returned it;
+   its primary source is the one that gave the largest share. A candidate's sources (bit
+   ``1 << code`` of its mask) are those that added to its score, its primary source, and a
+   source whose floor or quota took it: a source with weight 0 (``popular``, a backfill) is
+   recorded only where it supplied the candidate;
 3. **floors**: sources in weight order (heaviest first) each make sure at least
    ``quota * k`` (largest-remainder rounding) of the list are among their first k candidates,
    adding the best-scored of those not yet taken;
@@ -203,6 +205,7 @@ def blend(
         first[1:] = group[at_top[1:]] != group[at_top[:-1]]
         best_entry = by[at_top[first]]
         bits = np.left_shift(np.uint32(1), codes.astype(np.uint32))[lst]
+        bits[score <= 0] = 0  # a source that adds nothing (weight 0) is not a contributor
         mask = np.bitwise_or.reduceat(bits[by], starts).astype(np.uint32)
         best_score = np.add.reduceat(sscore, starts) if fuse else score[best_entry]
     else:
@@ -211,6 +214,8 @@ def blend(
         best_score = np.empty(0, np.float64)
     best_pos = lst[best_entry]
     best_rank = rank[best_entry]
+    source_bit = np.left_shift(np.uint32(1), codes.astype(np.uint32))
+    mask |= source_bit[best_pos]  # the primary source is always recorded
 
     # 3. quotas in weight order (rrf: floors over each source's first k; quota: new
     # candidates each); 4. fill with the best-scored candidates not taken.
@@ -235,6 +240,7 @@ def blend(
                 continue
             pick = own[~taken[own]][:room]
         taken[pick] = True
+        mask[pick] |= source_bit[pos]  # its floor or quota took them
         chosen += len(pick)
     if chosen < k:
         taken[by_score(np.flatnonzero(~taken))[: k - chosen]] = True

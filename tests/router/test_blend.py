@@ -158,7 +158,9 @@ def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tupl
         final, result.masks.tolist(), result.scores.tolist(), result.primary.tolist(), strict=True
     ):
         holders = [s for s in live if item in clean[s.name]]
-        assert mask == sum(1 << s.code for s in holders)
+        weighted = sum(1 << s.code for s in holders if s.weight > 0)
+        assert mask & ~sum(1 << s.code for s in holders) == 0  # only sources that had it
+        assert mask & weighted == weighted and mask >> primary & 1  # contributors, primary
         if mode == QUOTA:
             want = max(s.weight * (1 - clean[s.name].index(item) / k) for s in holders)
         else:
@@ -166,7 +168,8 @@ def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tupl
         assert abs(score - want) < 1e-6
         assert primary in {s.code for s in holders}
     assert (np.diff(result.scores) <= 1e-7).all()
-    assert result.counts == {s.name: len(set(final) & set(clean[s.name])) for s in live}
+    masks = result.masks.tolist()
+    assert result.counts == {s.name: sum(m >> s.code & 1 for m in masks) for s in live}
 
 
 def reference_blend(
@@ -183,26 +186,31 @@ def reference_blend(
     for pos, (s, ids) in enumerate(zip(live, clean, strict=True)):
         for rank, item in enumerate(ids):
             share = s.weight / (60.0 + rank + 1.0) if fuse else s.weight * (1.0 - rank / k)
-            mask[item] = mask.get(item, 0) | (1 << s.code)
+            if share > 0:  # weight 0 adds nothing: recorded only as primary or by its quota
+                mask[item] = mask.get(item, 0) | (1 << s.code)
             total[item] = total.get(item, 0.0) + share
             if item not in best or share > best[item][0]:
                 best[item] = (share, pos, s.code, rank)
+    for item, (_, _, code, _) in best.items():
+        mask[item] = mask.get(item, 0) | (1 << code)
     score = total if fuse else {i: b[0] for i, b in best.items()}
     key = lambda i: (-score[i], best[i][1], best[i][3], i)  # noqa: E731
     chosen: list[int] = []
-    for ids, quota in zip(clean, slots([s.quota for s in live], k), strict=True):
+    for s, ids, quota in zip(live, clean, slots([s.quota for s in live], k), strict=True):
         if fuse:  # a floor over its first k: the best-scored of them not yet taken
             have = sum(1 for i in ids[:k] if i in chosen)
             free = sorted((i for i in ids[:k] if i not in chosen), key=key)
-            chosen += free[: max(min(quota - have, k - len(chosen)), 0)]
-            continue
-        added = 0
-        for item in ids:
-            if added >= quota or len(chosen) >= k:
-                break
-            if item not in chosen:
-                chosen.append(item)
-                added += 1
+            picked = free[: max(min(quota - have, k - len(chosen)), 0)]
+        else:
+            picked = []
+            for item in ids:
+                if len(picked) >= quota or len(chosen) + len(picked) >= k:
+                    break
+                if item not in chosen:
+                    picked.append(item)
+        chosen += picked
+        for item in picked:
+            mask[item] |= 1 << s.code
     rest = sorted((i for i in best if i not in chosen), key=key)
     chosen += rest[: max(k - len(chosen), 0)]
     final = sorted(chosen, key=key)
