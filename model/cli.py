@@ -10,18 +10,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-# Kept here (not imported from evaluate) so the main CLI starts without importing torch.
-SPLITS = ("per_user", "global")
-MODELS = (
-    "popularity",
-    "popularity_recent",
-    "mf_bpr",
-    "item_item",
-    "ease",
-    "two_tower",
-    "two_tower_ann",
-    "cold_start",
-)
+# From data.py, not evaluate.py: the main CLI starts without importing torch.
+from annfleet.model.data import MODELS, SPLITS
 
 DEFAULT_CACHE = Path(os.environ.get("ANNFLEET_CACHE", Path.home() / ".cache" / "annfleet"))
 
@@ -203,15 +193,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             f"{res['seeds']}{', VALIDATION' if res['validation'] else ''})"
         )
         print(f"{'model':<20}{'R@10':>8}{'R@50':>8}{'R@100':>8}{'NDCG@50':>9}")
-        for name in (
-            "popularity",
-            "popularity_recent",
-            "mf_bpr",
-            "item_item",
-            "ease",
-            "two_tower",
-            "two_tower_ann",
-        ):
+        for name in (m for m in MODELS if m != "cold_start"):  # cold start: its own line
             m = res.get(name)
             if m:
                 print(

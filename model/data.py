@@ -293,6 +293,21 @@ def global_split(data: MovieLens, quantile: float = 0.9, mask: np.ndarray | None
     return Split("global", mask & ~test, test)
 
 
+# The splits ``make_split`` knows and the models ``annfleet eval`` compares (evaluate.py
+# runs them); here, in a module without torch, so the CLI can offer them as choices.
+SPLITS = ("per_user", "global")
+MODELS = (
+    "popularity",
+    "popularity_recent",
+    "mf_bpr",
+    "item_item",
+    "ease",
+    "two_tower",
+    "two_tower_ann",
+    "cold_start",
+)
+
+
 def make_split(data: MovieLens, name: str, *, validation: bool = False) -> Split:
     """The named split; with ``validation`` the same rule applied inside its train set."""
     fn = {"per_user": per_user_split, "global": global_split}[name]

@@ -21,7 +21,15 @@ import numpy as np
 import torch
 
 from annfleet.model import baselines
-from annfleet.model.data import MovieLens, Split, cold_items, load_movielens, make_split
+from annfleet.model.data import (
+    MODELS,
+    SPLITS,
+    MovieLens,
+    Split,
+    cold_items,
+    load_movielens,
+    make_split,
+)
 from annfleet.model.features import Queries, build_queries
 from annfleet.model.metrics import KS, mask_seen, ranking_metrics, topk
 from annfleet.model.two_tower import (
@@ -33,17 +41,6 @@ from annfleet.model.two_tower import (
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("per_user", "global")
-MODELS = (
-    "popularity",
-    "popularity_recent",
-    "mf_bpr",
-    "item_item",
-    "ease",
-    "two_tower",
-    "two_tower_ann",
-    "cold_start",
-)
 # Tuned on the validation split carved from train (see benchmarks/results/eval/README.md).
 RECENT_WINDOW_DAYS = {"per_user": 30.0, "global": 7.0}
 EASE_LAMBDA = 300.0
