@@ -46,8 +46,18 @@ def open_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
     return grpc.secure_channel(target, credentials, options=GRPC_OPTIONS)
 
 
-def open_aio_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
-    """The asyncio twin of ``open_channel``."""
+def open_aio_channel(
+    target: str, credentials: grpc.ChannelCredentials | None, *, own_subchannels: bool = False
+) -> grpc.aio.Channel:
+    """The asyncio twin of ``open_channel``.
+
+    ``own_subchannels``: connections of this channel's own, not shared through gRPC's
+    process-wide subchannel pool with other channels to the same target; a new such channel
+    connects at once even while another one to the target waits out a reconnect backoff.
+    """
+    options = (
+        [*GRPC_OPTIONS, ("grpc.use_local_subchannel_pool", 1)] if own_subchannels else GRPC_OPTIONS
+    )
     if credentials is None:
-        return grpc.aio.insecure_channel(target, options=GRPC_OPTIONS)
-    return grpc.aio.secure_channel(target, credentials, options=GRPC_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,36 +250,58 @@ class RolloutController:
             self._replicas = sorted(replicas, key=lambda r: (r.shard_id, r.replica))
         return self._replicas
 
+    async def _call(
+        self,
+        replica: AdminReplica,
+        method: Callable[[shard_pb2_grpc.ShardAdminStub], Awaitable[Any]],
+    ) -> Any:
+        """``method(replica.stub)``; on UNAVAILABLE, once more on a fresh channel.
+
+        A replica that restarted leaves its old channel in reconnect backoff, where every
+        call fails at once with UNAVAILABLE although the process is back; a new channel
+        with its own subchannels (a shared one would inherit the backoff) connects now. A
+        replica that is still down refuses the new connection at once, so the retry costs
+        no wait.
+        """
+        try:
+            return await method(replica.stub)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        await replica.channel.close(None)
+        replica.channel = open_aio_channel(replica.target, self.credentials, own_subchannels=True)
+        replica.stub = shard_pb2_grpc.ShardAdminStub(replica.channel)
+        return await method(replica.stub)
+
     async def _describe(self, replica: AdminReplica) -> shard_pb2.ShardInfo:
         try:
-            return await replica.stub.Describe(
-                shard_pb2.DescribeRequest(), metadata=metadata(self.token), timeout=ADMIN_TIMEOUT_S
+            info: shard_pb2.ShardInfo = await self._call(
+                replica,
+                lambda stub: stub.Describe(
+                    shard_pb2.DescribeRequest(),
+                    metadata=metadata(self.token),
+                    timeout=ADMIN_TIMEOUT_S,
+                ),
             )
         except grpc.aio.AioRpcError as exc:
             raise _rpc_error(replica, "Describe", exc) from exc
+        return info
 
     async def _on_all(
         self, what: str, bundle_id: str, replicas: Sequence[AdminReplica]
     ) -> list[str]:
         """Commit or Release ``bundle_id`` on every replica; the failures, as lines."""
-        calls = []
-        for r in replicas:
-            if what == "Commit":
-                calls.append(
-                    r.stub.Commit(
-                        shard_pb2.CommitRequest(bundle_id=bundle_id),
-                        metadata=metadata(self.token),
-                        timeout=ADMIN_TIMEOUT_S,
-                    )
-                )
-            else:
-                calls.append(
-                    r.stub.Release(
-                        shard_pb2.ReleaseRequest(bundle_id=bundle_id),
-                        metadata=metadata(self.token),
-                        timeout=ADMIN_TIMEOUT_S,
-                    )
-                )
+        request: shard_pb2.CommitRequest | shard_pb2.ReleaseRequest = (
+            shard_pb2.CommitRequest(bundle_id=bundle_id)
+            if what == "Commit"
+            else shard_pb2.ReleaseRequest(bundle_id=bundle_id)
+        )
+
+        def call(stub: shard_pb2_grpc.ShardAdminStub) -> Awaitable[Any]:
+            rpc = stub.Commit if what == "Commit" else stub.Release
+            return rpc(request, metadata=metadata(self.token), timeout=ADMIN_TIMEOUT_S)
+
+        calls = [self._call(r, call) for r in replicas]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         failures = []
         for r, outcome in zip(replicas, outcomes, strict=True):
@@ -450,12 +472,15 @@ class RolloutController:
 
         async def prepare(replica: AdminReplica) -> tuple[AdminReplica, BaseException | None]:
             try:
-                await replica.stub.Prepare(
-                    shard_pb2.PrepareRequest(
-                        bundle=str(path), expect_num_shards=old.bundle.num_shards
+                await self._call(
+                    replica,
+                    lambda stub: stub.Prepare(
+                        shard_pb2.PrepareRequest(
+                            bundle=str(path), expect_num_shards=old.bundle.num_shards
+                        ),
+                        metadata=metadata(self.token),
+                        timeout=PREPARE_TIMEOUT_S,
                     ),
-                    metadata=metadata(self.token),
-                    timeout=PREPARE_TIMEOUT_S,
                 )
             except grpc.aio.AioRpcError as exc:
                 return replica, _rpc_error(replica, f"Prepare {new_id}", exc)
@@ -607,8 +632,11 @@ class RolloutController:
         request = shard_pb2.CarryUpdatesRequest(from_bundle_id=old_id, to_bundle_id=new_id)
         outcomes = await asyncio.gather(
             *(
-                r.stub.CarryUpdates(
-                    request, metadata=metadata(self.token), timeout=PREPARE_TIMEOUT_S
+                self._call(
+                    r,
+                    lambda stub: stub.CarryUpdates(
+                        request, metadata=metadata(self.token), timeout=PREPARE_TIMEOUT_S
+                    ),
                 )
                 for r in replicas
             ),

@@ -257,6 +257,37 @@ def test_rollout_commits_and_releases_after_grace(
         assert client.retrieve(3, 10).bundle_id == b.id
 
 
+def test_admin_calls_reach_a_replica_restarted_while_its_channel_backs_off(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path
+) -> None:
+    """A shard that restarts leaves the router's admin channel to it in reconnect backoff,
+    where calls fail at once with UNAVAILABLE although the process is back: the router
+    retries such a call once on a fresh channel, so Status and a rollback right after the
+    restart reach the replica."""
+    a, b = bundles
+    assert fleet.rollout(b.path)[-1].phase == admin_pb2.PHASE_DONE
+    down = fleet.shards[1]
+    fleet.lt.run(down.stop(0))
+    status = fleet.admin.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+    assert [bool(r.error) for r in status.replicas] == [i == 1 for i in range(SHARDS)]
+    fleet.shards[1] = fleet.lt.run(
+        start_shard_server(
+            b.path,
+            1,
+            ShardsConfig(updates_dir=str(tmp_path / "updates-restarted")),
+            port=down.port,
+            admin_port=down.admin_port,
+            admin_token=TOKEN,
+            also_hold=[a.path],
+        )
+    )
+    status = fleet.admin.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+    assert [r.error for r in status.replicas] == [""] * SHARDS
+    assert set(status.replicas[1].held_bundle_ids) == {a.id, b.id}
+    fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+    assert [info.bundle_id for info in fleet.describe()] == [a.id] * SHARDS
+
+
 def _corrupt_copy(bundle: Bundle, dest: Path) -> Path:
     shutil.copytree(bundle.path, dest)
     vectors = dest / bundle.shard(1)["dir"] / "vectors.npy"
