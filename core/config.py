@@ -83,6 +83,9 @@ class ShardsConfig:
     admin_base_port: int = 50161
     updates_dir: str = ""  # update logs; "" = beside each bundle (<bundle>.updates/)
     max_delta_items: int = 1_000_000  # upserted items a shard holds per bundle (exact search)
+    # Compact a bundle shard's update log into a snapshot (<= 3 records) once it holds this
+    # many records and at least twice the snapshot's bytes; 0 = never.
+    update_log_compact_records: int = 1000
     memory_limit_mb: int = 0  # cap on a shard process's memory for Prepare; 0 = the machine's
     # Niceness added to the thread that loads and verifies a prepared bundle, so a rollout's
     # load yields the CPU to searches (Linux: per thread); 0 = same priority as serving.
@@ -396,6 +399,11 @@ class ClusterConfig:
             (0.0 <= self.router.recall_floor <= 1.0, "router.recall_floor", "in [0, 1]"),
             (self.router.recall_min_samples >= 1, "router.recall_min_samples", ">= 1"),
             (self.shards.max_delta_items >= 0, "shards.max_delta_items", ">= 0"),
+            (
+                self.shards.update_log_compact_records >= 0,
+                "shards.update_log_compact_records",
+                ">= 0",
+            ),
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
             (0 <= self.shards.load_nice <= 19, "shards.load_nice", "in [0, 19]"),
             (0 <= self.shards.exact_nice <= 19, "shards.exact_nice", "in [0, 19]"),

@@ -9,13 +9,23 @@ Every update is written to an update log before it is applied, and the log is re
 when the shard process loads the bundle again. Layout (safe formats only: JSON and .npy)::
 
     <updates root>/<bundle_id>.updates/shard-00-r0/
-        log.jsonl             first line: header {format, bundle_id, shard_id, num_shards, dim}
-                              then one record per update {seq, op, ids, vectors?, count, time}
-        00000001-ids.npy      int64 (n,)
-        00000001-vectors.npy  float32 (n, dim)   (upserts)
+        log.jsonl             first line: header {format, bundle_id, shard_id, num_shards, dim,
+                              generation?}, then one record per update
+                              {seq, op, ids, vectors?, count, time}
+        00000001-ids.npy      int64 (n,)             (g0002-00000001-ids.npy after compactions)
+        00000001-vectors.npy  float32 (n, dim)       (upserts)
 
 A record counts once its JSON line is complete (fsynced after its segments); a torn last
-line from a crash is dropped at the next open. Searches never take a lock: updates are
+line from a crash is dropped at the next open. Ops: ``upsert``, ``delete`` and ``forget``
+(ids deleted that neither the bundle nor an upsert holds, remembered for a rollout's
+carry-over).
+
+The log is **compacted** once it holds ``compact_records`` records and at least twice the
+bytes of a snapshot of the state: a new generation of at most three records (the upserted
+rows, the deleted bundle ids, the forgotten ids) is written beside the old segments, a new
+``log.jsonl`` replaces the old one with one atomic rename, and only then are the old
+segments removed. A crash before the rename leaves the old log whole; one after it leaves
+unreferenced segments, removed at the next compaction. Searches never take a lock: updates are
 published copy-on-write (appends go past the end readers know), and a bundle item is
 hidden before the row that replaces it is published, so no search sees an id twice.
 """
@@ -79,6 +89,8 @@ class UpdateLog:
         self.header = {"format": LOG_FORMAT, **header}
         self.path = directory / LOG_NAME
         self.records = 0
+        self.generation = 0  # compactions so far (segment names carry it)
+        self.bytes = 0  # segment bytes the records reference (what compaction weighs)
 
     def replay(self) -> Iterator[tuple[str, np.ndarray, np.ndarray | None]]:
         """Yield (op, ids, vectors or None) for every complete record, oldest first."""
@@ -92,6 +104,7 @@ class UpdateLog:
         if not complete:
             return
         header = self._parse(complete[0], 1)
+        self.generation = int(header.get("generation", 0))
         for key in ("bundle_id", "shard_id", "num_shards", "dim"):
             if header.get(key) != self.header[key]:
                 raise BundleError(
@@ -106,6 +119,7 @@ class UpdateLog:
             except KeyError as exc:
                 raise BundleError(f"{self.path}:{number}: record lacks {exc}") from exc
             self.records += 1
+            self.bytes += ids.nbytes + (vectors.nbytes if vectors is not None else 0)
             yield str(record["op"]), ids, vectors
 
     def append(self, op: str, ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
@@ -117,18 +131,55 @@ class UpdateLog:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(self.directory)
-        seq = self.records + 1
-        record: dict[str, Any] = {"seq": seq, "op": op, "count": len(ids), "time": time.time()}
-        record["ids"] = f"{seq:08d}-ids.npy"
-        _save(self.directory / record["ids"], ids)
-        if vectors is not None:
-            record["vectors"] = f"{seq:08d}-vectors.npy"
-            _save(self.directory / record["vectors"], vectors)
+        record = self._write_segments(self.records + 1, op, ids, vectors)
         with self.path.open("ab") as f:
             f.write(json.dumps(record, sort_keys=True).encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
-        self.records = seq
+        self.records = record["seq"]
+        self.bytes += ids.nbytes + (vectors.nbytes if vectors is not None else 0)
+
+    def compact(self, records: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
+        """Replace the whole log by ``records`` (a snapshot of the state), crash-safely: new
+        segments first, then one atomic rename of the log file, then the old segments go.
+        Raises OSError (the old log stays as it was)."""
+        generation = self.generation + 1
+        self.generation = generation  # the new segments' names
+        try:
+            lines = [json.dumps({**self.header, "generation": generation}, sort_keys=True)]
+            lines += [
+                json.dumps(self._write_segments(seq, op, ids, vectors), sort_keys=True)
+                for seq, (op, ids, vectors) in enumerate(records, start=1)
+            ]
+            tmp = self.path.with_name(LOG_NAME + ".tmp")
+            with tmp.open("wb") as f:
+                f.write("\n".join(lines).encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self.path)
+            _fsync_dir(self.directory)
+        except BaseException:
+            self.generation = generation - 1
+            raise
+        prefix = f"g{generation:04d}-"
+        for path in self.directory.glob("*.npy"):
+            if not path.name.startswith(prefix):
+                path.unlink(missing_ok=True)
+        self.records = len(records)
+        self.bytes = sum(ids.nbytes + (v.nbytes if v is not None else 0) for _, ids, v in records)
+
+    def _write_segments(
+        self, seq: int, op: str, ids: np.ndarray, vectors: np.ndarray | None
+    ) -> dict[str, Any]:
+        """Save one record's segments durably; its JSON record (not written yet)."""
+        name = f"g{self.generation:04d}-{seq:08d}" if self.generation else f"{seq:08d}"
+        record: dict[str, Any] = {"seq": seq, "op": op, "count": len(ids), "time": time.time()}
+        record["ids"] = f"{name}-ids.npy"
+        _save(self.directory / record["ids"], ids)
+        if vectors is not None:
+            record["vectors"] = f"{name}-vectors.npy"
+            _save(self.directory / record["vectors"], vectors)
+        return record
 
     def size_bytes(self) -> int:
         if not self.directory.is_dir():
@@ -176,12 +227,14 @@ class Delta:
         num_shards: int,
         log: UpdateLog | None = None,
         max_items: int = 1_000_000,
+        compact_records: int = 1000,
     ) -> None:
         self.index = index
         self.shard_id = shard_id
         self.num_shards = num_shards
         self.log = log
         self.max_items = max_items
+        self.compact_records = compact_records  # 0: never compact the log
         self.hidden = index.hidden
         self.rows = Rows(np.empty(0, np.int64), np.empty((0, index.dim), np.float32), 0)
         self._row_of: dict[int, int] = {}  # upserted id -> row
@@ -209,11 +262,7 @@ class Delta:
         deleted since."""
         with self._lock:
             upserted = np.sort(self.rows.ids[: self.rows.n])
-            hidden_ids = self.index.ids[self.hidden.positions()]
-            deleted = np.union1d(
-                hidden_ids[~np.isin(hidden_ids, upserted)],
-                np.fromiter(self._deleted_upserts, np.int64, len(self._deleted_upserts)),
-            )
+            deleted = np.union1d(self._hidden_only(upserted), self._forgotten())
         return upserted, deleted.astype(np.int64)
 
     def has(self, ids: np.ndarray) -> np.ndarray:
@@ -303,7 +352,9 @@ class Delta:
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             if self.log is not None:
                 self.log.append("upsert", ids, vectors)
-            return self._apply_upsert(ids, vectors)
+            counts = self._apply_upsert(ids, vectors)
+            self._maybe_compact()
+            return counts
 
     def delete(self, ids: np.ndarray, *, missing_ok: bool = False) -> tuple[int, int]:
         """ids (n,) int64 -> (deleted, missing); NotFound for missing ids unless missing_ok."""
@@ -321,6 +372,7 @@ class Delta:
             if len(found) and self.log is not None:
                 self.log.append("delete", found)
             self._apply_delete(found)
+            self._maybe_compact()
             return len(found), len(ids) - len(found)
 
     def replay(self) -> int:
@@ -333,11 +385,54 @@ class Delta:
                     self._apply_upsert(ids.astype(np.int64), vectors.astype(np.float32))
                 elif op == "delete":
                     self._apply_delete(ids[self._present(ids.astype(np.int64))])
+                elif op == "forget":
+                    self._deleted_upserts.update(ids.astype(np.int64).tolist())
                 else:
                     raise BundleError(f"{self.log.path}: unknown record op {op!r}")
             return self.log.records
 
     # ------------------------------------------------------------------ internals (locked)
+    def _hidden_only(self, upserted: np.ndarray) -> np.ndarray:
+        """Bundle ids hidden and not upserted again: the deleted bundle items."""
+        hidden_ids = self.index.ids[self.hidden.positions()]
+        return hidden_ids[~np.isin(hidden_ids, upserted)]
+
+    def _forgotten(self) -> np.ndarray:
+        return np.fromiter(self._deleted_upserts, np.int64, len(self._deleted_upserts))
+
+    def _maybe_compact(self) -> None:
+        """Rewrite the log as a snapshot once it is long and at least twice the snapshot's
+        size (so rewriting costs O(1) amortised per update). A failure leaves the old log
+        (whole and correct) and is logged; the update it follows has been applied."""
+        log_ = self.log
+        if log_ is None or not self.compact_records or log_.records < self.compact_records:
+            return
+        rows = self.rows
+        upserted = rows.ids[: rows.n].copy()
+        snapshot: list[tuple[str, np.ndarray, np.ndarray | None]] = []
+        if rows.n:
+            snapshot.append(("upsert", upserted, rows.vectors[: rows.n].copy()))
+        if len(hidden := self._hidden_only(upserted)):
+            snapshot.append(("delete", hidden.astype(np.int64), None))
+        if len(forgotten := self._forgotten()):
+            snapshot.append(("forget", np.sort(forgotten), None))
+        size = sum(ids.nbytes + (v.nbytes if v is not None else 0) for _, ids, v in snapshot)
+        if log_.bytes < 2 * size:
+            return
+        records = log_.records
+        try:
+            log_.compact(snapshot)
+        except OSError as exc:
+            log.warning("%s: compaction failed, the log stays as it was: %s", log_.path, exc)
+            return
+        log.info(
+            "%s: compacted %d records into %d (generation %d)",
+            log_.path,
+            records,
+            len(snapshot),
+            log_.generation,
+        )
+
     def _check_ids(self, ids: np.ndarray) -> None:
         if ids.ndim != 1 or len(ids) == 0:
             raise InvalidArgument("ids: empty; expected at least one int64 id")

@@ -262,6 +262,7 @@ class Holdings:
             num_shards=bundle.num_shards,
             log=self._log(bundle),
             max_items=self.config.max_delta_items,
+            compact_records=self.config.update_log_compact_records,
         )
         records = delta.replay()
         log.info(

@@ -35,14 +35,23 @@ def loaded(path: Path) -> ShardIndex:
     return load_shard(path, SHARD)[1]
 
 
-def make_delta(bundle: Bundle, log_dir: Path | None = None, max_items: int = 1000) -> Delta:
+def make_delta(
+    bundle: Bundle, log_dir: Path | None = None, max_items: int = 1000, compact_records: int = 0
+) -> Delta:
     base = loaded(bundle.path)  # one faiss index; each ShardIndex gets its own hidden mask
     index = ShardIndex(base.index, base.ids, base.vectors, base.metric, base.spec)
     log = None
     if log_dir is not None:
         header = {"bundle_id": bundle.id, "shard_id": SHARD, "num_shards": 3, "dim": 32}
         log = UpdateLog(log_dir, header)
-    delta = Delta(index, shard_id=SHARD, num_shards=3, log=log, max_items=max_items)
+    delta = Delta(
+        index,
+        shard_id=SHARD,
+        num_shards=3,
+        log=log,
+        max_items=max_items,
+        compact_records=compact_records,
+    )
     delta.replay()
     return delta
 
@@ -180,6 +189,61 @@ def test_log_replays_and_survives_a_torn_record(flat_bundle: Bundle, tmp_path: P
     np.save(log_dir / segment, np.array([object()], dtype=object), allow_pickle=True)
     with pytest.raises(BundleError, match=f"cannot read segment {segment}"):
         make_delta(flat_bundle, log_dir)
+
+
+def test_log_is_compacted_and_replays_to_the_same_state(
+    flat_bundle: Bundle, tmp_path: Path
+) -> None:
+    """Many small updates: the log is rewritten as a snapshot (old segments gone, a few
+    records left), and a shard that loads it again serves exactly what it served before,
+    deletes of ids the bundle never had included (what a rollout carries over)."""
+    log_dir = tmp_path / "log"
+    delta = make_delta(flat_bundle, log_dir, compact_records=10)
+    assert delta.log is not None
+    rng = np.random.default_rng(7)
+    new = fresh_ids(flat_bundle, 6)
+    bundle_ids = delta.index.ids
+    for round_ in range(12):  # the same few items updated again and again
+        delta.upsert(new[:4], rng.standard_normal((4, 32)).astype(np.float32))
+        delta.upsert(bundle_ids[:2], rng.standard_normal((2, 32)).astype(np.float32))
+        if round_ % 3 == 0:
+            delta.upsert(new[4:], rng.standard_normal((2, 32)).astype(np.float32))
+            delta.delete(new[4:5])  # an id the bundle never had: forgotten, not lost
+            delta.delete(bundle_ids[2 + round_ : 3 + round_])
+    assert delta.log.generation >= 1
+    assert delta.log.records < 10 + 3
+    referenced = {
+        json.loads(line)[key]
+        for line in (log_dir / LOG_NAME).read_text().splitlines()[1:]
+        for key in ("ids", "vectors")
+        if key in json.loads(line)
+    }
+    assert {p.name for p in log_dir.glob("*.npy")} == referenced  # old segments removed
+
+    queries = rng.standard_normal((6, 32)).astype(np.float32)
+    again = make_delta(flat_bundle, log_dir, compact_records=10)
+    assert np.array_equal(again.search(queries, 30)[0], delta.search(queries, 30)[0])
+    assert np.array_equal(again.exact(queries, 30)[0], delta.exact(queries, 30)[0])
+    assert [a.tolist() for a in again.updates()] == [a.tolist() for a in delta.updates()]
+    assert int(new[4]) in again.updates()[1].tolist()
+    assert (again.upserted, again.deleted) == (delta.upserted, delta.deleted)
+    # it keeps appending after a compaction, and a torn record is still dropped
+    again.delete(new[:1])
+    with (log_dir / LOG_NAME).open("ab") as f:
+        f.write(b'{"seq": 99, "op": "del')
+    third = make_delta(flat_bundle, log_dir)
+    assert not third.has(new[:1]).any() and third.upserted == delta.upserted - 1
+
+
+def test_compaction_waits_until_the_log_outweighs_its_snapshot(
+    flat_bundle: Bundle, tmp_path: Path
+) -> None:
+    """Each update a new item: the snapshot is as big as the log, so nothing is rewritten."""
+    delta = make_delta(flat_bundle, tmp_path / "log", compact_records=4)
+    assert delta.log is not None
+    for item in fresh_ids(flat_bundle, 8):
+        delta.upsert(np.array([item]), np.ones((1, 32), np.float32))
+    assert (delta.log.generation, delta.log.records) == (0, 8)
 
 
 def test_log_of_another_bundle_is_refused(flat_bundle: Bundle, tmp_path: Path) -> None:
