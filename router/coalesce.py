@@ -5,11 +5,11 @@ the router spends its time on RPC overhead. Searches with the same (k, params) s
 *lane*. With no batch of its lane out, a search leaves at the end of the event loop's current
 pass (with the searches that arrived in the same pass): at low load nothing waits. While
 batches are out, searches wait and leave together, as one batch, either when a batch returns
-or, if fewer than ``max_in_flight`` are out, once a typical batch's time (the running mean
-from send to the last shard's answer, at most ``MAX_SPACING_S``) has passed since the last
-one left. So under load a lane sends about one batch per batch time, carrying every search
-that arrived meanwhile, and the further slots only keep searches moving when a batch is
-slower than usual (a slow replica, a retry). Spacing them by ``1 / max_in_flight`` of a
+or, if fewer than ``max_in_flight`` are out, once ``SLOW_BATCH`` typical batch times (the
+running mean from send to the last shard's answer; at most ``MAX_SPACING_S``) have passed
+since the last one left. So under load a lane sends one batch per batch time, carrying every
+search that arrived meanwhile, and the further slots only keep searches moving when a batch
+is slower than usual (a slow replica, a retry). Spacing them by ``1 / max_in_flight`` of a
 batch's time (before) made batches half as large: 1.10x the server CPU per query in closed
 loop, with a worse p99 (benchmarks/results/ab-12-coalesce-batch-time); the first arrival
 leaving alone whenever a slot was free (before that) made most shard RPCs carry one query.
@@ -33,8 +33,11 @@ from annfleet.router.scatter import Fanout, Scatter, ScatterResult
 from annfleet.v1 import common_pb2
 
 LaneKey = tuple[int, int, int, int]
-# A further batch leaves a batch's running time after the last one, at most this long: a
-# slow shard (retries, hedges, timeouts) must not hold searches back with a free slot.
+# A further batch leaves once the last one has been out this many typical batch times (at
+# most MAX_SPACING_S): under load the batch out normally returns first, and everything that
+# arrived meanwhile leaves with the next batch; the further slot serves a batch slower than
+# usual. A slow shard (retries, hedges, timeouts) must not hold searches back with a free slot.
+SLOW_BATCH = 2.0
 MAX_SPACING_S = 0.05
 
 
@@ -104,7 +107,7 @@ class Coalescer:
         if lane.in_flight == 0:
             lane.due = loop.call_soon(self._dispatch_due, key, lane)
         else:  # about one batch per batch time; another slot only for a slow batch
-            at = lane.last_sent + min(self.batch_s, MAX_SPACING_S)
+            at = lane.last_sent + min(SLOW_BATCH * self.batch_s, MAX_SPACING_S)
             lane.due = loop.call_later(at - time.monotonic(), self._dispatch_due, key, lane)
 
     def _dispatch_due(self, key: LaneKey, lane: _Lane) -> None:
