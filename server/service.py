@@ -79,7 +79,10 @@ def shard_info(holdings: Holdings, config: ShardsConfig) -> shard_pb2.ShardInfo:
 # A search faiss is expected to finish within this many seconds runs on the event loop
 # thread when nothing else is queued or running: handing it to an executor thread and back
 # (submit, wake-up, GIL hand-off, call_soon_threadsafe) costs more CPU than that at our sizes.
-INLINE_MAX_S = 0.004  # 1 ms sent batches of > ~4 queries to the executor (ab-8: 0.97x CPU)
+# 4 ms sent many of a loaded closed loop's batches (~14 queries at ~0.3 ms each) to the
+# executor: 16 ms gave 0.97x the server CPU per query (ab-13-inline-16ms). The price: the
+# loop (other streams' messages, replies) waits up to this long behind an inline search.
+INLINE_MAX_S = 0.016
 COST_DECAY = 0.9  # weight of the past in the running estimate of seconds per query row
 
 
