@@ -111,9 +111,16 @@ class RouterConfig:
     # that has not answered by then is given up and the call retried elsewhere).
     default_timeout_s: float = 1.0  # deadline when the caller sets none
     shard_timeout_s: float = 0.5  # cap on one shard attempt
-    # kept back from the caller's deadline, and from each Retrieve source's budget, to merge
-    # and reply
+    # kept back from the caller's deadline, and from each Retrieve source's budget: the
+    # request's path the router cannot time (gRPC before its handler and after its reply)
     deadline_margin_s: float = 0.002
+    # Retrieve also keeps back from each source's budget what it measures it needs after a
+    # budget (router/margin.py): this quantile of the time from the budget that ended the
+    # wait for the sources to the reply handed to gRPC, over the last reply_margin_window
+    # such Retrieves, between 0 and reply_margin_max_s (also its value until measured).
+    reply_margin_quantile: float = 0.99
+    reply_margin_window: int = 512
+    reply_margin_max_s: float = 0.005
     max_in_flight: int = 512  # requests being served at once; beyond: RESOURCE_EXHAUSTED
     # admission "adaptive" (router/admission.py): the in-flight limit (min_in_flight ..
     # max_in_flight) shrinks while the router's median latency is above latency_tolerance x
@@ -409,6 +416,13 @@ class ClusterConfig:
             (0 <= self.shards.exact_nice <= 19, "shards.exact_nice", "in [0, 19]"),
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
             (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
+            (
+                0.0 < self.router.reply_margin_quantile <= 1.0,
+                "router.reply_margin_quantile",
+                "in (0, 1]",
+            ),
+            (self.router.reply_margin_window >= 1, "router.reply_margin_window", ">= 1"),
+            (self.router.reply_margin_max_s >= 0, "router.reply_margin_max_s", ">= 0"),
             (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),
             (
                 self.router.admission in ("adaptive", "fixed"),

@@ -85,6 +85,11 @@ SOURCE_LATENCY = Histogram(
     ["source"],
     buckets=LATENCY_BUCKETS,
 )
+REPLY_MARGIN = Gauge(
+    "annfleet_router_reply_margin_seconds",
+    "Measured part of what Retrieve keeps back from each source's budget to blend and reply "
+    "(router/margin.py; router.deadline_margin_s comes on top)",
+)
 SOURCE_OUTCOMES = Counter(
     "annfleet_router_source_outcomes",
     "Candidate source runs by outcome: ok, budget (dropped past its budget), error",

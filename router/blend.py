@@ -92,6 +92,10 @@ class Blend:
     dropped: dict[str, str] = field(default_factory=dict)  # source -> why (budget, error)
     details: dict[str, Any] = field(default_factory=dict)  # source -> Candidates.detail
     cached: bool = False  # served from the candidate cache
+    # time.monotonic() when the wait for the sources ended (0: not run, a cached list), and
+    # the deadline of the budget that ended it (0: it ended with an answer or a failure)
+    sources_done: float = 0.0
+    budget_end: float = 0.0
 
 
 def slots(quotas: Sequence[float], k: int) -> list[int]:
@@ -205,7 +209,7 @@ def blend(
         first[1:] = group[at_top[1:]] != group[at_top[:-1]]
         best_entry = by[at_top[first]]
         bits = np.left_shift(np.uint32(1), codes.astype(np.uint32))[lst]
-        bits[score <= 0] = 0  # a source that adds nothing (weight 0) is not a contributor
+        bits[weights[lst] <= 0] = 0  # a source that adds nothing (weight 0) is not a contributor
         mask = np.bitwise_or.reduceat(bits[by], starts).astype(np.uint32)
         best_score = np.add.reduceat(sscore, starts) if fuse else score[best_entry]
     else:
@@ -269,6 +273,19 @@ class Outcome:
     dropped: str = ""  # "" | "budget" | "error: ..."
     seconds: float = 0.0
     error: BaseException | None = None  # what a failed source raised
+    deadline: float = 0.0  # time.monotonic(): when its budget (or the request's deadline) ran out
+    ended: float = 0.0  # time.monotonic(): when it answered, failed or was dropped
+
+
+def wait_end(outcomes: dict[str, Outcome]) -> tuple[float, float]:
+    """When the wait for ``outcomes``' sources ended (``time.monotonic()``; 0 with none),
+    and the deadline of the budget that ended it: the latest deadline of the sources dropped
+    for their budget at that moment, 0 when the last source to end answered or failed."""
+    if not outcomes:
+        return 0.0, 0.0
+    done = max(o.ended for o in outcomes.values())
+    at_budget = [o.deadline for o in outcomes.values() if o.dropped == "budget" and o.ended == done]
+    return done, max(at_budget, default=0.0)
 
 
 def _forget(task: asyncio.Task[Candidates]) -> None:
@@ -338,23 +355,28 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
                 task.cancel()
                 task.add_done_callback(_forget)
                 pending.discard(task)
-                outcomes[source.name] = Outcome(source.name, None, "budget", now - start)
+                outcomes[source.name] = Outcome(
+                    source.name, None, "budget", now - start, deadline=tasks[task][1], ended=now
+                )
             if not pending:
                 break
             timeout = max(min(tasks[t][1] for t in pending) - late, 0.0)
             done, pending = await asyncio.wait(pending, timeout=timeout)
             for task in done:
-                source = tasks[task][0]
-                took = answered.get(task, time.monotonic()) - start
+                source, deadline = tasks[task]
+                ended = answered.get(task, time.monotonic())
+                took = ended - start
+                found, why, exc = None, "", None
                 if task.cancelled():
-                    outcomes[source.name] = Outcome(source.name, None, "error: cancelled", took)
+                    why = "error: cancelled"
                 elif (exc := task.exception()) is not None:
                     log.warning("source %s failed: %s", source.name, exc)
-                    outcomes[source.name] = Outcome(
-                        source.name, None, f"error: {type(exc).__name__}: {exc}", took, exc
-                    )
+                    why = f"error: {type(exc).__name__}: {exc}"
                 else:
-                    outcomes[source.name] = Outcome(source.name, task.result(), "", took)
+                    found = task.result()
+                outcomes[source.name] = Outcome(
+                    source.name, found, why, took, exc, deadline=deadline, ended=ended
+                )
     finally:
         for task in pending:  # our caller was cancelled: do not leave sources running
             task.cancel()
@@ -374,7 +396,8 @@ def blend_outcomes(
     blender: Blender | None = None,
 ) -> Blend:
     """``blend`` over ``run_sources``' outcomes (quota and weight from each source's
-    settings, mode from ``blender``); records each source's contribution in the metrics."""
+    settings, mode from ``blender``), with when the wait for them ended (``wait_end``);
+    records each source's contribution in the metrics."""
     lists = []
     dropped = {}
     for source in sources:
@@ -400,4 +423,5 @@ def blend_outcomes(
         for name, o in outcomes.items()
         if o.candidates is not None and o.candidates.detail is not None
     }
-    return replace(result, details=details) if details else result
+    done, budget_end = wait_end(outcomes)
+    return replace(result, details=details, sources_done=done, budget_end=budget_end)

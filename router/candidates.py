@@ -250,7 +250,7 @@ class CandidateGenerator:
         )
         cached = self.caches.candidates.get(user_id, key)
         if cached is not None:
-            return replace(cached, cached=True)
+            return replace(cached, cached=True, sources_done=0.0, budget_end=0.0)
         excl = self.exclusions(user_id, user, recent, exclude, blocked)
         blender = self.sources.blender
         request = SourceRequest(user_id, context, blender.asked(k), deadline, excl, params, *timing)

@@ -33,6 +33,7 @@ from annfleet.router.candidates import CandidateGenerator, SourceSet, build_sour
 from annfleet.router.coalesce import Coalescer
 from annfleet.router.diversity import DiversityMonitor
 from annfleet.router.engagement import Event, record_engagement
+from annfleet.router.margin import ReplyMargin
 from annfleet.router.scatter import Scatter, ScatterResult
 from annfleet.router.sources import Candidates
 from annfleet.router.sources.social import FollowGraph
@@ -239,6 +240,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self.state: RouterState | None = None  # the stable bundle
         self.canary: Canary | None = None  # a bundle serving a share of users (variants.py)
         self.admission = Admission(config)
+        self.reply_margin = ReplyMargin.from_config(config)  # Retrieve's, measured
         self.sampler: RecallMonitor | None = None  # live recall sampling (recall.py)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
 
@@ -329,6 +331,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         check_params(request.params)
         exclude = decode_ids(request.exclude_ids, name="exclude_ids")
         shape = (request.params.SerializeToString(deterministic=True),)
+        # Kept back from each source's budget: the fixed allowance for what the router cannot
+        # time, and what it measures it needs after a budget (router/margin.py).
+        margin = self.config.deadline_margin_s + self.reply_margin.value
         result = await state.candidates.retrieve(
             request.user_id,
             _context(request),
@@ -338,7 +343,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             shape,
             request.params,
             received=received,
-            reply_margin=self.config.deadline_margin_s,
+            reply_margin=margin,
         )
         ann = result.details.get("ann")
         if self.sampler is not None and isinstance(ann, AnnDetail) and not result.cached:
@@ -356,10 +361,17 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             coverage=coverage,
             source_counts={name: n for name, n in result.counts.items() if n},
             dropped_sources=result.dropped,
-            timings_ms={"total": (time.perf_counter() - started) * 1e3},
         )
         if request.include_titles:
             response.titles.extend(state.titles.get(int(i), "") for i in result.ids)
+        timings = response.timings_ms
+        timings["reply_margin"] = margin * 1e3
+        if result.sources_done:
+            timings["sources"] = (result.sources_done - received) * 1e3
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        if result.budget_end:  # a budget ended the wait: how long after it the reply is ready
+            after = time.monotonic() - result.budget_end  # noted once the reply is on its way
+            asyncio.get_running_loop().call_soon(self.reply_margin.observe, after)
         return response
 
     @rpc("Retrieval")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import numpy as np
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from annfleet.router.blend import (
     blend_outcomes,
     run_sources,
     slots,
+    wait_end,
 )
 from annfleet.router.sources import Candidates, Source, SourceRequest
 from annfleet.router.users import RequestContext
@@ -362,6 +364,35 @@ def test_a_budget_counts_from_the_requests_arrival_less_the_reply_margin() -> No
         assert outcomes["ann"].dropped == ""
         assert outcomes["ann"].candidates is not None
         assert outcomes["ann"].candidates.ids.tolist() == [1, 2]
+
+    asyncio.run(go())
+
+
+def test_each_outcome_has_its_deadline_and_the_wait_end_names_the_budget_that_ended_it() -> None:
+    """A source's deadline is received + its budget - reply_margin (capped by the request's);
+    the wait that ends by dropping a source at its budget reports that deadline, one that
+    ends with an answer reports none."""
+
+    async def go() -> None:
+        now = time.monotonic()
+        hanging = HangingSource("trending", [20], budget_ms=50)
+        quick = ListSource("ann", [1, 2], budget_ms=60_000)
+        request = SourceRequest(1, RequestContext(), 3, now + 30, received=now, reply_margin=0.004)
+        outcomes = await run_sources([quick, hanging], request)
+        assert outcomes["trending"].dropped == "budget"
+        assert outcomes["trending"].deadline == now + 0.050 - 0.004
+        assert outcomes["ann"].deadline == now + 30  # the request's deadline caps its budget
+        done, budget_end = wait_end(outcomes)
+        assert done == outcomes["trending"].ended >= outcomes["ann"].ended
+        assert budget_end == outcomes["trending"].deadline
+        # blend_outcomes carries both to the response
+        result = blend_outcomes([quick, hanging], outcomes, 3)
+        assert (result.sources_done, result.budget_end) == (done, budget_end)
+
+        answered = await run_sources([quick], replace(request, received=time.monotonic()))
+        done, budget_end = wait_end(answered)
+        assert done == answered["ann"].ended and budget_end == 0.0
+        assert wait_end({}) == (0.0, 0.0)
 
     asyncio.run(go())
 

@@ -1,0 +1,70 @@
+"""The reply margin: how much of a source's budget ``Retrieve`` keeps back to blend and reply,
+measured rather than guessed.
+
+A source that hangs is dropped at its deadline; what the router does after that (wake up
+from the budget's timer, which the event loop fires up to a millisecond or more late, blend,
+build the response) is on the caller's clock too. So each source's
+deadline is ``received + budget - router.deadline_margin_s - margin``, where
+``router.deadline_margin_s`` is a fixed allowance for the request's path the router cannot
+time (gRPC before the handler starts, and from the handler's reply to the caller), and the
+margin is what the router measures it needs:
+
+- after each ``Retrieve`` whose wait for its sources ended at a budget (the last source
+  still running was dropped at its deadline), the router notes how long after that deadline
+  its response was ready to hand back to gRPC (:meth:`ReplyMargin.observe`): the budget
+  timer's lateness, the blend and the response. gRPC's own serialising and sending are left
+  to ``deadline_margin_s``: the time the RPC is seen done (a completion the gRPC poller
+  thread passes to the event loop) came up to several ms after the reply on a busy box, a
+  tail of the notification rather than of the reply;
+- the margin is the ``router.reply_margin_quantile`` of the last
+  ``router.reply_margin_window`` such times, never below 0 nor above
+  ``router.reply_margin_max_s`` (a burst of stalls, e.g. a rollout loading a model, must
+  not eat the sources' budgets); until ``MIN_SAMPLES`` are noted it is that cap.
+
+Each time is measured from the deadline itself, not from the margin it was computed with,
+so the estimate does not feed on itself: a larger margin moves the deadline earlier, not
+the time the router needs after it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from annfleet.config import RouterConfig
+from annfleet.metrics import REPLY_MARGIN
+
+MIN_SAMPLES = 20  # below this many noted times the margin is its cap
+
+
+class ReplyMargin:
+    """The measured part of the time kept back from each source's budget (module doc)."""
+
+    def __init__(self, quantile: float = 0.99, window: int = 512, max_s: float = 0.005) -> None:
+        self.quantile = quantile
+        self.max_s = max_s
+        self._times = np.zeros(max(window, 1), np.float64)  # a ring of the latest times
+        self._count = 0  # times noted in all (the ring holds the last len(_times))
+        self.value = max_s  # seconds
+        REPLY_MARGIN.set(self.value)
+
+    @classmethod
+    def from_config(cls, config: RouterConfig) -> ReplyMargin:
+        return cls(
+            config.reply_margin_quantile, config.reply_margin_window, config.reply_margin_max_s
+        )
+
+    @property
+    def samples(self) -> int:
+        """How many times the margin is computed over (at most the window)."""
+        return min(self._count, len(self._times))
+
+    def observe(self, seconds: float) -> None:
+        """Note one reply's time after the budget that ended its wait (negative when the
+        budget's timer fired early and the reply left before the deadline)."""
+        self._times[self._count % len(self._times)] = seconds
+        self._count += 1
+        n = self.samples
+        if n >= MIN_SAMPLES:
+            needed = float(np.quantile(self._times[:n], self.quantile))
+            self.value = min(max(needed, 0.0), self.max_s)
+            REPLY_MARGIN.set(self.value)

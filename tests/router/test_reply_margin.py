@@ -1,0 +1,136 @@
+"""The reply margin (router/margin.py): what Retrieve keeps back from each source's budget is
+measured after each budget that ended a wait, bounded, and used in the sources' deadlines."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from support import patient
+
+from annfleet.bundle import Bundle
+from annfleet.client import Client
+from annfleet.config import (
+    ConfigError,
+    RouterConfig,
+    SourcesConfig,
+    TrendingSourceConfig,
+    load_config,
+)
+from annfleet.router.margin import MIN_SAMPLES, ReplyMargin
+from annfleet.synthetic import Catalogue
+
+
+def test_the_margin_is_its_cap_until_measured_then_the_quantile_of_the_window() -> None:
+    margin = ReplyMargin(quantile=0.5, window=40, max_s=0.004)
+    assert margin.value == 0.004 and margin.samples == 0
+    for _ in range(MIN_SAMPLES - 1):
+        margin.observe(0.001)
+    assert margin.value == 0.004  # not enough measured yet
+    margin.observe(0.001)
+    assert margin.value == pytest.approx(0.001)
+    for seconds in np.linspace(0.0, 0.002, 40):  # the window rolls: the 0.001s are gone
+        margin.observe(float(seconds))
+    assert margin.samples == 40
+    assert margin.value == pytest.approx(float(np.quantile(np.linspace(0.0, 0.002, 40), 0.5)))
+
+
+def test_the_margin_stays_between_zero_and_its_cap() -> None:
+    margin = ReplyMargin(quantile=0.99, window=64, max_s=0.003)
+    for _ in range(64):
+        margin.observe(0.5)  # a stall: capped
+    assert margin.value == 0.003
+    for _ in range(64):
+        margin.observe(-0.0005)  # replies before the deadline (the timer fired early)
+    assert margin.value == 0.0
+    off = ReplyMargin(max_s=0.0)
+    for _ in range(MIN_SAMPLES):
+        off.observe(0.002)
+    assert off.value == 0.0
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("reply_margin_quantile", 0.0), ("reply_margin_window", 0), ("reply_margin_max_s", -1)],
+)
+def test_bad_margin_settings_are_refused(tmp_path, key: str, value: float) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "c.yaml"
+    path.write_text(f"router:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=f"router.{key}"):
+        load_config(path)
+
+
+def hanging_trending(budget_ms: float = 300.0) -> SourcesConfig:
+    """Every source patient but trending, which answers 30 s late against its budget."""
+    base = patient(SourcesConfig())
+    return replace(
+        base, trending=TrendingSourceConfig(budget_ms=budget_ms, delay_ms=30_000.0, quota=0.3)
+    )
+
+
+def wait_for(condition, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Poll until ``condition()`` (the router notes a reply's time once it is on its way,
+    which can be just after the client got it)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"never: {what}")
+        time.sleep(0.01)
+
+
+# shard attempts that outlast a starved test box: only trending can miss its budget
+PATIENT_ROUTER = RouterConfig(oversample=3.0, shard_timeout_s=20.0, deadline_margin_s=0.002)
+
+
+def test_each_budget_that_ends_a_wait_is_measured_and_sets_the_next_margin(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    # the median: the first (real) time, whatever it was on this box, does not move it
+    config = replace(PATIENT_ROUTER, reply_margin_max_s=0.004, reply_margin_quantile=0.5)
+    cluster = cluster_factory(flat_bundle, config, sources=hanging_trending())
+    margin = cluster.router.service.reply_margin
+    user, k = int(catalogue.user_ids[3]), 30
+    with Client(cluster.router_target, timeout=10) as client:
+        first = client.retrieve(user, k)
+        assert first.dropped_sources == {"trending": "budget"}
+        assert first.timings_ms["reply_margin"] == pytest.approx(6.0)  # 2 ms + the cap
+        wait_for(lambda: margin.samples == 1, "the first reply measured")
+        for _ in range(MIN_SAMPLES):  # as if the router had measured 1 ms replies
+            margin.observe(0.001)
+        assert margin.value == pytest.approx(0.001)
+        for n in range(3):
+            before = margin.value
+            result = client.retrieve(user, k)
+            assert result.dropped_sources == {"trending": "budget"}
+            assert len(result.ids) == k  # the other sources fill k
+            # what was kept back: deadline_margin_s + the measured part in force
+            assert result.timings_ms["reply_margin"] == pytest.approx((0.002 + before) * 1e3)
+            assert 0 < result.timings_ms["sources"] <= result.timings_ms["total"]
+            wait_for(lambda n=n: margin.samples == MIN_SAMPLES + n + 2, f"reply {n} measured")
+    assert 0.0 <= margin.value <= 0.004
+
+
+def test_no_budget_no_measurement_and_a_zero_cap_keeps_only_the_fixed_margin(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    config = replace(PATIENT_ROUTER, deadline_margin_s=0.003, reply_margin_max_s=0.0)
+    calm = cluster_factory(flat_bundle, config, sources=patient(SourcesConfig()))
+    hung = cluster_factory(flat_bundle, config, sources=hanging_trending())
+    user, k = int(catalogue.user_ids[3]), 30
+    with Client(calm.router_target, timeout=10) as a, Client(hung.router_target, timeout=10) as b:
+        for _ in range(3):
+            answered = a.retrieve(user, k)
+            assert answered.dropped_sources == {}
+            assert answered.timings_ms["reply_margin"] == pytest.approx(3.0)
+            dropped = b.retrieve(user, k)
+            assert dropped.dropped_sources == {"trending": "budget"}
+            assert dropped.timings_ms["reply_margin"] == pytest.approx(3.0)
+    wait_for(lambda: hung.router.service.reply_margin.samples == 3, "the 3 budgets measured")
+    assert calm.router.service.reply_margin.samples == 0  # every source answered: nothing to time
+    assert hung.router.service.reply_margin.value == 0.0
