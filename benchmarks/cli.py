@@ -196,6 +196,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "comma list runs one throttled overload phase per value (the first is the headline)",
     )
     ld.add_argument(
+        "--report-timeout",
+        choices=("on", "off", "both"),
+        default="on",
+        help="--overload --generator client: whether annfleet's client sends its timeout "
+        "(annfleet-timeout-ms, which the router sheds on when it queued beyond "
+        "router.queue_target_s); both: each throttled phase with it, then without (A/B)",
+    )
+    ld.add_argument(
         "--settle",
         type=float,
         default=5.0,

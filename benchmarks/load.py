@@ -51,6 +51,7 @@ class LoadSpec:
     timeout: float = 1.0
     record: bool = False  # keep every request's outcome (time series, e.g. `bench faults`)
     throttle_k: float = 0.0  # > 0: the client's adaptive throttle with this k (0: off)
+    report_timeout: bool = True  # the client sends annfleet-timeout-ms (queue-time shedding)
 
 
 @dataclass
@@ -90,7 +91,11 @@ async def _worker_async(
 
     throttle = ThrottleConfig(k=spec.throttle_k) if spec.throttle_k > 0 else None
     async with AsyncClient(
-        spec.target, timeout=spec.timeout, retries=0, throttle=throttle
+        spec.target,
+        timeout=spec.timeout,
+        retries=0,
+        throttle=throttle,
+        report_timeout=spec.report_timeout,
     ) as client:
 
         async def one(t_sched: float) -> str:

@@ -304,6 +304,50 @@ def router_requests(metrics_port: int | None, method: str = "Search") -> dict[st
     }
 
 
+def router_admission(metrics_port: int | None) -> dict[str, Any]:
+    """The router's admission state: requests shed on queue time (counter), the in-flight
+    limit now, and the queue-time histogram's cumulative buckets ({le: count})."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out: dict[str, Any] = {"queue_shed": 0.0, "limit": None, "queue_buckets": {}}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "annfleet_router_queue_shed_total":
+                out["queue_shed"] = sample.value
+            elif sample.name == "annfleet_router_in_flight_limit":
+                out["limit"] = sample.value
+            elif sample.name == "annfleet_router_queue_seconds_bucket":
+                out["queue_buckets"][float(sample.labels["le"])] = sample.value
+    return out
+
+
+def admission_columns(
+    before: dict[str, Any], after: dict[str, Any], wall_s: float
+) -> dict[str, Any]:
+    """Per phase: queue-time sheds per second, the queue time's p50/p99 (the histogram
+    bucket it falls in, ms) over the requests that sent their timeout, the limit at the end."""
+    buckets = {
+        le: after["queue_buckets"][le] - before["queue_buckets"].get(le, 0.0)
+        for le in sorted(after["queue_buckets"])
+    }
+    total = buckets.get(float("inf"), 0.0)
+
+    def quantile(q: float) -> float | None:
+        if total <= 0:
+            return None
+        return next(le * 1e3 for le, n in buckets.items() if n >= q * total)
+
+    return {
+        "queue_shed_qps": round((after["queue_shed"] - before["queue_shed"]) / wall_s, 1),
+        "queue_p50_ms": quantile(0.5),
+        "queue_p99_ms": quantile(0.99),
+        "limit_at_end": after["limit"],
+    }
+
+
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
     return {c: int(v - before.get(c, 0.0)) for c, v in after.items() if v > before.get(c, 0.0)}
 
@@ -338,6 +382,26 @@ def h2load_row(
     }
 
 
+def client_phases(args: argparse.Namespace) -> list[tuple[float, bool]]:
+    """The throttled client phases: (k, the client sends its timeout) per phase; with
+    ``--report-timeout both`` each k with, then without, as an A/B in one run."""
+    reports = {"on": [True], "off": [False], "both": [True, False]}[args.report_timeout]
+    return [(k, report) for k in args.throttle_k for report in reports]
+
+
+def phase_label(k: float, report: bool, mode: str) -> str:
+    label = f"throttle k={k:g}"
+    if mode == "both":
+        label += ", timeout sent" if report else ", no timeout sent"
+    return label
+
+
+def key(label: str) -> str:
+    """A phase label as a results.json key: ``throttle k=2, timeout sent`` ->
+    ``throttle_k2_timeout_sent``."""
+    return label.replace("=", "").replace(",", "").replace(" ", "_")
+
+
 def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
     """Unloaded (the probe alone) and capacity (h2load closed loop), then the overload:
     h2load + probe (``--generator h2load``) or, with ``--generator client``, annfleet's
@@ -363,11 +427,16 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             timeout=args.timeout,
         )
 
+        admission: list[dict[str, Any]] = []  # per counted phase, in the rows' order
+
         def counted(run: Any) -> tuple[Any, dict[str, int], float]:
             """run() with the router's answers by status over its wall time."""
             before, t0 = router_requests(metrics_port), time.perf_counter()
+            state = router_admission(metrics_port)
             out = run()
-            return out, _delta(router_requests(metrics_port), before), time.perf_counter() - t0
+            wall = time.perf_counter() - t0
+            admission.append(admission_columns(state, router_admission(metrics_port), wall))
+            return out, _delta(router_requests(metrics_port), before), wall
 
         def flood(offered: float) -> tuple[h2load.H2LoadResult, dict[str, Any]]:
             lead = 3.0  # the probe's process spawns and imports meanwhile
@@ -377,21 +446,25 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 probe = run_load(probe_spec, queries, server_pids=pids, start_at=start_at)
                 return sent.result(), probe
 
-        def client(offered: float, throttle_k: float) -> tuple[dict[str, Any], dict[str, Any]]:
-            """annfleet's client as the load, and the probe beside it (both throttled with
-            ``throttle_k``, 0: neither): (load, probe)."""
+        def client(
+            offered: float, throttle_k: float, report: bool
+        ) -> tuple[dict[str, Any], dict[str, Any]]:
+            """annfleet's client as the load (throttled with ``throttle_k``, 0: not), and
+            the probe beside it (never throttled, so that its few calls all sample the
+            accepted latency; both send their timeout if ``report``): (load, probe)."""
             spec = dataclasses.replace(
                 probe_spec,
                 qps=offered,
                 processes=args.processes,
                 concurrency=args.client_in_flight * args.processes,
                 throttle_k=throttle_k,
+                report_timeout=report,
             )
             start_at = time.time() + 3.0 + 0.5 * args.processes  # spawns and imports
             with ThreadPoolExecutor(1) as pool:
                 load = pool.submit(run_load, spec, queries, server_pids=pids, start_at=start_at)
                 probe = run_load(
-                    dataclasses.replace(probe_spec, throttle_k=throttle_k),
+                    dataclasses.replace(probe_spec, report_timeout=report),
                     queries,
                     start_at=start_at,
                 )
@@ -409,17 +482,19 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             rss["after capacity"] = rss_mib(pids)
             offered = args.overload * capacity_qps
             throttled: list[
-                tuple[float, tuple[dict[str, Any], dict[str, Any]], dict[str, int], float]
+                tuple[str, tuple[dict[str, Any], dict[str, Any]], dict[str, int], float]
             ] = []
-            for k in args.throttle_k if with_client else ():
-                throttled.append((k, *counted(lambda: client(offered, k))))  # noqa: B023
-                rss["after overload" if len(throttled) == 1 else f"after k={k:g}"] = rss_mib(pids)
+            for k, report in client_phases(args) if with_client else ():
+                label = phase_label(k, report, args.report_timeout)
+                throttled.append((label, *counted(lambda: client(offered, k, report))))  # noqa: B023
+                rss["after overload" if len(throttled) == 1 else f"after {label}"] = rss_mib(pids)
                 time.sleep(args.settle)
             (overload, loaded), overload_codes, _ = counted(lambda: flood(offered))
             rss["after h2load overload" if with_client else "after overload"] = rss_mib(pids)
             if with_client:
                 time.sleep(args.settle)
-                plain, plain_codes, plain_wall = counted(lambda: client(offered, 0.0))
+                report = args.report_timeout != "off"
+                plain, plain_codes, plain_wall = counted(lambda: client(offered, 0.0, report))
                 rss["after unthrottled overload"] = rss_mib(pids)
             peak = {
                 n: round(procstat.memory_kib(p).get("VmHWM", 0) / 1024, 1) for n, p in pids.items()
@@ -445,8 +520,8 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 sent_qps=capacity.requests / capacity.wall_s,
             ),
             *(
-                client_row(f"{name}: annfleet client, throttle k={k:g}", *r, c, w, offered, u99)
-                for k, r, c, w in throttled
+                client_row(f"{name}: annfleet client, {label}", *r, c, w, offered, u99)
+                for label, r, c, w in throttled
             ),
             client_row(
                 f"{name}: h2load (never backs off)",
@@ -468,21 +543,23 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 u99,
             ),
         ]
+        rows = [{**row, **cols} for row, cols in zip(rows, admission, strict=True)]
         return {
             **summary("client", rows, rss, peak, unloaded, throttled[0][1][1], capacity_qps),
             "throttle_k": args.throttle_k,
+            "report_timeout": args.report_timeout,
             "local_reject_cpu_us": local_reject_us(queries.shape[1], args.k),
             "cpu": {
                 "probe_unloaded": unloaded["cpu"],
-                **{f"client_throttle_k{k:g}": r[0]["cpu"] for k, r, _, _ in throttled},
+                **{f"client_{key(label)}": r[0]["cpu"] for label, r, _, _ in throttled},
                 "probe_h2load": loaded["cpu"],
                 "client_unthrottled": plain[0]["cpu"],
             },
             "h2load": h2load_summary,
             "raw": {
                 "unloaded": unloaded,
-                **{f"client_throttle_k{k:g}": r[0] for k, r, _, _ in throttled},
-                **{f"probe_throttle_k{k:g}": r[1] for k, r, _, _ in throttled},
+                **{f"client_{key(label)}": r[0] for label, r, _, _ in throttled},
+                **{f"probe_{key(label)}": r[1] for label, r, _, _ in throttled},
                 "h2load_probe": loaded,
                 "client_unthrottled": plain[0],
                 "probe_unthrottled": plain[1],
@@ -547,9 +624,11 @@ def _generator_line(args: argparse.Namespace, result: dict[str, Any]) -> str:
             "capacity from h2load's closed loop (4 HTTP/2 connections, one query repeated); "
             f"the overload from annfleet's AsyncClient in {args.processes} process(es), open "
             f"loop, retries 0, its adaptive throttle at k = {ks} "
-            "(one phase each, 2 s window); then h2load open loop; then annfleet's client "
+            "(one phase each, 2 s window; the client sends its timeout in annfleet-timeout-ms: "
+            f"{args.report_timeout}); then h2load open loop; then annfleet's client "
             "without throttle. Beside every overload phase the probe (annfleet's client, "
-            f"{args.probe_qps:g}/s open loop, throttled as the load is) measures accepted "
+            f"{args.probe_qps:g}/s open loop, not throttled, so that all its calls sample "
+            "the accepted latency; it sends its timeout as the load does) measures accepted "
             "latency as it measured the unloaded one (`probe_*`: p99 over the calls the "
             "server answered OK, from their scheduled send time; `probe_p99_x`: over the "
             "unloaded p99). Client rows count over the measured window (offered, locally "

@@ -19,6 +19,7 @@ from annfleet.client.throttle import (
     ThrottleConfig,
     ThrottleStats,
 )
+from annfleet.queue_time import no_metadata, timeout_metadata
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -61,11 +62,15 @@ class AsyncClient:
         retries: int = 2,
         credentials: grpc.ChannelCredentials | None = None,
         throttle: ThrottleConfig | None = DEFAULT_THROTTLE,
+        report_timeout: bool = True,
     ) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.throttle = AdaptiveThrottle(throttle) if throttle is not None else None
+        # each call's timeout in annfleet-timeout-ms: the router sheds a call that queued
+        # beyond its queue target at once (RESOURCE_EXHAUSTED) instead of serving it late
+        self._metadata = timeout_metadata if report_timeout else no_metadata
         self._channel = open_aio_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
@@ -88,7 +93,7 @@ class AsyncClient:
             r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
         )
         response = await call_with_retry(
-            lambda t: self._stub.Search(request, timeout=t),
+            lambda t: self._stub.Search(request, timeout=t, metadata=self._metadata(t)),
             timeout or self.timeout,
             self.retries,
             self.throttle,
@@ -117,7 +122,7 @@ class AsyncClient:
             **context,
         )
         response = await call_with_retry(
-            lambda t: self._stub.Retrieve(request, timeout=t),
+            lambda t: self._stub.Retrieve(request, timeout=t, metadata=self._metadata(t)),
             timeout or self.timeout,
             self.retries,
             self.throttle,
@@ -136,7 +141,7 @@ class AsyncClient:
         like every call on UNAVAILABLE: a batch whose reply was lost may count twice."""
         request = r.engagement_request(events)
         response = await call_with_retry(
-            lambda t: self._stub.RecordEngagement(request, timeout=t),
+            lambda t: self._stub.RecordEngagement(request, timeout=t, metadata=self._metadata(t)),
             timeout or self.timeout,
             self.retries,
             self.throttle,

@@ -18,6 +18,7 @@ from annfleet.client.throttle import (
     ThrottleConfig,
     ThrottleStats,
 )
+from annfleet.queue_time import no_metadata, timeout_metadata
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -64,6 +65,7 @@ class Client:
         retries: int = 2,
         credentials: grpc.ChannelCredentials | None = None,
         throttle: ThrottleConfig | None = DEFAULT_THROTTLE,
+        report_timeout: bool = True,
     ) -> None:
         """``credentials``: None = plaintext; ``tls_credentials(ca=, cert=, key=)`` = TLS.
         ``throttle``: the adaptive client-side throttle (``ThrottleConfig``; None: off)."""
@@ -71,6 +73,9 @@ class Client:
         self.timeout = timeout
         self.retries = retries
         self.throttle = AdaptiveThrottle(throttle) if throttle is not None else None
+        # each call's timeout in annfleet-timeout-ms: the router sheds a call that queued
+        # beyond its queue target at once (RESOURCE_EXHAUSTED) instead of serving it late
+        self._metadata = timeout_metadata if report_timeout else no_metadata
         self._channel = open_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
@@ -94,7 +99,7 @@ class Client:
             r.as_queries(vectors), k, r.search_params(ef_search, nprobe, rerank)
         )
         response = call_with_retry(
-            lambda t: self._stub.Search(request, timeout=t),
+            lambda t: self._stub.Search(request, timeout=t, metadata=self._metadata(t)),
             timeout or self.timeout,
             self.retries,
             self.throttle,
@@ -124,7 +129,7 @@ class Client:
             **context,
         )
         response = call_with_retry(
-            lambda t: self._stub.Retrieve(request, timeout=t),
+            lambda t: self._stub.Retrieve(request, timeout=t, metadata=self._metadata(t)),
             timeout or self.timeout,
             self.retries,
             self.throttle,
@@ -143,7 +148,7 @@ class Client:
         like every call on UNAVAILABLE: a batch whose reply was lost may count twice."""
         request = r.engagement_request(events)
         response = call_with_retry(
-            lambda t: self._stub.RecordEngagement(request, timeout=t),
+            lambda t: self._stub.RecordEngagement(request, timeout=t, metadata=self._metadata(t)),
             timeout or self.timeout,
             self.retries,
             self.throttle,

@@ -130,6 +130,13 @@ class RouterConfig:
     # shards busy and the coalescer batching (a floor of 2 starved throughput 5x on a busy box)
     min_in_flight: int = 32
     latency_tolerance: float = 1.5
+    # Queue-time shedding (router/admission.py): a request whose client sent its timeout
+    # (annfleet-timeout-ms) and that waited more than 2 x queue_target_s before the handler
+    # is refused while the lowest wait of the last queue_interval_s exceeded the target.
+    queue_target_s: float = 0.005  # 0 = off
+    queue_interval_s: float = 0.1
+    # the adaptive limit's floor while such a queue stands (an overload, not a busy router)
+    overload_min_in_flight: int = 2
     # Replicas of a shard (router/replicas.py): a failed attempt is retried on another
     # replica, and an unanswered one is hedged to another after the shard's running
     # hedge_quantile latency (clamped to [hedge_min_delay_s, hedge_max_delay_s]);
@@ -431,6 +438,9 @@ class ClusterConfig:
             ),
             (self.router.min_in_flight >= 1, "router.min_in_flight", ">= 1"),
             (self.router.latency_tolerance > 1.0, "router.latency_tolerance", "> 1"),
+            (self.router.queue_target_s >= 0, "router.queue_target_s", ">= 0 (0 = off)"),
+            (self.router.queue_interval_s > 0, "router.queue_interval_s", "> 0"),
+            (self.router.overload_min_in_flight >= 1, "router.overload_min_in_flight", ">= 1"),
             (self.router.shard_attempts >= 1, "router.shard_attempts", ">= 1"),
             (
                 self.router.shard_transport in ("unary", "stream"),

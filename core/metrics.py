@@ -69,6 +69,16 @@ IN_FLIGHT_LIMIT = Gauge(
     "annfleet_router_in_flight_limit",
     "Requests the router admits at once now (router.admission); beyond: RESOURCE_EXHAUSTED",
 )
+QUEUE_SECONDS = Histogram(
+    "annfleet_router_queue_seconds",
+    "How long requests waited before the router's handler (those whose client sent "
+    "annfleet-timeout-ms)",
+    buckets=LATENCY_BUCKETS,
+)
+QUEUE_SHED = Counter(
+    "annfleet_router_queue_shed",
+    "Requests the router refused because they queued beyond router.queue_target_s",
+)
 ADMIN_REFUSED = Counter(
     "annfleet_admin_refused", "Admin calls refused before they ran, by status code", ["code"]
 )

@@ -26,6 +26,7 @@ from annfleet.bundle import (
 from annfleet.config import RouterConfig, SourcesConfig, StateConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED
+from annfleet.queue_time import queue_time
 from annfleet.router.admission import Admission
 from annfleet.router.blend import Blend
 from annfleet.router.caches import RouterCaches
@@ -256,9 +257,12 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             return canary.state, CANARY
         return state, STABLE
 
-    def _admit(self) -> contextlib.AbstractContextManager[None]:
-        """Count a request in flight; beyond the admission limit shed it at once."""
-        return self.admission.admit()
+    def _admit(self, context: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[None]:
+        """Count a request in flight; beyond the admission limit, or queued too long
+        (``annfleet.queue_time``, ``Admission``), shed it at once."""
+        remaining = context.time_remaining()
+        queued = queue_time(context.invocation_metadata(), remaining)
+        return self.admission.admit(queued, remaining)
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's one absolute deadline (``time.monotonic()``), taken where it enters.
@@ -281,7 +285,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchResponse:
         deadline = self._deadline(context)
-        with self._admit():
+        with self._admit(context):
             return await self._search(request, deadline)
 
     async def _search(
@@ -316,7 +320,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         started = time.perf_counter()
         received = time.monotonic()
         deadline = self._deadline(context)
-        with self._admit():
+        with self._admit(context):
             return await self._retrieve(request, deadline, started, received)
 
     async def _retrieve(
@@ -379,7 +383,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.RecordEngagementRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RecordEngagementResponse:
         self._deadline(context)
-        with self._admit():
+        with self._admit(context):
             state = self._state()  # the stable bundle's items check the events
             env = state.env
             applied = await record_engagement(

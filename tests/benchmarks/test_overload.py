@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from annfleet.benchmarks.overload import client_row, phase_row
+import argparse
+
+from annfleet.benchmarks.overload import (
+    admission_columns,
+    client_phases,
+    client_row,
+    key,
+    phase_label,
+    phase_row,
+)
 
 
 def test_shed_fraction_counts_sent_requests_not_client_backlog() -> None:
@@ -45,3 +54,34 @@ def test_client_row_counts_the_throttled_load_and_reads_latency_from_the_probe()
     assert (row["load_p99_x"], row["probe_p99_x"]) == (3.0, 2.0)
     assert row["probe_ok"] == "450/500"  # the probe's throttled calls count as not answered
     assert row["router_answered_qps"] == round(5530 / 11.0, 1)
+
+
+def test_admission_columns_read_the_routers_queue_histogram_and_sheds() -> None:
+    inf = float("inf")
+    before = {"queue_shed": 10.0, "limit": 32.0, "queue_buckets": {0.001: 5, 0.01: 5, inf: 5}}
+    after = {
+        "queue_shed": 30.0,
+        "limit": 2.0,
+        # over the phase: 60 waits <= 1 ms, 39 more <= 10 ms, 1 longer
+        "queue_buckets": {0.001: 65, 0.01: 104, inf: 105},
+    }
+    cols = admission_columns(before, after, wall_s=10.0)
+    assert cols == {
+        "queue_shed_qps": 2.0,
+        "queue_p50_ms": 1.0,
+        "queue_p99_ms": 10.0,
+        "limit_at_end": 2.0,
+    }
+    # a phase in which no request sent its timeout
+    none = admission_columns(after, after, wall_s=10.0)
+    assert none["queue_p50_ms"] is None and none["queue_shed_qps"] == 0.0
+
+
+def test_report_timeout_both_runs_each_k_with_and_without() -> None:
+    args = argparse.Namespace(throttle_k=[2.0, 1.1], report_timeout="both")
+    assert client_phases(args) == [(2.0, True), (2.0, False), (1.1, True), (1.1, False)]
+    assert phase_label(2.0, False, "both") == "throttle k=2, no timeout sent"
+    assert phase_label(2.0, True, "on") == "throttle k=2"  # as before the A/B existed
+    assert key("throttle k=1.1, timeout sent") == "throttle_k1.1_timeout_sent"
+    args.report_timeout = "off"
+    assert client_phases(args) == [(2.0, False), (1.1, False)]

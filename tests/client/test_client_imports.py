@@ -32,6 +32,7 @@ ALLOWED_CORE = {
     "annfleet.errors",
     "annfleet.merge",
     "annfleet.names",
+    "annfleet.queue_time",
     "annfleet.validation",
 }
 

@@ -29,6 +29,10 @@ class RetrievalStub:
     """The router: what ranking services call.
     Every RPC also answers INVALID_ARGUMENT (with a message) to a payload that does not parse as
     its request message, and RESOURCE_EXHAUSTED to a message larger than the 64 MiB limit.
+    A call may carry its timeout in milliseconds in the metadata entry annfleet-timeout-ms
+    (annfleet's client sends it): the router then knows how long the call waited before its
+    handler and, in an overload, refuses one that waited beyond 2 x router.queue_target_s
+    (RESOURCE_EXHAUSTED); an entry that is not a number > 0 is INVALID_ARGUMENT.
     """
 
     def __init__(self, channel):
@@ -58,6 +62,10 @@ class RetrievalServicer:
     """The router: what ranking services call.
     Every RPC also answers INVALID_ARGUMENT (with a message) to a payload that does not parse as
     its request message, and RESOURCE_EXHAUSTED to a message larger than the 64 MiB limit.
+    A call may carry its timeout in milliseconds in the metadata entry annfleet-timeout-ms
+    (annfleet's client sends it): the router then knows how long the call waited before its
+    handler and, in an overload, refuses one that waited beyond 2 x router.queue_target_s
+    (RESOURCE_EXHAUSTED); an entry that is not a number > 0 is INVALID_ARGUMENT.
     """
 
     def Search(self, request, context):
@@ -71,7 +79,9 @@ class RetrievalServicer:
         or the router has no bundle loaded.
         DEADLINE_EXCEEDED   the request's deadline (the caller's, less the router's margin, or
         router.default_timeout_s) passed before enough shards answered.
-        RESOURCE_EXHAUSTED  the router already serves router.max_in_flight requests; retry
+        RESOURCE_EXHAUSTED  the router already serves its in-flight limit of requests (at most
+        router.max_in_flight), or the call waited too long before the
+        router's handler (annfleet-timeout-ms, in an overload); retry
         with backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -153,6 +163,10 @@ class Retrieval:
     """The router: what ranking services call.
     Every RPC also answers INVALID_ARGUMENT (with a message) to a payload that does not parse as
     its request message, and RESOURCE_EXHAUSTED to a message larger than the 64 MiB limit.
+    A call may carry its timeout in milliseconds in the metadata entry annfleet-timeout-ms
+    (annfleet's client sends it): the router then knows how long the call waited before its
+    handler and, in an overload, refuses one that waited beyond 2 x router.queue_target_s
+    (RESOURCE_EXHAUSTED); an entry that is not a number > 0 is INVALID_ARGUMENT.
     """
 
     @staticmethod
