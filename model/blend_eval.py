@@ -303,13 +303,13 @@ def offline_references(
     search, and with ``baselines_too`` popularity and MF-BPR (``annfleet eval``'s code)."""
     from annfleet.model import baselines
     from annfleet.model.metrics import mask_seen, topk
-    from annfleet.model.two_tower import all_item_vectors, user_vectors
+    from annfleet.model.two_tower import served_item_vectors, user_vectors
 
     def metrics(scores: np.ndarray) -> dict[str, float]:
         m = ranking_metrics(topk(mask_seen(scores, queries), max(KS)), queries, rows=rows)
         return {k: round(v, 4) for k, v in m.items()}
 
-    ivecs = all_item_vectors(model, data.num_items)
+    ivecs = served_item_vectors(model, data, split.train)
     uvecs = user_vectors(model, queries.user, queries.recent, queries.time)
     out = {"two_tower": metrics(uvecs @ ivecs.T)}
     if baselines_too:

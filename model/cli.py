@@ -207,7 +207,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if cold:
             print(
                 f"cold items: R@50 {cold['recall@50']:.3f} vs random "
-                f"{cold['random_recall@50']:.3f} ({cold['lift']:.1f}x)"
+                f"{cold['random_recall@50']:.3f} ({cold['lift']:.1f}x); their share of the "
+                f"top 50 {cold.get('cold_share@50', float('nan')):.3f}, R@50 of the other "
+                f"items {cold.get('warm_recall@50', float('nan')):.3f}"
             )
     return 0
 

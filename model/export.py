@@ -46,7 +46,7 @@ from annfleet.model.tables import seen_table
 from annfleet.model.two_tower import (
     Model,
     TwoTowerConfig,
-    all_item_vectors,
+    served_item_vectors,
     train_two_tower,
     user_vectors,
 )
@@ -55,7 +55,7 @@ from annfleet.server.builder import build_bundle
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "two_tower_movielens100k"
-MODEL_VERSION = "5"
+MODEL_VERSION = "6"
 NEIGHBOURS = 20
 USER_COLUMNS: list[str] = list(cast(dict[str, Any], USER_TOWER_INPUTS["user"])["columns"])
 RECENT_WINDOW_DAYS = 7
@@ -220,7 +220,7 @@ def export_model(
     knows nothing of its test part (``annfleet eval --blend``). ``extra``: more manifest keys.
     """
     mask = np.ones(data.num_interactions, dtype=bool) if train is None else train
-    item_vecs = all_item_vectors(model, data.num_items)[1:]
+    item_vecs = served_item_vectors(model, data, mask)[1:]  # no interactions: content only
 
     length = config.recent_len
     recent, last_ts = user_state(data, mask, length)

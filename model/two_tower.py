@@ -55,6 +55,7 @@ class TwoTowerConfig:
     id_dropout: float = 0.1  # share of examples whose user id is replaced by "unknown"
     item_id_dropout: float = 0.1  # share of candidates whose item id is replaced by "unknown"
     content_loss: float = 0.5  # weight of a second softmax over content-only item vectors
+    cold_loss: float = 0.05  # weight of a softmax with only the positive content-only
     fine_year: bool = True  # item tower also embeds the release year itself (1990s on)
     share_items: bool = False  # user tower's recent items use the item tower's id embedding
     full_softmax: bool = True  # softmax over the whole catalogue instead of in-batch samples
@@ -327,11 +328,16 @@ def sampled_softmax_loss(
     """In-batch softmax: row i's positive is column i; other columns holding the same item
     as row i's positive are masked out (they are not negatives)."""
     logits = sampled_softmax_logits(user, items, log_q, temperature)
-    b = user.shape[0]
+    return F.cross_entropy(_mask_clashes(logits, pos_item, cand_item), torch.arange(len(user)))
+
+
+def _mask_clashes(logits: Tensor, pos_item: Tensor, cand_item: Tensor) -> Tensor:
+    """In-batch logits (B, M) with every column holding row i's positive item masked, except
+    column i (the positive itself)."""
+    b = logits.shape[0]
     clash = pos_item[:, None] == cand_item[None, :]
     clash[torch.arange(b), torch.arange(b)] = False
-    logits = logits.masked_fill(clash, -1e9)
-    return F.cross_entropy(logits, torch.arange(b))
+    return logits.masked_fill(clash, -1e9)
 
 
 def logq_correction(
@@ -360,21 +366,36 @@ def two_tower_loss(
 
     Softmax over the candidates' vectors (in-batch sampled, or over the whole catalogue), plus
     ``content_loss`` times the same softmax with every candidate scored from its content alone
-    (so the content features carry the signal by themselves: that is all a cold item has).
+    (so the content features carry the signal by themselves: that is all a cold item has),
+    plus ``cold_loss`` times the same softmax with only each row's positive scored from its
+    content alone, the other candidates as served (what a cold item competes with).
     """
     c = model.config
 
-    def softmax(v: Tensor) -> Tensor:
+    def logits_of(v: Tensor) -> tuple[Tensor, Tensor]:
         if c.full_softmax:  # cand_item is sorted: the positive's column by binary search
             target = torch.searchsorted(cand_item, pos_item)
-            return full_softmax_loss(user, v, target, exclude, c.temperature)
-        return sampled_softmax_loss(user, v, pos_item, cand_item, log_q, c.temperature)
+            return _mask_excluded(user @ v.T / c.temperature, target, exclude), target
+        logits = sampled_softmax_logits(user, v, log_q, c.temperature)  # in-batch: column i
+        return _mask_clashes(logits, pos_item, cand_item), torch.arange(len(user))
 
-    loss = softmax(model.item_vectors(cand_item, id_known))
-    if c.content_loss > 0:
-        loss = loss + c.content_loss * softmax(
-            model.item_vectors(cand_item, torch.zeros_like(id_known))
-        )
+    def softmax(v: Tensor, positive: Tensor | None = None) -> Tensor:
+        logits, target = logits_of(v)
+        if positive is not None:  # the positive's logit from another vector
+            other, _ = logits_of(positive)
+            rows = torch.arange(len(user))
+            logits = logits.scatter(1, target[:, None], other[rows, target][:, None])
+        return F.cross_entropy(logits, target)
+
+    vecs = model.item_vectors(cand_item, id_known)
+    loss = softmax(vecs)
+    if c.content_loss > 0 or c.cold_loss > 0:
+        content = model.item_vectors(cand_item, torch.zeros_like(id_known))
+        if c.content_loss > 0:
+            loss = loss + c.content_loss * softmax(content)
+        if c.cold_loss > 0:  # the positive as a cold item meets it at serving time: from
+            # its content alone, against the other candidates as served (with their ids)
+            loss = loss + c.cold_loss * softmax(vecs, positive=content)
     return loss
 
 
@@ -384,12 +405,16 @@ def full_softmax_loss(
     """Softmax over every training item: user (B, d), items (M, d), target (B,) int64 the
     column of each row's positive, exclude (B, M) bool or None: columns that are not negatives
     for that row (the user's other train items; the positive itself is always kept)."""
-    logits = user @ items.T / temperature
-    if exclude is not None:
-        keep = torch.zeros_like(exclude)
-        keep[torch.arange(len(target)), target] = True
-        logits = logits.masked_fill(exclude & ~keep, -1e9)
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(_mask_excluded(user @ items.T / temperature, target, exclude), target)
+
+
+def _mask_excluded(logits: Tensor, target: Tensor, exclude: Tensor | None) -> Tensor:
+    """Full-softmax logits (B, M) with the excluded columns masked, each row's target kept."""
+    if exclude is None:
+        return logits
+    keep = torch.zeros_like(exclude)
+    keep[torch.arange(len(target)), target] = True
+    return logits.masked_fill(exclude & ~keep, -1e9)
 
 
 def user_item_mask(ex: Examples, rows: np.ndarray, num_items: int) -> np.ndarray:
@@ -546,6 +571,19 @@ def _train_one(
         asdict(config),
     )
     return model
+
+
+def items_without_interactions(data: MovieLens, train: np.ndarray) -> np.ndarray:
+    """Item indices (sorted int64) with no interaction selected by ``train`` (n,) bool: their
+    id embeddings were never trained, so they are served from content alone."""
+    counts = np.bincount(data.inter_item[train], minlength=data.num_items + 1)
+    return (np.flatnonzero(counts[1:] == 0) + 1).astype(np.int64)
+
+
+def served_item_vectors(model: Model, data: MovieLens, train: np.ndarray) -> np.ndarray:
+    """(N + 1, out_dim) float32 item vectors as served after training on ``train``: items
+    with no interaction there (cold items) from their content alone, the rest with their id."""
+    return all_item_vectors(model, data.num_items, cold=items_without_interactions(data, train))
 
 
 @torch.no_grad()

@@ -18,9 +18,11 @@ from annfleet.model.two_tower import (
     all_item_vectors,
     build_examples,
     full_softmax_loss,
+    items_without_interactions,
     logq_correction,
     sampled_softmax_logits,
     sampled_softmax_loss,
+    served_item_vectors,
     train_two_tower,
     two_tower_loss,
     user_item_mask,
@@ -176,7 +178,9 @@ def test_content_loss_adds_the_softmax_over_content_only_vectors(
     movielens: MovieLens, full_softmax: bool
 ) -> None:
     torch.manual_seed(0)
-    cfg = TwoTowerConfig(dim=8, content_loss=0.5, fine_year=True, full_softmax=full_softmax)
+    cfg = TwoTowerConfig(
+        dim=8, content_loss=0.5, cold_loss=0.0, fine_year=True, full_softmax=full_softmax
+    )
     model = TwoTower(movielens, cfg)
     user = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
     pos = torch.tensor([5, 7, 50])
@@ -244,8 +248,16 @@ def test_ensemble_serves_the_mean_of_its_members_scores_as_one_tower(  # type: i
     # cold items: content only in every member
     cold = all_item_vectors(model, movielens.num_items, cold=np.array([5]))
     assert not np.allclose(cold[5], items[5]) and np.allclose(cold[6], items[6])
+    cold_all = all_item_vectors(model, movielens.num_items, cold=np.arange(movielens.num_items + 1))
     # served as one two-tower: the bundle holds the 16-wide item vectors, one TorchScript
     # user tower, and the router's embedder gives the exported user vectors back
+    # the bundle knows _small's interactions only: an item with none there is served from
+    # its content alone, every other one as all_item_vectors gives it
+    served = served_item_vectors(model, movielens, _small(movielens))
+    untrained = items_without_interactions(movielens, _small(movielens))
+    warm = np.setdiff1d(np.arange(1, movielens.num_items + 1), untrained)
+    assert len(untrained) and np.allclose(served[warm], items[warm])
+    assert np.allclose(served[untrained], cold_all[untrained], atol=1e-6)
     bundle = export_model(
         tmp_path / "bundle",
         movielens,
@@ -266,4 +278,85 @@ def test_ensemble_serves_the_mean_of_its_members_scores_as_one_tower(  # type: i
         shard_ids = np.load(bundle.shard_dir(s) / "ids.npy", allow_pickle=False)
         stored = np.load(bundle.shard_dir(s) / "vectors.npy", allow_pickle=False)
         index = np.searchsorted(movielens.item_ids, shard_ids) + 1
-        assert np.allclose(stored, items[index], atol=1e-6)
+        assert np.allclose(stored, served[index], atol=1e-6)
+
+
+@pytest.mark.parametrize("full_softmax", [False, True])
+def test_cold_loss_adds_the_softmax_with_the_positive_scored_from_content_alone(
+    movielens: MovieLens, full_softmax: bool
+) -> None:
+    torch.manual_seed(0)
+    cfg = TwoTowerConfig(dim=8, content_loss=0.0, cold_loss=0.5, full_softmax=full_softmax)
+    model = TwoTower(movielens, cfg)
+    user = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    pos = torch.tensor([5, 7, 50])
+    cand = torch.tensor([5, 7, 50, 100])
+    known = torch.tensor([True, False, True, True])
+    log_q = None if full_softmax else torch.tensor([0.1, 0.2, 0.3, 0.4])
+    with torch.no_grad():
+        both = two_tower_loss(model, user, pos, cand, known, log_q)
+        served = model.item_vectors(cand, known)
+        content = model.item_vectors(cand, torch.zeros(4, dtype=torch.bool))
+        model.config = replace(cfg, cold_loss=0.0)
+        plain = two_tower_loss(model, user, pos, cand, known, log_q)
+    # by hand: the served logits, each row's positive (column i) replaced by its content score
+    logits = user @ served.T / cfg.temperature
+    cold = user @ content.T / cfg.temperature
+    if log_q is not None:
+        logits, cold = logits - log_q, cold - log_q
+    target = torch.arange(3)
+    logits[target, target] = cold[target, target]
+    expect = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.isclose(both, plain + 0.5 * expect)
+    # the content score replaces a different logit: the term is not the served softmax again
+    assert not torch.isclose(expect, plain)
+
+
+def test_cold_loss_trains_content_scores_against_the_served_items(movielens: MovieLens) -> None:
+    # the cold softmax's gradient reaches the content path of the positive and the id
+    # embeddings of the negatives (calibration against served vectors), and trains
+    cfg = TwoTowerConfig(dim=8, content_loss=0.0, cold_loss=1.0, item_id_dropout=0.0)
+    model = TwoTower(movielens, cfg)
+    user = torch.nn.functional.normalize(torch.randn(2, 8), dim=1)
+    pos, cand = torch.tensor([5, 7]), torch.tensor([5, 7, 50])
+    known = torch.ones(3, dtype=torch.bool)
+    with_cold = two_tower_loss(model, user, pos, cand, known, None)
+    model.config = replace(cfg, cold_loss=0.0)
+    without = two_tower_loss(model, user, pos, cand, known, None)
+    (with_cold - without).backward()
+    grad = model.item.item_id.weight.grad
+    assert grad is not None and float(grad[50].abs().sum()) > 0  # a negative's id
+    assert float(grad[5].abs().sum()) > 0  # positives are negatives of the other row
+    assert float(model.item.genres.weight.grad.abs().sum()) > 0  # type: ignore[union-attr]
+
+
+def test_an_item_with_no_interactions_is_served_from_its_content(movielens: MovieLens) -> None:
+    train = _small(movielens)
+    counts = np.bincount(movielens.inter_item[train], minlength=movielens.num_items + 1)
+    held = int(np.argmax(counts))  # the busiest item of the set, held out entirely
+    train &= movielens.inter_item != held
+    untrained = items_without_interactions(movielens, train)
+    assert held in untrained and 0 not in untrained
+    assert np.array_equal(
+        untrained,
+        np.flatnonzero(
+            np.bincount(movielens.inter_item[train], minlength=movielens.num_items + 1)[1:] == 0
+        )
+        + 1,
+    )
+    cfg = TwoTowerConfig(dim=8, epochs=1, batch_size=512, seed=4, members=1, cold_loss=0.5)
+    model = train_two_tower(movielens, train, cfg, progress=False)
+    served = served_item_vectors(model, movielens, train)
+    with torch.no_grad():
+        idx = torch.tensor([held])
+        content = model.item_vectors(idx, torch.tensor([False])).numpy()[0]
+        by_id = model.item_vectors(idx, torch.tensor([True])).numpy()[0]
+        empty = model.item_vectors(torch.tensor([0]), torch.tensor([False])).numpy()[0]
+    assert np.allclose(served[held], content, atol=1e-6)
+    assert not np.allclose(served[held], by_id, atol=1e-3)  # not its untrained id embedding
+    assert not np.allclose(served[held], empty, atol=1e-3)  # nor the no-content default
+    # content-derived: two untrained items with different genres get different vectors
+    genres = movielens.item_genres
+    other = next(int(i) for i in untrained if not np.array_equal(genres[i], genres[held]))
+    assert not np.allclose(served[held], served[other], atol=1e-3)
+    assert np.isclose(np.linalg.norm(served[held]), 1.0, atol=1e-5)
