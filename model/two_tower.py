@@ -379,23 +379,19 @@ def two_tower_loss(
         logits = sampled_softmax_logits(user, v, log_q, c.temperature)  # in-batch: column i
         return _mask_clashes(logits, pos_item, cand_item), torch.arange(len(user))
 
-    def softmax(v: Tensor, positive: Tensor | None = None) -> Tensor:
-        logits, target = logits_of(v)
-        if positive is not None:  # the positive's logit from another vector
-            other, _ = logits_of(positive)
-            rows = torch.arange(len(user))
-            logits = logits.scatter(1, target[:, None], other[rows, target][:, None])
-        return F.cross_entropy(logits, target)
-
-    vecs = model.item_vectors(cand_item, id_known)
-    loss = softmax(vecs)
+    logits, target = logits_of(model.item_vectors(cand_item, id_known))
+    loss = F.cross_entropy(logits, target)
     if c.content_loss > 0 or c.cold_loss > 0:
         content = model.item_vectors(cand_item, torch.zeros_like(id_known))
         if c.content_loss > 0:
-            loss = loss + c.content_loss * softmax(content)
+            loss = loss + c.content_loss * F.cross_entropy(logits_of(content)[0], target)
         if c.cold_loss > 0:  # the positive as a cold item meets it at serving time: from
             # its content alone, against the other candidates as served (with their ids)
-            loss = loss + c.cold_loss * softmax(vecs, positive=content)
+            score = (user * content[target]).sum(1) / c.temperature
+            if not c.full_softmax and log_q is not None:
+                score = score - log_q[target]
+            cold = logits.scatter(1, target[:, None], score[:, None])
+            loss = loss + c.cold_loss * F.cross_entropy(cold, target)
     return loss
 
 
