@@ -1,8 +1,10 @@
 """Two-tower retrieval model: user tower (features + recent-item sequence + time) and item
 tower (id + genres + year + hashed title words), trained by default with a softmax over every
 training item in which the user's other train items are not negatives, plus a second softmax
-over content-only item vectors (cold start); the in-batch sampled softmax with logQ correction
-and optional mixed uniform negatives stays available (``full_softmax=False``).
+over content-only item vectors and a third in which only the positive is content-only (cold
+start: an item with no interactions is served from its content, ``served_item_vectors``); the
+in-batch sampled softmax with logQ correction and optional mixed uniform negatives stays
+available (``full_softmax=False``).
 
 Other options, off by default (tried on validation, see benchmarks/results/eval/TUNING.md and
 README.md there): a weighted logQ correction, one item-id embedding shared by both towers,
