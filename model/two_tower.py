@@ -1,8 +1,9 @@
 """Two-tower retrieval model: user tower (features + recent-item sequence + time) and item
 tower (id + genres + year + hashed title words), trained by default with a softmax over every
 training item in which the user's other train items are not negatives, plus a second softmax
-over content-only item vectors and a third in which only the positive is content-only (cold
-start: an item with no interactions is served from its content, ``served_item_vectors``); the
+over content-only item vectors, optionally a third in which only the positive is content-only
+(``cold_loss``; an item with no interactions is served from its content,
+``served_item_vectors``); the
 in-batch sampled softmax with logQ correction and optional mixed uniform negatives stays
 available (``full_softmax=False``).
 
@@ -57,7 +58,8 @@ class TwoTowerConfig:
     id_dropout: float = 0.1  # share of examples whose user id is replaced by "unknown"
     item_id_dropout: float = 0.1  # share of candidates whose item id is replaced by "unknown"
     content_loss: float = 0.5  # weight of a second softmax over content-only item vectors
-    cold_loss: float = 0.05  # weight of a softmax with only the positive content-only
+    cold_loss: float = 0.0  # weight of a softmax with only the positive content-only (0.05:
+    # cold items x1.2-1.4 on test, per-user R@50 -0.002; benchmarks/results/eval/cold10/)
     fine_year: bool = True  # item tower also embeds the release year itself (1990s on)
     share_items: bool = False  # user tower's recent items use the item tower's id embedding
     full_softmax: bool = True  # softmax over the whole catalogue instead of in-batch samples
