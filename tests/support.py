@@ -37,9 +37,21 @@ from annfleet.server.main import SERVICE_NAMES, ShardServer, start_shard_server
 from annfleet.server.service import ShardService
 from annfleet.serving import GrpcServer, start_server
 from annfleet.synthetic import Catalogue
-from annfleet.v1 import shard_pb2, shard_pb2_grpc
+from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
+
+
+async def serve_retrieval(
+    servicer: retrieval_pb2_grpc.RetrievalServicer, options: list[tuple[str, Any]] | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """A bare grpc.aio server on a free loopback port with ``servicer`` as its Retrieval
+    service (a stand-in router for client tests); (server, port)."""
+    server = grpc.aio.server(options=options)
+    retrieval_pb2_grpc.add_RetrievalServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port
 
 
 class LoopThread:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from support import LoopThread
+from support import LoopThread, serve_retrieval
 
 from annfleet.client import AsyncClient, Client, ResourceExhausted
 from annfleet.client.errors import InvalidArgument, retry_backoff, retryable
@@ -43,14 +43,7 @@ def shedding(loop_thread: LoopThread) -> Iterator[object]:
     def start(shed: int) -> tuple[str, Shedding]:
         servicer = Shedding(shed)
 
-        async def serve() -> grpc.aio.Server:
-            server = grpc.aio.server()
-            retrieval_pb2_grpc.add_RetrievalServicer_to_server(servicer, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            return server, port
-
-        server, port = loop_thread.run(serve())
+        server, port = loop_thread.run(serve_retrieval(servicer))
         servers.append(server)
         return f"127.0.0.1:{port}", servicer
 

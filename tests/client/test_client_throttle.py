@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
-from support import LoopThread, ObservedServer, start_observed_shard
+from support import LoopThread, ObservedServer, serve_retrieval, start_observed_shard
 
 from annfleet.bundle import Bundle
 from annfleet.client import (
@@ -355,14 +355,9 @@ def small_server(loop_thread: LoopThread) -> Iterator[str]:
     """A real gRPC server that takes messages of at most 1 KiB: larger requests get grpc's
     own RESOURCE_EXHAUSTED ("Received message larger than max")."""
 
-    async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1024)])
-        retrieval_pb2_grpc.add_RetrievalServicer_to_server(Answering(), server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop_thread.run(serve())
+    server, port = loop_thread.run(
+        serve_retrieval(Answering(), options=[("grpc.max_receive_message_length", 1024)])
+    )
     yield f"127.0.0.1:{port}"
     loop_thread.run(server.stop(0))
 

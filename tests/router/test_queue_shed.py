@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from support import Cluster, LoopThread
+from support import Cluster, LoopThread, serve_retrieval
 
 from annfleet.bundle import Bundle
 from annfleet.client import AsyncClient, Client, ResourceExhausted, Throttled
@@ -91,6 +91,21 @@ def test_shed_long_waits_while_shedding_or_doomed_ones_behind_a_standing_queue()
     assert not shed.stood
 
 
+def one_round(adm: Admission, clock: Clock, arrivals: int, latency: float) -> None:
+    """``arrivals`` requests at once: those admitted take ``latency``, the rest are shed."""
+    held = []
+    for _ in range(arrivals):
+        block = adm.admit()
+        try:
+            block.__enter__()
+        except ServerResourceExhausted:
+            continue
+        held.append(block)
+    clock.now += latency
+    for block in held:
+        block.__exit__(None, None, None)
+
+
 def window(adm: Admission, clock: Clock, latency: float, in_flight: int, extra: int = 0) -> None:
     """One window of WINDOW_MIN requests taking ``latency``, ``in_flight`` at once; in the
     first round ``extra`` more arrive meanwhile (those beyond the limit are shed)."""
@@ -98,17 +113,7 @@ def window(adm: Admission, clock: Clock, latency: float, in_flight: int, extra: 
     for n in range(rounds):
         if n == rounds - 1:
             clock.now += WINDOW_S
-        held = []
-        for _ in range(in_flight + (extra if n == 0 else 0)):
-            block = adm.admit()
-            try:
-                block.__enter__()
-            except ServerResourceExhausted:
-                continue
-            held.append(block)
-        clock.now += latency
-        for block in held:
-            block.__exit__(None, None, None)
+        one_round(adm, clock, in_flight + (extra if n == 0 else 0), latency)
 
 
 def busy_window(adm: Admission, clock: Clock, latency: float, extra: int) -> None:
@@ -117,17 +122,7 @@ def busy_window(adm: Admission, clock: Clock, latency: float, extra: int) -> Non
     clock.now += WINDOW_S  # the window's time is up: it closes with its WINDOW_MIN-th request
     start = adm._window_start
     while adm._window_start == start:
-        held = []
-        for _ in range(int(adm.limit) + extra):
-            block = adm.admit()
-            try:
-                block.__enter__()
-            except ServerResourceExhausted:
-                continue
-            held.append(block)
-        clock.now += latency
-        for block in held:
-            block.__exit__(None, None, None)
+        one_round(adm, clock, int(adm.limit) + extra, latency)
 
 
 def test_overload_lowers_the_floor_and_a_busy_router_keeps_it() -> None:
@@ -242,14 +237,7 @@ class Recording(retrieval_pb2_grpc.RetrievalServicer):
 def recording(loop_thread: LoopThread) -> Iterator[tuple[str, Recording]]:
     servicer = Recording()
 
-    async def serve() -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server()
-        retrieval_pb2_grpc.add_RetrievalServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        return server, port
-
-    server, port = loop_thread.run(serve())
+    server, port = loop_thread.run(serve_retrieval(servicer))
     yield f"127.0.0.1:{port}", servicer
     loop_thread.run(server.stop(0))
 
