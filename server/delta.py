@@ -63,6 +63,11 @@ def updates_dir(root: Path, bundle_id: str, shard_id: int, replica: int) -> Path
     return root / f"{bundle_id}.updates" / f"shard-{shard_id:02d}-r{replica}"
 
 
+def _record_bytes(ids: np.ndarray, vectors: np.ndarray | None) -> int:
+    """The segment bytes one record references (what compaction weighs)."""
+    return ids.nbytes + (vectors.nbytes if vectors is not None else 0)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -119,7 +124,7 @@ class UpdateLog:
             except KeyError as exc:
                 raise BundleError(f"{self.path}:{number}: record lacks {exc}") from exc
             self.records += 1
-            self.bytes += ids.nbytes + (vectors.nbytes if vectors is not None else 0)
+            self.bytes += _record_bytes(ids, vectors)
             yield str(record["op"]), ids, vectors
 
     def append(self, op: str, ids: np.ndarray, vectors: np.ndarray | None = None) -> None:
@@ -137,7 +142,7 @@ class UpdateLog:
             f.flush()
             os.fsync(f.fileno())
         self.records = record["seq"]
-        self.bytes += ids.nbytes + (vectors.nbytes if vectors is not None else 0)
+        self.bytes += _record_bytes(ids, vectors)
 
     def compact(self, records: list[tuple[str, np.ndarray, np.ndarray | None]]) -> None:
         """Replace the whole log by ``records`` (a snapshot of the state), crash-safely: new
@@ -166,7 +171,7 @@ class UpdateLog:
             if not path.name.startswith(prefix):
                 path.unlink(missing_ok=True)
         self.records = len(records)
-        self.bytes = sum(ids.nbytes + (v.nbytes if v is not None else 0) for _, ids, v in records)
+        self.bytes = sum(_record_bytes(ids, vectors) for _, ids, vectors in records)
 
     def _write_segments(
         self, seq: int, op: str, ids: np.ndarray, vectors: np.ndarray | None
@@ -408,17 +413,22 @@ class Delta:
         if log_ is None or not self.compact_records or log_.records < self.compact_records:
             return
         rows = self.rows
-        upserted = rows.ids[: rows.n].copy()
+        # The snapshot's size from the counts (the deleted bundle items are ``deleted``), so
+        # an update that does not compact copies nothing.
+        int64 = np.dtype(np.int64).itemsize
+        size = rows.n * (int64 + rows.vectors.itemsize * self.index.dim)
+        size += (self.deleted + len(self._deleted_upserts)) * int64
+        if log_.bytes < 2 * size:
+            return
+        # Under the writer lock nothing changes these rows while they are written.
+        upserted = rows.ids[: rows.n]
         snapshot: list[tuple[str, np.ndarray, np.ndarray | None]] = []
         if rows.n:
-            snapshot.append(("upsert", upserted, rows.vectors[: rows.n].copy()))
+            snapshot.append(("upsert", upserted, rows.vectors[: rows.n]))
         if len(hidden := self._hidden_only(upserted)):
             snapshot.append(("delete", hidden.astype(np.int64), None))
         if len(forgotten := self._forgotten()):
             snapshot.append(("forget", np.sort(forgotten), None))
-        size = sum(ids.nbytes + (v.nbytes if v is not None else 0) for _, ids, v in snapshot)
-        if log_.bytes < 2 * size:
-            return
         records = log_.records
         try:
             log_.compact(snapshot)
