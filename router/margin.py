@@ -28,22 +28,18 @@ the time the router needs after it.
 
 from __future__ import annotations
 
-import numpy as np
-
 from annfleet.config import RouterConfig
 from annfleet.metrics import REPLY_MARGIN
+from annfleet.router.recent import MIN_SAMPLES, RecentQuantile
 
-MIN_SAMPLES = 20  # below this many noted times the margin is its cap
+__all__ = ["MIN_SAMPLES", "ReplyMargin"]  # MIN_SAMPLES: below this many times, the cap
 
 
 class ReplyMargin:
     """The measured part of the time kept back from each source's budget (module doc)."""
 
     def __init__(self, quantile: float = 0.99, window: int = 512, max_s: float = 0.005) -> None:
-        self.quantile = quantile
-        self.max_s = max_s
-        self._times = np.zeros(max(window, 1), np.float64)  # a ring of the latest times
-        self._count = 0  # times noted in all (the ring holds the last len(_times))
+        self._times = RecentQuantile(quantile, 0.0, max_s, window=window)
         self.value = max_s  # seconds
         REPLY_MARGIN.set(self.value)
 
@@ -56,15 +52,11 @@ class ReplyMargin:
     @property
     def samples(self) -> int:
         """How many times the margin is computed over (at most the window)."""
-        return min(self._count, len(self._times))
+        return self._times.samples
 
     def observe(self, seconds: float) -> None:
         """Note one reply's time after the budget that ended its wait (negative when the
         budget's timer fired early and the reply left before the deadline)."""
-        self._times[self._count % len(self._times)] = seconds
-        self._count += 1
-        n = self.samples
-        if n >= MIN_SAMPLES:
-            needed = float(np.quantile(self._times[:n], self.quantile))
-            self.value = min(max(needed, 0.0), self.max_s)
-            REPLY_MARGIN.set(self.value)
+        self._times.add(seconds)
+        self.value = self._times.value()
+        REPLY_MARGIN.set(self.value)

@@ -26,7 +26,6 @@ shard call:
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
 import random
@@ -41,6 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from annfleet.arrays import GRPC_OPTIONS
 from annfleet.config import RouterConfig
 from annfleet.metrics import HEDGES, REPLICA_ATTEMPTS, REPLICA_SERVING
+from annfleet.router.recent import RecentQuantile
 from annfleet.router.streams import SearchStreams
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
@@ -73,8 +73,7 @@ RETRYABLE = frozenset(
     }
 )
 HEDGE_BURST = 10.0  # hedge tokens a shard can save up
-LATENCY_WINDOW = 512  # recent attempt latencies the hedge quantile is taken over
-MIN_SAMPLES = 20  # below this many, hedge after hedge_max_delay_s
+HEDGE_EVERY = 32  # new attempt latencies between two recomputations of the hedge delay
 EWMA_DECAY_S = 2.0  # peak-EWMA time constant
 EJECT_S = 1.0  # a replica that failed a call sits out this long (unless none is left)
 WATCH_PAUSE_S = 0.1  # between a broken health stream and the next (the channel backs off)
@@ -237,9 +236,14 @@ class ReplicaGroup:
         ]
         self.config = config
         self.tokens = HEDGE_BURST
-        self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
-        self._new_samples = 0
-        self._hedge_delay = config.hedge_max_delay_s
+        # The running hedge_quantile of recent attempt latencies (hedge_max_delay_s until
+        # router.recent.MIN_SAMPLES are in).
+        self._latencies = RecentQuantile(
+            config.hedge_quantile,
+            config.hedge_min_delay_s,
+            config.hedge_max_delay_s,
+            every=HEDGE_EVERY,
+        )
 
     @property
     def targets(self) -> list[str]:
@@ -282,17 +286,10 @@ class ReplicaGroup:
 
     def hedge_delay(self) -> float:
         """Seconds after which an unanswered first attempt is hedged."""
-        if self._new_samples >= 32 and len(self._latencies) >= MIN_SAMPLES:
-            q = float(np.quantile(np.fromiter(self._latencies, float), self.config.hedge_quantile))
-            self._hedge_delay = min(
-                max(q, self.config.hedge_min_delay_s), self.config.hedge_max_delay_s
-            )
-            self._new_samples = 0
-        return self._hedge_delay
+        return self._latencies.value()
 
     def _record(self, seconds: float) -> None:
-        self._latencies.append(seconds)
-        self._new_samples += 1
+        self._latencies.add(seconds)
 
     # ------------------------------------------------------------------ calls
     async def _attempt(
