@@ -142,6 +142,16 @@ def window_figures(
 
 
 # ---------------------------------------------------------------------------- the monitor
+def _publish(bundle_id: str, fig: DiversityFigures) -> None:
+    DIVERSITY_LISTS.labels(bundle_id).set(fig.lists)
+    if not fig.lists:
+        return
+    DIVERSITY_COVERAGE.labels(bundle_id).set(fig.coverage)
+    DIVERSITY_GINI.labels(bundle_id).set(fig.gini)
+    if not math.isnan(fig.intra_list_distance):
+        DIVERSITY_ILD.labels(bundle_id).set(fig.intra_list_distance)
+
+
 @dataclass
 class _Window:
     items: ItemTable
@@ -185,9 +195,9 @@ class DiversityMonitor(SampledBackground):
             if window.holders > 0:
                 return
             del self._windows[bundle_id]
-        for gauge in (DIVERSITY_ILD, DIVERSITY_COVERAGE, DIVERSITY_GINI, DIVERSITY_LISTS):
-            with contextlib.suppress(KeyError):
-                gauge.remove(bundle_id)
+            for gauge in (DIVERSITY_ILD, DIVERSITY_COVERAGE, DIVERSITY_GINI, DIVERSITY_LISTS):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(bundle_id)
 
     # ------------------------------------------------------------------ request path
     def offer(self, bundle_id: str, ids: np.ndarray) -> None:
@@ -205,17 +215,14 @@ class DiversityMonitor(SampledBackground):
         """Compute and publish every bundle's figures now (blocking: run it in a thread)."""
         with self._lock:
             snapshot = [(b, w.items, w.features, list(w.lists)) for b, w in self._windows.items()]
-        figures = {}
-        for bundle_id, items, features, lists in snapshot:
-            fig = window_figures(lists, items, features)
-            figures[bundle_id] = fig
-            DIVERSITY_LISTS.labels(bundle_id).set(fig.lists)
-            if not fig.lists:
-                continue
-            DIVERSITY_COVERAGE.labels(bundle_id).set(fig.coverage)
-            DIVERSITY_GINI.labels(bundle_id).set(fig.gini)
-            if not math.isnan(fig.intra_list_distance):
-                DIVERSITY_ILD.labels(bundle_id).set(fig.intra_list_distance)
+        figures = {
+            bundle_id: window_figures(lists, items, features)
+            for bundle_id, items, features, lists in snapshot
+        }
+        with self._lock:  # a bundle released meanwhile keeps no gauge (release removes them)
+            figures = {b: fig for b, fig in figures.items() if b in self._windows}
+            for bundle_id, fig in figures.items():
+                _publish(bundle_id, fig)
         return figures
 
     async def _run(self) -> None:

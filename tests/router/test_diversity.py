@@ -154,6 +154,41 @@ def test_the_monitor_window_is_bounded_and_released_bundles_are_forgotten() -> N
     assert 50 <= sampled.measure()["b"].lists <= 150  # about a quarter of 400
 
 
+class ReleasingItems(ItemTable):
+    """An item table whose lookup releases its bundle from the monitor: the generator's
+    finalizer running while ``measure`` computes the figures in its worker thread."""
+
+    def __init__(self, ids: np.ndarray, monitor: DiversityMonitor, bundle_id: str) -> None:
+        super().__init__(ids)
+        self.monitor, self.bundle_id = monitor, bundle_id
+
+    def rows(self, ids: np.ndarray | list[int] | tuple[int, ...]) -> np.ndarray:
+        self.monitor.release(self.bundle_id)
+        return super().rows(ids)
+
+
+def test_a_bundle_released_while_its_figures_are_computed_keeps_no_gauge() -> None:
+    monitor = DiversityMonitor(SourcesConfig(diversity_sample_rate=1.0), seed=0)
+    bundle_id = "bundle-released-mid-measure"
+    monitor.register(
+        bundle_id, ReleasingItems(np.arange(5, dtype=np.int64), monitor, bundle_id), None
+    )
+    monitor.offer(bundle_id, np.array([1, 2], np.int64))
+    assert monitor.measure() == {}
+    exported = [
+        sample
+        for gauge in (
+            diversity.DIVERSITY_LISTS,
+            diversity.DIVERSITY_COVERAGE,
+            diversity.DIVERSITY_GINI,
+        )
+        for family in gauge.collect()
+        for sample in family.samples
+        if sample.labels.get("bundle") == bundle_id
+    ]
+    assert exported == []
+
+
 def test_a_bundle_generator_registers_while_it_lives() -> None:
     """A bundle's CandidateGenerator registers its bundle; once it is gone (a rollout
     replaced the bundle), the bundle's window and gauges go too."""
