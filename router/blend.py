@@ -309,10 +309,18 @@ async def _fetch(source: Source, request: SourceRequest) -> Candidates:
     return await source.fetch(request)
 
 
+def budget_deadline(request: SourceRequest, budget: float) -> float:
+    """When a source with ``budget`` seconds must have answered (``time.monotonic()``): the
+    budget counts from when the caller sent the request (``received - inbound``, the
+    measured inbound delay taken at most up to the whole budget) and ends
+    ``reply_margin`` early, to blend and reply within it."""
+    return request.received + max(budget - max(request.inbound, 0.0), 0.0) - request.reply_margin
+
+
 async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict[str, Outcome]:
-    """Run every source concurrently; each until ``min(request.received + its budget -
-    request.reply_margin, request.deadline)``: a budget counts from the request's arrival
-    and ends early enough to blend and reply within it.
+    """Run every source concurrently; each until ``min(budget_deadline(request, its
+    budget), request.deadline)``: a budget counts from the request's sending (its arrival
+    less its measured inbound delay) and ends early enough to blend and reply within it.
 
     A source still running at its own deadline (less ``TIMER_SLACK_S``, the loop's timer
     resolution) is cancelled and dropped without waiting for it to finish; one that raises is
@@ -341,8 +349,11 @@ async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict
                 # their CPU then overlaps the shards' work instead of delaying the calls.
                 for _ in range(HEAD_START_PASSES):
                     await asyncio.sleep(0)
-            budget_end = request.received + source.settings.budget_ms / 1e3 - request.reply_margin
-            deadline = min(budget_end, request.deadline)
+            budget_end = budget_deadline(request, source.settings.budget_ms / 1e3)
+            # A budget already spent when the wait starts (a request that came in late) ends
+            # it at once: its deadline is then the wait's start, so the reply margin is
+            # measured from there, not from before the router had the request.
+            deadline = max(min(budget_end, request.deadline), start)
             task = asyncio.ensure_future(_fetch(source, replace(request, deadline=deadline)))
             task.add_done_callback(note)
             tasks[task] = (source, deadline)

@@ -3,11 +3,20 @@ measured rather than guessed.
 
 A source that hangs is dropped at its deadline; what the router does after that (wake up
 from the budget's timer, which the event loop fires up to a millisecond or more late, blend,
-build the response) is on the caller's clock too. So each source's
-deadline is ``received + budget - router.deadline_margin_s - margin``, where
-``router.deadline_margin_s`` is a fixed allowance for the request's path the router cannot
-time (gRPC before the handler starts, and from the handler's reply to the caller), and the
-margin is what the router measures it needs:
+build the response) is on the caller's clock too, and so is the request's way in. So each
+source's deadline is ``sent + budget - router.deadline_margin_s - margin``
+(``blend.budget_deadline``), where:
+
+- ``sent`` is when the caller sent the request: its arrival at the handler less the inbound
+  delay measured from the timeout the caller sent (``annfleet.queue_time``: the
+  ``annfleet-timeout-ms`` entry minus ``time_remaining()`` at handler entry; at most the
+  whole budget), or the arrival itself when the caller sent no timeout;
+- ``router.deadline_margin_s`` is a fixed allowance for the request's path the router cannot
+  time: from the handler's reply to the caller (gRPC's serialising and sending, the
+  caller's parsing), and the way in where it is not measured (a caller that sends no
+  timeout; the measured delay is low by up to gRPC's rounding of the deadline it sends,
+  1 ms below 1 s);
+- ``margin`` is what the router measures it needs after a budget (this module):
 
 - after each ``Retrieve`` whose wait for its sources ended at a budget (the last source
   still running was dropped at its deadline), the router notes how long after that deadline

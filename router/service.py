@@ -257,12 +257,22 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             return canary.state, CANARY
         return state, STABLE
 
-    def _admit(self, context: grpc.aio.ServicerContext) -> contextlib.AbstractContextManager[None]:
-        """Count a request in flight; beyond the admission limit, or queued too long
-        (``annfleet.queue_time``, ``Admission``), shed it at once."""
+    @staticmethod
+    def _queued(context: grpc.aio.ServicerContext) -> tuple[float | None, float | None]:
+        """The request's queue time before its handler (``annfleet.queue_time``: None when
+        its caller sent no timeout; a malformed entry is InvalidArgument) and its time left
+        (None: no deadline), seconds."""
         remaining = context.time_remaining()
-        queued = queue_time(context.invocation_metadata(), remaining)
-        return self.admission.admit(queued, remaining)
+        return queue_time(context.invocation_metadata(), remaining), remaining
+
+    def _admit(
+        self,
+        context: grpc.aio.ServicerContext,
+        queued: tuple[float | None, float | None] | None = None,
+    ) -> contextlib.AbstractContextManager[None]:
+        """Count a request in flight; beyond the admission limit, or queued too long
+        (``Admission``), shed it at once. ``queued``: ``_queued(context)`` if already taken."""
+        return self.admission.admit(*(queued or self._queued(context)))
 
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's one absolute deadline (``time.monotonic()``), taken where it enters.
@@ -320,8 +330,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         started = time.perf_counter()
         received = time.monotonic()
         deadline = self._deadline(context)
-        with self._admit(context):
-            return await self._retrieve(request, deadline, started, received)
+        queued = self._queued(context)
+        with self._admit(context, queued):
+            return await self._retrieve(request, deadline, started, received, queued[0])
 
     async def _retrieve(
         self,
@@ -329,7 +340,11 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         deadline: float,
         started: float,
         received: float,
+        inbound: float | None,
     ) -> retrieval_pb2.RetrieveResponse:
+        """``inbound``: the seconds the request spent between its caller's send and the
+        handler (its queue time; None when its caller sent no timeout). The sources' budgets
+        count from the send, so the way in is inside them as the caller sees it."""
         state, variant = self._variant(request.user_id)  # one bundle for the whole request
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
@@ -348,6 +363,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             request.params,
             received=received,
             reply_margin=margin,
+            inbound=inbound or 0.0,
         )
         ann = result.details.get("ann")
         if self.sampler is not None and isinstance(ann, AnnDetail) and not result.cached:
@@ -370,6 +386,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             response.titles.extend(state.titles.get(int(i), "") for i in result.ids)
         timings = response.timings_ms
         timings["reply_margin"] = margin * 1e3
+        if inbound is not None:
+            timings["inbound"] = inbound * 1e3
         if result.sources_done:
             timings["sources"] = (result.sources_done - received) * 1e3
         timings["total"] = (time.perf_counter() - started) * 1e3

@@ -43,11 +43,15 @@ class SourceRequest:
     deadline: float  # absolute time.monotonic() seconds; the source's own budget included
     exclude: np.ndarray = field(default_factory=lambda: EMPTY_IDS)  # (e,) int64, sorted unique
     params: Any = None  # the request's SearchParams (the ANN source passes them on)
-    # time.monotonic() when the request reached the router: each source's budget counts
-    # from here, less ``reply_margin`` (kept back to blend and reply), so a source that
-    # hangs holds the whole Retrieve to about its budget (README "Budgets").
+    # time.monotonic() when the request reached the router, and the seconds it had spent
+    # on its way there as measured from the timeout its caller sent (``inbound``,
+    # ``annfleet.queue_time``; 0 when unknown): each source's budget counts from
+    # ``received - inbound`` (its caller's send; the shift is at most the budget), less
+    # ``reply_margin`` (kept back to blend and reply), so a source that hangs holds the
+    # whole Retrieve, as its caller sees it, to about its budget (README "Budgets").
     received: float = field(default_factory=time.monotonic)
     reply_margin: float = 0.0
+    inbound: float = 0.0
 
     @property
     def now(self) -> float:

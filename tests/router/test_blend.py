@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +22,7 @@ from annfleet.router.blend import (
     asked,
     blend,
     blend_outcomes,
+    budget_deadline,
     run_sources,
     slots,
     wait_end,
@@ -364,6 +366,44 @@ def test_a_budget_counts_from_the_requests_arrival_less_the_reply_margin() -> No
         assert outcomes["ann"].dropped == ""
         assert outcomes["ann"].candidates is not None
         assert outcomes["ann"].candidates.ids.tolist() == [1, 2]
+
+    asyncio.run(go())
+
+
+def test_a_budget_counts_from_the_callers_send_the_measured_inbound_delay_inside_it() -> None:
+    """``inbound``: the request spent 0.3 s on its way to the router before it arrived now.
+    A 1 s budget then ends 0.7 s after the arrival (less the reply margin); an inbound delay
+    past a budget spends all of it (the source is dropped unstarted, its deadline the wait's
+    start), and a negative one counts as none."""
+
+    async def go() -> None:
+        now = time.monotonic()
+        request = SourceRequest(
+            1, RequestContext(), 3, now + 30, received=now, reply_margin=0.004, inbound=0.3
+        )
+        assert budget_deadline(request, 1.0) == pytest.approx(now + 0.7 - 0.004, abs=1e-9)
+        assert budget_deadline(request, 0.2) == now - 0.004  # the shift stops at the budget
+        assert budget_deadline(replace(request, inbound=-1.0), 1.0) == now + 1.0 - 0.004
+        assert budget_deadline(replace(request, inbound=0.0), 1.0) == now + 1.0 - 0.004
+
+        hanging = HangingSource("trending", [20], budget_ms=50)
+        spent = HangingSource("content", [30], budget_ms=250)  # the 0.3 s spent it all
+        quick = ListSource("ann", [1, 2], budget_ms=60_000)
+        outcomes = await run_sources([quick, hanging, spent], replace(request, inbound=0.3))
+        assert outcomes["content"].dropped == "budget" and not spent.started
+        assert now <= outcomes["content"].deadline <= outcomes["content"].ended
+        assert outcomes["trending"].dropped == "budget"
+        assert outcomes["ann"].candidates is not None
+        assert outcomes["ann"].candidates.ids.tolist() == [1, 2]
+
+        slow = HangingSource("trending", [20], budget_ms=300)
+        late = replace(request, received=time.monotonic(), inbound=0.1)
+        outcomes = await run_sources([quick, slow], late)
+        # 300 ms budget, 100 ms of it spent on the way in, 4 ms kept back
+        assert outcomes["trending"].deadline == pytest.approx(
+            late.received + 0.3 - 0.1 - 0.004, abs=1e-9
+        )
+        assert outcomes["trending"].dropped == "budget" and slow.started
 
     asyncio.run(go())
 

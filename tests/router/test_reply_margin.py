@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+import grpc
 import numpy as np
 import pytest
 from support import patient
@@ -19,8 +20,11 @@ from annfleet.config import (
     TrendingSourceConfig,
     load_config,
 )
+from annfleet.queue_time import TIMEOUT_METADATA, timeout_metadata
+from annfleet.router.blend import TIMER_SLACK_S
 from annfleet.router.margin import MIN_SAMPLES, ReplyMargin
 from annfleet.synthetic import Catalogue
+from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 
 def test_the_margin_is_its_cap_until_measured_then_the_quantile_of_the_window() -> None:
@@ -128,9 +132,52 @@ def test_no_budget_no_measurement_and_a_zero_cap_keeps_only_the_fixed_margin(
             answered = a.retrieve(user, k)
             assert answered.dropped_sources == {}
             assert answered.timings_ms["reply_margin"] == pytest.approx(3.0)
+            assert answered.timings_ms["inbound"] >= 0.0  # the client sent its timeout
             dropped = b.retrieve(user, k)
             assert dropped.dropped_sources == {"trending": "budget"}
             assert dropped.timings_ms["reply_margin"] == pytest.approx(3.0)
+    with Client(calm.router_target, timeout=10, report_timeout=False) as quiet:
+        assert "inbound" not in quiet.retrieve(user, k).timings_ms  # nothing to measure it by
     wait_for(lambda: hung.router.service.reply_margin.samples == 3, "the 3 budgets measured")
     assert calm.router.service.reply_margin.samples == 0  # every source answered: nothing to time
     assert hung.router.service.reply_margin.value == 0.0
+
+
+def test_a_budget_counts_from_the_callers_send_when_it_sent_its_timeout(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    """The router measures a request's way in from the timeout its caller sent
+    (``annfleet-timeout-ms`` minus what the call has left at the handler) and counts each
+    source's budget from the send. Trending hangs with a 30 s budget, longer than the calls'
+    20 s: counted from the handler it would hold every call to the call's deadline."""
+    config = replace(PATIENT_ROUTER, queue_target_s=0.0)  # no queue-time shedding here
+    cluster = cluster_factory(flat_bundle, config, sources=hanging_trending(budget_ms=30_000.0))
+    user, k = int(catalogue.user_ids[3]), 30
+    request = retrieval_pb2.RetrieveRequest(user_id=user, k=k)
+    with grpc.insecure_channel(cluster.router_target) as channel:
+        stub = retrieval_pb2_grpc.RetrievalStub(channel)
+        # The caller says it gave the call 60 s: at least 40 s went by on the way in, more
+        # than trending's whole budget, so trending is dropped as soon as it is asked.
+        spent = stub.Retrieve(request, timeout=20.0, metadata=timeout_metadata(60.0))
+        assert dict(spent.dropped_sources) == {"trending": "budget"}
+        assert len(np.frombuffer(spent.ids, "<i8")) == k  # the other sources fill k
+        assert spent.timings_ms["inbound"] >= 40_000.0 - 100.0  # gRPC rounds 20 s up to 0.1 s
+        assert spent.timings_ms["sources"] < 10_000.0  # not held to the call's deadline
+        # 49.5 s sent: about 29.5 s of the 30 s budget went by on the way in; trending is
+        # dropped when the rest of it, less the reply margin, has passed since the arrival
+        part = stub.Retrieve(request, timeout=20.0, metadata=timeout_metadata(49.5))
+        assert dict(part.dropped_sources) == {"trending": "budget"}
+        assert len(np.frombuffer(part.ids, "<i8")) == k
+        inbound, timings = part.timings_ms["inbound"], part.timings_ms
+        assert inbound >= 29_500.0 - 100.0
+        rest = 30_000.0 - inbound - timings["reply_margin"] - TIMER_SLACK_S * 1e3
+        assert rest - 0.01 <= timings["sources"] < 10_000.0
+        # a malformed entry: INVALID_ARGUMENT naming it; the router keeps serving
+        with pytest.raises(grpc.RpcError) as bad:
+            stub.Retrieve(request, timeout=20.0, metadata=((TIMEOUT_METADATA, "soon"),))
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "annfleet-timeout-ms: 'soon'" in (bad.value.details() or "")
+        again = stub.Retrieve(request, timeout=20.0, metadata=timeout_metadata(60.0))
+        assert dict(again.dropped_sources) == {"trending": "budget"}
