@@ -112,7 +112,9 @@ class RouterConfig:
     default_timeout_s: float = 1.0  # deadline when the caller sets none
     shard_timeout_s: float = 0.5  # cap on one shard attempt
     # kept back from the caller's deadline, and from each Retrieve source's budget: the
-    # request's path the router cannot time (gRPC before its handler and after its reply)
+    # request's path the router cannot time (the reply's way back after it is built; the way
+    # in of a caller that sends no annfleet-timeout-ms: for one that does, the way in is
+    # measured and a budget counts from the send, router/margin.py)
     deadline_margin_s: float = 0.002
     # Retrieve also keeps back from each source's budget what it measures it needs after a
     # budget (router/margin.py): this quantile of the time from the budget that ended the
