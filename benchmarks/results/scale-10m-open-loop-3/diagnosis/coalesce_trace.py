@@ -7,6 +7,7 @@ came back / the slow-batch timer). Not timed: run at nice 19.
 
 usage: coalesce_trace.py RATE SECONDS [REVISION-LABEL]
 """
+
 import collections
 import json
 import os
@@ -18,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-B = Path(os.path.expanduser(
-    "~/.cache/annfleet/bench/bundles/synthetic-clustered-10000000x64-ivfpq-s4-60c88f63bb49"))
+B = Path(
+    os.path.expanduser(
+        "~/.cache/annfleet/bench/bundles/synthetic-clustered-10000000x64-ivfpq-s4-60c88f63bb49"
+    )
+)
 OUT = Path("/tmp/tenm12")
 
 
@@ -64,14 +68,17 @@ def child(port, shards, out):
     coalesce.Coalescer._dispatch_due = due
 
     async def main():
-        server = await start_router(B, shards.split(","), RouterConfig(recall_sample_rate=0), port=port)
+        server = await start_router(
+            B, shards.split(","), RouterConfig(recall_sample_rate=0), port=port
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGUSR1, lambda: (stats.clear(), rows_by.clear()))
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         await stop.wait()
-        Path(out).write_text(json.dumps(
-            [[c, o, n, rows_by[(c, o)]] for (c, o), n in sorted(stats.items())]))
+        Path(out).write_text(
+            json.dumps([[c, o, n, rows_by[(c, o)]] for (c, o), n in sorted(stats.items())])
+        )
         await server.stop(0)
 
     uvloop.run(main())
@@ -99,10 +106,22 @@ def main():
         try:
             while health_status(target, 2.0) != "SERVING":
                 time.sleep(0.5)
-            spec = LoadSpec(target=target, rpc="search", mode="open", concurrency=512, qps=rate,
-                            duration=10, warmup=2, k=1000, nprobe=32, rerank=1000, timeout=1.0)
+            spec = LoadSpec(
+                target=target,
+                rpc="search",
+                mode="open",
+                concurrency=512,
+                qps=rate,
+                duration=10,
+                warmup=2,
+                k=1000,
+                nprobe=32,
+                rerank=1000,
+                timeout=1.0,
+            )
             run_load(spec, queries, None, {})  # warm
             import dataclasses
+
             spec = dataclasses.replace(spec, duration=seconds, warmup=0.0)
             proc.send_signal(signal.SIGUSR1)
             res = run_load(spec, queries, None, {})
@@ -111,14 +130,18 @@ def main():
             proc.wait()
     finally:
         cluster.stop()
-    print(f"== {label} {rate:g}/s: ok {res['ok']}, errors {res['errors']}, p50 {res['p50_ms']:.1f} "
-          f"p99 {res['p99_ms']:.1f} ms")
+    print(
+        f"== {label} {rate:g}/s: ok {res['ok']}, errors {res['errors']}, p50 {res['p50_ms']:.1f} "
+        f"p99 {res['p99_ms']:.1f} ms"
+    )
     rows = json.loads(Path(out).read_text())
     total = sum(r[2] for r in rows)
     queries_sent = sum(r[3] for r in rows)
     for c, o, n, q in rows:
-        print(f"  left because {c:8s} with {o} batch(es) of the lane out: {n:5d} batches "
-              f"({100 * n / total:4.1f}%), mean {q / n:.2f} queries")
+        print(
+            f"  left because {c:8s} with {o} batch(es) of the lane out: {n:5d} batches "
+            f"({100 * n / total:4.1f}%), mean {q / n:.2f} queries"
+        )
     print(f"  all: {total} batches, mean {queries_sent / max(1, total):.2f} queries per batch")
 
 

@@ -7,6 +7,7 @@ clock (time.thread_time: immune to the box's load); a closed loop of CONCURRENCY
 
 usage: cprof_router.py CONCURRENCY [N]
 """
+
 import asyncio
 import cProfile
 import os
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-B = Path(os.path.expanduser(
-    "~/.cache/annfleet/bench/bundles/synthetic-clustered-10000000x64-ivfpq-s4-60c88f63bb49"))
+B = Path(
+    os.path.expanduser(
+        "~/.cache/annfleet/bench/bundles/synthetic-clustered-10000000x64-ivfpq-s4-60c88f63bb49"
+    )
+)
 OUT = Path("/tmp/tenm12")
 
 
@@ -91,8 +95,10 @@ def main():
         cluster.stop()
     st = pstats.Stats(out)
     total = st.total_tt
-    print(f"concurrency {c}: {n} requests, loop thread CPU {1e3 * total / n:.3f} ms/request "
-          "(cProfile's own overhead inflates small calls)")
+    print(
+        f"concurrency {c}: {n} requests, loop thread CPU {1e3 * total / n:.3f} ms/request "
+        "(cProfile's own overhead inflates small calls)"
+    )
     st.sort_stats("tottime").print_stats(35)
     st.sort_stats("cumulative").print_stats(60)
 

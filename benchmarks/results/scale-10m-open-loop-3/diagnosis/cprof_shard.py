@@ -7,6 +7,7 @@ transport (k=500, nprobe 32, rerank 1000). Not timed: run at nice 19.
 
 usage: cprof_shard.py BATCH [N]
 """
+
 import asyncio
 import cProfile
 import os
@@ -19,8 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-B = Path(os.path.expanduser(
-    "~/.cache/annfleet/bench/bundles/synthetic-clustered-10000000x64-ivfpq-s4-60c88f63bb49"))
+B = Path(
+    os.path.expanduser(
+        "~/.cache/annfleet/bench/bundles/synthetic-clustered-10000000x64-ivfpq-s4-60c88f63bb49"
+    )
+)
 OUT = Path("/tmp/tenm12")
 
 
@@ -55,8 +59,9 @@ async def ask(target, queries, b, bundle_id):
     params = common_pb2.SearchParams(nprobe=32, rerank=1000)
     for i in range(0, len(queries) - b + 1, b):
         q = queries[i : i + b]
-        req = shard_pb2.ShardSearchRequest(queries=to_bytes(q, F32), dim=q.shape[1], k=500,
-                                           params=params, bundle_id=bundle_id)
+        req = shard_pb2.ShardSearchRequest(
+            queries=to_bytes(q, F32), dim=q.shape[1], k=500, params=params, bundle_id=bundle_id
+        )
         await streams.search(req, 30.0)
     await streams.close()
     await channel.close()
@@ -92,8 +97,10 @@ def main():
         proc.wait()
     st = pstats.Stats(out)
     total = st.total_tt
-    print(f"batch {b}: {n // b} requests, loop thread CPU {1e3 * total / (n // b):.3f} ms/request "
-          f"({1e3 * total / n:.3f} ms/query; cProfile's own overhead inflates small calls)")
+    print(
+        f"batch {b}: {n // b} requests, loop thread CPU {1e3 * total / (n // b):.3f} ms/request "
+        f"({1e3 * total / n:.3f} ms/query; cProfile's own overhead inflates small calls)"
+    )
     st.sort_stats("tottime").print_stats(28)
     st.sort_stats("cumulative").print_stats(45)
 

@@ -6,6 +6,7 @@ profiles of the router and shard-00 over the load.
 
 usage: load_cpu.py RATE|cN SECONDS [CONFIG.yaml|default] [spy]
 """
+
 import os
 import re
 import subprocess
@@ -66,42 +67,100 @@ def main():
     cluster = (
         LocalCluster(B, metrics=True)
         if cfg is None
-        else LocalCluster(B, load_config(Path(cfg).resolve()), metrics=True, config_path=Path(cfg).resolve())
+        else LocalCluster(
+            B, load_config(Path(cfg).resolve()), metrics=True, config_path=Path(cfg).resolve()
+        )
     ).start()
     try:
         pids = dict(cluster.pids)
-        shard_ports = {c.name: c.metrics_port for c in cluster.children if c.name.startswith("shard")}
+        shard_ports = {
+            c.name: c.metrics_port for c in cluster.children if c.name.startswith("shard")
+        }
         spec = LoadSpec(
-            target=cluster.router_target, rpc="search", mode="closed" if closed else "open",
-            concurrency=int(rate) if closed else 512, qps=0 if closed else rate,
-            duration=20, warmup=3, k=1000, nprobe=32, rerank=1000, timeout=1.0,
+            target=cluster.router_target,
+            rpc="search",
+            mode="closed" if closed else "open",
+            concurrency=int(rate) if closed else 512,
+            qps=0 if closed else rate,
+            duration=20,
+            warmup=3,
+            k=1000,
+            nprobe=32,
+            rerank=1000,
+            timeout=1.0,
         )
         run_load(spec, queries, None, pids)  # warm: page in the mmaps, fill running means
         import dataclasses
+
         spec = dataclasses.replace(spec, duration=seconds)
         start_at = time.time() + 3.0
         procs = []
         if perf:
+
             def spawn_perf():
                 time.sleep(max(0.0, start_at + spec.warmup - time.time()))
                 for name in ("router", "shard-00"):
-                    procs.append(subprocess.Popen(
-                        ["nice", "-n", "19", "perf", "record", "-e", "cpu-clock", "-F", "997", "-g",
-                         "-p", str(pids[name]), "-o", str(OUT / f"{tag}-{name}.perf"), "--",
-                         "sleep", str(int(seconds))],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+                    procs.append(
+                        subprocess.Popen(
+                            [
+                                "nice",
+                                "-n",
+                                "19",
+                                "perf",
+                                "record",
+                                "-e",
+                                "cpu-clock",
+                                "-F",
+                                "997",
+                                "-g",
+                                "-p",
+                                str(pids[name]),
+                                "-o",
+                                str(OUT / f"{tag}-{name}.perf"),
+                                "--",
+                                "sleep",
+                                str(int(seconds)),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT,
+                        )
+                    )
+
             import threading
+
             threading.Thread(target=spawn_perf, daemon=True).start()
         if spy:
+
             def spawn():
                 time.sleep(max(0.0, start_at + spec.warmup - time.time()))
                 for name in ("router", "shard-00"):
-                    procs.append(subprocess.Popen(
-                        ["nice", "-n", "19", SPY, "record", "--pid", str(pids[name]), "--duration",
-                         str(int(seconds)), "--rate", "200", "--nonblocking", "--format", "raw",
-                         "--output", str(OUT / f"{tag}-{name}.txt")],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+                    procs.append(
+                        subprocess.Popen(
+                            [
+                                "nice",
+                                "-n",
+                                "19",
+                                SPY,
+                                "record",
+                                "--pid",
+                                str(pids[name]),
+                                "--duration",
+                                str(int(seconds)),
+                                "--rate",
+                                "200",
+                                "--nonblocking",
+                                "--format",
+                                "raw",
+                                "--output",
+                                str(OUT / f"{tag}-{name}.txt"),
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT,
+                        )
+                    )
+
             import threading
+
             threading.Thread(target=spawn, daemon=True).start()
         snap = {}
 
@@ -112,6 +171,7 @@ def main():
                 snap["c" + key] = {s: search_calls(p) for s, p in shard_ports.items()}
 
         import threading
+
         snapper = threading.Thread(target=snapshots, daemon=True)
         snapper.start()
         res = run_load(spec, queries, None, pids, start_at)
@@ -119,11 +179,19 @@ def main():
         before, after, c0, c1 = snap["t0"], snap["t1"], snap["c0"], snap["c1"]
         for p in procs:
             p.wait()
-        keys = {k: res[k] for k in res if k in ("achieved_qps", "p50_ms", "p95_ms", "p99_ms", "errors", "ok", "sent_in_window")}
+        keys = {
+            k: res[k]
+            for k in res
+            if k in ("achieved_qps", "p50_ms", "p95_ms", "p99_ms", "errors", "ok", "sent_in_window")
+        }
         print(f"== {tag}: {keys}")
-        n = (res["ok"] if closed else res["sent_in_window"]) or 1  # the snapshots bracket the window
-        print(f"  requests sent {n}; shard Search RPCs {[c1[s] - c0[s] for s in sorted(c1)]}; "
-              f"mean batch {n / max(1.0, np.mean([c1[s] - c0[s] for s in c1])):.2f}")
+        n = (
+            res["ok"] if closed else res["sent_in_window"]
+        ) or 1  # the snapshots bracket the window
+        print(
+            f"  requests sent {n}; shard Search RPCs {[c1[s] - c0[s] for s in sorted(c1)]}; "
+            f"mean batch {n / max(1.0, np.mean([c1[s] - c0[s] for s in c1])):.2f}"
+        )
         tot = 0
         for k in pids:
             per = {}
@@ -131,8 +199,14 @@ def main():
                 per[name] = per.get(name, 0) + s - before[k].get(t, (name, 0))[1]
             c = sum(per.values())
             tot += c
-            print(f"  {k}: {1e3 * c / n:.2f} ms/q ",
-                  {a: round(1e3 * b / n, 2) for a, b in sorted(per.items(), key=lambda x: -x[1]) if b > 0})
+            print(
+                f"  {k}: {1e3 * c / n:.2f} ms/q ",
+                {
+                    a: round(1e3 * b / n, 2)
+                    for a, b in sorted(per.items(), key=lambda x: -x[1])
+                    if b > 0
+                },
+            )
         print(f"  servers total {1e3 * tot / n:.2f} ms/q", flush=True)
     finally:
         cluster.stop()
