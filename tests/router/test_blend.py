@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from annfleet.config import SourceSettings
@@ -190,7 +190,9 @@ def reference_blend(
     for pos, (s, ids) in enumerate(zip(live, clean, strict=True)):
         for rank, item in enumerate(ids):
             share = s.weight / (60.0 + rank + 1.0) if fuse else s.weight * (1.0 - rank / k)
-            if share > 0:  # weight 0 adds nothing: recorded only as primary or by its quota
+            # weight 0 adds nothing: recorded only as primary or by its quota (any positive
+            # weight contributes, even one whose share underflows to 0)
+            if s.weight > 0:
                 mask[item] = mask.get(item, 0) | (1 << s.code)
             total[item] = total.get(item, 0.0) + share
             if item not in best or share > best[item][0]:
@@ -235,6 +237,8 @@ def reference_blend(
     st.sampled_from([0.0, 0.5, 1.0]),
     st.sampled_from([(QUOTA, 0), (RRF, 0), (RRF, 12)]),
 )
+# a positive weight whose share underflows to 0 is still a contributor (as in the blender)
+@example([(0, 5e-324, [0]), (0, 0.0, None), (0, 1.0, [0])], 1, set(), 0.0, (RRF, 0))
 def test_blend_equals_the_reference(
     raw: list, k: int, exclude: set[int], tied_weight: float, mode_depth: tuple
 ) -> None:
