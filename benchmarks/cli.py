@@ -204,6 +204,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "router.queue_target_s); both: each throttled phase with it, then without (A/B)",
     )
     ld.add_argument(
+        "--cooperative-only",
+        action="store_true",
+        help="--overload --generator client: only the throttled client's overload phases "
+        "(skip h2load's and the unthrottled client's, which no admission rule protects)",
+    )
+    ld.add_argument(
         "--settle",
         type=float,
         default=5.0,

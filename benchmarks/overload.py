@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from annfleet.benchmarks import h2load, procstat, report
+from annfleet.benchmarks import h2load, overload_series, procstat, report
 from annfleet.benchmarks.load import LoadSpec, run_load
 
 
@@ -409,6 +409,8 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
     from annfleet.v1 import retrieval_pb2
 
     with_client = generator(args) == "client"
+    # --cooperative-only: the throttled client's phases alone (no h2load / unthrottled flood)
+    cooperative_only = with_client and getattr(args, "cooperative_only", False)
     with _cluster(args) as (target, pids, queries, metrics_port):
         query = np.ascontiguousarray(queries[:1], dtype="<f4")
         message = retrieval_pb2.SearchRequest(
@@ -459,16 +461,26 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 concurrency=args.client_in_flight * args.processes,
                 throttle_k=throttle_k,
                 report_timeout=report,
+                record=True,
             )
             start_at = time.time() + 3.0 + 0.5 * args.processes  # spawns and imports
-            with ThreadPoolExecutor(1) as pool:
+            sampler = overload_series.RouterSampler(target, lambda: router_admission(metrics_port))
+            with ThreadPoolExecutor(1) as pool, sampler:
                 load = pool.submit(run_load, spec, queries, server_pids=pids, start_at=start_at)
                 probe = run_load(
-                    dataclasses.replace(probe_spec, report_timeout=report),
+                    dataclasses.replace(probe_spec, report_timeout=report, record=True),
                     queries,
                     start_at=start_at,
                 )
-                return load.result(), probe
+                loaded = load.result()
+            # the per-second series replaces the records (too many to keep)
+            loaded["series"] = overload_series.per_second(
+                loaded.pop("records"),
+                probe.pop("records"),
+                sampler.samples,
+                start_at + args.warmup,
+            )
+            return loaded, probe
 
         try:
             rss = {"start": rss_mib(pids)}
@@ -489,9 +501,10 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 throttled.append((label, *counted(lambda: client(offered, k, report))))  # noqa: B023
                 rss["after overload" if len(throttled) == 1 else f"after {label}"] = rss_mib(pids)
                 time.sleep(args.settle)
-            (overload, loaded), overload_codes, _ = counted(lambda: flood(offered))
-            rss["after h2load overload" if with_client else "after overload"] = rss_mib(pids)
-            if with_client:
+            if not cooperative_only:
+                (overload, loaded), overload_codes, _ = counted(lambda: flood(offered))
+                rss["after h2load overload" if with_client else "after overload"] = rss_mib(pids)
+            if with_client and not cooperative_only:
                 time.sleep(args.settle)
                 report = args.report_timeout != "off"
                 plain, plain_codes, plain_wall = counted(lambda: client(offered, 0.0, report))
@@ -501,7 +514,9 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             }
         finally:
             gen.close()
-    h2load_summary = {"capacity": capacity.summary(), "overload": overload.summary()}
+    h2load_summary = {"capacity": capacity.summary()}
+    if not cooperative_only:
+        h2load_summary["overload"] = overload.summary()
     if with_client:
         u99 = unloaded["p99_ms"]
         name = f"{args.overload:g}x capacity"
@@ -523,47 +538,55 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 client_row(f"{name}: annfleet client, {label}", *r, c, w, offered, u99)
                 for label, r, c, w in throttled
             ),
-            client_row(
-                f"{name}: h2load (never backs off)",
-                None,
-                loaded,
-                overload_codes,
-                overload.wall_s,
-                offered,
-                u99,
-                sent_qps=overload.requests / overload.wall_s,
-            ),
-            client_row(
-                f"{name}: annfleet client, no throttle",
-                plain[0],
-                plain[1],
-                plain_codes,
-                plain_wall,
-                offered,
-                u99,
-            ),
         ]
+        cpu = {
+            "probe_unloaded": unloaded["cpu"],
+            **{f"client_{key(label)}": r[0]["cpu"] for label, r, _, _ in throttled},
+        }
+        raw = {
+            "unloaded": unloaded,
+            **{f"client_{key(label)}": r[0] for label, r, _, _ in throttled},
+            **{f"probe_{key(label)}": r[1] for label, r, _, _ in throttled},
+        }
+        if not cooperative_only:
+            rows += [
+                client_row(
+                    f"{name}: h2load (never backs off)",
+                    None,
+                    loaded,
+                    overload_codes,
+                    overload.wall_s,
+                    offered,
+                    u99,
+                    sent_qps=overload.requests / overload.wall_s,
+                ),
+                client_row(
+                    f"{name}: annfleet client, no throttle",
+                    plain[0],
+                    plain[1],
+                    plain_codes,
+                    plain_wall,
+                    offered,
+                    u99,
+                ),
+            ]
+            cpu.update({"probe_h2load": loaded["cpu"], "client_unthrottled": plain[0]["cpu"]})
+            raw.update(
+                {
+                    "h2load_probe": loaded,
+                    "client_unthrottled": plain[0],
+                    "probe_unthrottled": plain[1],
+                }
+            )
         rows = [{**row, **cols} for row, cols in zip(rows, admission, strict=True)]
         return {
             **summary("client", rows, rss, peak, unloaded, throttled[0][1][1], capacity_qps),
             "throttle_k": args.throttle_k,
             "report_timeout": args.report_timeout,
             "local_reject_cpu_us": local_reject_us(queries.shape[1], args.k),
-            "cpu": {
-                "probe_unloaded": unloaded["cpu"],
-                **{f"client_{key(label)}": r[0]["cpu"] for label, r, _, _ in throttled},
-                "probe_h2load": loaded["cpu"],
-                "client_unthrottled": plain[0]["cpu"],
-            },
+            "cpu": cpu,
             "h2load": h2load_summary,
-            "raw": {
-                "unloaded": unloaded,
-                **{f"client_{key(label)}": r[0] for label, r, _, _ in throttled},
-                **{f"probe_{key(label)}": r[1] for label, r, _, _ in throttled},
-                "h2load_probe": loaded,
-                "client_unthrottled": plain[0],
-                "probe_unthrottled": plain[1],
-            },
+            "raw": raw,
         }
     no_probe = {"ok": 0, "errors": {}, "p50_ms": float("nan"), "p99_ms": float("nan")}
     rows = [
@@ -605,6 +628,11 @@ def lines(result: dict[str, Any]) -> list[str]:
             f"a call the throttle rejects: {cost['async_search_us']} µs of CPU per "
             f"AsyncClient.search, {cost['admit_us']} µs of it the throttle's admit"
         )
+    for name, raw in result.get("raw", {}).items():
+        if name.startswith("client_") and raw.get("series"):
+            out.append(f"per second, {name} (second 0: the measured window's first):")
+            series = raw["series"]
+            out.append(report.format_table(series, list(series[0])))
     out.append(f"RSS MiB per process ({' / '.join(result['rss_mib'])} / peak):")
     for name in result["rss_mib"]["start"]:
         values = [result["rss_mib"][phase][name] for phase in result["rss_mib"]]
