@@ -85,3 +85,46 @@ def test_report_timeout_both_runs_each_k_with_and_without() -> None:
     assert key("throttle k=1.1, timeout sent") == "throttle_k1.1_timeout_sent"
     args.report_timeout = "off"
     assert client_phases(args) == [(2.0, False), (1.1, False)]
+
+
+def test_per_second_series_buckets_requests_by_scheduled_second_and_reads_router_samples() -> None:
+    from annfleet.benchmarks.overload_series import per_second
+
+    t0 = 1000.0  # the measured window's start
+    load = [
+        (t0 - 0.5, 0.010, "OK", False),  # warm-up: second -1
+        (t0 + 0.1, 0.020, "OK", False),
+        (t0 + 0.2, 0.040, "OK", False),
+        (t0 + 0.3, 0.005, "RESOURCE_EXHAUSTED", False),
+        (t0 + 0.4, 1.000, "DEADLINE_EXCEEDED", False),
+        (t0 + 0.5, 0.000, "THROTTLED", False),  # never sent: not counted
+        (t0 + 1.2, 0.030, "OK", False),
+    ]
+    probe = [(t0 + 0.1, 0.012, "OK", False), (t0 + 0.6, 0.025, "OK", False)]
+    probe.append((t0 + 0.7, 0.5, "RESOURCE_EXHAUSTED", False))  # refused: not a latency
+    inf = float("inf")
+
+    def state(shed: float, low: float, high: float, limit: float) -> dict:
+        return {
+            "queue_shed": shed,
+            "limit": limit,
+            "queue_buckets": {0.005: low, 0.25: high, inf: high},
+        }
+
+    samples = [
+        (t0 - 0.05, state(0, 10, 10, 32.0), 0.004),
+        (t0 + 0.5, state(3, 10, 10, 16.0), 0.006),
+        (t0 + 0.95, state(7, 10, 110, 2.0), inf),  # a health check that failed
+        (t0 + 1.5, state(7, 110, 210, 4.0), 0.003),  # 100 more waits, all <= 5 ms
+    ]
+    rows = {r["second"]: r for r in per_second(load, probe, samples, t0)}
+    assert sorted(rows) == [-1, 0, 1]
+    zero = rows[0]
+    assert (zero["sent"], zero["ok"], zero["refused"], zero["timed_out"]) == (4, 2, 1, 1)
+    assert zero["probe_max_ms"] == 25.0
+    # from the sample before the second to its last one: 100 more waits, all <= 250 ms
+    assert zero["queue_p99_ms"] == 250.0 and zero["queue_shed"] == 7
+    assert zero["limit"] == 2.0 and zero["health_ms"] == 6.0  # the failed check is left out
+    assert rows[1]["ok"] == 1 and rows[1]["load_p99_ms"] == 30.0
+    assert rows[1]["queue_p99_ms"] == 5.0 and rows[1]["queue_shed"] == 0
+    assert rows[-1]["sent"] == 1 and rows[-1]["queue_p99_ms"] is None
