@@ -128,7 +128,7 @@ class Admission:
         self.adaptive = config.admission == "adaptive"
         self.ceiling = config.max_in_flight
         self.floor = min(config.min_in_flight, self.ceiling)
-        # the floor in an overload (the last window shed a request)
+        # the floor in an overload (the last OVERLOAD_WINDOWS windows each shed a request)
         self.overload_floor = min(config.overload_min_in_flight, self.floor)
         self.limit = float(min(INITIAL, self.ceiling) if self.adaptive else self.ceiling)
         self.in_flight = 0

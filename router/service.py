@@ -5,7 +5,6 @@ candidates, :class:`~annfleet.router.candidates.CandidateGenerator`) and RecordE
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from concurrent.futures import Executor
@@ -265,15 +264,6 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         remaining = context.time_remaining()
         return queue_time(context.invocation_metadata(), remaining), remaining
 
-    def _admit(
-        self,
-        context: grpc.aio.ServicerContext,
-        queued: tuple[float | None, float | None] | None = None,
-    ) -> contextlib.AbstractContextManager[None]:
-        """Count a request in flight; beyond the admission limit, or queued too long
-        (``Admission``), shed it at once. ``queued``: ``_queued(context)`` if already taken."""
-        return self.admission.admit(*(queued or self._queued(context)))
-
     def _deadline(self, context: grpc.aio.ServicerContext) -> float:
         """The request's one absolute deadline (``time.monotonic()``), taken where it enters.
 
@@ -295,7 +285,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.SearchResponse:
         deadline = self._deadline(context)
-        with self._admit(context):
+        with self.admission.admit(*self._queued(context)):
             return await self._search(request, deadline)
 
     async def _search(
@@ -330,9 +320,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         started = time.perf_counter()
         received = time.monotonic()
         deadline = self._deadline(context)
-        queued = self._queued(context)
-        with self._admit(context, queued):
-            return await self._retrieve(request, deadline, started, received, queued[0])
+        queued, remaining = self._queued(context)
+        with self.admission.admit(queued, remaining):
+            return await self._retrieve(request, deadline, started, received, queued)
 
     async def _retrieve(
         self,
@@ -401,7 +391,7 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         self, request: retrieval_pb2.RecordEngagementRequest, context: grpc.aio.ServicerContext
     ) -> retrieval_pb2.RecordEngagementResponse:
         self._deadline(context)
-        with self._admit(context):
+        with self.admission.admit(*self._queued(context)):
             state = self._state()  # the stable bundle's items check the events
             env = state.env
             applied = await record_engagement(
