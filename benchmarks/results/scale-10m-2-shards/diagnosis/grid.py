@@ -1,3 +1,5 @@
+# ruff: noqa  (a diagnostic script kept as it was run; see ../README.md)
+# mypy: ignore-errors
 """Recall@1000 and in-process CPU per query of a cached 10M bundle over an nprobe x rerank
 grid: the bench's own operating-point criterion (`inprocess_capacity`, the servers'
 ShardIndex, the router's per-shard k and merge), untimed (CPU time per query does not depend
@@ -23,7 +25,12 @@ data_dir = datasets.default_data_dir()
 ds = datasets.synthetic(10_000_000, 64, queries=300, data_dir=data_dir)
 truth = cached_exact_topk(
     data_dir / "groundtruth" / f"{ds.key}-k1000.npy",
-    ds.vectors, ds.ids, ds.queries, 1000, ds.metric, progress=False,
+    ds.vectors,
+    ds.ids,
+    ds.queries,
+    1000,
+    ds.metric,
+    progress=False,
 )
 bundle = ensure_bundle(ds, "ivfpq", {**DEFAULT_BUILD, "nlist": nlist}, shards, data_dir, False)
 print("bundle", bundle, flush=True)
@@ -32,8 +39,17 @@ print("shards nlist nprobe rerank recall cpu_ms_per_query qps(noisy)", flush=Tru
 for nprobe in nprobes:
     for rerank in reranks:
         t0 = time.time()
-        c = inprocess_capacity(index, ds.queries, truth, 1000, {"nprobe": nprobe, "rerank": rerank}, seconds)
+        c = inprocess_capacity(
+            index, ds.queries, truth, 1000, {"nprobe": nprobe, "rerank": rerank}, seconds
+        )
         print(
-            shards, nlist, nprobe, rerank, f"{c['recall']:.4f}", f"{c['cpu_ms_per_query']:.2f}",
-            f"{c['capacity_qps']:.0f}", f"({time.time() - t0:.0f}s)", flush=True,
+            shards,
+            nlist,
+            nprobe,
+            rerank,
+            f"{c['recall']:.4f}",
+            f"{c['cpu_ms_per_query']:.2f}",
+            f"{c['capacity_qps']:.0f}",
+            f"({time.time() - t0:.0f}s)",
+            flush=True,
         )
