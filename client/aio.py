@@ -20,6 +20,7 @@ from annfleet.client.throttle import (
     ThrottleStats,
 )
 from annfleet.queue_time import no_metadata, timeout_metadata
+from annfleet.return_time import ReturnTime
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class AsyncClient:
         credentials: grpc.ChannelCredentials | None = None,
         throttle: ThrottleConfig | None = DEFAULT_THROTTLE,
         report_timeout: bool = True,
+        report_return: bool = True,
     ) -> None:
         self.target = target
         self.timeout = timeout
@@ -71,6 +73,9 @@ class AsyncClient:
         # each call's timeout in annfleet-timeout-ms: the router sheds a call that queued
         # beyond its queue target at once (RESOURCE_EXHAUSTED) instead of serving it late
         self._metadata = timeout_metadata if report_timeout else no_metadata
+        # the recent return time of its Retrieves (whole time less the router's inbound and
+        # total) in annfleet-return-ms: the router keeps it back from each source's budget
+        self.return_time = ReturnTime() if report_return else None
         self._channel = open_aio_channel(target, credentials)
         self._stub = retrieval_pb2_grpc.RetrievalStub(self._channel)
 
@@ -121,13 +126,27 @@ class AsyncClient:
             include_titles=include_titles,
             **context,
         )
+        started = 0.0  # the last attempt's start: its whole time is the return time's base
+
+        def attempt(t: float) -> Any:
+            nonlocal started
+            started = time.perf_counter()
+            return self._stub.Retrieve(request, timeout=t, metadata=self._retrieve_metadata(t))
+
         response = await call_with_retry(
-            lambda t: self._stub.Retrieve(request, timeout=t, metadata=self._metadata(t)),
-            timeout or self.timeout,
-            self.retries,
-            self.throttle,
+            attempt, timeout or self.timeout, self.retries, self.throttle
         )
-        return r.retrieve_result(response)
+        result = r.retrieve_result(response)
+        if self.return_time is not None:
+            self.return_time.observe(time.perf_counter() - started, result.timings_ms)
+        return result
+
+    def _retrieve_metadata(self, timeout: float) -> tuple[tuple[str, str], ...] | None:
+        """A Retrieve attempt's metadata: its timeout and the client's return time."""
+        sent = self._metadata(timeout) or ()
+        if self.return_time is not None:
+            sent += self.return_time.metadata()
+        return sent or None
 
     async def record_engagement(
         self,

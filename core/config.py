@@ -123,6 +123,10 @@ class RouterConfig:
     reply_margin_quantile: float = 0.99
     reply_margin_window: int = 512
     reply_margin_max_s: float = 0.005
+    # and the return time its caller reports (annfleet-return-ms, annfleet.return_time: the
+    # recent p99 of the reply's way back as the caller measured it), at most this share of
+    # each budget; 0 = the entry is ignored
+    return_time_max_share: float = 0.25
     max_in_flight: int = 512  # requests being served at once; beyond: RESOURCE_EXHAUSTED
     # admission "adaptive" (router/admission.py): the in-flight limit (min_in_flight ..
     # max_in_flight) shrinks while the router's median latency is above latency_tolerance x
@@ -432,6 +436,11 @@ class ClusterConfig:
             ),
             (self.router.reply_margin_window >= 1, "router.reply_margin_window", ">= 1"),
             (self.router.reply_margin_max_s >= 0, "router.reply_margin_max_s", ">= 0"),
+            (
+                0.0 <= self.router.return_time_max_share <= 1.0,
+                "router.return_time_max_share",
+                "in [0, 1]",
+            ),
             (self.router.max_in_flight >= 1, "router.max_in_flight", ">= 1"),
             (
                 self.router.admission in ("adaptive", "fixed"),

@@ -312,9 +312,13 @@ async def _fetch(source: Source, request: SourceRequest) -> Candidates:
 def budget_deadline(request: SourceRequest, budget: float) -> float:
     """When a source with ``budget`` seconds must have answered (``time.monotonic()``): the
     budget counts from when the caller sent the request (``received - inbound``, the
-    measured inbound delay taken at most up to the whole budget) and ends
-    ``reply_margin`` early, to blend and reply within it."""
-    return request.received + max(budget - max(request.inbound, 0.0), 0.0) - request.reply_margin
+    measured inbound delay taken at most up to the whole budget) and ends early by
+    ``reply_margin`` (to blend and reply within it) and by the return time its caller
+    reported (the reply's way back to it), the latter at most ``return_max_share`` of the
+    budget."""
+    way_back = min(max(request.return_time, 0.0), request.return_max_share * budget)
+    sent = request.received + max(budget - max(request.inbound, 0.0), 0.0)
+    return sent - request.reply_margin - way_back
 
 
 async def run_sources(sources: Sequence[Source], request: SourceRequest) -> dict[str, Outcome]:

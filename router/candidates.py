@@ -203,19 +203,23 @@ class CandidateGenerator:
         received: float | None = None,
         reply_margin: float = 0.0,
         inbound: float = 0.0,
+        return_time: float = 0.0,
+        return_max_share: float = 0.0,
     ) -> Blend:
         """The blended candidates. ``shape`` = what else makes two requests differ (search
         params, source overrides): part of the candidate-cache key. ``params`` (the request's
         SearchParams) go to the ANN source. ``received`` (``time.monotonic()`` of the
         request's arrival, default now), ``inbound`` (seconds it spent on its way there, as
         measured; 0 = unknown) and ``reply_margin``: where the sources' budgets start (the
-        caller's send) and how much of each is kept back to blend and reply
-        (``SourceRequest``, ``blend.budget_deadline``).
+        caller's send) and how much of each is kept back to blend and reply; ``return_time``
+        (the reply's way back as the caller reported it; 0 = none), also kept back, at most
+        ``return_max_share`` of each budget (``SourceRequest``, ``blend.budget_deadline``).
 
         A source that fails because of the request itself (NotFound: a user the bundle cannot
         embed; InvalidArgument) fails the request; any other failure drops the source.
         The served list (cached or not) is offered to the diversity monitor."""
-        timing = (time.monotonic() if received is None else received, reply_margin, inbound)
+        arrival = time.monotonic() if received is None else received
+        timing = (arrival, reply_margin, inbound, return_time, return_max_share)
         result = await self._retrieve(user_id, context, k, exclude, deadline, shape, params, timing)
         if self.diversity is not None:
             self.diversity.offer(self.bundle_id, result.ids)
@@ -230,7 +234,7 @@ class CandidateGenerator:
         deadline: float,
         shape: tuple[object, ...],
         params: Any,
-        timing: tuple[float, float, float],
+        timing: tuple[float, float, float, float, float],
     ) -> Blend:
         user, blocked, state_error = await self._user(user_id)
         recent = merge_recent(user.recent, context.recent_item_ids, self.recent_len)

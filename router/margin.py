@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from annfleet.config import RouterConfig
 from annfleet.metrics import REPLY_MARGIN
-from annfleet.router.recent import MIN_SAMPLES, RecentQuantile
+from annfleet.recent import MIN_SAMPLES, RecentQuantile
 
 __all__ = ["MIN_SAMPLES", "ReplyMargin"]  # MIN_SAMPLES: below this many times, the cap
 

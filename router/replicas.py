@@ -40,7 +40,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from annfleet.arrays import GRPC_OPTIONS
 from annfleet.config import RouterConfig
 from annfleet.metrics import HEDGES, REPLICA_ATTEMPTS, REPLICA_SERVING
-from annfleet.router.recent import RecentQuantile
+from annfleet.recent import RecentQuantile
 from annfleet.router.streams import SearchStreams
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 
@@ -237,7 +237,7 @@ class ReplicaGroup:
         self.config = config
         self.tokens = HEDGE_BURST
         # The running hedge_quantile of recent attempt latencies (hedge_max_delay_s until
-        # router.recent.MIN_SAMPLES are in).
+        # annfleet.recent.MIN_SAMPLES are in).
         self._latencies = RecentQuantile(
             config.hedge_quantile,
             config.hedge_min_delay_s,

@@ -26,6 +26,7 @@ from annfleet.config import RouterConfig, SourcesConfig, StateConfig
 from annfleet.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from annfleet.metrics import DEGRADED
 from annfleet.queue_time import queue_time
+from annfleet.return_time import reported_return
 from annfleet.router.admission import Admission
 from annfleet.router.blend import Blend
 from annfleet.router.caches import RouterCaches
@@ -321,8 +322,9 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         received = time.monotonic()
         deadline = self._deadline(context)
         queued, remaining = self._queued(context)
+        way_back = reported_return(context.invocation_metadata())  # malformed: InvalidArgument
         with self.admission.admit(queued, remaining):
-            return await self._retrieve(request, deadline, started, received, queued)
+            return await self._retrieve(request, deadline, started, received, queued, way_back)
 
     async def _retrieve(
         self,
@@ -331,10 +333,14 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         started: float,
         received: float,
         inbound: float | None,
+        way_back: float | None = None,
     ) -> retrieval_pb2.RetrieveResponse:
         """``inbound``: the seconds the request spent between its caller's send and the
         handler (its queue time; None when its caller sent no timeout). The sources' budgets
-        count from the send, so the way in is inside them as the caller sees it."""
+        count from the send, so the way in is inside them as the caller sees it. ``way_back``:
+        the return time its caller reported (``annfleet-return-ms``; None: none), kept back
+        from each budget too (at most ``return_time_max_share`` of it), so the way back is
+        inside them as well."""
         state, variant = self._variant(request.user_id)  # one bundle for the whole request
         k = check_k(request.k, self.config.max_k)
         check_params(request.params)
@@ -354,6 +360,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
             received=received,
             reply_margin=margin,
             inbound=inbound or 0.0,
+            return_time=way_back or 0.0,
+            return_max_share=self.config.return_time_max_share,
         )
         ann = result.details.get("ann")
         if self.sampler is not None and isinstance(ann, AnnDetail) and not result.cached:
@@ -378,6 +386,8 @@ class RetrievalService(retrieval_pb2_grpc.RetrievalServicer):
         timings["reply_margin"] = margin * 1e3
         if inbound is not None:
             timings["inbound"] = inbound * 1e3
+        if way_back is not None:
+            timings["return"] = way_back * 1e3
         if result.sources_done:
             timings["sources"] = (result.sources_done - received) * 1e3
         timings["total"] = (time.perf_counter() - started) * 1e3

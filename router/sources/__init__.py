@@ -52,6 +52,11 @@ class SourceRequest:
     received: float = field(default_factory=time.monotonic)
     reply_margin: float = 0.0
     inbound: float = 0.0
+    # the reply's way back as the caller reported it (``annfleet-return-ms``,
+    # ``annfleet.return_time``; 0 when it sent none), also kept back from each budget, at
+    # most ``return_max_share`` of it (``router.return_time_max_share``)
+    return_time: float = 0.0
+    return_max_share: float = 0.0
 
     @property
     def now(self) -> float:

@@ -33,6 +33,8 @@ ALLOWED_CORE = {
     "annfleet.merge",
     "annfleet.names",
     "annfleet.queue_time",
+    "annfleet.recent",
+    "annfleet.return_time",
     "annfleet.validation",
 }
 

@@ -1,5 +1,6 @@
 """The reply margin (router/margin.py): what Retrieve keeps back from each source's budget is
-measured after each budget that ended a wait, bounded, and used in the sources' deadlines."""
+measured after each budget that ended a wait, bounded, and used in the sources' deadlines;
+with the return time the caller reports (annfleet.return_time) kept back too."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from annfleet.config import (
     load_config,
 )
 from annfleet.queue_time import TIMEOUT_METADATA, timeout_metadata
+from annfleet.return_time import MIN_SAMPLES as RETURN_MIN_SAMPLES
+from annfleet.return_time import RETURN_METADATA, return_metadata
 from annfleet.router.blend import TIMER_SLACK_S
 from annfleet.router.margin import MIN_SAMPLES, ReplyMargin
 from annfleet.synthetic import Catalogue
@@ -181,3 +184,85 @@ def test_a_budget_counts_from_the_callers_send_when_it_sent_its_timeout(
         assert "annfleet-timeout-ms: 'soon'" in (bad.value.details() or "")
         again = stub.Retrieve(request, timeout=20.0, metadata=timeout_metadata(60.0))
         assert dict(again.dropped_sources) == {"trending": "budget"}
+
+
+def test_the_return_time_the_caller_reports_is_kept_back_from_each_budget_capped(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    """``annfleet-return-ms`` (annfleet.return_time): the reply's way back as the caller
+    measured it, kept back from each source's budget, at most
+    ``router.return_time_max_share`` of it. Trending hangs; the calls have 20 s."""
+    config = replace(PATIENT_ROUTER, queue_target_s=0.0, return_time_max_share=1.0)
+    whole = cluster_factory(flat_bundle, config, sources=hanging_trending(budget_ms=30_000.0))
+    capped = cluster_factory(
+        flat_bundle, replace(config, return_time_max_share=0.25), sources=hanging_trending()
+    )
+    user, k = int(catalogue.user_ids[3]), 30
+    request = retrieval_pb2.RetrieveRequest(user_id=user, k=k)
+    slack = TIMER_SLACK_S * 1e3 + 0.01
+    with (
+        grpc.insecure_channel(whole.router_target) as a,
+        grpc.insecure_channel(capped.router_target) as b,
+    ):
+        stub, capped_stub = retrieval_pb2_grpc.RetrievalStub(a), retrieval_pb2_grpc.RetrievalStub(b)
+        # 29.7 s of trending's 30 s budget kept back for the way back: it is dropped about
+        # 0.3 s after the arrival, not held to the call's 20 s deadline
+        short = stub.Retrieve(request, timeout=20.0, metadata=return_metadata(29.7))
+        assert dict(short.dropped_sources) == {"trending": "budget"}
+        assert len(np.frombuffer(short.ids, "<i8")) == k  # the other sources fill k
+        timings = short.timings_ms
+        assert timings["return"] == pytest.approx(29_700.0)
+        assert "inbound" not in timings  # no timeout entry: the budget counts from the arrival
+        rest = 30_000.0 - 29_700.0 - timings["reply_margin"]
+        assert rest - slack <= timings["sources"] < 10_000.0
+        # with the timeout entry too: both the way in and the way back are inside the budget
+        both = return_metadata(29.7) + timeout_metadata(20.0)
+        sent = stub.Retrieve(request, timeout=20.0, metadata=both)
+        assert dict(sent.dropped_sources) == {"trending": "budget"}
+        timings = sent.timings_ms
+        assert timings["return"] == pytest.approx(29_700.0) and timings["inbound"] >= 0.0
+        rest = 30_000.0 - timings["inbound"] - 29_700.0 - timings["reply_margin"]
+        assert rest - slack <= timings["sources"] < 10_000.0
+        # at most a quarter of a 300 ms budget: 1 s reported keeps back 75 ms, not all of it
+        held = capped_stub.Retrieve(request, timeout=20.0, metadata=return_metadata(1.0))
+        assert dict(held.dropped_sources) == {"trending": "budget"}
+        timings = held.timings_ms
+        assert timings["return"] == pytest.approx(1_000.0)
+        assert 300.0 - 75.0 - timings["reply_margin"] - slack <= timings["sources"]
+        # a malformed entry: INVALID_ARGUMENT naming it; the router keeps serving
+        for value in ("soon", "-2", "nan"):
+            with pytest.raises(grpc.RpcError) as bad:
+                stub.Retrieve(request, timeout=20.0, metadata=((RETURN_METADATA, value),))
+            assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"annfleet-return-ms: {value!r}" in (bad.value.details() or "")
+        again = stub.Retrieve(request, timeout=20.0, metadata=return_metadata(29.7))
+        assert dict(again.dropped_sources) == {"trending": "budget"}
+
+
+def test_the_client_reports_its_measured_return_time_once_it_has_enough_calls(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    cluster = cluster_factory(flat_bundle, PATIENT_ROUTER, sources=patient(SourcesConfig()))
+    user, k = int(catalogue.user_ids[3]), 30
+    with (
+        Client(cluster.router_target, timeout=10) as client,
+        Client(cluster.router_target, timeout=10, report_return=False) as quiet,
+    ):
+        estimate = client.return_time
+        assert estimate is not None and quiet.return_time is None
+        for n in range(RETURN_MIN_SAMPLES):
+            assert estimate.samples == n  # one return time per answered Retrieve
+            assert "return" not in client.retrieve(user, k).timings_ms  # not measured yet
+            assert "return" not in quiet.retrieve(user, k).timings_ms
+        for _ in range(3):
+            sent = estimate.value()  # what the next call carries
+            assert sent is not None and sent >= 0.0
+            result = client.retrieve(user, k)
+            assert result.timings_ms["return"] == pytest.approx(sent * 1e3, abs=1e-3)
+            assert result.dropped_sources == {}
+            assert "return" not in quiet.retrieve(user, k).timings_ms
+        assert estimate.samples == RETURN_MIN_SAMPLES + 3

@@ -1,10 +1,10 @@
-"""A clamped quantile of the most recent samples: the router's self-tuned delays.
+"""A clamped quantile of the most recent samples: self-tuned delays.
 
-Both the hedge delay of a shard's replicas (``router/replicas.py``: the running
-``hedge_quantile`` of attempt latencies) and the reply margin of ``Retrieve``
-(``router/margin.py``) are the q-quantile of the last ``window`` samples, kept within
-[``low``, ``high``], and ``high`` until ``min_samples`` are in: the cautious end until there
-is something to measure.
+The hedge delay of a shard's replicas (``router/replicas.py``: the running
+``hedge_quantile`` of attempt latencies), the reply margin of ``Retrieve``
+(``router/margin.py``) and the return time a client reports (``annfleet.return_time``) are
+the q-quantile of the last ``window`` samples, kept within [``low``, ``high``], and ``high``
+until ``min_samples`` are in: the cautious end until there is something to measure.
 """
 
 from __future__ import annotations

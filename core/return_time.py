@@ -1,0 +1,115 @@
+"""A call's *return time*: its reply's way back to the caller, measured by the caller and sent
+to the router with the next calls.
+
+A source's budget bounds the whole ``Retrieve`` as its caller sees it (README "Retrieve").
+The router measures the request's way in (``annfleet.queue_time``) and its own time after a
+budget (``router/margin.py``), but not the reply's way back: its handler ends when it hands
+the response to gRPC, and serialising, sending, the caller's gRPC poller and event loop and
+the caller's parsing all come after. The caller can measure it: it knows each call's whole
+time (from just before the call to the parsed response) and the response says how much of it
+the router accounted for (``timings_ms``: ``inbound``, the measured way in, and ``total``, the
+handler's start to the response built). What is left is the return time:
+
+    return = whole - inbound - total     (inbound 0 when the router did not measure it)
+
+which also holds the way in the router could not see (gRPC's rounding of the deadline it
+sends, below 1 ms for timeouts under 1 s). Each annfleet client keeps the
+``QUANTILE`` (0.99) of the last ``WINDOW`` (512) such times of its ``Retrieve`` calls
+(:class:`ReturnTime`) and, once ``MIN_SAMPLES`` (20) are in, sends it with each ``Retrieve``
+in the ``annfleet-return-ms`` metadata entry, beside ``annfleet-timeout-ms``. The router
+keeps it back from each source's budget on top of its reply margin, at most
+``router.return_time_max_share`` of that budget (``blend.budget_deadline``). Only durations
+on the caller's own clock are involved, and the time is independent of the budgets (a
+shorter budget shortens ``total``, not the way back), so the estimate does not feed on
+itself.
+
+One module so that both sides agree on the name, the unit and what is measured.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Mapping
+
+from annfleet.errors import InvalidArgument
+from annfleet.recent import RecentQuantile
+
+RETURN_METADATA = "annfleet-return-ms"
+QUANTILE = 0.99  # of the recent return times, sent
+WINDOW = 512  # recent Retrieve calls it is taken over
+MIN_SAMPLES = 20  # nothing is sent before this many calls are measured
+EVERY = 8  # recomputed once this many new times are in (a quantile of 512 costs ~20 us)
+
+
+def return_metadata(seconds: float) -> tuple[tuple[str, str], ...]:
+    """The metadata entry a client sends to report its return time ``seconds``."""
+    return ((RETURN_METADATA, f"{seconds * 1e3:.3f}"),)
+
+
+def reported_return(metadata: Iterable[tuple[str, str | bytes]] | None) -> float | None:
+    """The return time (seconds) the caller reported; None without the entry. A malformed
+    entry (not a finite number of milliseconds >= 0) is InvalidArgument, naming the entry
+    and value."""
+    if not metadata:
+        return None
+    value = next((v for k, v in metadata if k == RETURN_METADATA), None)
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    try:
+        ms = float(text)
+    except ValueError:
+        ms = math.nan
+    if not (math.isfinite(ms) and ms >= 0):
+        raise InvalidArgument(
+            f"metadata {RETURN_METADATA}: {text[:40]!r} is not a return time in milliseconds "
+            "(a finite number >= 0)"
+        )
+    return ms / 1e3
+
+
+def return_seconds(whole_s: float, timings_ms: Mapping[str, float]) -> float | None:
+    """One call's return time: its whole time (seconds) less what the router accounted for
+    in ``timings_ms`` (``inbound`` + ``total``), at least 0; None when the response has no
+    ``total`` (not a ``Retrieve`` answer)."""
+    total = timings_ms.get("total")
+    if total is None:
+        return None
+    return max(whole_s - (total + timings_ms.get("inbound", 0.0)) / 1e3, 0.0)
+
+
+class ReturnTime:
+    """A client's running ``quantile`` of its last ``window`` return times (module doc);
+    thread-safe (one lock around a ring write or a cached read)."""
+
+    def __init__(
+        self, quantile: float = QUANTILE, window: int = WINDOW, min_samples: int = MIN_SAMPLES
+    ) -> None:
+        self._times = RecentQuantile(
+            quantile, 0.0, math.inf, window=window, min_samples=min_samples, every=EVERY
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def samples(self) -> int:
+        return self._times.samples
+
+    def observe(self, whole_s: float, timings_ms: Mapping[str, float]) -> None:
+        """Note one answered call: its whole time and the response's ``timings_ms``."""
+        seconds = return_seconds(whole_s, timings_ms)
+        if seconds is not None:
+            with self._lock:
+                self._times.add(seconds)
+
+    def value(self) -> float | None:
+        """The quantile in seconds; None until ``min_samples`` calls are noted."""
+        with self._lock:
+            if self._times.samples < self._times.min_samples:
+                return None
+            return self._times.value()
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The entry to send with the next call (none until measured)."""
+        seconds = self.value()
+        return () if seconds is None else return_metadata(seconds)
