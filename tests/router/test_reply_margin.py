@@ -60,7 +60,13 @@ def test_the_margin_stays_between_zero_and_its_cap() -> None:
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("reply_margin_quantile", 0.0), ("reply_margin_window", 0), ("reply_margin_max_s", -1)],
+    [
+        ("reply_margin_quantile", 0.0),
+        ("reply_margin_window", 0),
+        ("reply_margin_max_s", -1),
+        ("return_time_max_share", -0.1),
+        ("return_time_max_share", 1.5),
+    ],
 )
 def test_bad_margin_settings_are_refused(tmp_path, key: str, value: float) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "c.yaml"

@@ -100,7 +100,8 @@ class RetrievalServicer:
         is dropped when fewer shards than min_coverage answered, and the
         other sources fill k.
         INVALID_ARGUMENT    the payload is not a valid RetrieveRequest; k <= 0 or k > max_k,
-        malformed exclude_ids, a search parameter out of range.
+        malformed exclude_ids, a search parameter out of range, a
+        malformed annfleet-timeout-ms or annfleet-return-ms metadata entry.
         NOT_FOUND           unknown user id and the bundle cannot embed users from context.
         UNAVAILABLE         the router has no bundle loaded, or the ANN source failed (as for
         Search) and no other source had a candidate.
