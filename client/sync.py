@@ -19,7 +19,7 @@ from annfleet.client.throttle import (
     ThrottleStats,
 )
 from annfleet.queue_time import no_metadata, timeout_metadata
-from annfleet.return_time import ReturnTime
+from annfleet.return_time import ReturnTime, with_return_time
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -138,20 +138,14 @@ class Client:
         def attempt(t: float) -> Any:
             nonlocal started
             started = time.perf_counter()
-            return self._stub.Retrieve(request, timeout=t, metadata=self._retrieve_metadata(t))
+            sent = with_return_time(self._metadata(t), self.return_time)
+            return self._stub.Retrieve(request, timeout=t, metadata=sent)
 
         response = call_with_retry(attempt, timeout or self.timeout, self.retries, self.throttle)
         result = r.retrieve_result(response)
         if self.return_time is not None:
             self.return_time.observe(time.perf_counter() - started, result.timings_ms)
         return result
-
-    def _retrieve_metadata(self, timeout: float) -> tuple[tuple[str, str], ...] | None:
-        """A Retrieve attempt's metadata: its timeout and the client's return time."""
-        sent = self._metadata(timeout) or ()
-        if self.return_time is not None:
-            sent += self.return_time.metadata()
-        return sent or None
 
     def record_engagement(
         self,

@@ -38,22 +38,33 @@ def no_metadata(timeout_s: float) -> None:
     return None
 
 
+def metadata_ms(
+    metadata: Iterable[tuple[str, str | bytes]] | None, key: str
+) -> tuple[str, float] | None:
+    """The entry ``key`` of ``metadata`` (annfleet's entries are decimal milliseconds): its
+    text and value (NaN when it is not a number); None without the entry."""
+    value = next((v for k, v in metadata or () if k == key), None)
+    if value is None:
+        return None
+    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+    try:
+        return text, float(text)
+    except ValueError:
+        return text, math.nan
+
+
 def queue_time(
     metadata: Iterable[tuple[str, str | bytes]] | None, time_remaining: float | None
 ) -> float | None:
     """Seconds the request waited before its handler; None when it cannot be told (no
     ``annfleet-timeout-ms`` entry, or the call has no deadline). A malformed entry (not a
     finite number of milliseconds > 0) is InvalidArgument, naming the entry and value."""
-    if time_remaining is None or not metadata:
+    if time_remaining is None:
         return None
-    value = next((v for k, v in metadata if k == TIMEOUT_METADATA), None)
-    if value is None:
+    entry = metadata_ms(metadata, TIMEOUT_METADATA)
+    if entry is None:
         return None
-    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-    try:
-        sent_ms = float(text)
-    except ValueError:
-        sent_ms = math.nan
+    text, sent_ms = entry
     if not (math.isfinite(sent_ms) and sent_ms > 0):
         raise InvalidArgument(
             f"metadata {TIMEOUT_METADATA}: {text[:40]!r} is not the call's timeout in "

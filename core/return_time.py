@@ -33,6 +33,7 @@ import threading
 from collections.abc import Iterable, Mapping
 
 from annfleet.errors import InvalidArgument
+from annfleet.queue_time import metadata_ms
 from annfleet.recent import RecentQuantile
 
 RETURN_METADATA = "annfleet-return-ms"
@@ -51,16 +52,10 @@ def reported_return(metadata: Iterable[tuple[str, str | bytes]] | None) -> float
     """The return time (seconds) the caller reported; None without the entry. A malformed
     entry (not a finite number of milliseconds >= 0) is InvalidArgument, naming the entry
     and value."""
-    if not metadata:
+    entry = metadata_ms(metadata, RETURN_METADATA)
+    if entry is None:
         return None
-    value = next((v for k, v in metadata if k == RETURN_METADATA), None)
-    if value is None:
-        return None
-    text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
-    try:
-        ms = float(text)
-    except ValueError:
-        ms = math.nan
+    text, ms = entry
     if not (math.isfinite(ms) and ms >= 0):
         raise InvalidArgument(
             f"metadata {RETURN_METADATA}: {text[:40]!r} is not a return time in milliseconds "
@@ -77,6 +72,15 @@ def return_seconds(whole_s: float, timings_ms: Mapping[str, float]) -> float | N
     if total is None:
         return None
     return max(whole_s - (total + timings_ms.get("inbound", 0.0)) / 1e3, 0.0)
+
+
+def with_return_time(
+    sent: tuple[tuple[str, str], ...] | None, estimate: ReturnTime | None
+) -> tuple[tuple[str, str], ...] | None:
+    """A ``Retrieve`` attempt's metadata: ``sent`` (its timeout entry, or None) and the
+    client's return time ``estimate`` (nothing while unmeasured, or with none)."""
+    entries = (sent or ()) + (estimate.metadata() if estimate is not None else ())
+    return entries or None
 
 
 class ReturnTime:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from annfleet.errors import InvalidArgument
+from annfleet.queue_time import timeout_metadata
 from annfleet.return_time import (
     EVERY,
     MIN_SAMPLES,
@@ -18,6 +19,7 @@ from annfleet.return_time import (
     reported_return,
     return_metadata,
     return_seconds,
+    with_return_time,
 )
 
 
@@ -87,3 +89,16 @@ def test_the_entry_round_trips_and_its_absence_is_none() -> None:
 def test_a_malformed_entry_is_invalid_argument_naming_it(value: str | bytes) -> None:
     with pytest.raises(InvalidArgument, match=r"annfleet-return-ms: .* milliseconds"):
         reported_return([(RETURN_METADATA, value)])
+
+
+def test_a_retrieve_attempt_carries_its_timeout_and_the_return_time_once_measured() -> None:
+    est = ReturnTime(min_samples=MIN_SAMPLES)
+    timeout = timeout_metadata(1.0)
+    assert with_return_time(None, None) is None
+    assert with_return_time(timeout, None) == timeout
+    assert with_return_time(timeout, est) == timeout  # not measured yet
+    assert with_return_time(None, est) is None
+    for _ in range(MIN_SAMPLES):
+        est.observe(0.004, {"total": 1.0, "inbound": 1.0})
+    assert with_return_time(timeout, est) == (*timeout, (RETURN_METADATA, "2.000"))
+    assert with_return_time(None, est) == ((RETURN_METADATA, "2.000"),)
