@@ -133,18 +133,19 @@ class Client:
             include_titles=include_titles,
             **context,
         )
-        started = 0.0  # the last attempt's start: its whole time is the return time's base
+        started, attempts = 0.0, 0  # the last attempt's start: the return time's base
 
         def attempt(t: float) -> Any:
-            nonlocal started
-            started = time.perf_counter()
+            nonlocal started, attempts
+            started, attempts = time.perf_counter(), attempts + 1
             sent = with_return_time(self._metadata(t), self.return_time)
             return self._stub.Retrieve(request, timeout=t, metadata=sent)
 
         response = call_with_retry(attempt, timeout or self.timeout, self.retries, self.throttle)
         result = r.retrieve_result(response)
         if self.return_time is not None:
-            self.return_time.observe(time.perf_counter() - started, result.timings_ms)
+            whole = time.perf_counter() - started
+            self.return_time.observe(whole, result.timings_ms, retried=attempts > 1)
         return result
 
     def record_engagement(

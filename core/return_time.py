@@ -13,10 +13,12 @@ handler's start to the response built). What is left is the return time:
     return = whole - inbound - total     (inbound 0 when the router did not measure it)
 
 which also holds the way in the router could not see (gRPC's rounding of the deadline it
-sends, below 1 ms for timeouts under 1 s). Each annfleet client keeps the
-``QUANTILE`` (0.99) of the last ``WINDOW`` (512) such times of its ``Retrieve`` calls
-(:class:`ReturnTime`) and, once ``MIN_SAMPLES`` (20) are in, sends it with each ``Retrieve``
-in the ``annfleet-return-ms`` metadata entry, beside ``annfleet-timeout-ms``. The router
+sends, below 1 ms for timeouts under 1 s). A client's first answered call and a call that
+needed a retry are left out: their time holds the channel's connecting. Each annfleet
+client keeps the ``QUANTILE`` (0.99) of the last ``WINDOW`` (512) such times of its
+``Retrieve`` calls (:class:`ReturnTime`) and, once ``MIN_SAMPLES`` (20) are in, sends it
+with each ``Retrieve`` in the ``annfleet-return-ms`` metadata entry, beside
+``annfleet-timeout-ms``. The router
 keeps it back from each source's budget on top of its reply margin, at most
 ``router.return_time_max_share`` of that budget (``blend.budget_deadline``). Only durations
 on the caller's own clock are involved, and the time is independent of the budgets (a
@@ -94,17 +96,26 @@ class ReturnTime:
             quantile, 0.0, math.inf, window=window, min_samples=min_samples, every=EVERY
         )
         self._lock = threading.Lock()
+        self._connected = False  # a call was answered: the channel has connected
 
     @property
     def samples(self) -> int:
         return self._times.samples
 
-    def observe(self, whole_s: float, timings_ms: Mapping[str, float]) -> None:
-        """Note one answered call: its whole time and the response's ``timings_ms``."""
+    def observe(
+        self, whole_s: float, timings_ms: Mapping[str, float], retried: bool = False
+    ) -> None:
+        """Note one answered call: its last attempt's whole time and the response's
+        ``timings_ms``. The first answered call, and one that needed a retry, are not noted:
+        their time holds the channel's connecting (to a new or restarted server), not a
+        way back."""
         seconds = return_seconds(whole_s, timings_ms)
-        if seconds is not None:
-            with self._lock:
+        if seconds is None:
+            return
+        with self._lock:
+            if self._connected and not retried:
                 self._times.add(seconds)
+            self._connected = True
 
     def value(self) -> float | None:
         """The quantile in seconds; None until ``min_samples`` calls are noted."""

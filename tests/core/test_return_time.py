@@ -33,6 +33,8 @@ def test_a_calls_return_time_is_its_whole_time_less_what_the_router_accounted_fo
 
 def test_nothing_is_reported_until_min_samples_then_the_quantile_of_the_window() -> None:
     est = ReturnTime(quantile=0.5, window=40, min_samples=MIN_SAMPLES)
+    est.observe(0.5, {"total": 1.0})  # the first answered call: connecting, not noted
+    assert est.samples == 0
     for _ in range(MIN_SAMPLES - 1):
         est.observe(0.012, {"total": 10.0, "inbound": 1.0})  # 1 ms back
     assert est.value() is None and est.metadata() == ()
@@ -48,10 +50,12 @@ def test_nothing_is_reported_until_min_samples_then_the_quantile_of_the_window()
 
 def test_the_quantile_is_recomputed_every_few_calls_and_answers_without_total_are_skipped() -> None:
     est = ReturnTime(quantile=1.0, window=64, min_samples=MIN_SAMPLES)
+    est.observe(0.5, {"total": 1.0})  # the first answered call: connecting, not noted
     for _ in range(MIN_SAMPLES):
         est.observe(0.003, {"total": 1.0})
     assert est.value() == pytest.approx(0.002)
     est.observe(0.050, {})  # no total: not a sample
+    est.observe(0.050, {"total": 1.0}, retried=True)  # connected again: not a way back
     assert est.samples == MIN_SAMPLES
     for n in range(EVERY - 1):
         est.observe(0.009, {"total": 1.0})  # 8 ms back
@@ -62,6 +66,7 @@ def test_the_quantile_is_recomputed_every_few_calls_and_answers_without_total_ar
 
 def test_the_estimate_is_shared_by_threads() -> None:
     est = ReturnTime(quantile=0.5, window=4096)
+    est.observe(0.5, {"total": 1.0})  # the first answered call: connecting, not noted
 
     def calls() -> None:
         for _ in range(500):
@@ -98,6 +103,7 @@ def test_a_retrieve_attempt_carries_its_timeout_and_the_return_time_once_measure
     assert with_return_time(timeout, None) == timeout
     assert with_return_time(timeout, est) == timeout  # not measured yet
     assert with_return_time(None, est) is None
+    est.observe(0.5, {"total": 1.0})  # the first answered call: connecting, not noted
     for _ in range(MIN_SAMPLES):
         est.observe(0.004, {"total": 1.0, "inbound": 1.0})
     assert with_return_time(timeout, est) == (*timeout, (RETURN_METADATA, "2.000"))

@@ -260,8 +260,9 @@ def test_the_client_reports_its_measured_return_time_once_it_has_enough_calls(
     ):
         estimate = client.return_time
         assert estimate is not None and quiet.return_time is None
-        for n in range(RETURN_MIN_SAMPLES):
-            assert estimate.samples == n  # one return time per answered Retrieve
+        for n in range(RETURN_MIN_SAMPLES + 1):
+            # one return time per answered Retrieve, but the first (the channel connecting)
+            assert estimate.samples == max(n - 1, 0)
             assert "return" not in client.retrieve(user, k).timings_ms  # not measured yet
             assert "return" not in quiet.retrieve(user, k).timings_ms
         for _ in range(3):
