@@ -55,7 +55,9 @@ stop, scans = threading.Event(), []
 
 def exact_loop():
     set_threads(1)
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10)
+    os.setpriority(
+        os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + 10
+    )
     j = 0
     while not stop.is_set():
         t0, c0 = time.perf_counter(), time.thread_time()
@@ -70,4 +72,7 @@ print("with exact scans:", searches(SECONDS), flush=True)
 stop.set()
 t.join()
 w = np.array(scans)
-print(f"exact scans: {len(w)}, wall p50 {np.median(w[:, 0]):.0f} ms, CPU p50 {np.median(w[:, 1]):.0f} ms", flush=True)
+print(
+    f"exact scans: {len(w)}, wall p50 {np.median(w[:, 0]):.0f} ms, CPU p50 {np.median(w[:, 1]):.0f} ms",
+    flush=True,
+)
