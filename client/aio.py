@@ -20,7 +20,7 @@ from annfleet.client.throttle import (
     ThrottleStats,
 )
 from annfleet.queue_time import no_metadata, timeout_metadata
-from annfleet.return_time import ReturnTime, with_return_time
+from annfleet.return_time import Attempts, ReturnTime
 from annfleet.v1 import retrieval_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 T = TypeVar("T")
@@ -126,21 +126,16 @@ class AsyncClient:
             include_titles=include_titles,
             **context,
         )
-        started, attempts = 0.0, 0  # the last attempt's start: the return time's base
-
-        def attempt(t: float) -> Any:
-            nonlocal started, attempts
-            started, attempts = time.perf_counter(), attempts + 1
-            sent = with_return_time(self._metadata(t), self.return_time)
-            return self._stub.Retrieve(request, timeout=t, metadata=sent)
-
+        attempts = Attempts(
+            lambda t, sent: self._stub.Retrieve(request, timeout=t, metadata=sent),
+            self._metadata,
+            self.return_time,
+        )
         response = await call_with_retry(
-            attempt, timeout or self.timeout, self.retries, self.throttle
+            attempts, timeout or self.timeout, self.retries, self.throttle
         )
         result = r.retrieve_result(response)
-        if self.return_time is not None:
-            whole = time.perf_counter() - started
-            self.return_time.observe(whole, result.timings_ms, retried=attempts > 1)
+        attempts.answered(result.timings_ms)
         return result
 
     async def record_engagement(

@@ -32,11 +32,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Generic, TypeVar
 
 from annfleet.errors import InvalidArgument
 from annfleet.queue_time import metadata_ms
 from annfleet.recent import RecentQuantile
+
+T = TypeVar("T")
+Metadata = tuple[tuple[str, str], ...]
 
 RETURN_METADATA = "annfleet-return-ms"
 QUANTILE = 0.99  # of the recent return times, sent
@@ -45,7 +50,7 @@ MIN_SAMPLES = 20  # nothing is sent before this many calls are measured
 EVERY = 8  # recomputed once this many new times are in (a quantile of 512 costs ~20 us)
 
 
-def return_metadata(seconds: float) -> tuple[tuple[str, str], ...]:
+def return_metadata(seconds: float) -> Metadata:
     """The metadata entry a client sends to report its return time ``seconds``."""
     return ((RETURN_METADATA, f"{seconds * 1e3:.3f}"),)
 
@@ -76,9 +81,7 @@ def return_seconds(whole_s: float, timings_ms: Mapping[str, float]) -> float | N
     return max(whole_s - (total + timings_ms.get("inbound", 0.0)) / 1e3, 0.0)
 
 
-def with_return_time(
-    sent: tuple[tuple[str, str], ...] | None, estimate: ReturnTime | None
-) -> tuple[tuple[str, str], ...] | None:
+def with_return_time(sent: Metadata | None, estimate: ReturnTime | None) -> Metadata | None:
     """A ``Retrieve`` attempt's metadata: ``sent`` (its timeout entry, or None) and the
     client's return time ``estimate`` (nothing while unmeasured, or with none)."""
     entries = (sent or ()) + (estimate.metadata() if estimate is not None else ())
@@ -124,7 +127,35 @@ class ReturnTime:
                 return None
             return self._times.value()
 
-    def metadata(self) -> tuple[tuple[str, str], ...]:
+    def metadata(self) -> Metadata:
         """The entry to send with the next call (none until measured)."""
         seconds = self.value()
         return () if seconds is None else return_metadata(seconds)
+
+
+class Attempts(Generic[T]):
+    """The attempts of one ``Retrieve`` call as ``call_with_retry`` makes them (both clients):
+    each is sent with the timeout entry (``metadata(timeout)``) and the client's return time
+    ``estimate``; once the call is answered, :meth:`answered` notes its last attempt's whole
+    time (from that attempt's start) in ``estimate``, a retried call as such."""
+
+    def __init__(
+        self,
+        send: Callable[[float, Metadata | None], T],
+        metadata: Callable[[float], Metadata | None],
+        estimate: ReturnTime | None,
+    ) -> None:
+        self._send = send
+        self._metadata = metadata
+        self._estimate = estimate
+        self._started = 0.0  # the last attempt's start: the return time's base
+        self._count = 0
+
+    def __call__(self, timeout: float) -> T:
+        self._started, self._count = time.perf_counter(), self._count + 1
+        return self._send(timeout, with_return_time(self._metadata(timeout), self._estimate))
+
+    def answered(self, timings_ms: Mapping[str, float]) -> None:
+        if self._estimate is not None:
+            whole = time.perf_counter() - self._started
+            self._estimate.observe(whole, timings_ms, retried=self._count > 1)
