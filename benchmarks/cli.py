@@ -221,6 +221,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=20.0,
         help="--overload with h2load: rate of the Python probe that measures accepted latency",
     )
+    ld.add_argument(
+        "--unloaded-duration",
+        type=float,
+        default=0.0,
+        help="--overload with h2load or client: seconds the probe runs alone for the "
+        "unloaded p99 (0: --duration); the ratio over its first --duration seconds is "
+        "reported beside",
+    )
     ld.add_argument("--config", type=Path, help="cluster YAML for the local cluster")
     ld.add_argument("--name", help="write results under benchmarks/results/<name>/")
     ld.add_argument("--out", type=Path)

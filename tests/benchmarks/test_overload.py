@@ -8,9 +8,12 @@ from annfleet.benchmarks.overload import (
     admission_columns,
     client_phases,
     client_row,
+    first_window_summary,
     key,
     phase_label,
     phase_row,
+    unloaded_duration,
+    window_p99,
 )
 
 
@@ -128,3 +131,24 @@ def test_per_second_series_buckets_requests_by_scheduled_second_and_reads_router
     assert rows[1]["ok"] == 1 and rows[1]["load_p99_ms"] == 30.0
     assert rows[1]["queue_p99_ms"] == 5.0 and rows[1]["queue_shed"] == 0
     assert rows[-1]["sent"] == 1 and rows[-1]["queue_p99_ms"] is None
+
+
+def test_a_longer_unloaded_phase_keeps_its_first_window_apart() -> None:
+    # 50/s for 30 s after a 5 s warm-up from t=100; six slow calls in the first 10 s only
+    records = [(100.0 + i / 50, 0.010, "OK", False) for i in range(1750)]
+    records[200] = (104.0, 0.500, "OK", False)  # in the warm-up: not counted
+    for i in range(300, 306):
+        records[i] = (records[i][0], 0.100, "OK", False)  # in the first window
+    records[400] = (108.0, 0.200, "RESOURCE_EXHAUSTED", False)  # not OK: not counted
+    first = window_p99(records, 105.0, 10.0)
+    assert first["ok"] == 499  # 500 scheduled in [105, 115), one refused
+    assert first["p99_ms"] == 100.0  # six of 499 calls: more than 1 %
+    whole = window_p99(records, 105.0, 30.0)
+    assert whole["ok"] == 1499
+    assert whole["p99_ms"] == 10.0  # the same six of 1,499: less than 1 %
+    summary = first_window_summary(first, {"p99_ms": 2 * first["p99_ms"]}, 10.0)
+    assert summary["accepted_p99_over_unloaded_first_window_p99"] == 2.0
+    assert summary["unloaded_first_window"] == {"seconds": 10.0, **first}
+    args = argparse.Namespace(duration=10.0, unloaded_duration=0.0)
+    assert unloaded_duration(args) == 10.0
+    assert unloaded_duration(argparse.Namespace(duration=10.0, unloaded_duration=30.0)) == 30.0
