@@ -300,6 +300,27 @@ def window_p99(
     return {"ok": len(lat), "p99_ms": report.percentiles(lat)["p99_ms"]}
 
 
+def unloaded_windows(
+    records: list[tuple[float, float, str, bool]], start: float, seconds: float, slowest: int = 20
+) -> dict[str, Any]:
+    """The unloaded phase in windows of ``seconds`` from ``start``: the first window's p99
+    and count (what a phase of ``--duration`` measured before ``--unloaded-duration``),
+    every whole window's p99, and the ``slowest`` OK calls as (seconds from ``start``, ms),
+    to show whether the slow calls of a longer phase come together (a disturbance) or
+    spread out."""
+    measured = [r for r in records if r[0] >= start and r[2] == "OK"]
+    end = max((r[0] for r in measured), default=start)
+    n = max(1, round((end - start) / seconds))
+    top = sorted(measured, key=lambda r: r[1], reverse=True)[:slowest]
+    return {
+        **window_p99(records, start, seconds),
+        "windows_p99_ms": [
+            round(window_p99(records, start + i * seconds, seconds)["p99_ms"], 2) for i in range(n)
+        ],
+        "slowest": [(round(r[0] - start, 2), round(1e3 * r[1], 1)) for r in top],
+    }
+
+
 def first_window_summary(
     first: dict[str, Any], accepted: dict[str, Any], seconds: float
 ) -> dict[str, Any]:
@@ -520,7 +541,7 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
             unloaded, unloaded_codes, unloaded_wall = counted(
                 lambda: run_load(unloaded_spec, queries, server_pids=pids, start_at=unloaded_start)
             )
-            unloaded_first = window_p99(
+            unloaded_first = unloaded_windows(
                 unloaded.pop("records"), unloaded_start + args.warmup, args.duration
             )
             capacity, capacity_codes, _ = counted(
@@ -668,6 +689,10 @@ def lines(result: dict[str, Any]) -> list[str]:
             f"calls, p99 {first['p99_ms']:.2f} ms): "
             f"{result['accepted_p99_over_unloaded_first_window_p99']}"
         )
+        if len(first.get("windows_p99_ms", ())) > 1:
+            windows = " / ".join(f"{v:.2f}" for v in first["windows_p99_ms"])
+            slow = ", ".join(f"{ms:g} ms at {t:g} s" for t, ms in first["slowest"][:10])
+            out.append(f"  unloaded p99 per {first['seconds']:g} s: {windows}; slowest: {slow}")
     if "local_reject_cpu_us" in result:
         cost = result["local_reject_cpu_us"]
         out.append(

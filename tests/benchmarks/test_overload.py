@@ -13,6 +13,7 @@ from annfleet.benchmarks.overload import (
     phase_label,
     phase_row,
     unloaded_duration,
+    unloaded_windows,
     window_p99,
 )
 
@@ -152,3 +153,7 @@ def test_a_longer_unloaded_phase_keeps_its_first_window_apart() -> None:
     args = argparse.Namespace(duration=10.0, unloaded_duration=0.0)
     assert unloaded_duration(args) == 10.0
     assert unloaded_duration(argparse.Namespace(duration=10.0, unloaded_duration=30.0)) == 30.0
+    windows = unloaded_windows(records, 105.0, 10.0, slowest=3)
+    assert (windows["ok"], windows["p99_ms"]) == (first["ok"], first["p99_ms"])
+    assert windows["windows_p99_ms"] == [100.0, 10.0, 10.0]  # 30 s in three windows
+    assert windows["slowest"] == [(1.0, 100.0), (1.02, 100.0), (1.04, 100.0)]
