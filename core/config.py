@@ -315,11 +315,15 @@ class SourcesConfig:
     social: SocialSourceConfig = field(default_factory=SocialSourceConfig)
     popular: PopularSourceConfig = field(default_factory=PopularSourceConfig)
     # How the sources' lists become one (router/blend.py): "rrf" = weighted reciprocal rank
-    # fusion (score = sum of weight / (rrf_c + rank + 1); quotas are floors), "quota" = fixed
-    # slots filled in weight order, then backfill.
+    # fusion (score = sum of weight / (rrf_c + rank + 1); quotas are floors), "learned" =
+    # as rrf with the score from fitted per-source rank tables (sources.fusion), "quota" =
+    # fixed slots filled in weight order, then backfill.
     blend: str = "rrf"
     rrf_c: float = 120.0
-    depth: int = 200  # rrf: each source is asked max(k, depth) candidates
+    depth: int = 200  # rrf, learned: each source is asked max(k, depth) candidates
+    # blend "learned": the fitted fusion's parameters, a JSON file (relative paths: from the
+    # config file's directory); see router/blend.py Fusion and the README's blend section.
+    fusion: str = ""
     candidate_cache_size: int = 100_000  # blended lists cached per (bundle, user, request)
     candidate_cache_ttl_s: float = 300.0
     # Diversity of served lists (router/diversity.py), off the request path: this share of
@@ -496,7 +500,16 @@ class ClusterConfig:
                 "redis://<loopback host>:<port>[/db] when state.start_redis is true (the "
                 f"cluster starts redis-server on this machine), got {self.state.url!r}",
             ),
-            (self.sources.blend in ("rrf", "quota"), "sources.blend", "rrf or quota"),
+            (
+                self.sources.blend in ("rrf", "quota", "learned"),
+                "sources.blend",
+                "rrf, quota or learned",
+            ),
+            (
+                self.sources.blend != "learned" or bool(self.sources.fusion),
+                "sources.fusion",
+                "a JSON file of fitted parameters when sources.blend is learned",
+            ),
             (self.sources.rrf_c >= 0, "sources.rrf_c", ">= 0"),
             (
                 0 <= self.sources.depth <= self.router.max_k,
@@ -596,6 +609,7 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
             social=dataclasses.replace(
                 config.sources.social, graph=_beside(path, config.sources.social.graph)
             ),
+            fusion=_beside(path, config.sources.fusion),
         ),
     )
     return config.validate(str(path))

@@ -23,6 +23,16 @@ rise to the top):
 5. the list is ordered by score (ties: primary source's weight order, the candidate's rank
    there, then id).
 
+``learned`` (a fitted fusion, ``Fusion``: per source a table of log-odds by rank bucket,
+one more for "not in this source's list", and one by the number of sources that returned
+the candidate): as ``rrf`` but for the score, which is the fitted log-odds that the
+candidate is one the user engages with next: ``bias + sum over the model's sources of
+table[bucket of its rank] (or table[absent]) + agreement[sources that returned it]``. A
+candidate's contributors are the model's sources that returned it; its primary source the
+one whose table raised its score most over that source's "absent". Sources the model has
+no table for add nothing (as weight 0 in ``rrf``). Filters, floors, fill and order as in
+``rrf``; each source is asked ``max(k, depth)``.
+
 ``quota`` (fixed slots, the blender before ``rrf``):
 
 1. **filter** as above, each list cut to k;
@@ -42,11 +52,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -68,7 +81,87 @@ TIMER_SLACK_S = 1e-3
 
 RRF = "rrf"
 QUOTA = "quota"
-BLEND_MODES = (RRF, QUOTA)
+LEARNED = "learned"
+BLEND_MODES = (RRF, QUOTA, LEARNED)
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A learned fusion's parameters (``sources.fusion``: a JSON file, see ``load``).
+
+    ``edges``: bucket b holds ranks ``edges[b] <= r < edges[b + 1]`` (0-based ranks after the
+    filters; ranks past the last edge fall in the last bucket), so ``len(edges) - 1``
+    buckets. ``tables``: (source name, values) pairs, ``len(edges)`` values each: one per
+    bucket, then the value of a candidate that source did not return. ``agreement``: the
+    value by the number of the model's sources that returned the candidate (index
+    ``min(n, len - 1)``; index 0 is never used). ``bias``: a constant (the scores are then
+    log-odds)."""
+
+    edges: tuple[int, ...]
+    tables: tuple[tuple[str, tuple[float, ...]], ...]
+    agreement: tuple[float, ...]
+    bias: float = 0.0
+
+    def __post_init__(self) -> None:
+        edges = self.edges
+        if len(edges) < 2 or edges[0] != 0 or any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError(f"fusion edges must start at 0 and increase, got {list(edges)}")
+        for name, values in self.tables:
+            if len(values) != len(edges):
+                raise ValueError(
+                    f"fusion table {name!r}: {len(edges)} values expected (one per bucket, "
+                    f"then absent), got {len(values)}"
+                )
+        if len(self.agreement) < 2:
+            raise ValueError("fusion agreement: at least 2 values expected")
+        numbers = [v for _, t in self.tables for v in t] + [*self.agreement, self.bias]
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError("fusion values must be finite numbers")
+
+    def table(self, name: str) -> tuple[float, ...] | None:
+        return next((t for n, t in self.tables if n == name), None)
+
+    def bucket(self, ranks: np.ndarray) -> np.ndarray:
+        """(n,) 0-based ranks -> (n,) bucket indices."""
+        edges = np.asarray(self.edges, np.int64)
+        b = np.searchsorted(edges, np.asarray(ranks, np.int64), side="right") - 1
+        return np.clip(b, 0, len(edges) - 2)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "edges": list(self.edges),
+            "tables": {n: list(t) for n, t in self.tables},
+            "agreement": list(self.agreement),
+            "bias": self.bias,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Fusion:
+        """From ``{"edges": [...], "tables": {source: [...]}, "agreement": [...],
+        "bias": x}`` (extra keys, e.g. how it was fitted, are ignored); ValueError when
+        malformed."""
+        try:
+            return cls(
+                tuple(int(e) for e in data["edges"]),
+                tuple((str(n), tuple(float(v) for v in t)) for n, t in data["tables"].items()),
+                tuple(float(v) for v in data["agreement"]),
+                float(data.get("bias", 0.0)),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                "fusion parameters must be an object with edges (list of int), tables "
+                f"(source -> list of float), agreement (list of float), bias: {exc!r}"
+            ) from exc
+
+    @classmethod
+    def load(cls, path: str) -> Fusion:
+        """The JSON file at ``path``; ValueError naming it when unreadable or malformed."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise ValueError(f"fusion parameters {path}: cannot read: {exc.strerror}") from exc
+        except ValueError as exc:
+            raise ValueError(f"fusion parameters {path}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -112,24 +205,35 @@ def slots(quotas: Sequence[float], k: int) -> list[int]:
 
 def asked(k: int, mode: str = RRF, depth: int = 0) -> int:
     """How many candidates each source is asked for a list of k: ``max(k, depth)`` in
-    ``rrf`` mode (deeper lists let agreement below rank k count), k in ``quota`` mode."""
-    return max(k, depth) if mode == RRF else k
+    ``rrf`` and ``learned`` mode (deeper lists let agreement below rank k count), k in
+    ``quota`` mode."""
+    return k if mode == QUOTA else max(k, depth)
 
 
 @dataclass(frozen=True)
 class Blender:
-    """How a router blends (``sources.blend``, ``sources.rrf_c``, ``sources.depth``)."""
+    """How a router blends (``sources.blend``, ``sources.rrf_c``, ``sources.depth``,
+    ``sources.fusion``)."""
 
     mode: str = RRF
     rrf_c: float = 60.0
     depth: int = 0
+    fusion: Fusion | None = None  # learned mode's parameters
 
     @classmethod
     def from_config(cls, config: SourcesConfig) -> Blender:
-        return cls(config.blend, config.rrf_c, config.depth)
+        """ValueError when ``learned`` and its parameters cannot be loaded (read once per
+        process and path: a bundle swap reuses them; a changed file needs a restart)."""
+        fusion = _fusion(config.fusion) if config.blend == LEARNED else None
+        return cls(config.blend, config.rrf_c, config.depth, fusion)
 
     def asked(self, k: int) -> int:
         return asked(k, self.mode, self.depth)
+
+
+@functools.cache
+def _fusion(path: str) -> Fusion:
+    return Fusion.load(path)
 
 
 def sorted_unique(ids: np.ndarray | None) -> np.ndarray:
@@ -147,8 +251,10 @@ def blend(
     mode: str = RRF,
     rrf_c: float = 60.0,
     depth: int = 0,
+    fusion: Fusion | None = None,
 ) -> Blend:
-    """Blend ``lists`` into at most k candidates (module doc). ``exclude`` (e,) int64.
+    """Blend ``lists`` into at most k candidates (module doc). ``exclude`` (e,) int64;
+    ``fusion`` the ``learned`` mode's parameters (required there, unused otherwise).
 
     Vectorised over all the lists' entries at once (a Retrieve blends ~6 lists on the event
     loop): one stable sort of the entries by id gives the exclusions (sorted against sorted),
@@ -156,7 +262,10 @@ def blend(
     sources fills the quotas (floors)."""
     if mode not in BLEND_MODES:
         raise ValueError(f"blend mode {mode!r}: expected one of {', '.join(BLEND_MODES)}")
-    fuse = mode == RRF
+    if mode == LEARNED and fusion is None:
+        raise ValueError("blend mode 'learned' needs its fusion parameters")
+    learned = fusion if mode == LEARNED else None
+    fuse = mode != QUOTA  # rrf and learned: scores summed over sources, quotas as floors
     limit = asked(k, mode, depth)
     exclude = sorted_unique(exclude)
     order = sorted(range(len(lists)), key=lambda i: (-lists[i].weight, lists[i].code))
@@ -188,12 +297,31 @@ def blend(
     ids, lst, rank = ids[keep], lst[keep], rank[keep]
     bounds = np.searchsorted(lst, np.arange(n_live + 1), side="left")
 
-    # 2. score: each entry's share (rrf: w / (c + r + 1); quota: w * (1 - r / k)); per
-    # candidate the entry with the largest share (ties: the earlier list) names its primary
-    # source; its score is the sum of the shares (rrf) or that largest share (quota).
+    # 2. score: each entry's share (rrf: w / (c + r + 1); quota: w * (1 - r / k); learned:
+    # its source's table at the rank's bucket less the table's absent value); per candidate
+    # the entry with the largest share (ties: the earlier list) names its primary source;
+    # its score is the sum of the shares (rrf; learned: plus the constant and agreement
+    # terms) or that largest share (quota).
     weights = np.array([s.weight for s in live], np.float64)
     codes = np.array([s.code for s in live], np.int64)
-    score = weights[lst] / (rrf_c + rank + 1.0) if fuse else weights[lst] * (1.0 - rank / k)
+    if learned is not None:
+        tables = [learned.table(s.name) for s in live]
+        modelled = np.array([t is not None for t in tables], bool)  # contributors
+        gains = np.array(
+            [
+                [v - t[-1] for v in t[:-1]] if t is not None else [0.0] * (len(learned.edges) - 1)
+                for t in tables
+            ],
+            np.float64,
+        ).reshape(n_live, len(learned.edges) - 1)
+        score = gains[lst, learned.bucket(rank)]
+        absent = sum(t[-1] for _, t in learned.tables)
+    elif fuse:
+        modelled = weights > 0
+        score = weights[lst] / (rrf_c + rank + 1.0)
+    else:
+        modelled = weights > 0
+        score = weights[lst] * (1.0 - rank / k)
     sid, sscore = ids[by], score[by]
     head = np.ones(len(by), bool)
     head[1:] = sid[1:] != sid[:-1]
@@ -209,9 +337,15 @@ def blend(
         first[1:] = group[at_top[1:]] != group[at_top[:-1]]
         best_entry = by[at_top[first]]
         bits = np.left_shift(np.uint32(1), codes.astype(np.uint32))[lst]
-        bits[weights[lst] <= 0] = 0  # a source that adds nothing (weight 0) is not a contributor
+        bits[~modelled[lst]] = 0  # a source that adds nothing (weight 0) is not a contributor
         mask = np.bitwise_or.reduceat(bits[by], starts).astype(np.uint32)
         best_score = np.add.reduceat(sscore, starts) if fuse else score[best_entry]
+        if learned is not None:
+            agree = np.add.reduceat(modelled[lst][by].astype(np.int64), starts)
+            terms = np.asarray(learned.agreement, np.float64)
+            best_score = (
+                best_score + (learned.bias + absent) + terms[np.minimum(agree, len(terms) - 1)]
+            )
     else:
         best_entry = np.empty(0, np.int64)
         mask = np.empty(0, np.uint32)
@@ -430,7 +564,16 @@ def blend_outcomes(
             )
         )
     how = blender or Blender()
-    result = blend(lists, k, exclude, dropped, mode=how.mode, rrf_c=how.rrf_c, depth=how.depth)
+    result = blend(
+        lists,
+        k,
+        exclude,
+        dropped,
+        mode=how.mode,
+        rrf_c=how.rrf_c,
+        depth=how.depth,
+        fusion=how.fusion,
+    )
     for name, count in result.counts.items():
         _child(SOURCE_CANDIDATES, name).inc(count)
     details = {

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from annfleet.config import SourceSettings
+from annfleet.config import SourcesConfig, SourceSettings, load_config
+from annfleet.errors import ConfigError
 from annfleet.router.blend import (
     HEAD_START_PASSES,
+    LEARNED,
     QUOTA,
     RRF,
     TIMER_SLACK_S,
     Blender,
+    Fusion,
     SourceList,
     asked,
     blend,
@@ -99,6 +105,82 @@ def test_rrf_depth_lets_agreement_below_k_count() -> None:
     assert Blender(RRF, 60.0, 4).asked(2) == 4
 
 
+# A fitted fusion for the tests: edges (0, 1, 3) = buckets rank 0 and ranks >= 1, then absent.
+FUSION = Fusion(
+    edges=(0, 1, 3),
+    tables=(
+        ("ann", (2.0, 1.0, 0.0)),
+        ("trending", (1.5, 0.5, -0.5)),
+        ("content", (0.25, 0.25, -0.25)),
+        ("popular", (0.5, -0.75, 0.0)),
+        ("co_engagement", (1.0, 0.75, -1.0)),
+    ),
+    agreement=(0.0, 0.0, 0.75),
+    bias=-1.0,
+)
+
+
+def test_learned_example() -> None:
+    lists = [
+        SourceList("ann", 1, 0.5, 1.0, np.array([1, 2, 3, 4])),
+        SourceList("trending", 6, 0.25, 0.5, np.array([3, 7, 8])),
+        SourceList("exploration", 5, 0.25, 0.0, np.array([9, 10])),  # no table: adds nothing
+        SourceList("content", 4, 0.0, 0.2, None),  # dropped: counts as absent
+    ]
+    result = blend(
+        lists, 4, exclude=np.array([2]), dropped={"content": "budget"}, mode=LEARNED, fusion=FUSION
+    )
+    # constant: bias -1 + every table's absent value (ann 0, trending -0.5, content -0.25,
+    # popular 0, co_engagement -1: a source not asked counts as absent too) = -2.75; gains
+    # (value - absent): ann rank 0 +2, ranks >= 1 +1; trending rank 0 +2, ranks >= 1 +1.
+    # 3 = -2.75 + 1 (ann rank 1) + 2 (trending rank 0) + 0.75 (two sources) = 1.0;
+    # 1 = -2.75 + 2 = -0.75; 4, 7, 8 = -1.75; 9, 10 = -2.75 (exploration: no table).
+    # Floors: ann 2 (3, 1), trending 1 (has 3), exploration 1 (9); fill: 4 (ann before
+    # trending at equal score).
+    assert result.ids.tolist() == [3, 1, 4, 9]
+    assert result.scores.tolist() == [1.0, -0.75, -1.75, -2.75]
+    assert result.primary.tolist() == [6, 1, 1, 5]  # 3: trending's gain (2) beats ann's (1)
+    assert result.masks.tolist() == [(1 << 1) | (1 << 6), 1 << 1, 1 << 1, 1 << 5]
+    assert result.counts == {"ann": 3, "trending": 1, "exploration": 1}
+    assert result.dropped == {"content": "budget"}
+    with pytest.raises(ValueError, match="fusion parameters"):
+        blend(lists, 4, mode=LEARNED)
+    assert asked(4, LEARNED, 12) == 12
+
+
+def test_fusion_parameters_load_from_json_and_refuse_malformed(tmp_path: Path) -> None:
+    path = tmp_path / "fusion.json"
+    path.write_text(json.dumps({"fitted": {"on": "validation"}, **FUSION.as_json()}))
+    assert Fusion.load(str(path)) == FUSION
+    config = SourcesConfig(blend=LEARNED, fusion=str(path), depth=12)
+    assert Blender.from_config(config) == Blender(LEARNED, config.rrf_c, 12, FUSION)
+    assert Blender.from_config(SourcesConfig()).fusion is None  # rrf: nothing loaded
+    bad = {
+        "short table": {**FUSION.as_json(), "tables": {"ann": [1.0, 2.0]}},
+        "edges": {**FUSION.as_json(), "edges": [0, 3, 3]},
+        "finite": {**FUSION.as_json(), "bias": float("nan")},
+        "agreement": {k: v for k, v in FUSION.as_json().items() if k != "agreement"},
+    }
+    for why, doc in bad.items():
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=re.escape(str(path))) as err:
+            Fusion.load(str(path))
+        assert why.split()[-1] in str(err.value)
+    with pytest.raises(ValueError, match="cannot read"):
+        Fusion.load(str(tmp_path / "missing.json"))
+
+
+def test_learned_blend_config_needs_its_parameters_beside_the_file(tmp_path: Path) -> None:
+    (tmp_path / "fusion.json").write_text(json.dumps(FUSION.as_json()))
+    (tmp_path / "c.yaml").write_text("sources: {blend: learned, fusion: fusion.json}\n")
+    config = load_config(tmp_path / "c.yaml")
+    assert config.sources.fusion == str(tmp_path / "fusion.json")
+    assert Blender.from_config(config.sources).fusion == FUSION
+    (tmp_path / "d.yaml").write_text("sources: {blend: learned}\n")
+    with pytest.raises(ConfigError, match=r"sources\.fusion"):
+        load_config(tmp_path / "d.yaml")
+
+
 def test_slots() -> None:
     assert slots([0.6, 0.1, 0.15, 0.05, 0.05, 0.05], 10) == [
         6,
@@ -111,6 +193,24 @@ def test_slots() -> None:
     assert slots([0.5, 0.5], 3) == [2, 1]
     assert slots([0.3], 10) == [3]
     assert slots([0.0, 0.0], 5) == [0, 0]
+
+
+MODES = [(QUOTA, 0), (RRF, 0), (RRF, 12), (LEARNED, 0), (LEARNED, 12)]
+
+
+def learned_score(lists: list[SourceList], clean: dict[str, list[int]], item: int) -> float:
+    """FUSION's score of ``item`` by its definition (blend module doc), item by item."""
+    total, agree = FUSION.bias, 0
+    for name, table in FUSION.tables:
+        ranks = [
+            clean[s.name].index(item) for s in lists if s.name == name and item in clean[s.name]
+        ]
+        if ranks:
+            total += table[int(FUSION.bucket(np.array(ranks))[0])]
+            agree += 1
+        else:
+            total += table[-1]
+    return total + FUSION.agreement[min(agree, len(FUSION.agreement) - 1)]
 
 
 source_lists = st.lists(
@@ -129,7 +229,7 @@ source_lists = st.lists(
     source_lists,
     st.integers(1, 25),
     st.sets(st.integers(0, 40), max_size=10),
-    st.sampled_from([(QUOTA, 0), (RRF, 0), (RRF, 12)]),
+    st.sampled_from(MODES),
 )
 def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tuple) -> None:
     mode, depth = mode_depth
@@ -142,7 +242,9 @@ def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tupl
         )
         for c, (q, w, ids) in zip(codes, raw, strict=False)
     ]
-    result = blend(lists, k, np.array(sorted(exclude), np.int64), mode=mode, depth=depth)
+    result = blend(
+        lists, k, np.array(sorted(exclude), np.int64), mode=mode, depth=depth, fusion=FUSION
+    )
     final = result.ids.tolist()
     live = [s for s in lists if s.ids is not None]
     clean = {s.name: cleaned(s.ids, exclude, limit) for s in live}  # type: ignore[arg-type]
@@ -162,11 +264,14 @@ def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tupl
         final, result.masks.tolist(), result.scores.tolist(), result.primary.tolist(), strict=True
     ):
         holders = [s for s in live if item in clean[s.name]]
-        weighted = sum(1 << s.code for s in holders if s.weight > 0)
+        modelled = (lambda s: FUSION.table(s.name) is not None) if mode == LEARNED else None
+        weighted = sum(1 << s.code for s in holders if (modelled(s) if modelled else s.weight > 0))
         assert mask & ~sum(1 << s.code for s in holders) == 0  # only sources that had it
         assert mask & weighted == weighted and mask >> primary & 1  # contributors, primary
         if mode == QUOTA:
             want = max(s.weight * (1 - clean[s.name].index(item) / k) for s in holders)
+        elif mode == LEARNED:
+            want = learned_score(live, clean, item)
         else:
             want = sum(s.weight / (61 + clean[s.name].index(item)) for s in holders)
         assert abs(score - want) < 1e-6
@@ -179,8 +284,10 @@ def test_blend_properties(raw: list, k: int, exclude: set[int], mode_depth: tupl
 def reference_blend(
     lists: list[SourceList], k: int, exclude: set[int], mode: str = QUOTA, depth: int = 0
 ) -> dict[str, object]:
-    """The blender's definition (module doc of annfleet.router.blend) item by item."""
-    fuse = mode == RRF
+    """The blender's definition (module doc of annfleet.router.blend) item by item
+    (learned: with FUSION)."""
+    fuse = mode != QUOTA
+    learned = mode == LEARNED
     order = sorted(lists, key=lambda s: (-s.weight, s.code))
     live = [s for s in order if s.ids is not None]
     clean = [cleaned(s.ids, exclude, asked(k, mode, depth)) for s in live]  # type: ignore[arg-type]
@@ -189,10 +296,17 @@ def reference_blend(
     mask: dict[int, int] = {}
     for pos, (s, ids) in enumerate(zip(live, clean, strict=True)):
         for rank, item in enumerate(ids):
-            share = s.weight / (60.0 + rank + 1.0) if fuse else s.weight * (1.0 - rank / k)
-            # weight 0 adds nothing: recorded only as primary or by its quota (any positive
-            # weight contributes, even one whose share underflows to 0)
-            if s.weight > 0:
+            table = FUSION.table(s.name)
+            if learned:  # gain over the source's absent value (0 without a table)
+                bucket = int(FUSION.bucket(np.array([rank]))[0])
+                share = table[bucket] - table[-1] if table is not None else 0.0
+            elif fuse:
+                share = s.weight / (60.0 + rank + 1.0)
+            else:
+                share = s.weight * (1.0 - rank / k)
+            # weight 0 (learned: no table) adds nothing: recorded only as primary or by its
+            # quota (any positive weight contributes, even one whose share underflows to 0)
+            if (table is not None) if learned else s.weight > 0:
                 mask[item] = mask.get(item, 0) | (1 << s.code)
             total[item] = total.get(item, 0.0) + share
             if item not in best or share > best[item][0]:
@@ -200,6 +314,13 @@ def reference_blend(
     for item, (_, _, code, _) in best.items():
         mask[item] = mask.get(item, 0) | (1 << code)
     score = total if fuse else {i: b[0] for i, b in best.items()}
+    if learned:
+        const = FUSION.bias + sum(t[-1] for _, t in FUSION.tables)
+        for i in score:
+            agree = sum(
+                1 for s, ids in zip(live, clean, strict=True) if FUSION.table(s.name) and i in ids
+            )
+            score[i] = const + total[i] + FUSION.agreement[min(agree, len(FUSION.agreement) - 1)]
     key = lambda i: (-score[i], best[i][1], best[i][3], i)  # noqa: E731
     chosen: list[int] = []
     for s, ids, quota in zip(live, clean, slots([s.quota for s in live], k), strict=True):
@@ -235,7 +356,7 @@ def reference_blend(
     st.integers(1, 25),
     st.sets(st.integers(0, 40), max_size=10),
     st.sampled_from([0.0, 0.5, 1.0]),
-    st.sampled_from([(QUOTA, 0), (RRF, 0), (RRF, 12)]),
+    st.sampled_from(MODES),
 )
 # a positive weight whose share underflows to 0 is still a contributor (as in the blender)
 @example([(0, 5e-324, [0]), (0, 0.0, None), (0, 1.0, [0])], 1, set(), 0.0, (RRF, 0))
@@ -257,7 +378,9 @@ def test_blend_equals_the_reference(
         )
         for i, (c, (q, w, ids)) in enumerate(zip(codes, raw, strict=False))
     ]
-    result = blend(lists, k, np.array(sorted(exclude), np.int64), mode=mode, depth=depth)
+    result = blend(
+        lists, k, np.array(sorted(exclude), np.int64), mode=mode, depth=depth, fusion=FUSION
+    )
     want = reference_blend(lists, k, exclude, mode, depth)
     assert result.ids.tolist() == want["ids"]
     assert result.scores.tolist() == want["scores"]

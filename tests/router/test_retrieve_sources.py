@@ -5,6 +5,7 @@ moves trending and the social source), and a source past its budget dropped with
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -203,3 +204,43 @@ def test_exclusions_go_to_the_shards_that_own_them_and_k_is_not_inflated(
             dropped[owner == i].tolist()
         )
         assert request.k == k  # per-shard k (oversample 3 over 3 shards), not k + 8
+
+
+def test_the_learned_blend_through_the_router(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+    tmp_path: Path,
+) -> None:
+    """``sources.blend: learned`` with a fusion whose only table is the ANN's (one bucket per
+    rank, falling): the ANN's list comes first in its own order, exploration keeps its floor
+    (last: no table), every candidate names its sources, an engaged item never comes back."""
+    fusion = tmp_path / "fusion.json"
+    fusion.write_text(
+        json.dumps(
+            {
+                "edges": list(range(201)),
+                "tables": {"ann": [-r / 100 for r in range(200)] + [-10.0]},
+                "agreement": [0.0, 0.0],
+                "bias": 0.0,
+            }
+        )
+    )
+    learned = patient(replace(SourcesConfig(), blend="learned", fusion=str(fusion)))
+    cluster = cluster_factory(flat_bundle, ROUTER, sources=learned)
+    reference = cluster_factory(flat_bundle, ROUTER, sources=ANN_ONLY)
+    user, k = int(catalogue.user_ids[2]), 40
+    with (
+        Client(cluster.router_target, timeout=10) as client,
+        Client(reference.router_target, timeout=10) as ann,
+    ):
+        got = client.retrieve(user, k)
+        check_sources_reported(got, k)
+        want = ann.retrieve(user, k).ids.tolist()
+        assert got.ids.tolist()[: k - 1] == want[: k - 1]  # 40 * 0.02 -> 1 exploration slot
+        assert "exploration" in got.sources_per_candidate[-1]
+        assert (np.diff(got.scores) <= 1e-6).all()
+        client.record_engagement([(user, want[0])])
+        again = client.retrieve(user, k)
+        check_sources_reported(again, k)
+        assert want[0] not in again.ids.tolist()

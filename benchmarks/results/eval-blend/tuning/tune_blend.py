@@ -33,7 +33,7 @@ from annfleet.config import ClusterConfig
 from annfleet.model import blend_eval as be
 from annfleet.model.data import load_movielens, make_split
 from annfleet.model.metrics import KS, ranking_metrics
-from annfleet.router.blend import QUOTA, RRF, SourceList, asked, blend
+from annfleet.router.blend import QUOTA, RRF, Fusion, SourceList, asked, blend
 from annfleet.router.sources import source_code
 
 # The built-in sources config before rrf.
@@ -98,6 +98,7 @@ class Lists:
         c: float = 60.0,
         depth: int = 0,
         use: list[str] | None = None,
+        fusion: Fusion | None = None,
     ) -> dict[str, float]:
         use = use or self.names
         out = {}
@@ -109,7 +110,7 @@ class Lists:
                     SourceList(s, source_code(s), quotas.get(s, 0.0), weights.get(s, 0.0), a[q][:n])
                     for s, a in ((s, self.arrs[s]) for s in use)
                 ]
-                ids = blend(lists, k, mode=mode, rrf_c=c, depth=depth).ids[:k]
+                ids = blend(lists, k, mode=mode, rrf_c=c, depth=depth, fusion=fusion).ids[:k]
                 if len(ids):
                     top[q, : len(ids)] = self.data.item_index(ids)
             out[f"R@{k}"] = round(ranking_metrics(top, self.queries, ks=(k,))[f"recall@{k}"], 4)
