@@ -506,9 +506,10 @@ class ClusterConfig:
                 "rrf, quota or learned",
             ),
             (
-                self.sources.blend != "learned" or bool(self.sources.fusion),
+                self.sources.blend != "learned" or Path(self.sources.fusion).is_file(),
                 "sources.fusion",
-                "a JSON file of fitted parameters when sources.blend is learned",
+                "a JSON file of fitted parameters when sources.blend is learned, got "
+                f"{self.sources.fusion!r}",
             ),
             (self.sources.rrf_c >= 0, "sources.rrf_c", ">= 0"),
             (

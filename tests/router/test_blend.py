@@ -176,9 +176,10 @@ def test_learned_blend_config_needs_its_parameters_beside_the_file(tmp_path: Pat
     config = load_config(tmp_path / "c.yaml")
     assert config.sources.fusion == str(tmp_path / "fusion.json")
     assert Blender.from_config(config.sources).fusion == FUSION
-    (tmp_path / "d.yaml").write_text("sources: {blend: learned}\n")
-    with pytest.raises(ConfigError, match=r"sources\.fusion"):
-        load_config(tmp_path / "d.yaml")
+    for body in ("{blend: learned}", "{blend: learned, fusion: missing.json}"):
+        (tmp_path / "d.yaml").write_text(f"sources: {body}\n")
+        with pytest.raises(ConfigError, match=r"sources\.fusion"):
+            load_config(tmp_path / "d.yaml")
 
 
 def test_slots() -> None:
