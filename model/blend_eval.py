@@ -435,7 +435,12 @@ def run_blend_eval(
         "bundle_id": bundle.id,
         "bundle": str(bundle_dir or export_bundle or ""),
         "sources": {n: dataclasses.asdict(sources.settings()[n]) for n in names},
-        "blend": {"mode": sources.blend, "rrf_c": sources.rrf_c, "depth": sources.depth},
+        "blend": {
+            "mode": sources.blend,
+            "rrf_c": sources.rrf_c,
+            "depth": sources.depth,
+            "fusion": sources.fusion,
+        },
         "train_seconds": round(train_s, 1),
         "offline": offline,
         "router": results,
