@@ -94,6 +94,12 @@ class ShardsConfig:
     # (ShardAdmin.ExactSearch: live recall samples, each a scan of every stored vector), so
     # they yield the CPU to searches (Linux: per thread); 0 = serving priority.
     exact_nice: int = 10
+    # An exact search scans the stored vectors this many rows at a time (one faiss call each,
+    # a running top-k merged between them: the same hits), 0 = in one call; ...
+    exact_chunk_items: int = 65_536
+    # ... and pauses after each chunk so that it scans at most this share of its wall time
+    # (a 5M-vector shard's ~250 ms of CPU spread over >= 1 s at 0.25); 1 = no pause.
+    exact_duty: float = 0.25
 
 
 @dataclass(frozen=True)
@@ -431,6 +437,8 @@ class ClusterConfig:
             (self.shards.memory_limit_mb >= 0, "shards.memory_limit_mb", ">= 0"),
             (0 <= self.shards.load_nice <= 19, "shards.load_nice", "in [0, 19]"),
             (0 <= self.shards.exact_nice <= 19, "shards.exact_nice", "in [0, 19]"),
+            (self.shards.exact_chunk_items >= 0, "shards.exact_chunk_items", ">= 0"),
+            (0 < self.shards.exact_duty <= 1, "shards.exact_duty", "in (0, 1]"),
             (self.router.shard_timeout_s > 0, "router.shard_timeout_s", "> 0"),
             (self.router.deadline_margin_s >= 0, "router.deadline_margin_s", ">= 0"),
             (

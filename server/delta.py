@@ -48,7 +48,7 @@ from annfleet.arrays import load_npy
 from annfleet.errors import BundleError, InvalidArgument, NotFound, ResourceExhausted
 from annfleet.merge import merge_rows
 from annfleet.partition import shard_of
-from annfleet.server.index import ShardIndex, exact_search
+from annfleet.server.index import ExactPacing, ShardIndex, exact_search
 from annfleet.validation import higher_is_better, worst_score
 
 log = logging.getLogger(__name__)
@@ -297,12 +297,17 @@ class Delta:
         return self._merge(rows, queries, k, ids, scores, exclude)
 
     def exact(
-        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None = None,
+        pacing: ExactPacing | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Brute force over exactly what ``search`` sees (the ground truth for recall)."""
+        """Brute force over exactly what ``search`` sees (the ground truth for recall);
+        ``pacing`` paces both scans (the bundle's vectors and the upserted ones)."""
         rows = self.rows
-        ids, scores = self.index.exact(queries, k, exclude)
-        return self._merge(rows, queries, k, ids, scores, exclude)
+        ids, scores = self.index.exact(queries, k, exclude, pacing)
+        return self._merge(rows, queries, k, ids, scores, exclude, pacing)
 
     def _merge(
         self,
@@ -312,6 +317,7 @@ class Delta:
         ids: np.ndarray,
         scores: np.ndarray,
         exclude: np.ndarray | None = None,
+        pacing: ExactPacing | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         if rows.n == 0:
             return ids, scores
@@ -319,7 +325,7 @@ class Delta:
         skip = np.isin(upserted, exclude) if exclude is not None and len(exclude) else None
         fetch = min(k + (int(skip.sum()) if skip is not None else 0), rows.n)
         positions, delta_scores = exact_search(
-            rows.vectors[: rows.n], queries, fetch, self.index.metric
+            rows.vectors[: rows.n], queries, fetch, self.index.metric, pacing
         )
         valid = positions >= 0
         if skip is not None:

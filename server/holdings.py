@@ -30,7 +30,7 @@ from annfleet.errors import (
     Unavailable,
 )
 from annfleet.server.delta import Delta, UpdateLog, updates_dir
-from annfleet.server.index import IndexSpec, ShardIndex
+from annfleet.server.index import ExactPacing, IndexSpec, ShardIndex
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,13 @@ class Holding:
         )
 
     def exact(
-        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None = None,
+        pacing: ExactPacing | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        return self.delta.exact(queries, k, exclude)
+        return self.delta.exact(queries, k, exclude, pacing)
 
 
 class Holdings:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy.typing as npt
 from annfleet.arrays import load_npy
 from annfleet.config import SearchConfig
 from annfleet.errors import BundleError, InvalidArgument
+from annfleet.merge import merge_rows
 from annfleet.validation import higher_is_better, worst_score
 
 # faiss switches from its own kernels to BLAS above this many queries x items; the default
@@ -255,16 +257,20 @@ class ShardIndex:
         return self._to_ids(positions, scores, k)
 
     def exact(
-        self, queries: np.ndarray, k: int, exclude: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: np.ndarray | None = None,
+        pacing: ExactPacing | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Brute force over the stored vectors but hidden and excluded ones -> ids, scores
-        (nq, k)."""
+        (nq, k); ``pacing`` (chunks and pauses, ``ExactPacing``) does not change them."""
         if queries.shape[1] != self.dim:
             raise InvalidArgument(f"queries have dim {queries.shape[1]}, this index has {self.dim}")
         excluded = self._excluded(exclude)
         skip = self.hidden.count + len(excluded)
         fetch = max(1, min(k + skip, len(self.ids)))
-        positions, scores = exact_search(self.vectors, queries, fetch, self.metric)
+        positions, scores = exact_search(self.vectors, queries, fetch, self.metric, pacing)
         if skip:
             valid = positions >= 0
             drop = valid & self.hidden.contains(np.where(valid, positions, 0))
@@ -308,16 +314,62 @@ class ShardIndex:
         return out_ids, out_scores
 
 
+@dataclass(frozen=True)
+class ExactPacing:
+    """How a brute-force scan shares the CPU: ``chunk`` rows at a time (0 = all in one
+    call), and after each chunk a pause so that scanning takes at most ``duty`` of the scan's
+    wall time (1 = no pause). Each chunk is one faiss call (the GIL released); the hits are
+    those of one call over every row."""
+
+    chunk: int = 0
+    duty: float = 1.0
+
+    def rest(self, scanned_s: float) -> None:
+        """Pause after a chunk that took ``scanned_s`` seconds."""
+        if self.duty < 1.0:
+            time.sleep(scanned_s * (1.0 / self.duty - 1.0))
+
+
 def exact_search(
-    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    metric: str,
+    pacing: ExactPacing | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Brute-force ground truth over vectors (n, d) float32, not copied: positions (nq, k)
-    int64 (-1 pads when n < k) and scores (nq, k) float32, best first."""
+    int64 (-1 pads when n < k) and scores (nq, k) float32, best first. ``pacing`` scans in
+    chunks merging a running top-k (equal scores: the smaller position first)."""
+    x = np.ascontiguousarray(queries, dtype=np.float32)
+    n = len(vectors)
+    step = pacing.chunk if pacing and 0 < pacing.chunk < n else n
+    if step >= n:
+        return _knn(vectors, x, k, metric)
+    best: tuple[np.ndarray, np.ndarray] | None = None
+    for start in range(0, n, step):
+        began = time.perf_counter()
+        positions, scores = _knn(vectors[start : start + step], x, k, metric)
+        positions = np.where(positions >= 0, positions + start, -1)
+        if best is not None:
+            positions, scores = merge_rows(
+                np.concatenate([best[0], positions], axis=1),
+                np.concatenate([best[1], scores], axis=1),
+                k,
+                higher_is_better=higher_is_better(metric),
+            )
+        best = positions, scores
+        if start + step < n:
+            assert pacing is not None
+            pacing.rest(time.perf_counter() - began)
+    assert best is not None
+    return best
+
+
+def _knn(
+    vectors: np.ndarray, queries: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
     scores, positions = faiss.knn(
-        np.ascontiguousarray(queries, dtype=np.float32),
-        np.ascontiguousarray(vectors, dtype=np.float32),
-        k,
-        metric=METRICS[metric],
+        queries, np.ascontiguousarray(vectors, dtype=np.float32), k, metric=METRICS[metric]
     )
     scores = np.where(positions >= 0, scores, worst_score(metric)).astype(np.float32)
     return positions.astype(np.int64), scores

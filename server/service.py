@@ -26,7 +26,7 @@ from annfleet.errors import (
 )
 from annfleet.metrics import SHARD_DROPPED
 from annfleet.server.holdings import Holding, Holdings
-from annfleet.server.index import set_threads
+from annfleet.server.index import ExactPacing, set_threads
 from annfleet.serving import CallRecorder, RpcObserver, deadline_of, rpc, short_message
 from annfleet.v1 import shard_pb2, shard_pb2_grpc
 from annfleet.validation import check_params
@@ -283,7 +283,8 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
     """``exact_executor`` runs exact brute-force searches (ShardAdmin.ExactSearch, the live
     recall samples) through a queue of their own: one scans every stored vector (~130 ms of
     CPU per 2.5M x 64 shard), and in the search queue it would hold a place that keeps quick
-    searches off the event loop thread for as long. None: the search executor."""
+    searches off the event loop thread for as long. None: the search executor. They scan in
+    chunks with pauses (``shards.exact_chunk_items``, ``shards.exact_duty``)."""
 
     def __init__(
         self,
@@ -297,6 +298,7 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         self.holdings = holdings
         self.queue = SearchQueue(executor, config.max_queue)
         self.exact_queue = SearchQueue(exact_executor or executor, config.max_queue)
+        self.exact_pacing = ExactPacing(config.exact_chunk_items, config.exact_duty)
         self.rpc_observer: RpcObserver | None = None  # the status page's window
         self._search_calls = CallRecorder("IndexShard", "Search")
         self.streams: set[SearchStream] = set()
@@ -329,7 +331,7 @@ class ShardService(shard_pb2_grpc.IndexShardServicer):
         ids, scores = await queue.run(
             deadline,
             lambda: (
-                holding.exact(queries, k, exclude)
+                holding.exact(queries, k, exclude, self.exact_pacing)
                 if exact
                 else holding.search(
                     queries,

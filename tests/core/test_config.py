@@ -44,6 +44,8 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("search:\n  ef_search: 0\n", "search.ef_search must be in [1, 32768]"),
         ("search:\n  rerank: 100000\n", "search.rerank must be in [1, 65536]"),
         ("shards:\n  replicas: 0\n", "shards.replicas must be >= 1"),
+        ("shards:\n  exact_duty: 0\n", "shards.exact_duty must be in (0, 1]"),
+        ("shards:\n  exact_chunk_items: -1\n", "shards.exact_chunk_items must be >= 0"),
         ("router:\n  max_in_flight: 0\n", "router.max_in_flight must be >= 1"),
         ("router:\n  hedge_quantile: 1.5\n", "router.hedge_quantile must be in [0, 1)"),
         ("router:\n  hedge_min_delay_s: 0.5\n", "router.hedge_min_delay_s must be"),

@@ -300,6 +300,34 @@ def test_exact_searches_run_in_their_own_thread_at_lower_priority(
         loop_thread.run(server.stop(0))
 
 
+def test_chunked_paced_exact_search_returns_the_one_call_hits(
+    loop_thread: LoopThread, flat_bundle: Bundle
+) -> None:
+    """shards.exact_chunk_items / exact_duty: an exact search scanned in chunks (fewer rows
+    than k, not a divisor of the shard's size) with pauses answers exactly what one faiss call
+    over every row does, ids and scores, excluded ids honoured."""
+    ids = np.load(flat_bundle.shard_dir(0) / "ids.npy")
+    vectors = np.load(flat_bundle.shard_dir(0) / "vectors.npy")
+    assert len(ids) % 97 and len(ids) > 150
+    queries = np.random.default_rng(7).standard_normal((3, 32)).astype(np.float32)
+    exclude = ids[np.argsort(-(queries[0] @ vectors.T))[:5]]  # the first query's best five
+    ask = request(queries, k=150, exclude_ids=to_bytes(exclude, I64))
+    replies = []
+    for chunk, duty in ((0, 1.0), (97, 0.5)):
+        config = ShardsConfig(exact_chunk_items=chunk, exact_duty=duty)
+        server = loop_thread.run(start_shard_server(flat_bundle.path, 0, config))
+        try:
+            replies.append(loop_thread.run(server.service.answer(ask, exact=True)))
+        finally:
+            loop_thread.run(server.stop(0))
+    whole, chunked = replies
+    assert chunked.ids == whole.ids and chunked.scores == whole.scores
+    got = decode_rows(chunked.ids, I64, 3, 150, name="ids")
+    kept = ~np.isin(ids, exclude)
+    truth = np.argsort(-(queries @ vectors[kept].T), axis=1, kind="stable")[:, :150]
+    assert np.array_equal(got, ids[kept][truth])
+
+
 def _search_ids(port: int, queries: np.ndarray, params: common_pb2.SearchParams) -> np.ndarray:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         reply = shard_pb2_grpc.IndexShardStub(channel).Search(
