@@ -18,7 +18,7 @@ from annfleet.errors import BundleError, InvalidArgument, NotFound, ResourceExha
 from annfleet.partition import shard_of
 from annfleet.server.delta import LOG_NAME, Delta, UpdateLog, updates_dir
 from annfleet.server.holdings import load_shard
-from annfleet.server.index import ShardIndex, set_threads
+from annfleet.server.index import ExactPacing, ShardIndex, set_threads
 
 SHARD = 0
 set_threads(1)  # as in the shard's executor threads; OpenMP spinning on a shared machine is slow
@@ -96,6 +96,22 @@ def test_upsert_is_searchable_and_replaces_the_bundle_copy(flat_bundle: Bundle) 
     again = rng.standard_normal((1, 32)).astype(np.float32) * 10
     assert delta.upsert(new[:1], again) == (0, 1)
     assert delta.search(again, 1)[0][0, 0] == new[0] and delta.upserted == 3
+
+
+def test_paced_exact_search_over_the_bundle_and_the_upserted_rows(flat_bundle: Bundle) -> None:
+    """shards.exact_chunk_items / exact_duty reach both scans of an exact search: the bundle's
+    vectors and the upserted rows (more of them than a chunk), with the one-call hits."""
+    delta = make_delta(flat_bundle)
+    rng = np.random.default_rng(3)
+    new = fresh_ids(flat_bundle, 40)
+    delta.upsert(new, rng.standard_normal((40, 32)).astype(np.float32) * 3)
+    delta.delete(delta.index.ids[:30])
+    queries = rng.standard_normal((2, 32)).astype(np.float32) * 3
+    whole = delta.exact(queries, 60)
+    paced = delta.exact(queries, 60, pacing=ExactPacing(chunk=13, duty=0.8))
+    assert np.array_equal(paced[0], whole[0]) and np.array_equal(paced[1], whole[1])
+    assert np.isin(new, paced[0]).any()  # the upserted rows took part
+    assert np.array_equal(paced[0], reference(delta, queries, 60))
 
 
 def test_deleted_items_never_come_back(flat_bundle: Bundle) -> None:
