@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from annfleet.config import (
 from annfleet.names import SOURCE_NAMES
 from annfleet.partition import shard_of
 from annfleet.router.main import start_router
+from annfleet.server.main import start_shard_server
 from annfleet.synthetic import Catalogue
 
 ROUTER = RouterConfig(oversample=3.0)
@@ -244,3 +246,28 @@ def test_the_learned_blend_through_the_router(
         again = client.retrieve(user, k)
         check_sources_reported(again, k)
         assert want[0] not in again.ids.tolist()
+
+
+def test_a_malformed_fusion_file_fails_the_routers_start_naming_it(
+    loop_thread: LoopThread, flat_bundle: Bundle, tmp_path: Path
+) -> None:
+    bad = tmp_path / "fusion.json"
+    bad.write_text('{"edges": [0, 1]}')
+    learned = patient(replace(SourcesConfig(), blend="learned", fusion=str(bad)))
+    shards = [
+        loop_thread.run(start_shard_server(flat_bundle.path, i))
+        for i in range(flat_bundle.num_shards)
+    ]
+    try:
+        with pytest.raises(ValueError, match=re.escape(str(bad))):
+            loop_thread.run(
+                start_router(
+                    flat_bundle.path,
+                    [[f"127.0.0.1:{s.port}"] for s in shards],
+                    ROUTER,
+                    sources=learned,
+                )
+            )
+    finally:
+        for shard in shards:
+            loop_thread.run(shard.stop(0))
