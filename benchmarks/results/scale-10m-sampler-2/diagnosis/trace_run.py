@@ -12,14 +12,14 @@ from pathlib import Path
 import annfleet.benchmarks.load as load
 from annfleet.cli import main
 
-out = Path(sys.argv[1])
-out.mkdir(parents=True, exist_ok=True)
 _orig = load.run_load
 _n = [0]
 
 
 def _traced(spec, *args, **kwargs):  # type: ignore[no-untyped-def]
     result = _orig(spec, *args, **kwargs)
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
     _n[0] += 1
     with open(out / f"step{_n[0]:02d}-{spec.qps:.1f}.csv", "w") as f:
         f.write("t_sched,latency_ms,code,degraded\n")
@@ -28,5 +28,6 @@ def _traced(spec, *args, **kwargs):  # type: ignore[no-untyped-def]
     return result
 
 
-load.run_load = _traced
-sys.exit(main(sys.argv[2:]))
+if __name__ == "__main__":  # the load's spawned workers import this file as __mp_main__
+    load.run_load = _traced
+    sys.exit(main(sys.argv[2:]))
