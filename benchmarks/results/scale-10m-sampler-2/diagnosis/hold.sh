@@ -17,7 +17,8 @@ reap() {  # this hold's own cluster processes only, by PID
 }
 samples() {
   while sleep 15; do
-    pid=$(pgrep -f "/work/wt/tenm4/.venv/.*serve-router.*10000000x64" | head -1)
+    # (rout[e]r: not to match this shell's own command line, which holds the pattern)
+    pid=$(pgrep -f "/work/wt/tenm4/.venv/.*serve-rout[e]r.*10000000x64" | head -1)
     [ -n "$pid" ] || continue
     ap=$(tr '\0' '\n' </proc/$pid/cmdline | grep -A1 -x -- --admin-port | tail -1)
     echo "samples $(date -u +%H:%M:%S) $(timeout 10 /work/wt/tenm4/.venv/bin/annfleet rollout --status --router 127.0.0.1:$ap --token-file /root/.cache/annfleet/admin.token 2>&1 | grep 'recall@')"
@@ -41,7 +42,7 @@ for w in "$@"; do
   echo "start $name $(date -u +%H:%M:%S) $(git rev-parse --short HEAD) $(git status --porcelain -uno | wc -l) modified"
   nice -n 19 .venv/bin/python $D/probe.py $OUT/$name.probe 0.1 "$PAT" &
   pp=$!
-  nice -n 19 bash -c "PAT='$PAT'; $(declare -f samples); samples" &
+  nice -n 19 bash -c "$(declare -f samples); samples" &
   sp=$!
   timeout $cap .venv/bin/python $D/trace_run.py $OUT/$name.trace -v bench scale --items 10000000 --dim 64 \
       $args --no-progress --out $OUT --name $name
