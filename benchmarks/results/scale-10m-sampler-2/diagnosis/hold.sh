@@ -1,7 +1,8 @@
 #!/bin/bash
 # usage: hold.sh H RUN... (RUN: s4 | s2 | s2duty1); current main in /work/wt/tenm4, the defaults
 # (s2duty1: diagnosis/duty1.yaml). Each run capped at 300 s and the hold at ~590 s (a run with < 200 s left is skipped); per-request traces, a 0.1 s probe
-# of the box's CPU and the cluster threads' CPU (nice 19), the router's recall gauge every 15 s.
+# of the box's CPU and the cluster threads' CPU (nice 19), the router's recall gauge every 15 s
+# (`annfleet rollout --status`; SAMPLES=0: not polled, holds 3 on: each poll was a CPU burst).
 H=$1; shift
 D=/work/wt/tenm4/benchmarks/results/scale-10m-sampler-2/diagnosis
 OUT=/tmp/tenm4/out
@@ -42,8 +43,11 @@ for w in "$@"; do
   echo "start $name $(date -u +%H:%M:%S) $(git rev-parse --short HEAD) $(git status --porcelain -uno | wc -l) modified"
   nice -n 19 .venv/bin/python $D/probe.py $OUT/$name.probe 0.1 "$PAT" &
   pp=$!
-  nice -n 19 bash -c "$(declare -f samples); samples" &
-  sp=$!
+  sp=""
+  if [ "${SAMPLES:-1}" != 0 ]; then
+    nice -n 19 bash -c "$(declare -f samples); samples" &
+    sp=$!
+  fi
   timeout $cap .venv/bin/python $D/trace_run.py $OUT/$name.trace -v bench scale --items 10000000 --dim 64 \
       $args --no-progress --out $OUT --name $name
   echo "rc $? end $name $(date -u +%H:%M:%S)"
