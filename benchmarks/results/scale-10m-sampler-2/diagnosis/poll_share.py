@@ -18,4 +18,7 @@ for d in map(Path, sys.argv[1:]):
         n = next((x for x in lines[i + 1 : i + 3] if "gauge poll" in x), "")
         p = re.search(r"requests ([\d.]+), slow ones ([\d.na]+)", n)
         share = f"{p.group(1)} of all, {p.group(2)} of the slow" if p else "no poller"
-        print(f"{d.name} {m.group(1)}: {m.group(3)} slow of {m.group(2)}; within 2.5 s of a poll: {share}")
+        print(
+            f"{d.name} {m.group(1)}: {m.group(3)} slow of {m.group(2)}; "
+            f"within 2.5 s of a poll: {share}"
+        )

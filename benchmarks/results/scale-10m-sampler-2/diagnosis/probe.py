@@ -20,7 +20,8 @@ def procs() -> dict[int, str]:
         if not p.isdigit():
             continue
         try:
-            cmd = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            with open(f"/proc/{p}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode()
         except OSError:
             continue
         if pattern.search(cmd):
@@ -30,20 +31,24 @@ def procs() -> dict[int, str]:
 
 
 with open(out, "a", buffering=1) as f:
-    f.write("# t user nice system idle iowait irq softirq steal | name:pid:total:niced:ntasks_niced\n")
+    f.write(
+        "# t user nice system idle iowait irq softirq steal | name:pid:total:niced:ntasks_niced\n"
+    )
     pids: dict[int, str] = {}
     last_scan = 0.0
     while True:
         now = time.time()
         if now - last_scan > 2.0:
             pids, last_scan = procs(), now
-        cpu = open("/proc/stat").readline().split()[1:9]
+        with open("/proc/stat") as fh:
+            cpu = fh.readline().split()[1:9]
         parts = []
         for pid, name in sorted(pids.items(), key=lambda x: x[1]):
             total = niced = nn = 0
             try:
                 for tid in os.listdir(f"/proc/{pid}/task"):
-                    st = open(f"/proc/{pid}/task/{tid}/stat").read()
+                    with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                        st = fh.read()
                     fields = st[st.rindex(")") + 2 :].split()
                     t = int(fields[11]) + int(fields[12])
                     total += t

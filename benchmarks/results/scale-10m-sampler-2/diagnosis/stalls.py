@@ -25,6 +25,7 @@ def hms(x: float) -> str:
     c = int(x * 100)
     return time.strftime("%H:%M:%S", time.gmtime(c // 100)) + f".{c % 100:02d}"
 
+
 HZ = 100.0
 trace_dir, probe_file = Path(sys.argv[1]), Path(sys.argv[2])
 slow_ms = float(sys.argv[3]) if len(sys.argv) > 3 else 50.0
@@ -36,10 +37,14 @@ if len(sys.argv) > 4:
             polls.append(line.split()[1])  # type: ignore[arg-type]
 
 # ---- probe: times, box columns, per-process cumulative (total, niced) ticks
-times, box, procs = [], [], []
-probe_text = (
-    gzip.open(probe_file, "rt").read() if probe_file.suffix == ".gz" else probe_file.read_text()
-)
+times: list[float] = []
+box: list[list[int]] = []
+procs: list[dict[str, tuple[int, int]]] = []
+if probe_file.suffix == ".gz":
+    with gzip.open(probe_file, "rt") as fh:
+        probe_text = fh.read()
+else:
+    probe_text = probe_file.read_text()
 for line in probe_text.splitlines():
     if line.startswith("#"):
         continue
@@ -47,22 +52,22 @@ for line in probe_text.splitlines():
     f = left.split()
     times.append(float(f[0]))
     box.append([int(x) for x in f[1:9]])
-    d = {}
+    d: dict[str, tuple[int, int]] = {}
     for part in right.split():
-        name, pid, total, niced, _n = part.split(":")
-        d[f"{name}:{pid}"] = (int(total), int(niced))
+        pname, pid, ptotal, pniced, _n = part.split(":")
+        d[f"{pname}:{pid}"] = (int(ptotal), int(pniced))
     procs.append(d)
 t = np.array(times)
 box_a = np.array(box, dtype=float)
 # one pid per name: the busiest (a probe may also have matched a helper process as "router")
 busiest: dict[str, tuple[float, str]] = {}
 for d in procs:
-    for key, (tot, _) in d.items():
-        name = key.split(":")[0]
-        if tot >= busiest.get(name, (-1.0, ""))[0]:
-            busiest[name] = (tot, key)
-keys = {name: key for name, (_, key) in busiest.items()}
-procs = [{name: d[key] for name, key in keys.items() if key in d} for d in procs]
+    for key, (tot, _niced) in d.items():
+        pname = key.split(":")[0]
+        if tot >= busiest.get(pname, (-1.0, ""))[0]:
+            busiest[pname] = (tot, key)
+keys = {pname: key for pname, (_, key) in busiest.items()}
+procs = [{pname: d[key] for pname, key in keys.items() if key in d} for d in procs]
 names = sorted(keys)
 shards = [n for n in names if n.startswith("s")]
 
@@ -93,13 +98,15 @@ def scanning(x: float) -> list[str]:
 
 
 def window(a: float, b: float) -> str:
-    i, j = np.searchsorted(t, a) - 1, np.searchsorted(t, b) + 1
-    i, j = max(i, 0), min(j, len(t) - 1)
+    i = max(int(np.searchsorted(t, a)) - 1, 0)
+    j = min(int(np.searchsorted(t, b)) + 1, len(t) - 1)
     dt = t[j] - t[i]
     if dt <= 0:
         return "no probe"
     cols = (box_a[j] - box_a[i]) / HZ / dt
-    col = dict(zip(["user", "nice", "sys", "idle", "iowait", "irq", "softirq", "steal"], cols))
+    col = dict(
+        zip(["user", "nice", "sys", "idle", "iowait", "irq", "softirq", "steal"], cols, strict=True)
+    )
     srv = sum((total[n][j] - total[n][i]) for n in names) / HZ / dt
     scan = {s: (niced[s][j] - niced[s][i]) / HZ / dt for s in shards}
     return (
@@ -109,7 +116,7 @@ def window(a: float, b: float) -> str:
     )
 
 
-print(f"scan intervals: " + "; ".join(f"{s}: {len(v)}" for s, v in scan_iv.items()))
+print("scan intervals: " + "; ".join(f"{s}: {len(v)}" for s, v in scan_iv.items()))
 for s, v in scan_iv.items():
     print(f"  {s}: " + ", ".join(f"{hms(a)}-{hms(b)[6:]} ({b - a:.1f}s)" for a, b in v))
 for path in sorted(trace_dir.glob("step*.csv*")):
@@ -135,7 +142,8 @@ for path in sorted(trace_dir.glob("step*.csv*")):
         max(0.0, min(y, b) - max(x, a)) for s in shards for x, y in scan_iv[s]
     )  # summed over shards
     print(
-        f"\n{path.name} ({hms(a)}-{hms(b)[6:]}): {len(ts)} requests, {slow.sum()} slow (> {slow_ms:.0f} ms or failed, "
+        f"\n{path.name} ({hms(a)}-{hms(b)[6:]}): {len(ts)} requests, {slow.sum()} slow "
+        f"(> {slow_ms:.0f} ms or failed, "
         f"{bad.sum()} failed); requests sent while a shard scanned {scan_any.mean():.2f}, "
         f"slow ones {scan_any[slow].mean() if slow.any() else float('nan'):.2f}; "
         f"shard-scan seconds {scan_time:.1f} of {b - a:.1f}; whole step: {window(a, b)}"

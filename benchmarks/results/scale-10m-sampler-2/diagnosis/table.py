@@ -27,15 +27,20 @@ for d in map(Path, sys.argv[1:]):
             if first
             else "–"
         )
-        + f" | {ol['cluster_cpu_ms_per_query']:.1f} ms | {'met' if ol['target']['met'] else 'not met'} | "
-        f"{r['uptime']['before'].split('average: ')[1]} → {r['uptime']['after'].split('average: ')[1]} |"
+        + f" | {ol['cluster_cpu_ms_per_query']:.1f} ms | "
+        f"{'met' if ol['target']['met'] else 'not met'} | "
+        f"{r['uptime']['before'].split('average: ')[1]} → "
+        f"{r['uptime']['after'].split('average: ')[1]} |"
     )
 print()
 for d in map(Path, sys.argv[1:]):
     r = json.loads((d / "results.json").read_text())
     ol = r["open_loop"]
     print(f"{d.name}:\n")
-    print("| phase | offered req/s | p50 / p95 / p99 / p99.9 ms | errors | servers' cores | CPU/query | SLO |")
+    print(
+        "| phase | offered req/s | p50 / p95 / p99 / p99.9 ms | errors | servers' cores "
+        "| CPU/query | SLO |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for s in ol["steps"]:
         err = json.dumps(s["errors"]) if s["errors"] else ""
