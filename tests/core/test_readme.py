@@ -1,0 +1,100 @@
+"""The README's reference parts against the code: the config table's knobs and defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+from annfleet.config import ClusterConfig, SourceSettings
+
+REPO = Path(__file__).resolve().parents[2]
+README = (REPO / "README.md").read_text()
+
+
+def _section(text: str, heading: str) -> str:
+    """From ``heading`` (a whole line) to the next heading of the same or a higher level."""
+    level = heading.split(" ", 1)[0]
+    start = text.index(f"\n{heading}\n")
+    ends = [
+        m.start()
+        for m in re.finditer(r"\n(#+) ", text[start + 1 :])
+        if len(m.group(1)) <= len(level)
+    ]
+    return text[start : start + 1 + ends[0]] if ends else text[start:]
+
+
+def _leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Every non-dataclass field of ``obj``, by dotted key (``router.max_k``)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_leaves(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
+
+
+def _config_table() -> dict[str, str | None]:
+    """The config reference table: dotted key -> its documented default (None: "see below").
+
+    A row's first cell names keys in backticks: the first one dotted in full, the others
+    either dotted in full or bare names in the first one's section; its second cell lists
+    the defaults in the same order, comma-separated."""
+    rows = [
+        line
+        for line in _section(README, "## Config reference").splitlines()
+        if line.startswith("| `")
+    ]
+    assert len(rows) > 50, "the config reference table was not found"
+    table: dict[str, str | None] = {}
+    for row in rows:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+        names = re.findall(r"`([^`]+)`", cells[0])
+        section = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+        keys = [name if "." in name or name == names[0] else section + name for name in names]
+        if cells[1] == "see below":
+            defaults: list[str | None] = [None] * len(keys)
+        else:
+            defaults = [d.strip() for d in cells[1].split(",")]
+        assert len(defaults) == len(keys), f"{row[:60]}...: {len(keys)} keys, defaults {defaults}"
+        for key, default in zip(keys, defaults, strict=True):
+            assert key not in table, f"{key} is documented twice"
+            table[key] = default
+    return table
+
+
+def _same(value: Any, documented: str) -> bool:
+    text = documented.strip("`")
+    if isinstance(value, bool):
+        return text == str(value).lower()
+    if isinstance(value, int | float):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return text == (value or '""')
+
+
+def test_every_config_knob_is_in_the_readme_table_with_its_default() -> None:
+    table = _config_table()
+    settings = {f.name for f in dataclasses.fields(SourceSettings)}
+    documented = set()
+    for key, value in _leaves(ClusterConfig()).items():
+        parts = key.split(".")
+        generic = f"sources.<name>.{parts[-1]}"
+        if key.startswith("sources.") and len(parts) == 3 and parts[2] in settings:
+            assert generic in table, f"{generic} (e.g. {key}) is not in the README's table"
+            documented.add(generic)
+            continue
+        assert key in table, f"config knob {key} (default {value!r}) is not in the README's table"
+        documented.add(key)
+        default = table[key]
+        assert default is not None and _same(value, default), (
+            f"README's table says {key} defaults to {default}; core/config.py: {value!r}"
+        )
+    assert not set(table) - documented, (
+        f"README documents knobs that do not exist: {sorted(set(table) - documented)}"
+    )
