@@ -1,4 +1,5 @@
-"""The README's reference parts against the code: the config table's knobs and defaults."""
+"""The README's reference parts against the code: the config table's knobs and defaults,
+and every relative link."""
 
 from __future__ import annotations
 
@@ -98,3 +99,34 @@ def test_every_config_knob_is_in_the_readme_table_with_its_default() -> None:
     assert not set(table) - documented, (
         f"README documents knobs that do not exist: {sorted(set(table) - documented)}"
     )
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_every_relative_link_in_the_readme_resolves() -> None:
+    text = re.sub(r"```.*?```", "", README, flags=re.S)  # links inside code blocks are not links
+    anchors: set[str] = set()
+    for heading in re.findall(r"^#+ (.+)$", text, flags=re.M):
+        slug = _slug(heading)
+        anchor, n = slug, 0
+        while anchor in anchors:  # GitHub numbers repeated headings: slug-1, slug-2, ...
+            n += 1
+            anchor = f"{slug}-{n}"
+        anchors.add(anchor)
+    links = re.findall(r"\]\(([^)\s]+)\)", text) + re.findall(r"<a href=\"([^\"]+)\"", text)
+    assert len(links) > 20
+    broken = []
+    for link in links:
+        if re.match(r"[a-z]+:", link):  # http:, https:, mailto:
+            continue
+        path, _, anchor = link.partition("#")
+        if not path:
+            if anchor not in anchors:
+                broken.append(link)
+        elif not (REPO / path).exists():
+            broken.append(link)
+    assert not broken, f"README links that resolve to nothing: {broken}"
