@@ -130,3 +130,45 @@ def test_every_relative_link_in_the_readme_resolves() -> None:
         elif not (REPO / path).exists():
             broken.append(link)
     assert not broken, f"README links that resolve to nothing: {broken}"
+
+
+def _registered_metrics() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """core/metrics.py's metrics: exported name (a counter's with ``_total``) -> (type, labels)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from annfleet import metrics
+
+    out = {}
+    for value in vars(metrics).values():
+        if isinstance(value, MetricWrapperBase):
+            kind = value._type  # type: ignore[attr-defined]
+            name = value._name + ("_total" if kind == "counter" else "")  # type: ignore[attr-defined]
+            out[name] = (kind, tuple(value._labelnames))  # type: ignore[attr-defined]
+    return out
+
+
+def test_the_readme_metrics_table_lists_every_metric_with_its_type_and_labels() -> None:
+    registered = _registered_metrics()
+    assert len(registered) > 20
+    rows = [
+        line
+        for line in _section(README, "### Metrics (`core/metrics.py`)").splitlines()
+        if line.startswith("| `")
+    ]
+    table = {}
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        table[cells[0].strip("`")] = (cells[1], tuple(re.findall(r"`([^`]+)`", cells[2])))
+    assert table == registered
+
+
+def test_every_metric_name_the_readme_mentions_exists() -> None:
+    names = set()
+    for name, (kind, _) in _registered_metrics().items():
+        base = name.removesuffix("_total")
+        names |= {base, name} | (
+            {f"{base}_bucket", f"{base}_sum", f"{base}_count"} if kind == "histogram" else set()
+        )
+    mentioned = set(re.findall(r"\bannfleet_[a-z_]+", README))
+    assert mentioned, "no metric found in the README"
+    assert not mentioned - names, f"README names metrics that do not exist: {mentioned - names}"
