@@ -3,6 +3,7 @@ and every relative link."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 from pathlib import Path
@@ -172,3 +173,47 @@ def test_every_metric_name_the_readme_mentions_exists() -> None:
     mentioned = set(re.findall(r"\bannfleet_[a-z_]+", README))
     assert mentioned, "no metric found in the README"
     assert not mentioned - names, f"README names metrics that do not exist: {mentioned - names}"
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(actions[0].choices) if actions else {}
+
+
+def _flags(parser: argparse.ArgumentParser, nested: bool) -> set[str]:
+    """The parser's long options (and those of its subcommands when ``nested``)."""
+    flags = {o for a in parser._actions for o in a.option_strings if o.startswith("--")}
+    if nested:
+        for sub in _subcommands(parser).values():
+            flags |= _flags(sub, nested)
+    return flags - {"--help"}
+
+
+def test_the_cli_reference_lists_every_command_and_flag() -> None:
+    """Each command's flags (``items``: its subcommands' too; ``bench``: only the names of
+    its subcommands, whose flags the Benchmarks section documents) against its rows."""
+    from annfleet.cli import build_parser
+
+    rows = [
+        line.split(" | ", 1)[0]
+        for line in _section(README, "## CLI reference").splitlines()
+        if line.startswith("| `annfleet ")
+    ]
+    documented: dict[str, set[str]] = {}
+    for cell in rows:  # a row documents one command, in one or more usages
+        command = cell.removeprefix("| `annfleet ").split()[0]
+        documented.setdefault(command, set()).update(re.findall(r"--[a-z][a-z0-9-]*", cell))
+    commands = _subcommands(build_parser())
+    assert "up" in commands and "rollout" in commands
+    assert not set(commands) - set(documented), "commands missing from the CLI reference"
+    for command, parser in commands.items():
+        flags = _flags(parser, nested=command != "bench")
+        assert documented[command] == flags, (
+            f"annfleet {command}: the README's CLI reference lacks "
+            f"{sorted(flags - documented[command])}, names flags that do not exist: "
+            f"{sorted(documented[command] - flags)}"
+        )
+    bench = " ".join(cell for cell in rows if "annfleet bench " in cell)
+    if "bench" in commands:
+        for name in _subcommands(commands["bench"]):
+            assert name in bench, f"annfleet bench {name} is not in the CLI reference"
