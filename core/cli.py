@@ -380,11 +380,21 @@ def _credentials(args: argparse.Namespace, config: ClusterConfig | None) -> Any:
     return None
 
 
+def _id_list(text: str) -> list[int]:
+    """``"50,181"`` -> ``[50, 181]`` (argparse type: a bad entry is a usage error)."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected comma-separated integer item ids, e.g. 50,181"
+        ) from None
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from annfleet.client import AnnfleetError as ClientError
     from annfleet.client import Client
 
-    recent = [int(x) for x in args.recent.split(",") if x] if args.recent else []
+    recent = args.recent or []
     try:
         credentials = _credentials(args, load_config(args.config) if args.config else None)
         with Client(args.target, timeout=args.timeout, credentials=credentials) as client:
@@ -703,7 +713,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="ask the router for a user's candidates")
     p.add_argument("--user", type=int, required=True)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--recent", help="comma-separated recent item ids (context)")
+    p.add_argument(
+        "--recent", type=_id_list, help="comma-separated recent item ids (context), e.g. 50,181"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds")
