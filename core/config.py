@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from annfleet.errors import ConfigError
-from annfleet.validation import MAX_EF_SEARCH, MAX_RERANK
+from annfleet.validation import MAX_EF_SEARCH, MAX_RERANK, MIN_INDEX_PARAMS
 
 
 @dataclass(frozen=True)
@@ -394,7 +394,6 @@ class ClusterConfig:
                 "synthetic or movielens",
             ),
             (self.index.type in ("hnsw", "ivfpq", "flat"), "index.type", "hnsw, ivfpq or flat"),
-            (self.index.pq_m >= 0, "index.pq_m", ">= 0 (0 = auto)"),
             (
                 1 <= self.search.ef_search <= MAX_EF_SEARCH,
                 "search.ef_search",
@@ -479,6 +478,9 @@ class ClusterConfig:
             (0.0 <= self.router.hedge_budget <= 1.0, "router.hedge_budget", "in [0, 1]"),
             (self.shards.replicas >= 1, "shards.replicas", ">= 1"),
         ]
+        for name, low in MIN_INDEX_PARAMS.items():
+            auto = " (0 = auto)" if name == "pq_m" else ""
+            checks.append((getattr(self.index, name) >= low, f"index.{name}", f">= {low}{auto}"))
         tls = self.tls
         checks += [
             (not tls.enabled or bool(tls.cert and tls.key), "tls.cert and tls.key", "set"),

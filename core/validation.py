@@ -14,6 +14,9 @@ from annfleet.v1 import common_pb2
 METRICS = ("ip", "l2")
 MAX_EF_SEARCH = 1 << 15
 MAX_RERANK = 1 << 16
+# The smallest value of each index build parameter (faiss's HNSW with m=1 crashes the
+# process; nlist or nbits 0 would be silently raised); pq_m 0 = auto (chosen for the dim).
+MIN_INDEX_PARAMS = {"m": 2, "ef_construction": 1, "nlist": 1, "pq_m": 0, "nbits": 1}
 
 
 def higher_is_better(metric: str) -> bool:

@@ -22,7 +22,7 @@ from annfleet.arrays import load_npy
 from annfleet.config import SearchConfig
 from annfleet.errors import BundleError, InvalidArgument
 from annfleet.merge import merge_rows
-from annfleet.validation import higher_is_better, worst_score
+from annfleet.validation import MIN_INDEX_PARAMS, higher_is_better, worst_score
 
 # faiss switches from its own kernels to BLAS above this many queries x items; the default
 # (128000) makes batched exact search ~9x slower at our sizes.
@@ -73,6 +73,14 @@ class IndexSpec:
                 f"known: {sorted(DEFAULT_PARAMS[self.type])}"
             )
         params = {**DEFAULT_PARAMS[self.type], **self.params}
+        for name, value in sorted(params.items()):
+            low = MIN_INDEX_PARAMS[name]
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                auto = " (0 = auto)" if name == "pq_m" else ""
+                raise InvalidArgument(
+                    f"{self.type} index parameter {name} must be an integer >= {low}{auto}, "
+                    f"got {value!r}"
+                )
         if self.type == "ivfpq":
             # k-means wants >= 39 points per centroid; keep small shards trainable.
             params["nlist"] = max(1, min(params["nlist"], num_items // 39))
