@@ -29,7 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
 from annfleet.config import ClusterConfig, format_shard_map, redis_loopback, replica_port
-from annfleet.errors import ConfigError
+from annfleet.errors import ClusterError, ConfigError
 from annfleet.rollout_state import BundleRef, RolloutState, write_state
 from annfleet.rollout_state import state_file as rollout_state_file
 from annfleet.serving import channel_credentials
@@ -84,6 +84,7 @@ class Child:
     replica: int | None = None  # its replica number
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
+    log_start: int = 0  # where this run's output begins in log_path (it is appended to)
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "annfleet.cli", *self.args]
@@ -95,6 +96,7 @@ class Child:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
+            self.log_start = out.tell()
             self.process = subprocess.Popen(
                 self.command(),
                 stdout=out,
@@ -111,24 +113,31 @@ class Child:
         return self.process.poll() if self.process else None
 
     def log_tail(self, lines: int = 15) -> str:
+        """The last lines the current process wrote (not those of earlier runs)."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            with self.log_path.open("rb") as log_file:
+                log_file.seek(self.log_start)
+                text = log_file.read().decode(errors="replace")
         except OSError:
             return ""
+        return "\n".join(text.splitlines()[-lines:])
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code = self.exited()
             if code is not None:
-                raise RuntimeError(
+                raise ClusterError(
                     f"{self.name} exited with code {code} before it was ready; "
                     f"last lines of {self.log_path}:\n{self.log_tail()}"
                 )
             if self.health(0.5) == "SERVING":
                 return
             time.sleep(0.1)
-        raise TimeoutError(f"{self.name} not SERVING after {timeout:.0f}s (log: {self.log_path})")
+        raise ClusterError(
+            f"{self.name} not SERVING after {timeout:.0f}s; last lines of {self.log_path}:\n"
+            f"{self.log_tail()}"
+        )
 
     def stop(self, grace: float) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -420,7 +429,7 @@ class LocalCluster:
             now = time.monotonic()
             child.restarts = [t for t in child.restarts if now - t < 60] + [now]
             if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-                raise RuntimeError(
+                raise ClusterError(
                     f"{child.name} died {len(child.restarts)} times within a minute; giving up. "
                     f"Last lines of {child.log_path}:\n{child.log_tail()}"
                 )

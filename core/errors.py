@@ -61,6 +61,12 @@ class BundleError(AnnfleetError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class ClusterError(AnnfleetError):
+    """A local cluster process (``annfleet up``) that exited or never became ready."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class ConfigError(AnnfleetError, ValueError):
     """A config file with an unknown key, a wrong type or an out-of-range value."""
 

@@ -9,6 +9,10 @@ import numpy as np
 import pytest
 from test_cli import run
 
+from annfleet.cluster import free_port
+from annfleet.server.builder import build_bundle
+from annfleet.synthetic import make_catalogue
+
 
 def _fails_clearly(done: subprocess.CompletedProcess[str], *needles: str, code: int = 2) -> None:
     assert done.returncode == code, (done.stdout, done.stderr)
@@ -43,3 +47,35 @@ def test_build_bundle_refuses_index_parameters_faiss_cannot_take(
     )  # fmt: skip
     _fails_clearly(done, message)  # before: hnsw m=1 killed the process (faiss SIGSEGV)
     assert not out.exists()
+
+
+def _ports_config(tmp_path: Path) -> Path:
+    """A config on free loopback ports with its data dir under tmp_path."""
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\n"
+        f"shards: {{base_port: {free_port()}, metrics_base_port: -1, admin_base_port: -1,"
+        " grace_s: 0.5}\n"
+        f"router: {{port: {free_port()}, metrics_port: -1, admin_port: -1, grace_s: 0.5}}\n"
+    )
+    return config
+
+
+def test_up_on_a_corrupt_bundle_names_the_shard_and_the_file(tmp_path: Path) -> None:
+    cat = make_catalogue(600, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    with (bundle.path / "shard-01" / "index.faiss").open("r+b") as index_file:
+        index_file.truncate(100)
+    config = _ports_config(tmp_path)
+    log = tmp_path / "data" / "logs" / "shard-01.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("a line of an earlier run\n")
+    done = run("up", "--config", str(config), "--bundle", str(bundle.path), timeout=120)
+    _fails_clearly(  # before: a RuntimeError traceback
+        done,
+        "annfleet up: shard-01 exited with code 2 before it was ready",
+        "checksum mismatch for shard-01/index.faiss",
+    )
+    assert "earlier run" not in done.stderr  # only what this run's process wrote
