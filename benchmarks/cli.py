@@ -368,6 +368,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     ol.add_argument("--load-timeout", type=float, default=1.0, help="client deadline (s)")
     ol.add_argument(
+        "--settle-max-s",
+        type=float,
+        default=30.0,
+        help="after a step that broke the SLO: at most this long settling the router (one "
+        "request at a time until a run is answered with no refusal) before the next step",
+    )
+    ol.add_argument(
         "--capacity-s", type=float, default=10.0, help="seconds of in-process batched search"
     )
     sc.add_argument(

@@ -8,6 +8,8 @@ bundle's shards searched in this process, batched on every core (the box's limit
 open-loop rate search on the router (``bench load``'s generator: fixed arrival rate, latency
 from the scheduled send) for the highest rate that holds the seeds' SLO (p50 < 20 ms, p95 <
 40 ms, p99 <= 50 ms, nothing shed, timed out or degraded), with CPU per query on both sides.
+A step after one that broke the SLO (or was refused) starts once the router has settled
+(:func:`settle`), so it does not count the previous step's refusals.
 Documented, not run in CI: it needs ~15 GiB of RAM-backed page cache and tens of minutes on
 2 cores.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import subprocess
 import time
@@ -37,6 +40,8 @@ from annfleet.benchmarks.recall_latency import (
     measure,
 )
 from annfleet.benchmarks.systems import RouterSystem, ScatterSystem
+from annfleet.config import RouterConfig
+from annfleet.router.admission import WINDOW_MIN, WINDOW_S
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,7 @@ class OpenLoopConfig:
     processes: int = 1  # client processes
     concurrency: int = 512  # requests in flight before the schedule backs up (CLIENT_BACKLOG)
     timeout_s: float = 1.0  # client deadline per request
-    cooldown_s: float = 3.0  # idle time after a step that broke the SLO
+    settle_max_s: float = 30.0  # at most this long settling the router after a broken step
     capacity_s: float = 10.0  # seconds of in-process batched search (split over two modes)
 
 
@@ -168,7 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 open_loop_config(args),
                 recall=args.load_recall,
                 params=args.load_params or None,
-                oversample=_router_oversample(args.config),
+                router=_router_config(args.config),
             )
     from annfleet.bundle import Bundle
 
@@ -242,17 +247,18 @@ def open_loop_config(args: argparse.Namespace) -> OpenLoopConfig:
         processes=args.load_processes,
         concurrency=args.load_concurrency,
         timeout_s=args.load_timeout,
+        settle_max_s=args.settle_max_s,
         capacity_s=args.capacity_s,
     )
 
 
-def _router_oversample(config_path: Path | None) -> float:
-    """The router's per-shard oversampling in the cluster's config (what it asks shards for)."""
-    from annfleet.config import RouterConfig, load_config
+def _router_config(config_path: Path | None) -> RouterConfig:
+    """The router's section of the cluster's config (built-in defaults without one)."""
+    from annfleet.config import load_config
 
     if config_path is None:
-        return RouterConfig().oversample
-    return load_config(config_path.resolve()).router.oversample
+        return RouterConfig()
+    return load_config(config_path.resolve()).router
 
 
 # ---------------------------------------------------------------- SLO under load
@@ -357,6 +363,91 @@ def step_seconds(cfg: OpenLoopConfig, rate: float) -> float:
     """Measured seconds at ``rate``: ``step_s``, longer at low rates so the window holds
     ``step_min_requests`` requests (a p99 of fewer is one or two samples)."""
     return max(cfg.step_s, cfg.step_min_requests / rate) if rate > 0 else cfg.step_s
+
+
+def recovery_windows(router: RouterConfig) -> int:
+    """Admission windows without a refusal that the router's adaptive in-flight limit needs
+    to grow from its lowest, the overload floor (``overload_min_in_flight``), back to
+    ``min_in_flight`` (router/admission.py: by sqrt(limit) per window); 0 with fixed
+    admission (the limit does not move)."""
+    if router.admission != "adaptive":
+        return 0
+    floor = min(router.min_in_flight, router.max_in_flight)
+    limit, windows = float(min(router.overload_min_in_flight, floor)), 0
+    while limit < floor:
+        limit = min(float(floor), limit + math.sqrt(limit))
+        windows += 1
+    return windows
+
+
+def settle_windows(router: RouterConfig) -> int:
+    """The run of answered requests :func:`settle` waits for, in admission windows: twice
+    (recovery + 1), so that the windows closed inside the run cover the recovery even when
+    they close on time rather than on count, and after one window that still carried an
+    earlier refusal."""
+    return 2 * (recovery_windows(router) + 1)
+
+
+# a step after one that held the SLO with no refusal: nothing to settle
+NO_SETTLE = {
+    "settle_s": 0.0,
+    "settle_sent": 0,
+    "settle_refused": 0,
+    "settle_errors": 0,
+    "settled": True,
+}
+
+
+def settle(
+    target: str,
+    queries: np.ndarray,
+    k: int,
+    params: dict[str, int],
+    windows: int,
+    max_s: float,
+    timeout_s: float,
+) -> dict[str, Any]:
+    """Bring the router back to its settled state after an overloaded step, before the next
+    step counts anything: requests one at a time (the step's request, no retries, no client
+    throttle) until a run of them spanning ``windows`` admission windows' worth
+    (``windows`` x WINDOW_MIN answers and ``windows`` x WINDOW_S seconds) was answered with
+    no refusal or error, at most ``max_s`` seconds. One at a time, none is refused for the
+    in-flight limit itself; each window of answers lets the adaptive limit, shrunk in the
+    overload, grow back (router/admission.py: an idle pause closes no window, so the limit
+    would still be small when the next step starts). Refusals seen here are the router still
+    shedding (queue time, or the previous step's requests still in flight).
+    -> settle_s, settle_sent, settle_refused (RESOURCE_EXHAUSTED), settle_errors (other
+    failures), settled (the run was reached within ``max_s``)."""
+    from annfleet.client import AnnfleetError, Client, ResourceExhausted
+
+    need_n, need_s = windows * WINDOW_MIN, windows * WINDOW_S
+    sent = refused = errors = run = 0
+    t0 = run_from = time.perf_counter()
+    with Client(target, timeout=timeout_s, retries=0, throttle=None) as client:
+        while True:
+            now = time.perf_counter()
+            settled = run >= need_n and now - run_from >= need_s
+            if settled or now - t0 >= max_s:
+                break
+            query = queries[sent % len(queries)]
+            sent += 1
+            try:
+                client.search(query, k, **params)
+            except ResourceExhausted:
+                refused += 1
+            except AnnfleetError:
+                errors += 1
+            else:
+                run += 1
+                continue
+            run, run_from = 0, time.perf_counter()
+    return {
+        "settle_s": round(time.perf_counter() - t0, 2),
+        "settle_sent": sent,
+        "settle_refused": refused,
+        "settle_errors": errors,
+        "settled": settled,
+    }
 
 
 def slo_breaches(step: dict[str, Any]) -> list[str]:
@@ -472,18 +563,20 @@ def slo_under_load(
     *,
     recall: float,
     params: dict[str, int] | None,
-    oversample: float,
+    router: RouterConfig,
 ) -> dict[str, Any]:
     """In-process capacity and the open-loop rate search at one operating point: ``params``,
     else, of the router's sweep points with recall >= ``recall``, the one in-process search
     spends the least CPU per query on (latency and queries/s on a shared box are noisy costs),
-    else the router's highest-recall point."""
+    else the router's highest-recall point. ``router``: the cluster's router config (its
+    oversampling, and its admission, which :func:`settle` waits for after a broken step)."""
     from annfleet.benchmarks.load import LoadSpec, run_load
     from annfleet.merge import per_shard_k
 
     notes: list[str] = []
     router_rows = [r for r in rows if r["system"] == "router"]
     t0 = time.perf_counter()
+    oversample = router.oversample
     index = BundleInProcess(bundle, oversample)
     load_s = time.perf_counter() - t0
     costs: list[dict[str, Any]] = []
@@ -531,8 +624,16 @@ def slo_under_load(
     rates = list(cfg.rates) or [
         round(f * capacity["capacity_qps"], 1) for f in DEFAULT_RATE_FRACTIONS
     ]
+    windows = settle_windows(router)
+    unsettled = False  # the last step broke the SLO or was refused: settle before the next
 
     def step(rate: float) -> dict[str, Any]:
+        nonlocal unsettled
+        settling = (
+            settle(target, queries, k, point, windows, cfg.settle_max_s, cfg.timeout_s)
+            if unsettled
+            else NO_SETTLE
+        )
         spec = LoadSpec(
             target=target,
             rpc="search",
@@ -551,10 +652,12 @@ def slo_under_load(
         start_at = time.time() + 2.0 + 0.5 * cfg.processes  # time for the spawns to import
         window = (start_at + spec.warmup, start_at + spec.warmup + spec.duration)
         load = run_load(spec, queries, None, pids, start_at)
-        row = _step_row("step", rate, load, window, idle_cores)
+        row = {**_step_row("step", rate, load, window, idle_cores), **settling}
         log.info("open loop %.1f/s: %s", rate, row)
-        if not row["slo_met"]:
-            time.sleep(cfg.cooldown_s)
+        # refused anywhere (warm-up included) or broken: the router may be in an overload
+        unsettled = not row["slo_met"] or any(
+            code == "RESOURCE_EXHAUSTED" for _, _, code, _ in load["records"]
+        )
         return row
 
     search = rate_search(step, rates, cfg.bisect)
@@ -572,6 +675,8 @@ def slo_under_load(
     )
     return {
         "config": asdict(cfg),
+        "settle_windows": windows,
+        "settle_run": {"answers": windows * WINDOW_MIN, "seconds": round(windows * WINDOW_S, 2)},
         "slo_ms": SLO_MS,
         "point": point,
         "point_chosen": how,
@@ -674,6 +779,8 @@ STEP_COLUMNS = [
     "server_cores",
     "server_cpu_ms_per_query",
     "marginal_cpu_ms_per_query",
+    "settle_s",
+    "settle_refused",
     "slo_met",
     "breaches",
 ]
@@ -694,7 +801,13 @@ def open_loop_lines(ol: dict[str, Any]) -> list[str]:
         f"client deadline {cfg['timeout_s']:g} s, at most {cfg['concurrency']} in flight. "
         f"SLO: p50 < {slo['p50_ms']:g} ms, p95 < {slo['p95_ms']:g} ms, "
         f"p99 <= {slo['p99_ms']:g} ms, every request answered (no shed, no timeout) from every "
-        "shard (none degraded).",
+        "shard (none degraded). A step after one that broke the SLO or was refused starts once "
+        "the router has settled (its adaptive admission limit, shrunk in an overload, grows "
+        "back only as windows of answered requests close): requests one at a time until "
+        f"{ol['settle_run']['answers']} in a row over at least "
+        f"{ol['settle_run']['seconds']:g} s were answered with no refusal, at most "
+        f"{cfg['settle_max_s']:g} s; `settle_s` and `settle_refused` are that phase's seconds "
+        "and refusals (0: no settle needed).",
         "",
         "```",
         report.format_table(ol["steps"], STEP_COLUMNS),

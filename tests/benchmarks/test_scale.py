@@ -1,15 +1,34 @@
 """`annfleet bench scale` with its open-loop phase, end to end on a tiny catalogue (a real
-local cluster, real load-generator processes), and the rate search's logic on known steps."""
+local cluster, real load-generator processes), the rate search's logic on known steps, and
+the settle between steps against a real router driven into an overload."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 import math
 from pathlib import Path
 from typing import Any
 
+import pytest
+from support import LoopThread, ObservedServer, start_observed_shard
+
 from annfleet.benchmarks.cli import main
-from annfleet.benchmarks.scale import rate_search, slo_breaches
+from annfleet.benchmarks.scale import (
+    rate_search,
+    recovery_windows,
+    settle,
+    settle_windows,
+    slo_breaches,
+)
+from annfleet.bundle import Bundle
+from annfleet.client import AsyncClient, ResourceExhausted
+from annfleet.config import RouterConfig
+from annfleet.errors import ResourceExhausted as ServerResourceExhausted
+from annfleet.router.admission import WINDOW_MIN, WINDOW_S, Admission
+from annfleet.router.main import start_router
+from annfleet.synthetic import Catalogue
 
 
 def _step(rate: float, p99: float, errors: dict[str, int] | None = None) -> dict[str, Any]:
@@ -61,7 +80,8 @@ def test_rate_search_steps_up_then_bisects_to_the_highest_rate_held() -> None:
 
 
 def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
-    rates = [15.0, 30.0]
+    # with one request in flight at most, 3000/s backs up at the client: a broken step
+    rates = [15.0, 3000.0]
     code = main(
         [
             "bench",
@@ -69,7 +89,7 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
             *("--items", "20000", "--dim", "16", "--shards", "2", "--queries", "50"),
             *("--build", "nlist=64,pq_m=8", "--nprobe", "8,16", "--rerank", "200", "-k", "100"),
             *("--rates", ",".join(map(str, rates)), "--step-s", "1", "--load-warmup-s", "0.5"),
-            *("--step-min-requests", "20"),
+            *("--step-min-requests", "20", "--load-concurrency", "1"),
             *("--bisect", "1", "--capacity-s", "0.4"),
             *("--out", str(tmp_path / "results"), "--name", "tiny"),
             *("--data-dir", str(tmp_path / "data"), "--no-progress"),
@@ -109,6 +129,21 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
         assert s["slo_met"] == (s["breaches"] == "")
         if s["ok"]:
             assert s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["p999_ms"]
+    # the settle: before a step after one that broke the SLO, none before the first
+    windows = ol["settle_windows"]
+    assert windows == settle_windows(RouterConfig())  # the cluster's router config: defaults
+    assert ol["settle_run"] == {
+        "answers": windows * WINDOW_MIN,
+        "seconds": round(windows * WINDOW_S, 2),
+    }
+    assert ol["upper_bound_found"] and not steps[-2]["slo_met"]  # 3000/s broke, then bisect
+    assert steps[0]["settle_sent"] == 0 and steps[0]["settled"] is True
+    for before, s in itertools.pairwise(steps):
+        if not before["slo_met"]:
+            assert s["settled"] is True
+            answered = s["settle_sent"] - s["settle_refused"] - s["settle_errors"]
+            assert answered >= windows * WINDOW_MIN
+            assert s["settle_s"] > 0
     held = [s["offered_qps"] for s in steps if s["slo_met"]]
     assert ol["max_sustained_qps"] == (max(held) if held else 0.0)
     if not ol["upper_bound_found"]:
@@ -135,7 +170,9 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
     )
     readme = (out / "README.md").read_text()
     assert "## SLO under load" in readme and "uptime before" in readme
-    assert (out / "open_loop.csv").read_text().startswith("phase,offered_qps,")
+    assert "settle_refused" in readme and f"{windows * WINDOW_MIN} in a row" in readme
+    csv_head = (out / "open_loop.csv").read_text().splitlines()[0]
+    assert csv_head.startswith("phase,offered_qps,") and "settle_sent" in csv_head
 
 
 def test_prepare_only_builds_the_cache_and_starts_no_cluster(tmp_path: Path) -> None:
@@ -154,3 +191,118 @@ def test_prepare_only_builds_the_cache_and_starts_no_cluster(tmp_path: Path) -> 
     mtime = bundles[0].stat().st_mtime
     assert main(args) == 0  # second run: cache hit, nothing rebuilt
     assert bundles[0].stat().st_mtime == mtime
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _windows_to_recover(config: RouterConfig) -> int:
+    """Drive the router's real Admission (on a fake clock) through an overload down to its
+    overload floor, then answer requests one at a time: the windows whose close grew the
+    limit until it was back at min_in_flight."""
+    clock = _Clock()
+    adm = Admission(config, clock)
+    spacing = WINDOW_S / (WINDOW_MIN - 1)  # one at a time: a window closes on its 16th
+    while adm.baseline is None:  # the no-load latency
+        with adm.admit():
+            clock.now += spacing
+    for _ in range(100):  # everything beyond the limit refused, 0.1 s each: queueing
+        blocks = [adm.admit() for _ in range(int(adm.limit))]
+        for b in blocks:
+            b.__enter__()
+        with pytest.raises(ServerResourceExhausted), adm.admit():
+            pass
+        clock.now += 0.1
+        for b in blocks:
+            b.__exit__(None, None, None)
+    assert adm.overloaded and adm.limit == adm.overload_floor
+    grew = 0
+    while adm.limit < adm.floor:
+        before = adm.limit
+        with adm.admit():
+            clock.now += spacing
+        grew += adm.limit > before
+    return grew
+
+
+def test_recovery_windows_are_what_the_routers_admission_takes() -> None:
+    for config in (
+        RouterConfig(),
+        RouterConfig(min_in_flight=64, overload_min_in_flight=1),
+        RouterConfig(min_in_flight=8, overload_min_in_flight=8),
+    ):
+        assert recovery_windows(config) == _windows_to_recover(config)
+        assert settle_windows(config) == 2 * (recovery_windows(config) + 1)
+    assert recovery_windows(RouterConfig(min_in_flight=8, overload_min_in_flight=8)) == 0
+    assert recovery_windows(RouterConfig(admission="fixed")) == 0  # the limit never moves
+
+
+def _burst(target: str, queries: Any, n: int) -> list[str]:
+    """``n`` searches at once (no retries, no client throttle) -> each one's outcome."""
+
+    async def run() -> list[str]:
+        async with AsyncClient(target, timeout=10.0, retries=0, throttle=None) as client:
+
+            async def one(i: int) -> str:
+                try:
+                    await client.search(queries[i % len(queries)], 10)
+                except ResourceExhausted:
+                    return "RESOURCE_EXHAUSTED"
+                return "OK"
+
+            return list(await asyncio.gather(*(one(i) for i in range(n))))
+
+    return asyncio.run(run())
+
+
+def test_settle_brings_the_router_back_from_an_overload_before_the_next_step(
+    loop_thread: LoopThread, flat_bundle: Bundle, catalogue: Catalogue
+) -> None:
+    shards: list[ObservedServer] = [
+        loop_thread.run(start_observed_shard(flat_bundle, i)) for i in range(flat_bundle.num_shards)
+    ]
+    router = loop_thread.run(
+        start_router(flat_bundle.path, [f"127.0.0.1:{s.port}" for s in shards], RouterConfig())
+    )
+    target = f"127.0.0.1:{router.port}"
+    adm = router.service.admission
+    queries = catalogue.vectors[:64]
+    try:
+        # the no-load latency: one window of requests one at a time
+        settle(target, queries, 10, {}, windows=1, max_s=60.0, timeout_s=10.0)
+        assert adm.baseline is not None
+        # an overload: the shards answer 0.1 s late and 64 requests come at once, again and
+        # again, until the limit is at its overload floor
+        for shard in shards:
+            shard.service.delay = 0.1
+        for _ in range(200):
+            if adm.overloaded and adm.limit == adm.overload_floor:
+                break
+            _burst(target, queries, 64)
+        assert adm.overloaded and adm.limit == adm.overload_floor < adm.floor
+        for shard in shards:
+            shard.service.delay = 0.0
+        # what the next step would meet: the shards are quick again, but the limit is still
+        # the overload's, and 16 requests at once are refused
+        assert "RESOURCE_EXHAUSTED" in _burst(target, queries, 16)
+
+        windows = settle_windows(adm.config)
+        out = settle(target, queries, 10, {}, windows, max_s=60.0, timeout_s=10.0)
+        assert out["settled"] is True
+        answered = out["settle_sent"] - out["settle_refused"] - out["settle_errors"]
+        assert answered >= windows * WINDOW_MIN  # at least the run, answered
+        assert out["settle_errors"] == 0
+        assert out["settle_s"] >= 0
+        # settled: the limit is back at min_in_flight, no overload, and the same 16 at once
+        # are all answered
+        assert adm.limit >= adm.floor and not adm.overloaded
+        assert _burst(target, queries, 16) == ["OK"] * 16
+    finally:
+        loop_thread.run(router.stop(0))
+        for shard in shards:
+            loop_thread.run(shard.stop(0))
