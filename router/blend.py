@@ -1,6 +1,6 @@
 """The blender: many sources' ranked lists -> one list of k candidates.
 
-``blend`` is a pure function with two modes (``sources.blend``):
+``blend`` is a pure function with three modes (``sources.blend``):
 
 ``rrf`` (the default: weighted reciprocal rank fusion; candidates several sources agree on
 rise to the top):
