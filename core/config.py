@@ -138,16 +138,18 @@ class RouterConfig:
     # max_in_flight) shrinks while the router's median latency is above latency_tolerance x
     # its no-load median and grows back while within it; "fixed": max_in_flight.
     admission: str = "adaptive"
-    # the adaptive limit never goes below this: enough requests in flight to keep the
+    # outside an overload the adaptive limit never goes below this: enough in flight to keep the
     # shards busy and the coalescer batching (a floor of 2 starved throughput 5x on a busy box)
     min_in_flight: int = 32
     latency_tolerance: float = 1.5
     # Queue-time shedding (router/admission.py): a request whose client sent its timeout
     # (annfleet-timeout-ms) and that waited more than 2 x queue_target_s before the handler
-    # is refused while the lowest wait of the last queue_interval_s exceeded the target.
+    # is refused in an overload (OVERLOAD_WINDOWS admission windows in a row each refused a
+    # request), or when it waited longer than it has left while a queue stands (the lowest
+    # wait of the last queue_interval_s exceeded the target).
     queue_target_s: float = 0.005  # 0 = off
     queue_interval_s: float = 0.1
-    # the adaptive limit's floor while such a queue stands (an overload, not a busy router)
+    # the adaptive limit's floor in such an overload (not a busy router); <= min_in_flight
     overload_min_in_flight: int = 2
     # Replicas of a shard (router/replicas.py): a failed attempt is retried on another
     # replica, and an unanswered one is hedged to another after the shard's running
