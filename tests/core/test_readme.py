@@ -217,3 +217,20 @@ def test_the_cli_reference_lists_every_command_and_flag() -> None:
     if "bench" in commands:
         for name in _subcommands(commands["bench"]):
             assert name in bench, f"annfleet bench {name} is not in the CLI reference"
+
+
+def test_the_default_sources_paragraph_matches_the_source_defaults() -> None:
+    start = README.index("Default sources (`deploy/local.yaml`)")
+    text = " ".join(README[start : README.index("Chosen on the", start)].split())
+    number = r"(\d+(?:\.\d+)?)"
+    found = {
+        name: (float(q), float(w), float(b))
+        for name, q, w, b in re.findall(
+            rf"`(\w+)` (?:off \(when enabled: )?(?:quota )?{number}(?: weight | / ){number}"
+            rf"(?: budget | / ){number} ms",
+            text,
+        )
+    }
+    settings = ClusterConfig().sources.settings()
+    assert found == {n: (s.quota, s.weight, s.budget_ms) for n, s in settings.items()}
+    assert ("`social` off" in text) == (not settings["social"].enabled)
