@@ -156,9 +156,20 @@ def as_queries(vectors: np.ndarray | Sequence[float]) -> np.ndarray:
     return queries
 
 
+def _unsigned(value: int, message: str) -> int:
+    """A value for a uint32 field: a negative one is InvalidArgument(message) here, not
+    protobuf's "Value out of range: -5", which names no argument."""
+    if isinstance(value, int) and value < 0:
+        raise InvalidArgument(f"{message}, got {value}")
+    return value
+
+
 @_from_caller
 def search_params(ef_search: int, nprobe: int, rerank: int) -> common_pb2.SearchParams:
-    return common_pb2.SearchParams(ef_search=ef_search, nprobe=nprobe, rerank=rerank)
+    given = {"ef_search": ef_search, "nprobe": nprobe, "rerank": rerank}
+    for name, value in given.items():
+        _unsigned(value, f"{name} must be >= 0 (0 = the server's default)")
+    return common_pb2.SearchParams(**given)
 
 
 @_from_caller
@@ -166,7 +177,10 @@ def search_request(
     queries: np.ndarray, k: int, params: common_pb2.SearchParams
 ) -> retrieval_pb2.SearchRequest:
     return retrieval_pb2.SearchRequest(
-        queries=to_bytes(queries, F32), dim=queries.shape[1], k=k, params=params
+        queries=to_bytes(queries, F32),
+        dim=queries.shape[1],
+        k=_unsigned(k, "k must be > 0"),
+        params=params,
     )
 
 
@@ -175,7 +189,10 @@ def shard_request(
     queries: np.ndarray, k: int, params: common_pb2.SearchParams
 ) -> shard_pb2.ShardSearchRequest:
     return shard_pb2.ShardSearchRequest(
-        queries=to_bytes(queries, F32), dim=queries.shape[1], k=k, params=params
+        queries=to_bytes(queries, F32),
+        dim=queries.shape[1],
+        k=_unsigned(k, "k must be > 0"),
+        params=params,
     )
 
 
@@ -194,7 +211,7 @@ def retrieve_request(
 ) -> retrieval_pb2.RetrieveRequest:
     return retrieval_pb2.RetrieveRequest(
         user_id=user_id,
-        k=k,
+        k=_unsigned(k, "k must be > 0"),
         context=retrieval_pb2.Context(
             recent_item_ids=list(recent_items), timestamp=timestamp, country=country, device=device
         ),

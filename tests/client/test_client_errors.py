@@ -60,6 +60,27 @@ def test_arguments_that_cannot_be_encoded_raise_the_clients_invalid_argument(cal
     assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT and raised.value.details
 
 
+NEGATIVE = {
+    "k must be > 0, got -5": lambda c: c.retrieve(1, -5),
+    "k must be > 0, got -1": lambda c: c.search(np.zeros(4, np.float32), -1),
+    "ef_search must be >= 0 (0 = the server's default), got -2": lambda c: c.search(
+        np.zeros(4, np.float32), 1, ef_search=-2
+    ),
+    "rerank must be >= 0 (0 = the server's default), got -1": lambda c: c.search(
+        np.zeros(4, np.float32), 1, rerank=-1
+    ),
+}
+
+
+@pytest.mark.parametrize(("message", "call"), NEGATIVE.items(), ids=NEGATIVE.keys())
+def test_a_negative_k_or_parameter_is_named_in_the_error(message: str, call) -> None:  # type: ignore[no-untyped-def]
+    """Not protobuf's "Value out of range: -5" (what `annfleet query --k -5` printed)."""
+    client = Client(f"127.0.0.1:{free_port()}", timeout=1, retries=0)
+    with client, pytest.raises(InvalidArgument) as raised:
+        call(client)
+    assert raised.value.details == message
+
+
 def test_a_malformed_response_raises_a_client_error_not_a_core_one() -> None:
     from annfleet import errors as core_errors
     from annfleet.client import results
