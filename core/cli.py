@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import signal
 import sys
 import time
@@ -380,6 +381,18 @@ def _credentials(args: argparse.Namespace, config: ClusterConfig | None) -> Any:
     return None
 
 
+def positive_seconds(text: str) -> float:
+    """argparse type of a --timeout: a number of seconds > 0 (a usage error otherwise; a
+    timeout <= 0 fails every call with a bare DEADLINE_EXCEEDED, or a probe with DOWN)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds > 0")
+    return value
+
+
 def _id_list(text: str) -> list[int]:
     """``"50,181"`` -> ``[50, 181]`` (argparse type: a bad entry is a usage error)."""
     try:
@@ -718,7 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=2.0, help="seconds")
     p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
     _add_tls_flags(p)
     p.set_defaults(func=cmd_query)
@@ -735,7 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timestamp", type=int, default=0, help="unix seconds (default: now)")
     p.add_argument("--country", default="", help="also counts in this country's trending")
     p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=2.0, help="seconds")
     p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
     _add_tls_flags(p)
     p.set_defaults(func=cmd_engage)

@@ -40,6 +40,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from annfleet.cli import positive_seconds
+
     p = sub.add_parser(
         "probe",
         help="exit 0 if a process's gRPC health is SERVING (container / exec probes)",
@@ -49,7 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051)
     p.add_argument("--service", default="", help='health service name ("" = overall)')
-    p.add_argument("--timeout", type=float, default=2.0, help="seconds")
+    p.add_argument("--timeout", type=positive_seconds, default=2.0, help="seconds")
     p.add_argument("--ca", default="", help="CA bundle (PEM): probe over TLS")
     p.add_argument("--cert", default="", help="client certificate (PEM) for mutual TLS")
     p.add_argument("--key", default="", help="client private key (PEM) for mutual TLS")

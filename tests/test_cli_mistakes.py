@@ -27,6 +27,19 @@ def test_query_with_a_bad_recent_list_is_a_usage_error() -> None:
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["query", "--user", "1", "--timeout", "0"],
+        ["engage", "--user", "1", "--item", "2", "--timeout", "-1"],
+        ["probe", "--timeout", "-1"],  # before: "DOWN" and exit 1, of a process that was up
+    ],
+)
+def test_a_timeout_that_is_not_positive_is_a_usage_error(args: list[str]) -> None:
+    done = run(*args, "--target", "127.0.0.1:1")
+    _fails_clearly(done, "argument --timeout:", "expected a number of seconds > 0")
+
+
+@pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--m", "1"], "hnsw index parameter m must be an integer >= 2, got 1"),
