@@ -67,6 +67,12 @@ class ClusterError(AnnfleetError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ListenError(AnnfleetError, OSError):
+    """A server that cannot listen on its port (in use, or not an address of this host)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class ConfigError(AnnfleetError, ValueError):
     """A config file with an unknown key, a wrong type or an out-of-range value."""
 

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha import reflection
 from annfleet.arrays import GRPC_OPTIONS
 from annfleet.client.channels import tls_credentials
 from annfleet.config import TlsConfig
-from annfleet.errors import ConfigError, status_of
+from annfleet.errors import ConfigError, ListenError, status_of
 from annfleet.metrics import LATENCY, REQUESTS
 from annfleet.web import HttpPort, StatusSource, serve_http
 
@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # which find a hung replica; gRPC's default would answer them with GOAWAY "too_many_pings".
 SERVER_OPTIONS = [
     *GRPC_OPTIONS,
+    # gRPC sets SO_REUSEPORT by default: a second server on a port already in use (another
+    # `annfleet up`, a stray serve-shard) would bind it too and take half the connections.
+    ("grpc.so_reuseport", 0),
     ("grpc.http2.min_ping_interval_without_data_ms", 500),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
@@ -357,15 +360,29 @@ async def start_server(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     credentials = server_credentials(tls)
-    if credentials is None:
-        bound = server.add_insecure_port(f"{host}:{port}")
-    else:
-        bound = server.add_secure_port(f"{host}:{port}", credentials)
+    try:
+        if credentials is None:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        else:
+            bound = server.add_secure_port(f"{host}:{port}", credentials)
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+        raise ListenError(
+            f"cannot listen on {host}:{port} ({service_names[0] if service_names else 'gRPC'}):"
+            " the port is in use (another cluster or process?) or the host is not an address "
+            "of this machine; stop that process or choose another port"
+        )
     handle = GrpcServer(server, bound, service_names, health_servicer, None)
     await server.start()
-    handle.http = serve_http(metrics_port, host, status)
+    try:
+        handle.http = serve_http(metrics_port, host, status)
+    except OSError as exc:
+        await server.stop(0)
+        raise ListenError(
+            f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}; stop the "
+            "process using it or choose another metrics port (-1 = off)"
+        ) from exc
     return handle
 
 

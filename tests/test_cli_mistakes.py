@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from test_cli import run
@@ -92,3 +95,26 @@ def test_up_on_a_corrupt_bundle_names_the_shard_and_the_file(tmp_path: Path) -> 
         "checksum mismatch for shard-01/index.faiss",
     )
     assert "earlier run" not in done.stderr  # only what this run's process wrote
+
+
+def test_serve_shard_on_a_port_in_use_exits_with_the_port(tmp_path: Path) -> None:
+    """Another gRPC server holds the port (gRPC's default SO_REUSEPORT would have let a
+    second server bind it and take half its connections), then an HTTP server holds the
+    metrics port: each is refused by name, exit 2."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=1, index_type="flat", progress=False
+    )
+    other = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = other.add_insecure_port("127.0.0.1:0")
+    other.start()
+    base = ["serve-shard", "--bundle", str(bundle.path), "--shard", "0", "--admin-port", "-1"]
+    try:
+        done = run(*base, "--port", str(port), "--metrics-port", "-1", timeout=60)
+    finally:
+        other.stop(0)
+    _fails_clearly(done, f"cannot listen on 127.0.0.1:{port} (annfleet.v1.IndexShard)")
+    with socket.create_server(("127.0.0.1", 0)) as held:
+        busy = held.getsockname()[1]
+        done = run(*base, "--port", "0", "--metrics-port", str(busy), timeout=60)
+    _fails_clearly(done, f"cannot listen on 127.0.0.1:{busy} (metrics): Address already in use")
