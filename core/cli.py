@@ -25,7 +25,7 @@ from annfleet.config import (
     parse_shard_map,
     replica_port,
 )
-from annfleet.errors import AnnfleetError, ConfigError
+from annfleet.errors import AnnfleetError, ClusterError, ConfigError
 from annfleet.names import EVENT_TYPE_NAMES
 
 log = logging.getLogger("annfleet")
@@ -249,12 +249,21 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
 
 # ---------------------------------------------------------------------------- up
 def cmd_up(args: argparse.Namespace) -> int:
-    from annfleet.cluster import LocalCluster, remove_state, state_path
+    from annfleet.cluster import LocalCluster, remove_state, running_cluster, state_path
 
     config = _config(args)
     if args.port is not None:
         config = dataclasses.replace(
             config, router=dataclasses.replace(config.router, port=args.port)
+        )
+    running = running_cluster(config)
+    if running is not None:
+        router = (running.get("children") or [{}])[-1]
+        raise ClusterError(
+            f"a cluster is already running from the data dir {config.data_path()} (router "
+            f"{router.get('target')}, pid {router.get('pid')}; {state_path(config)}): stop it "
+            "first (Ctrl-C where it runs), or give this one another data dir "
+            "($ANNFLEET_DATA or data_dir:) and other ports"
         )
     started = time.monotonic()
     moot = unused_with_bundle(config) if config.bundle else []
@@ -273,6 +282,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         config_path=Path(args.config).resolve() if args.config else None,
         state_file=state_path(config),
     )
+    busy = cluster.busy_ports()
+    if busy:
+        raise ClusterError(
+            f"port(s) in use: {', '.join(busy)}; another cluster or process listens there: "
+            "stop it, or set other ports (router.port/--port, router.metrics_port, "
+            "router.admin_port, shards.base_port, shards.metrics_base_port, "
+            "shards.admin_base_port; -1 turns a metrics or admin port off)"
+        )
     stop = {"now": False}
 
     def request_stop(signum: int, frame: object) -> None:

@@ -388,6 +388,21 @@ class LocalCluster:
     def pids(self) -> dict[str, int]:
         return {c.name: c.pid for c in self.children}
 
+    def busy_ports(self) -> list[str]:
+        """The ports this cluster's processes would listen on that are taken now, each as
+        "HOST:PORT (child what)"; checked before a fixed-port start, where a child's health
+        check could otherwise be answered by whatever already listens there."""
+        busy = []
+        for child in self.children:
+            host = child.target.rsplit(":", 1)[0].strip("[]")
+            ports = [("", child.target), ("metrics ", f"{host}:{child.metrics_port or 0}")]
+            ports.append(("admin ", child.admin_target or f"{host}:0"))
+            for what, address in ports:
+                port = int(address.rsplit(":", 1)[1])
+                if port > 0 and not port_free(host, port):
+                    busy.append(f"{host}:{port} ({child.name} {what}port)")
+        return busy
+
     def start(self, timeout: float = READY_TIMEOUT_S) -> LocalCluster:
         if self.rollout_state is not None:  # a fresh cluster starts on its bundle
             write_state(
@@ -445,6 +460,7 @@ class LocalCluster:
 
     def describe(self) -> dict[str, object]:
         return {
+            "supervisor_pid": os.getpid(),  # `annfleet up` (or the program that started it)
             "bundle": str(self.bundle.path),
             "bundle_id": self.bundle.id,
             "replicas": self.config.shards.replicas,
@@ -486,6 +502,44 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (bound and released at once)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            s.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
+def running_cluster(config: ClusterConfig) -> dict[str, Any] | None:
+    """The cluster ``cluster.json`` in the data dir describes, if any of its processes is
+    still alive (a cluster that was killed leaves a stale file: None)."""
+    try:
+        state = json.loads(state_path(config).read_text())
+    except (OSError, ValueError):
+        return None
+    pids = [state.get("supervisor_pid")] + [c.get("pid") for c in state.get("children", [])]
+    return state if any(_alive(pid) for pid in pids if isinstance(pid, int)) else None
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a pid reused by another program is not the cluster's
+        return b"annfleet" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
 
 
 def state_path(config: ClusterConfig) -> Path:

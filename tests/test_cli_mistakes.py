@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 from test_cli import run
 
 from annfleet.cluster import free_port
@@ -118,3 +121,42 @@ def test_serve_shard_on_a_port_in_use_exits_with_the_port(tmp_path: Path) -> Non
         busy = held.getsockname()[1]
         done = run(*base, "--port", "0", "--metrics-port", str(busy), timeout=60)
     _fails_clearly(done, f"cannot listen on 127.0.0.1:{busy} (metrics): Address already in use")
+
+
+def test_up_refuses_a_data_dir_in_use_and_ports_in_use_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """Before: a second `up` on the same ports saw the first cluster's processes answer its
+    health checks, printed "ready", crash-looped, and on the way out deleted the running
+    cluster's cluster.json (and had rewritten its rollout.json)."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=1, index_type="flat", progress=False
+    )
+    config = _ports_config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    # a running cluster's record: its supervisor is alive (an "annfleet" process)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "annfleet", "up"]
+    )
+    recorded = json.dumps({"supervisor_pid": holder.pid, "children": [
+        {"name": "router", "target": "127.0.0.1:50051", "pid": holder.pid}
+    ]})  # fmt: skip
+    (data / "cluster.json").write_text(recorded)
+    try:
+        done = run("up", "--config", str(config), "--bundle", str(bundle.path), timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    _fails_clearly(done, f"a cluster is already running from the data dir {data}")
+    assert (data / "cluster.json").read_text() == recorded
+    assert not (data / "rollout.json").exists()
+
+    # its processes gone, the stale record does not stop a start: the busy port does
+    router_port = yaml.safe_load(config.read_text())["router"]["port"]
+    with socket.create_server(("127.0.0.1", router_port)):
+        done = run("up", "--config", str(config), "--bundle", str(bundle.path), timeout=60)
+    _fails_clearly(done, f"port(s) in use: 127.0.0.1:{router_port} (router port)")
+    assert (data / "cluster.json").read_text() == recorded
+    assert not (data / "rollout.json").exists()
