@@ -37,6 +37,20 @@ UPDATES = {
 }
 
 
+def recall_floor(text: str) -> float:
+    """argparse type of --min-recall: a recall in (0, 1]. 0 is PromoteRequest's "unset"
+    (router.recall_floor applies), so a floor of 0 cannot be asked for: --force is that."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a recall in (0, 1]; to promote regardless of recall, --force"
+        )
+    return value
+
+
 def _holder() -> str:
     try:
         user = getpass.getuser()
@@ -198,8 +212,9 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--min-recall",
-        type=float,
-        help="with --promote: the recall@k floor for this promotion (default router.recall_floor)",
+        type=recall_floor,
+        help="with --promote: the recall@k floor for this promotion, in (0, 1] (default "
+        "router.recall_floor; --force promotes regardless of recall)",
     )
     p.add_argument(
         "--updates",

@@ -691,7 +691,10 @@ class RolloutController:
             raise Aborted(f"a rollout is running (held by {self.holder})")
         floor = request.min_recall or self.config.recall_floor
         if not 0 <= floor <= 1:
-            raise InvalidArgument(f"min_recall {request.min_recall}: must be in [0, 1]")
+            raise InvalidArgument(
+                f"min_recall {request.min_recall}: must be in (0, 1], or 0 for "
+                "router.recall_floor"
+            )
         canary, old = self.service.canary, self.service.state
         if canary is None or old is None:
             raise FailedPrecondition("no canary is live: nothing to promote")

@@ -160,3 +160,13 @@ def test_up_refuses_a_data_dir_in_use_and_ports_in_use_and_changes_nothing(
     _fails_clearly(done, f"port(s) in use: 127.0.0.1:{router_port} (router port)")
     assert (data / "cluster.json").read_text() == recorded
     assert not (data / "rollout.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-0.5", "1.5", "nan", "x"])
+def test_rollout_promote_min_recall_outside_0_1_is_a_usage_error(value: str) -> None:
+    # 0 is PromoteRequest's unset value (router.recall_floor would apply): refused, with the
+    # way to promote regardless of recall named
+    done = run("rollout", "--promote", "--min-recall", value, "--target", "127.0.0.1:1")
+    _fails_clearly(
+        done, f"argument --min-recall: '{value}': expected a recall in (0, 1]", "--force"
+    )
