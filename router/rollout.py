@@ -692,8 +692,7 @@ class RolloutController:
         floor = request.min_recall or self.config.recall_floor
         if not 0 <= floor <= 1:
             raise InvalidArgument(
-                f"min_recall {request.min_recall}: must be in (0, 1], or 0 for "
-                "router.recall_floor"
+                f"min_recall {request.min_recall}: must be in (0, 1], or 0 for router.recall_floor"
             )
         canary, old = self.service.canary, self.service.state
         if canary is None or old is None:
