@@ -107,8 +107,8 @@ class QueueShed:
             QUEUE_SHED.inc()
             raise ResourceExhausted(
                 f"router overloaded: the request waited {queued * 1e3:.1f} ms before the "
-                f"router started it (while it sheds, beyond {2e3 * self.target:g} ms = 2 x "
-                "router.queue_target_s is refused); retry with backoff"
+                f"router started it (in an overload, a wait beyond {2e3 * self.target:g} ms = "
+                "2 x router.queue_target_s is refused); retry with backoff"
             )
         if self.stood and queued > remaining:
             QUEUE_SHED.inc()
