@@ -251,6 +251,9 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
 def cmd_up(args: argparse.Namespace) -> int:
     from annfleet.cluster import LocalCluster, remove_state, running_cluster, state_path
 
+    # Until the cluster is up (training, building, starting), SIGTERM interrupts as Ctrl-C
+    # does: what was started is stopped, and main exits 130 without a traceback.
+    signal.signal(signal.SIGTERM, _interrupt)
     config = _config(args)
     if args.port is not None:
         config = dataclasses.replace(
@@ -295,8 +298,6 @@ def cmd_up(args: argparse.Namespace) -> int:
     def request_stop(signum: int, frame: object) -> None:
         stop["now"] = True
 
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     replicas = config.shards.replicas
     print(
         ("starting redis-server (live state), " if cluster.redis else "starting ")
@@ -306,7 +307,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{cluster.bundle.id} ({bundle_path})",
         flush=True,
     )
-    cluster.start()
+    cluster.start()  # Ctrl-C or SIGTERM here: it stops what it started (main: exit 130)
+    # From here a signal asks the loop below to stop the cluster in order.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        _serve_until_stopped(cluster, started, stop)
+    finally:
+        print("stopping the cluster…", flush=True)
+        cluster.stop()
+        remove_state(config)
+    print("stopped.")
+    return 0
+
+
+def _serve_until_stopped(cluster: Any, started: float, stop: dict[str, bool]) -> None:
+    """Print the endpoints and a sample answer, then watch the children until ``stop``."""
     for child in cluster.children:
         metrics = (
             f"  metrics http://{child.target.rsplit(':', 1)[0]}:{child.metrics_port}/metrics"
@@ -330,17 +346,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"status page http://{host}:{cluster.router.metrics_port}/status", flush=True)
     _print_sample(cluster.router_target, cluster.bundle, cluster.credentials)
     print("Ctrl-C stops the cluster.", flush=True)
-    try:
-        while not stop["now"]:
-            for note in cluster.restart_dead():
-                print(note, flush=True)
-            time.sleep(0.5)
-    finally:
-        print("stopping the cluster…", flush=True)
-        cluster.stop()
-        remove_state(config)
-    print("stopped.")
-    return 0
+    while not stop["now"]:
+        for note in cluster.restart_dead():
+            print(note, flush=True)
+        time.sleep(0.5)
 
 
 def _print_sample(target: str, bundle: Any, credentials: Any = None) -> None:
@@ -852,6 +861,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (AnnfleetError, FileNotFoundError) as exc:
         print(f"annfleet {args.command}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"annfleet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from test_cli import run
+from test_cli import ANNFLEET, run, wait_for_line
 
 from annfleet.cluster import free_port
 from annfleet.server.builder import build_bundle
@@ -170,3 +172,41 @@ def test_rollout_promote_min_recall_outside_0_1_is_a_usage_error(value: str) -> 
     _fails_clearly(
         done, f"argument --min-recall: '{value}': expected a recall in (0, 1]", "--force"
     )
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_up_interrupted_while_starting_stops_its_processes(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """Before: Ctrl-C or SIGTERM while the shards were loading waited until the cluster was
+    ready (a sample printed, then stopped, exit 0); while training, Ctrl-C printed a
+    traceback and SIGTERM killed `up` outright."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    up = subprocess.Popen(
+        [*ANNFLEET, "up", "--config", str(_ports_config(tmp_path)), "--bundle", str(bundle.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    wait_for_line(up, "starting 2 shards", timeout=60)  # the children are being started
+    up.send_signal(signum)
+    rest = up.communicate(timeout=60)[0]
+    assert up.returncode == 130, rest
+    assert "annfleet up: interrupted" in rest and "Traceback" not in rest
+    assert _processes_naming(str(bundle.path)) == []  # no shard or router left behind
