@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from annfleet.config import SourcesConfig
+from annfleet.errors import ConfigError
 from annfleet.metrics import SOURCE_CANDIDATES, SOURCE_LATENCY, SOURCE_OUTCOMES
 from annfleet.router.sources import Candidates, Source, SourceRequest
 
@@ -155,13 +156,15 @@ class Fusion:
 
     @classmethod
     def load(cls, path: str) -> Fusion:
-        """The JSON file at ``path``; ValueError naming it when unreadable or malformed."""
+        """The JSON file at ``path``; ConfigError (a ValueError) naming the key and the file
+        when unreadable or malformed: `serve-router` says so and exits 2, no traceback."""
+        where = f"sources.fusion: fusion parameters {path}"
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except OSError as exc:
-            raise ValueError(f"fusion parameters {path}: cannot read: {exc.strerror}") from exc
+            raise ConfigError(f"{where}: cannot read: {exc.strerror}") from exc
         except ValueError as exc:
-            raise ValueError(f"fusion parameters {path}: {exc}") from exc
+            raise ConfigError(f"{where}: {exc}") from exc
 
 
 @dataclass(frozen=True)

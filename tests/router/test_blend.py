@@ -168,6 +168,11 @@ def test_fusion_parameters_load_from_json_and_refuse_malformed(tmp_path: Path) -
         assert why.split()[-1] in str(err.value)
     with pytest.raises(ValueError, match="cannot read"):
         Fusion.load(str(tmp_path / "missing.json"))
+    path.write_text("not json")  # a ConfigError: serve-router exits 2 naming it, no traceback
+    with pytest.raises(
+        ConfigError, match=re.escape(f"sources.fusion: fusion parameters {path}: E")
+    ):
+        Fusion.load(str(path))
 
 
 def test_learned_blend_config_needs_its_parameters_beside_the_file(tmp_path: Path) -> None:
