@@ -523,6 +523,11 @@ class ClusterConfig:
                 "a JSON file of fitted parameters when sources.blend is learned, got "
                 f"{self.sources.fusion!r}",
             ),
+            (
+                not self.sources.social.enabled or bool(self.sources.social.graph),
+                "sources.social.graph",
+                "set (a follow-graph file) when sources.social.enabled is true",
+            ),
             (self.sources.rrf_c >= 0, "sources.rrf_c", ">= 0"),
             (
                 0 <= self.sources.depth <= self.router.max_k,

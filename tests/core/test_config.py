@@ -58,6 +58,10 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("sources:\n  trending: {quota: 1.0}\n", "sum of enabled sources' quota must be <= 1"),
         ("sources:\n  ann: {budget_ms: 0}\n", "sources.ann.budget_ms must be > 0"),
         ("sources:\n  trendy: {}\n", "unknown key 'sources.trendy'"),
+        (
+            "sources:\n  social: {enabled: true}\n",
+            "sources.social.graph must be set (a follow-graph file) when sources.social.enabled",
+        ),
         ("state:\n  backend: etcd\n", "state.backend must be memory or redis"),
         (
             "state: {backend: redis, start_redis: true, url: 'redis://10.0.0.5:6380/0'}\n",
