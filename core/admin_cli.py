@@ -192,15 +192,15 @@ def delete(fleet: Fleet, ids: np.ndarray, missing_ok: bool = False) -> Tally:
 # ---------------------------------------------------------------------------- targets
 def admin_targets(config: ClusterConfig) -> list[str]:
     """Every shard replica's admin address: from the running local cluster's state file."""
-    from annfleet.cluster import state_path
+    from annfleet.cluster import read_cluster_state, state_path
 
     path = state_path(config)
-    if not path.exists():
+    state = read_cluster_state(config)
+    if state is None:
         raise ConfigError(
             f"no local cluster recorded in {path}; pass --targets HOST:PORT,... (the shards' "
             "admin addresses)"
         )
-    state = json.loads(path.read_text())
     targets = [
         c["admin_target"]
         for c in state["children"]

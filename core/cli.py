@@ -492,17 +492,17 @@ def cmd_engage(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from annfleet.cluster import child_health, state_path
+    from annfleet.cluster import child_health, read_cluster_state, state_path
 
     config = _config(args)
     path = state_path(config)
-    if not path.exists():
+    state = read_cluster_state(config)
+    if state is None:
         print(f"no local cluster recorded in {path} (is `annfleet up` running?)")
         return 1
     credentials = _credentials(args, config)
-    state = json.loads(path.read_text())
     print(
-        f"bundle {state['bundle_id']}  ({state['bundle']}), "
+        f"bundle {state['bundle_id']}  ({state.get('bundle', '?')}), "
         f"{state.get('replicas', 1)} replica(s) per shard"
     )
     worst = 0

@@ -516,12 +516,40 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def read_cluster_state(config: ClusterConfig) -> dict[str, Any] | None:
+    """What ``annfleet up`` recorded in the data dir's ``cluster.json`` (None: no file);
+    ClusterError naming the file when it is not such a record."""
+    path = state_path(config)
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ClusterError(
+            f"{path}: not a cluster record from `annfleet up` ({exc}); if no cluster runs "
+            "from this data dir, delete it"
+        ) from exc
+    children = state.get("children") if isinstance(state, dict) else None
+    if (
+        not isinstance(children, list)
+        or "bundle_id" not in state
+        or not all(isinstance(c, dict) and {"name", "target", "pid"} <= set(c) for c in children)
+    ):
+        raise ClusterError(
+            f"{path}: not a cluster record from `annfleet up` (expected bundle_id and children "
+            "with name, target, pid); if no cluster runs from this data dir, delete it"
+        )
+    return state
+
+
 def running_cluster(config: ClusterConfig) -> dict[str, Any] | None:
     """The cluster ``cluster.json`` in the data dir describes, if any of its processes is
-    still alive (a cluster that was killed leaves a stale file: None)."""
+    still alive (a cluster that was killed leaves a stale file, an unreadable one: None)."""
     try:
-        state = json.loads(state_path(config).read_text())
-    except (OSError, ValueError):
+        state = read_cluster_state(config)
+    except ClusterError:
+        return None
+    if state is None:
         return None
     pids = [state.get("supervisor_pid")] + [c.get("pid") for c in state.get("children", [])]
     return state if any(_alive(pid) for pid in pids if isinstance(pid, int)) else None

@@ -210,3 +210,14 @@ def test_up_interrupted_while_starting_stops_its_processes(
     assert up.returncode == 130, rest
     assert "annfleet up: interrupted" in rest and "Traceback" not in rest
     assert _processes_naming(str(bundle.path)) == []  # no shard or router left behind
+
+
+@pytest.mark.parametrize("record", ['{"bundle_id": "b", "chil', '{"bundle_id": "b"}', "[]"])
+def test_status_on_a_damaged_cluster_record_names_the_file(tmp_path: Path, record: str) -> None:
+    config = _ports_config(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "cluster.json").write_text(record)
+    done = run("status", "--config", str(config))  # before: a JSONDecodeError/KeyError traceback
+    _fails_clearly(
+        done, f"{tmp_path / 'data' / 'cluster.json'}: not a cluster record from `annfleet up`"
+    )
