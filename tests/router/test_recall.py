@@ -20,13 +20,13 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY
-from support import LoopThread
+from support import LoopThread, patient
 
 from annfleet.arrays import F32, I64, decode_ids, to_bytes
 from annfleet.auth import metadata
 from annfleet.bundle import Bundle
 from annfleet.client import Client
-from annfleet.config import RouterConfig, SearchConfig, ShardsConfig
+from annfleet.config import RouterConfig, SearchConfig, ShardsConfig, SourcesConfig
 from annfleet.partition import shard_of
 from annfleet.rollout_state import also_held, read_state, stable_bundle
 from annfleet.router.main import RouterServer, start_router
@@ -138,6 +138,10 @@ class Fleet:
                 admin_token=TOKEN,
                 shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in self.shards],
                 rollout_state=self.state,
+                # Every source, with budgets no loaded machine misses: on a starved box the
+                # ANN source's default 250 ms ran out, and with no other source to answer
+                # the Retrieve failed (DEADLINE_EXCEEDED).
+                sources=patient(SourcesConfig()),
             )
         )
 
