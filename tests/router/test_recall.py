@@ -109,13 +109,31 @@ class Fleet:
         )
 
     def restart_shard(self, i: int) -> None:
-        """Stop shard i and start it again on the same ports (a restarted replica)."""
+        """Stop shard i and start it again on the same ports (a restarted replica); with a
+        router, return once it is connected to the new process again."""
         port, admin_port = self.shards[i].port, self.shards[i].admin_port
         assert admin_port is not None
         self.lt.run(self.shards[i].stop(0))
+        if self.router is not None:
+            self._wait_for_replica(i, lambda status: status != "SERVING")  # it saw it go
         self.shards[i] = self._start_shard(i, port, admin_port)
         if self.router is not None:
+            self._wait_for_replica(i, lambda status: status == "SERVING")
             self.lt.run(self._admin_channels_ready())
+
+    def _wait_for_replica(self, i: int, ok: Callable[[str], bool], within: float = 30) -> None:
+        """Until the router's health watch of shard i's replica shows a status ``ok`` takes.
+        The watch runs on the replica's search channel: once it sees the restarted process
+        SERVING, that channel is connected again. Before, it may sit in gRPC's reconnect
+        backoff (it tried the port while the process was down), where a search fails at
+        once with UNAVAILABLE and the answer is degraded; and right after the stop, the
+        watch may not have seen the old process go yet."""
+        assert self.router is not None and self.router.service.state is not None
+        [replica] = self.router.service.state.scatter.groups[i].replicas
+        deadline = time.monotonic() + within
+        while not ok(replica.status):
+            assert time.monotonic() < deadline, f"shard {i}: still {replica.status} after {within}s"
+            time.sleep(0.02)
 
     async def _admin_channels_ready(self) -> None:
         """Until the router's admin channels are connected again: one that tried the port
