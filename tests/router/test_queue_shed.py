@@ -38,6 +38,7 @@ from annfleet.synthetic import Catalogue
 from annfleet.v1 import retrieval_pb2, retrieval_pb2_grpc
 
 STEP = 0.101  # a little more than the 100 ms interval (fake-clock sums are floats)
+TIMEOUT_S, BLOCK_S = 3.0, 2.0  # a client's timeout; how long a blocked router loop keeps it
 
 
 class Clock:
@@ -271,42 +272,49 @@ def test_the_client_retries_a_queue_refusal_and_its_throttle_counts_it(
     cluster_factory: Any, flat_bundle: Bundle, catalogue: Catalogue, loop_thread: LoopThread
 ) -> None:
     # Every request judges the previous one's wait (interval ~0). The router runs on
-    # ``loop_thread``: blocking that loop for half a second makes a request sent meanwhile
-    # wait before the handler, as in an overloaded router: with a 0.8 s timeout, longer than
-    # it has left.
-    config = RouterConfig(queue_target_s=0.02, queue_interval_s=1e-9)
+    # ``loop_thread``: blocking that loop makes a request sent meanwhile wait before the
+    # handler, as in an overloaded router. A blocked call waits BLOCK_S (2 s) or more,
+    # counted from just before the client sends it: beyond 2 x target and beyond the
+    # TIMEOUT_S - BLOCK_S (1 s) it has left then, with up to 1 s to spare before its
+    # deadline (a refused call's retry has ~0.95 s). The target, 0.5 s (a queue stands
+    # when the previous request waited longer), is far above an honest request's wait,
+    # even on a starved test box.
+    config = RouterConfig(queue_target_s=0.5, queue_interval_s=1e-9)
     cluster = cluster_factory(flat_bundle, config)
     query = catalogue.vectors[:1]
 
     def blocked(call: Any) -> Any:
-        """call() sent while the router's event loop is blocked for 0.5 s."""
-        started = threading.Event()
+        """call() sent while the router's event loop is blocked, until BLOCK_S after the
+        call is about to be sent (however late this thread gets to send it)."""
+        held, sending = threading.Event(), threading.Event()
 
         def block() -> None:
-            started.set()
-            time.sleep(0.5)
+            held.set()
+            sending.wait(60)
+            time.sleep(BLOCK_S)
 
         loop_thread.loop.call_soon_threadsafe(block)
-        started.wait()
+        held.wait(60)
+        sending.set()
         return call()
 
-    with Client(cluster.router_target, timeout=0.8, retries=2) as client:
+    with Client(cluster.router_target, timeout=TIMEOUT_S, retries=0) as client:
         assert len(client.search(query, 5).ids[0]) == 5  # connected
         blocked(lambda: client.search(query, 5))  # a long wait, but the first: served
-        # waited 0.5 s again: refused; the retry 50 ms later waits no more: served
-        assert len(blocked(lambda: client.search(query, 5)).ids[0]) == 5
-        stats = client.throttle_stats
-        assert stats is not None and (stats.accepts, stats.refused) == (3, 1)
-    with Client(cluster.router_target, timeout=0.8, retries=0) as client:
-        blocked(lambda: client.search(query, 5))
+        # waited BLOCK_S again, behind a standing queue: refused; no retries: raised
         with pytest.raises(ResourceExhausted, match="before the router started it") as raised:
             blocked(lambda: client.search(query, 5))
         assert not isinstance(raised.value, Throttled)
         stats = client.throttle_stats
-        assert stats is not None and stats.refused == 1
-    # a client that does not send its timeout is not shed on queue time
-    with Client(cluster.router_target, timeout=0.8, report_timeout=False) as client:
-        for _ in range(2):
-            assert len(blocked(lambda: client.search(query, 5)).ids[0]) == 5
+        assert stats is not None and (stats.accepts, stats.refused) == (2, 1)
+    # a client that does not send its timeout is not shed on queue time (the queue stands)
+    with Client(cluster.router_target, timeout=TIMEOUT_S, report_timeout=False) as client:
+        assert len(blocked(lambda: client.search(query, 5)).ids[0]) == 5
         stats = client.throttle_stats
         assert stats is not None and stats.refused == 0
+    # waited BLOCK_S, the queue still standing: refused; the retry 50 ms later waits no
+    # more: served
+    with Client(cluster.router_target, timeout=TIMEOUT_S, retries=2) as client:
+        assert len(blocked(lambda: client.search(query, 5)).ids[0]) == 5
+        stats = client.throttle_stats
+        assert stats is not None and (stats.accepts, stats.refused) == (1, 1)
