@@ -110,7 +110,14 @@ def test_status_json_follows_the_live_cluster(
     assert sum(s["share"] for s in status["sources"].values()) == pytest.approx(1.0)
 
     cluster.stop_shard(1)
-    status = status_json(cluster)
+
+    # The router's health watch of the replica sees NOT_SERVING and then its stream end
+    # (DOWN) on the router's loop, not necessarily before stop() returns.
+    def shard_1_down() -> dict[str, Any] | None:
+        status = status_json(cluster)
+        return status if status["shards"][1]["replicas"][0]["health"] == "DOWN" else None
+
+    status = wait_for(shard_1_down, DOWN_WITHIN_S, "shard 1 shown DOWN")
     assert [s["state"] for s in status["shards"]] == ["up", "down", "up"]
     assert status["shards_up"] == 2
     down = status["shards"][1]["replicas"][0]
