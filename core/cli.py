@@ -261,7 +261,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     running = running_cluster(config)
     if running is not None:
-        router = (running.get("children") or [{}])[-1]
+        router = ([c for c in running.get("children", []) if isinstance(c, dict)] or [{}])[-1]
         raise ClusterError(
             f"a cluster is already running from the data dir {config.data_path()} (router "
             f"{router.get('target')}, pid {router.get('pid')}; {state_path(config)}): stop it "

@@ -544,14 +544,16 @@ def read_cluster_state(config: ClusterConfig) -> dict[str, Any] | None:
 
 def running_cluster(config: ClusterConfig) -> dict[str, Any] | None:
     """The cluster ``cluster.json`` in the data dir describes, if any of its processes is
-    still alive (a cluster that was killed leaves a stale file, an unreadable one: None)."""
+    still alive (a cluster that was killed leaves a stale file: None). Lenient: any pid a
+    readable record names counts, whatever else it lacks."""
     try:
-        state = read_cluster_state(config)
-    except ClusterError:
+        state = json.loads(state_path(config).read_text())
+    except (OSError, ValueError):
         return None
-    if state is None:
+    if not isinstance(state, dict) or not isinstance(state.get("children", []), list):
         return None
-    pids = [state.get("supervisor_pid")] + [c.get("pid") for c in state.get("children", [])]
+    children = [c for c in state.get("children", []) if isinstance(c, dict)]
+    pids = [state.get("supervisor_pid")] + [c.get("pid") for c in children]
     return state if any(_alive(pid) for pid in pids if isinstance(pid, int)) else None
 
 
