@@ -258,7 +258,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if args.port is not None:
         config = dataclasses.replace(
             config, router=dataclasses.replace(config.router, port=args.port)
-        )
+        ).validate(f"--port {args.port}")
     running = running_cluster(config)
     if running is not None:
         router = ([c for c in running.get("children", []) if isinstance(c, dict)] or [{}])[-1]

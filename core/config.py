@@ -479,7 +479,17 @@ class ClusterConfig:
             ),
             (0.0 <= self.router.hedge_budget <= 1.0, "router.hedge_budget", "in [0, 1]"),
             (self.shards.replicas >= 1, "shards.replicas", ">= 1"),
+            (self.shards.max_batch >= 1, "shards.max_batch", ">= 1"),
+            (self.router.max_batch >= 1, "router.max_batch", ">= 1"),
+            (self.shards.grace_s >= 0, "shards.grace_s", ">= 0"),
+            (self.router.grace_s >= 0, "router.grace_s", ">= 0"),
+            (self.router.connect_timeout_s > 0, "router.connect_timeout_s", "> 0"),
+            (self.dataset.items >= 1, "dataset.items", ">= 1"),
+            (self.dataset.dim >= 1, "dataset.dim", ">= 1"),
+            (self.dataset.users >= 1, "dataset.users", ">= 1"),
+            (self.dataset.clusters >= 0, "dataset.clusters", ">= 0 (0 = uniform)"),
         ]
+        checks += self._port_checks()
         for name, low in MIN_INDEX_PARAMS.items():
             auto = " (0 = auto)" if name == "pq_m" else ""
             checks.append((getattr(self.index, name) >= low, f"index.{name}", f">= {low}{auto}"))
@@ -493,6 +503,29 @@ class ClusterConfig:
             if not ok:
                 raise ConfigError(f"{source}: {key} must be {expected}")
         return self
+
+    def _port_checks(self) -> list[tuple[bool, str, str]]:
+        """Every port a TCP port (0 = a free one; -1 = off where a port may be off), with
+        room for every shard replica above a shard base port."""
+        last = self.shards.count * self.shards.replicas - 1  # offset of the last replica
+        checks = [(0 <= self.router.port <= MAX_PORT, "router.port", f"in [0, {MAX_PORT}]")]
+        for key in ("metrics_port", "admin_port"):
+            value = getattr(self.router, key)
+            checks.append(
+                (-1 <= value <= MAX_PORT, f"router.{key}", f"in [0, {MAX_PORT}], or -1 (off)")
+            )
+        for key, low in (("base_port", 0), ("metrics_base_port", -1), ("admin_base_port", -1)):
+            value = getattr(self.shards, key)
+            off = ", or -1 (off)" if low < 0 else ""
+            checks.append(
+                (
+                    low <= value <= 0 or 0 < value <= MAX_PORT - last,
+                    f"shards.{key}",
+                    f"in [0, {MAX_PORT - last}] (+ shard * replicas + replica <= {MAX_PORT} "
+                    f"for {last + 1} shard processes){off}",
+                )
+            )
+        return checks
 
     def _source_checks(self) -> list[tuple[bool, str, str]]:
         settings = self.sources.settings()
@@ -554,6 +587,7 @@ class ClusterConfig:
 
 
 DEFAULT_DATA_DIR = "~/.cache/annfleet"
+MAX_PORT = 65535
 
 T = TypeVar("T")
 

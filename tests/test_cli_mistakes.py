@@ -160,6 +160,8 @@ def test_up_refuses_a_data_dir_in_use_and_ports_in_use_and_changes_nothing(
     with socket.create_server(("127.0.0.1", router_port)):
         done = run("up", "--config", str(config), "--bundle", str(bundle.path), timeout=60)
     _fails_clearly(done, f"port(s) in use: 127.0.0.1:{router_port} (router port)")
+    done = run("up", "--config", str(config), "--port", "70000", timeout=60)
+    _fails_clearly(done, "--port 70000: router.port must be in [0, 65535]")  # was OverflowError
     assert (data / "cluster.json").read_text() == recorded
     assert not (data / "rollout.json").exists()
 
