@@ -104,7 +104,10 @@ def test_each_budget_that_ends_a_wait_is_measured_and_sets_the_next_margin(
 ) -> None:
     # the median: the first (real) time, whatever it was on this box, does not move it
     config = replace(PATIENT_ROUTER, reply_margin_max_s=0.004, reply_margin_quantile=0.5)
-    cluster = cluster_factory(flat_bundle, config, sources=hanging_trending())
+    # Only a budget that ends the wait is measured: trending's must outlast every other
+    # source's answer. At 300 ms, a loop stalled that long during the ANN's call (a starved
+    # box) let the ANN answer after it: no measurement, and the count below never came.
+    cluster = cluster_factory(flat_bundle, config, sources=hanging_trending(budget_ms=1_000.0))
     margin = cluster.router.service.reply_margin
     user, k = int(catalogue.user_ids[3]), 30
     with Client(cluster.router_target, timeout=10) as client:
