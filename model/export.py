@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from annfleet.bundle import Bundle
+from annfleet.errors import InvalidArgument
 from annfleet.model.data import GAP_EDGES, MovieLens, load_movielens
 from annfleet.model.features import TREND_WEEKS, USER_TOWER_INPUTS, time_features, user_rows
 from annfleet.model.tables import seen_table
@@ -50,7 +51,7 @@ from annfleet.model.two_tower import (
     train_two_tower,
     user_vectors,
 )
-from annfleet.server.builder import build_bundle
+from annfleet.server.builder import build_bundle, check_out
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,10 @@ def train_and_export(
         config = replace(config, epochs=epochs)
     if dim is not None:
         config = replace(config, dim=dim)
+    check_out(Path(out), overwrite)  # before minutes of training, not after
     data = load_movielens(data_dir)
+    if not 1 <= num_shards <= data.num_items:
+        raise InvalidArgument(f"num_shards must be in [1, {data.num_items}], got {num_shards}")
     everything = np.ones(data.num_interactions, dtype=bool)
     eval_figures = quick_eval(data, config, progress) if evaluate else {}
     model = train_two_tower(data, everything, config, progress=progress)

@@ -233,7 +233,7 @@ def finalize_bundle(
     model, users, tables, files, extra and overwrite arguments."""
     inputs = _inputs(item_ids, item_vectors, num_shards, index_type, index_params, metric, seed)
     out = Path(out)
-    _check_out(out, bundle.get("overwrite", False))
+    check_out(out, bundle.get("overwrite", False))
     parts = parts_dir(out)
     deadline = time.monotonic() + wait_s
     while True:
@@ -267,7 +267,8 @@ def _read_parts(parts: Path, inputs: _Inputs) -> tuple[list[dict[str, Any]], lis
     return markers, missing
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def check_out(out: Path, overwrite: bool) -> None:
+    """InvalidArgument when ``out`` exists and may not be replaced (check before long work)."""
     if out.exists() and not overwrite:
         raise InvalidArgument(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
 
@@ -304,7 +305,7 @@ def build_bundle(
     """
     inputs = _inputs(item_ids, item_vectors, num_shards, index_type, index_params, metric, seed)
     out = Path(out)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     parts = parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
     try:
