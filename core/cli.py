@@ -856,11 +856,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which SIMD build it picked
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request (bench peers)
+    from annfleet.client import AnnfleetError as ClientError
+
     try:
         return int(args.func(args) or 0)
     except (AnnfleetError, FileNotFoundError) as exc:
         print(f"annfleet {args.command}: {exc}", file=sys.stderr)
         return 2
+    except ClientError as exc:  # a call to a server failed (as `query` reports it)
+        print(f"annfleet {args.command}: {exc.code.name}: {exc.details}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"annfleet {args.command}: interrupted", file=sys.stderr)
         return 130

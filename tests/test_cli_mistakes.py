@@ -223,3 +223,25 @@ def test_status_on_a_damaged_cluster_record_names_the_file(tmp_path: Path, recor
     _fails_clearly(
         done, f"{tmp_path / 'data' / 'cluster.json'}: not a cluster record from `annfleet up`"
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--shards", "0"], "num_shards must be in [1, 1682], got 0"),
+        (["--shards", "2"], "exists; pass overwrite=True (--overwrite)"),
+    ],
+)
+def test_train_refuses_bad_output_arguments_before_training(
+    tmp_path: Path, flags: list[str], message: str
+) -> None:
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" if "2" in flags else tmp_path / "new"
+    done = run("train", "--out", str(out), "--no-eval", *flags)
+    _fails_clearly(done, "annfleet train: ", message)
+    assert "two-tower:" not in done.stderr  # before: minutes of training, then the error
+
+
+def test_eval_served_by_a_router_that_is_not_there_says_so() -> None:
+    done = run("eval", "--served", f"127.0.0.1:{free_port()}", "--users", "2", "--no-progress")
+    _fails_clearly(done, "annfleet eval: UNAVAILABLE: failed to connect", code=1)
