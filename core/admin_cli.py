@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from annfleet.arrays import F32, I64, to_bytes
+from annfleet.arrays import F32, I64, npy_error, to_bytes
 from annfleet.auth import client_token, metadata
 from annfleet.client.channels import open_channel
 from annfleet.config import ClusterConfig, load_config
@@ -215,7 +215,7 @@ def _load_array(path: str, flag: str, dtype: Any, ndim: int) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"cannot read {flag} {path}: {exc}") from exc
+        raise InvalidArgument(f"cannot read {flag} {path}: {npy_error(exc)}") from exc
     if array.ndim != ndim:
         raise InvalidArgument(f"{flag} {path}: expected a {ndim}-d array, got {array.shape}")
     if dtype is I64:

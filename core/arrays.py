@@ -85,6 +85,15 @@ def check_k(k: int, max_k: int) -> int:
 _NPY_HEADER_LOCK = threading.Lock()
 
 
+def npy_error(exc: Exception) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, for a person: numpy calls anything
+    that is not a .npy file "pickled data" and suggests allow_pickle, which annfleet never
+    uses (a file that is not a .npy, or an object array, is refused)."""
+    if isinstance(exc, ValueError) and "pickled" in str(exc):
+        return "not a .npy file of numbers (an object array or another format; never unpickled)"
+    return str(exc)
+
+
 def load_npy(path: str | os.PathLike[str], mmap_mode: Literal["r"] | None = None) -> np.ndarray:
     """A .npy file, never unpickled; safe from several threads at once (the header is parsed
     under a lock, the data read outside it). ``mmap_mode="r"``: memory-mapped, read-only."""

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from annfleet.arrays import npy_error
 from annfleet.config import (
     ClusterConfig,
     DatasetConfig,
@@ -65,7 +66,7 @@ def _load_npy(path: str, what: str, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"annfleet: cannot read {what} from {path}: {exc}") from exc
+        raise SystemExit(f"annfleet: cannot read {what} from {path}: {npy_error(exc)}") from exc
 
 
 # ---------------------------------------------------------------------------- build-bundle

@@ -245,3 +245,11 @@ def test_train_refuses_bad_output_arguments_before_training(
 def test_eval_served_by_a_router_that_is_not_there_says_so() -> None:
     done = run("eval", "--served", f"127.0.0.1:{free_port()}", "--users", "2", "--no-progress")
     _fails_clearly(done, "annfleet eval: UNAVAILABLE: failed to connect", code=1)
+
+
+def test_build_bundle_on_a_file_that_is_not_npy_never_suggests_unpickling(tmp_path: Path) -> None:
+    (tmp_path / "x.npy").write_text("item,vector\n1,0.5\n")  # a CSV with the wrong name
+    done = run("build-bundle", "--vectors", str(tmp_path / "x.npy"), "--shards", "2",
+               "--out", str(tmp_path / "b"))  # fmt: skip
+    _fails_clearly(done, "cannot read --vectors", "not a .npy file of numbers", code=1)
+    assert "allow_pickle" not in done.stderr  # numpy's advice; annfleet never unpickles
