@@ -636,7 +636,8 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
         return ClusterConfig().validate()
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        with path.open("rb") as stream:  # an error then says "in PATH, line L", not
+            data = yaml.safe_load(stream) or {}  # "in <unicode string>"
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
     except yaml.YAMLError as exc:

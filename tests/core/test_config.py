@@ -94,6 +94,18 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: st
     assert str(path) in str(info.value)
 
 
+def test_a_yaml_syntax_error_points_at_the_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("router:\n  port: 6000\n  host: [\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"{path}: not valid YAML" in str(info.value)
+    assert f'in "{path}", line 4, column 1' in str(info.value)  # was in "<unicode string>"
+    path.write_bytes(b"router:\n  host: \xc3\x28\n")  # not UTF-8: was a UnicodeDecodeError
+    with pytest.raises(ConfigError, match="not valid YAML: unacceptable character"):
+        load_config(path)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.yaml")
