@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,6 +29,30 @@ def _fails_clearly(done: subprocess.CompletedProcess[str], *needles: str, code: 
     assert "Traceback" not in done.stderr
     for needle in needles:
         assert needle in done.stderr, done.stderr
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Pids of the processes whose command line contains ``text`` (Linux /proc)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.fixture
+def reaped(tmp_path: Path) -> Iterator[None]:
+    """After an `up` test: no process naming tmp_path (a shard, the router) is left behind;
+    any that is gets killed, and the test fails."""
+    yield
+    left = _processes_naming(str(tmp_path))
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
 
 
 def test_query_with_a_bad_recent_list_is_a_usage_error() -> None:
@@ -82,7 +108,7 @@ def _ports_config(tmp_path: Path) -> Path:
     return config
 
 
-def test_up_on_a_corrupt_bundle_names_the_shard_and_the_file(tmp_path: Path) -> None:
+def test_up_on_a_corrupt_bundle_names_the_shard_and_the_file(tmp_path: Path, reaped: None) -> None:
     cat = make_catalogue(600, 8, clusters=4, users=5)
     bundle = build_bundle(
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
@@ -126,7 +152,7 @@ def test_serve_shard_on_a_port_in_use_exits_with_the_port(tmp_path: Path) -> Non
 
 
 def test_up_refuses_a_data_dir_in_use_and_ports_in_use_and_changes_nothing(
-    tmp_path: Path,
+    tmp_path: Path, reaped: None
 ) -> None:
     """Before: a second `up` on the same ports saw the first cluster's processes answer its
     health checks, printed "ready", crash-looped, and on the way out deleted the running
@@ -176,21 +202,9 @@ def test_rollout_promote_min_recall_outside_0_1_is_a_usage_error(value: str) -> 
     )
 
 
-def _processes_naming(text: str) -> list[int]:
-    """Pids of the processes whose command line contains ``text`` (Linux /proc)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and text.encode() in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
-        except OSError:
-            continue
-    return pids
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_up_interrupted_while_starting_stops_its_processes(
-    tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, reaped: None
 ) -> None:
     """Before: Ctrl-C or SIGTERM while the shards were loading waited until the cluster was
     ready (a sample printed, then stopped, exit 0); while training, Ctrl-C printed a
