@@ -64,7 +64,11 @@ def test_health_is_never_serving_before_a_query_can_succeed(
     time.sleep(0.2)  # the poller is knocking before the port opens
     server = loop_thread.run(ShardServer.bind(port=port))
     try:
-        time.sleep(1.0)  # a slow load: the port is open, nothing is loaded
+        # A slow load: the port is open, nothing is loaded, until the poller has seen that
+        # (waiting for it, not a fixed sleep: a starved poller may need more than a second).
+        deadline = time.monotonic() + 20.0
+        while "NOT_SERVING" not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
         loop_thread.run(server.load(flat_bundle.path, 0))
         poller.join(10)
     finally:
