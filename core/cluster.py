@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,7 +42,37 @@ MAX_RESTARTS_PER_MINUTE = 5
 REDIS_GRACE_S = 10.0  # a stopping redis-server fsyncs its append-only file
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PICKED_SPAN = 16384  # ports below the ephemeral range that free_port picks from
+_picked: set[int] = set()  # handed out by this process: never twice
+_random = random.Random()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for port-0 binds and outgoing connections' local ports."""
+    try:
+        low, high = (int(n) for n in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that a child server can listen on a moment later.
+
+    Picked at random *below* the ephemeral range and checked free: a port-0 bind or an
+    outgoing connection (gRPC clients make many) never lands there, so nothing takes it
+    between the pick and the child's bind. (A port-0 pick is such a port itself: with the
+    servers' SO_REUSEPORT off, losing that race killed the child with "Address already in
+    use".) Never the same port twice in one process; a port-0 pick when none below is free.
+    """
+    low, _ = ephemeral_range()
+    first = max(1024, low - PICKED_SPAN)
+    for _ in range(256):
+        port = _random.randrange(first, low) if low > first else 0
+        if port and port not in _picked and port_free(host, port):
+            _picked.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
