@@ -249,6 +249,29 @@ def _config(args: argparse.Namespace) -> ClusterConfig:
 
 
 # ---------------------------------------------------------------------------- up
+def _already_running(running: dict[str, Any], config: ClusterConfig, path: Path) -> str:
+    """Why `up` refuses to start beside the cluster ``cluster.json`` describes as alive."""
+    from annfleet.cluster import alive_pids
+
+    children = [c for c in running.get("children", []) if isinstance(c, dict)]
+    router = (children or [{}])[-1]
+    where = f"the data dir {config.data_path()} (router {router.get('target')}"
+    supervisor = running.get("supervisor_pid")
+    if isinstance(supervisor, int) and not alive_pids([supervisor]):
+        left = alive_pids([c.get("pid") for c in children])
+        return (
+            f"the cluster of {where}; {path}) lost its supervisor (pid {supervisor}), but "
+            f"its processes {', '.join(map(str, left))} still run (they stop on their own "
+            f"within a second and a drain of grace_s; if they do not: kill "
+            f"{' '.join(map(str, left))}), then start again"
+        )
+    return (
+        f"a cluster is already running from {where}, pid {router.get('pid')}; {path}): "
+        "stop it first (Ctrl-C where it runs), or give this one another data dir "
+        "($ANNFLEET_DATA or data_dir:) and other ports"
+    )
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from annfleet.cluster import LocalCluster, remove_state, running_cluster, state_path
 
@@ -262,13 +285,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         ).validate(f"--port {args.port}")
     running = running_cluster(config)
     if running is not None:
-        router = ([c for c in running.get("children", []) if isinstance(c, dict)] or [{}])[-1]
-        raise ClusterError(
-            f"a cluster is already running from the data dir {config.data_path()} (router "
-            f"{router.get('target')}, pid {router.get('pid')}; {state_path(config)}): stop it "
-            "first (Ctrl-C where it runs), or give this one another data dir "
-            "($ANNFLEET_DATA or data_dir:) and other ports"
-        )
+        raise ClusterError(_already_running(running, config, state_path(config)))
     started = time.monotonic()
     moot = unused_with_bundle(config) if config.bundle else []
     if moot:
@@ -603,7 +620,9 @@ def _shard_bundle(target: str, credentials: Any = None) -> str:
 # ---------------------------------------------------------------------------- serve-*
 def cmd_serve_shard(args: argparse.Namespace) -> int:
     from annfleet.server.main import start_shard_server
-    from annfleet.serving import run, serve_until_signal
+    from annfleet.serving import run, serve_until_signal, stop_with_supervisor
+
+    stop_with_supervisor(args.supervisor_pid)  # from here: a load is cut short too
 
     cluster = load_config(args.config)
     config = cluster.shards
@@ -675,7 +694,9 @@ def _given(flag: Any, configured: Any) -> Any:
 
 def cmd_serve_router(args: argparse.Namespace) -> int:
     from annfleet.router.main import start_router
-    from annfleet.serving import run, serve_until_signal
+    from annfleet.serving import run, serve_until_signal, stop_with_supervisor
+
+    stop_with_supervisor(args.supervisor_pid)  # from here: a load is cut short too
 
     cluster = load_config(args.config)
     config = cluster.router
@@ -808,6 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--rollout-state",
             help="rollout state file (JSON); the stable bundle it names wins over --bundle",
+        )
+        p.add_argument(
+            "--supervisor-pid",
+            type=int,
+            help="stop (as on SIGTERM) when process PID is no longer this one's parent: "
+            "`annfleet up` passes its own, so a supervisor killed with SIGKILL leaves no "
+            "server behind",
         )
         if name == "serve-shard":
             p.add_argument("--shard", type=int, required=True)

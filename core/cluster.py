@@ -287,7 +287,7 @@ class LocalCluster:
         self.redis = (
             redis_child(self.config, self.log_dir) if self.config.state.start_redis else None
         )
-        common = ["--bundle", str(self.bundle.path)]
+        common = ["--bundle", str(self.bundle.path), "--supervisor-pid", str(os.getpid())]
         if config_path:
             common += ["--config", str(config_path)]
         if self.rollout_state is not None:
@@ -585,7 +585,12 @@ def running_cluster(config: ClusterConfig) -> dict[str, Any] | None:
         return None
     children = [c for c in state.get("children", []) if isinstance(c, dict)]
     pids = [state.get("supervisor_pid")] + [c.get("pid") for c in children]
-    return state if any(_alive(pid) for pid in pids if isinstance(pid, int)) else None
+    return state if alive_pids(pids) else None
+
+
+def alive_pids(pids: Sequence[object]) -> list[int]:
+    """Those of ``pids`` that name a live annfleet process (not this one)."""
+    return [pid for pid in pids if isinstance(pid, int) and _alive(pid)]
 
 
 def _alive(pid: int) -> bool:

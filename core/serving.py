@@ -8,7 +8,9 @@ import asyncio
 import functools
 import inspect
 import logging
+import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
@@ -384,6 +386,24 @@ async def start_server(
             "process using it or choose another metrics port (-1 = off)"
         ) from exc
     return handle
+
+
+def stop_with_supervisor(pid: int | None, interval_s: float = 0.5) -> None:
+    """SIGTERM this process (a graceful stop, or the end of a load in progress) once process
+    ``pid``, the supervisor that started it, is no longer its parent: a supervisor killed
+    with SIGKILL (or by the OOM killer) cannot stop its children, and they would hold its
+    ports forever. Watches ``os.getppid()`` (an orphan is re-parented) on a daemon thread:
+    portable, and unlike ``prctl(PR_SET_PDEATHSIG)`` blind to which thread forked."""
+    if pid is None:
+        return
+
+    def watch() -> None:
+        while os.getppid() == pid:
+            time.sleep(interval_s)
+        log.warning("the supervisor (pid %d) is gone: stopping", pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-supervisor", daemon=True).start()
 
 
 async def wait_for_signal() -> None:

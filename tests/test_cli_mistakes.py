@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -226,6 +227,70 @@ def test_up_interrupted_while_starting_stops_its_processes(
     assert up.returncode == 130, rest
     assert "annfleet up: interrupted" in rest and "Traceback" not in rest
     assert _processes_naming(str(bundle.path)) == []  # no shard or router left behind
+
+
+def _gone_within(pids_of: str, seconds: float) -> list[int]:
+    """The processes naming ``pids_of`` still there after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (left := _processes_naming(pids_of)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_up_killed_with_sigkill_leaves_no_server_behind(tmp_path: Path, reaped: None) -> None:
+    """Before: `kill -9` of the supervisor left its shards and router up for good, holding
+    the ports, and the next `up` refused to start."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    config = _ports_config(tmp_path)
+    up = subprocess.Popen(
+        [*ANNFLEET, "up", "--config", str(config), "--bundle", str(bundle.path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for_line(up, "Ctrl-C stops the cluster", timeout=120)
+        children = [p for p in _processes_naming(str(bundle.path)) if p != up.pid]
+        assert len(children) == 3  # two shards and the router
+    finally:
+        up.kill()  # SIGKILL: the supervisor cannot stop them
+        up.communicate(timeout=30)
+    # each notices within 0.5 s and drains for grace_s (0.5 s)
+    assert _gone_within(str(bundle.path), 15) == []
+    router_port = yaml.safe_load(config.read_text())["router"]["port"]
+    with socket.create_server(("127.0.0.1", router_port)):  # its port is free again
+        pass
+
+
+def test_up_beside_processes_that_lost_their_supervisor_names_them(
+    tmp_path: Path, reaped: None
+) -> None:
+    config = _ports_config(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)", "annfleet", "serve-router"]
+    )
+    record = {"supervisor_pid": gone.pid, "children": [
+        {"name": "router", "target": "127.0.0.1:50051", "pid": orphan.pid}
+    ]}  # fmt: skip
+    (data / "cluster.json").write_text(json.dumps(record))
+    try:
+        done = run("up", "--config", str(config), timeout=60)
+    finally:
+        orphan.kill()
+        orphan.wait()
+    _fails_clearly(
+        done,
+        f"lost its supervisor (pid {gone.pid}), but its processes {orphan.pid} still run",
+        f"kill {orphan.pid}",
+    )
 
 
 @pytest.mark.parametrize("record", ['{"bundle_id": "b", "chil', '{"bundle_id": "b"}', "[]"])
