@@ -148,6 +148,12 @@ class Bundle:
         except (ValueError, OSError) as exc:
             raise BundleError(f"bundle {self.id}: cannot read {rel}: {exc}") from exc
 
+    @property
+    def embeds_users(self) -> bool:
+        """Whether the router can embed users with this bundle (a user tower or a user
+        table): without, Retrieve answers NOT_FOUND for every user."""
+        return "user_tower" in self.manifest or bool(self.manifest.get("users"))
+
     def users(self) -> tuple[np.ndarray, np.ndarray] | None:
         """Precomputed user table: ids (u,) int64, vectors (u, d) float32; None if absent."""
         users = self.manifest.get("users")

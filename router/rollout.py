@@ -445,6 +445,12 @@ class RolloutController:
                 f"bundle {new_id} has {manifest.num_shards} shards, this cluster has "
                 f"{old.bundle.num_shards}"
             )
+        if old.bundle.embeds_users and not manifest.embeds_users:
+            raise FailedPrecondition(
+                f"bundle {new_id} has no user tower or user table, {old.bundle.id} has: "
+                f"after the flip every Retrieve would fail (NOT_FOUND: unknown user); "
+                f"{old.bundle.id} keeps serving"
+            )
         replicas = await self.replicas()
         shard_ids = {r.shard_id for r in replicas}
         if shard_ids != set(range(old.bundle.num_shards)):

@@ -144,6 +144,12 @@ class TowerEmbedder:
         than the rest."""
         known = next(iter(self._row), 0)
         contexts = [RequestContext(), RequestContext(tuple(int(i) for i in self._item_ids[:3]))]
+        shape = self.embed(known, contexts[0]).shape
+        if shape != (self.dim,):
+            raise BundleError(
+                f"bundle {self.bundle_id}: the user tower outputs vectors of shape {shape}, "
+                f"the bundle's items are {self.dim}-d"
+            )
         for i in range(calls):
             self.embed(known if i % 2 else 0, contexts[(i // 2) % 2])
         for context in contexts:

@@ -22,6 +22,7 @@ from annfleet.auth import metadata
 from annfleet.bundle import MANIFEST, Bundle, content_id, sha256_file
 from annfleet.client import Client
 from annfleet.config import RouterConfig, ShardsConfig
+from annfleet.errors import BundleError
 from annfleet.router.candidates import embedding_key
 from annfleet.router.main import RouterServer, start_router
 from annfleet.router.tower import TowerEmbedder
@@ -183,3 +184,21 @@ def test_a_canary_warms_only_its_own_users(fleet: Fleet, towers: tuple[Bundle, B
     warmed = {u for u in users if fleet.cached(u, b.id, context) is not None}
     assert warmed == canary
     assert all(fleet.cached(u, a.id, context) is not None for u in users)
+
+
+def test_a_tower_whose_output_is_not_the_item_dim_is_refused_at_load(
+    small_bundle: Bundle, tmp_path: Path
+) -> None:
+    """Before: warm-up died in a numpy broadcast ("could not broadcast input array ..."), and
+    a tower bundle loaded without the batch path would have sent queries of the wrong
+    dimension to every shard."""
+    dest = tmp_path / "bundle"
+    shutil.copytree(small_bundle.path, dest)
+    manifest = json.loads((dest / MANIFEST).read_text())
+    manifest["model"]["dim"] = small_bundle.dim + 1
+    manifest["bundle_id"] = content_id(manifest)
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with pytest.raises(BundleError, match=rf"the user tower outputs vectors of shape "
+                       rf"\({small_bundle.dim},\), the bundle's items are "
+                       rf"{small_bundle.dim + 1}-d"):  # fmt: skip
+        TowerEmbedder(Bundle.open(dest)).warm_up()

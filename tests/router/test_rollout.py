@@ -297,7 +297,7 @@ def _corrupt_copy(bundle: Bundle, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "missing", "wrong-shard-count"])
+@pytest.mark.parametrize("kind", ["corrupt", "missing", "wrong-shard-count", "no-users"])
 def test_failed_prepare_aborts_and_nothing_changes(
     fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path, kind: str
 ) -> None:
@@ -306,6 +306,17 @@ def test_failed_prepare_aborts_and_nothing_changes(
         path = _corrupt_copy(b, tmp_path / "corrupt")
     elif kind == "missing":
         path = tmp_path / "no-such-bundle"
+    elif kind == "no-users":  # before: rolled out, then every Retrieve was NOT_FOUND
+        cat = make_catalogue(500, 16, clusters=4, users=5, seed=3)
+        path = build_bundle(
+            tmp_path / "items-only",
+            cat.ids,
+            cat.vectors,
+            num_shards=SHARDS,
+            index_type="flat",
+            index_params={},
+            progress=False,
+        ).path
     else:
         cat = make_catalogue(500, 16, clusters=4, users=5, seed=3)
         path = build_bundle(
@@ -327,6 +338,7 @@ def test_failed_prepare_aborts_and_nothing_changes(
         "corrupt": ["aborted", f"{a.id} keeps serving", "shard 1", "checksum mismatch"],
         "missing": [str(path)],
         "wrong-shard-count": ["has 2 shards", f"has {SHARDS}"],
+        "no-users": ["has no user tower or user table", "every Retrieve would fail"],
     }[kind]
     assert all(part in details for part in expected), details
     # Nothing changed: A serves, no replica holds anything else, the router answers from A.
