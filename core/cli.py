@@ -40,7 +40,7 @@ def _add_index_flags(p: argparse.ArgumentParser) -> None:
         "--index",
         choices=("hnsw", "ivfpq", "flat"),
         default=None,
-        help="index type (default: hnsw, or the config's index.type)",
+        help="index type (default: hnsw)",
     )
     for name in INDEX_FLAGS:
         p.add_argument(
@@ -447,14 +447,33 @@ def _id_list(text: str) -> list[int]:
         ) from None
 
 
+def _router_target(args: argparse.Namespace, config: ClusterConfig) -> str:
+    """Where query/engage ask: --target; else the router of the local cluster `up` runs from
+    the config's data dir (cluster.json); else the config's router.host:port."""
+    if args.target:
+        return str(args.target)
+    from annfleet.cluster import running_cluster
+
+    running = running_cluster(config) or {}
+    for child in running.get("children", []):
+        if isinstance(child, dict) and child.get("name") == "router" and child.get("target"):
+            return str(child["target"])
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+        config.router.host, config.router.host
+    )
+    return f"[{host}]:{config.router.port}" if ":" in host else f"{host}:{config.router.port}"
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from annfleet.client import AnnfleetError as ClientError
     from annfleet.client import Client
 
     recent = args.recent or []
     try:
-        credentials = _credentials(args, load_config(args.config) if args.config else None)
-        with Client(args.target, timeout=args.timeout, credentials=credentials) as client:
+        config = load_config(args.config)
+        credentials = _credentials(args, config if args.config else None)
+        target = _router_target(args, config)
+        with Client(target, timeout=args.timeout, credentials=credentials) as client:
             result = client.retrieve(args.user, args.k, recent_items=recent, include_titles=True)
     except ClientError as exc:
         print(f"annfleet query: {exc.code.name}: {exc.details}", file=sys.stderr)
@@ -499,8 +518,10 @@ def cmd_engage(args: argparse.Namespace) -> int:
 
     event = Engagement(args.user, args.item, args.type, args.timestamp, args.country)
     try:
-        credentials = _credentials(args, load_config(args.config) if args.config else None)
-        with Client(args.target, timeout=args.timeout, credentials=credentials) as client:
+        config = load_config(args.config)
+        credentials = _credentials(args, config if args.config else None)
+        target = _router_target(args, config)
+        with Client(target, timeout=args.timeout, credentials=credentials) as client:
             applied = client.record_engagement([event])
     except ClientError as exc:
         print(f"annfleet engage: {exc.code.name}: {exc.details}", file=sys.stderr)
@@ -768,7 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="run a local cluster (shards + router) in the foreground")
     p.add_argument("--config", help="cluster YAML (default: built-in defaults)")
     p.add_argument("--bundle", help="serve this bundle instead of the default one")
-    p.add_argument("--port", type=int, help="router port (default 50051)")
+    p.add_argument("--port", type=int, help="router port (default: the config's router.port)")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("query", help="ask the router for a user's candidates")
@@ -778,9 +799,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--recent", type=_id_list, help="comma-separated recent item ids (context), e.g. 50,181"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
+    p.add_argument(
+        "--target",
+        help="router HOST:PORT (default: the router of the local cluster `up` runs from the "
+        "config's data dir, else the config's router.host:port, 127.0.0.1:50051)",
+    )
     p.add_argument("--timeout", type=positive_seconds, default=2.0, help="seconds")
-    p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
+    p.add_argument(
+        "--config",
+        help="cluster YAML: the router's address, and its tls section unless --ca/--cert/--key",
+    )
     _add_tls_flags(p)
     p.set_defaults(func=cmd_query)
 
@@ -795,9 +823,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timestamp", type=int, default=0, help="unix seconds (default: now)")
     p.add_argument("--country", default="", help="also counts in this country's trending")
-    p.add_argument("--target", default="127.0.0.1:50051", help="router HOST:PORT")
+    p.add_argument(
+        "--target",
+        help="router HOST:PORT (default: the router of the local cluster `up` runs from the "
+        "config's data dir, else the config's router.host:port, 127.0.0.1:50051)",
+    )
     p.add_argument("--timeout", type=positive_seconds, default=2.0, help="seconds")
-    p.add_argument("--config", help="cluster YAML: its tls section, unless --ca/--cert/--key")
+    p.add_argument(
+        "--config",
+        help="cluster YAML: the router's address, and its tls section unless --ca/--cert/--key",
+    )
     _add_tls_flags(p)
     p.set_defaults(func=cmd_engage)
 

@@ -140,6 +140,12 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         query = run("query", "--user", "1", "--k", "7", "--json", "--target", target)
         assert query.returncode == 0, query.stderr
         answer = json.loads(query.stdout)
+        # without --target: the router of the cluster running from the config's data dir
+        from_config = run(
+            "query", "--user", "1", "--k", "7", "--json", "--config", str(small_config)
+        )
+        assert from_config.returncode == 0, from_config.stderr
+        assert json.loads(from_config.stdout)["bundle_id"] == answer["bundle_id"]
         assert set(answer) >= {"bundle_id", "coverage", "degraded", "candidates"}
         assert answer["coverage"] == 1.0 and answer["degraded"] is False
         assert len(answer["candidates"]) == 7

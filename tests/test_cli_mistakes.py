@@ -61,6 +61,19 @@ def test_query_with_a_bad_recent_list_is_a_usage_error() -> None:
     _fails_clearly(done, "argument --recent: '50,x': expected comma-separated integer item ids")
 
 
+@pytest.mark.parametrize("command", [["query"], ["engage", "--item", "2"]])
+def test_query_and_engage_without_target_ask_the_configs_router(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """Before: 127.0.0.1:50051 whatever the config said. A wildcard listen address is asked
+    on loopback."""
+    port = free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nrouter: {{host: 0.0.0.0, port: {port}}}\n")
+    done = run(*command, "--user", "1", "--config", str(config), "--timeout", "2")
+    _fails_clearly(done, f"annfleet {command[0]}: UNAVAILABLE", f"127.0.0.1:{port}", code=1)
+
+
 @pytest.mark.parametrize(
     "args",
     [
