@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -923,7 +924,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from annfleet.client import AnnfleetError as ClientError
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as an "Exception ignored" at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`annfleet status | head -1`): as the Python docs' "Note on
+        # SIGPIPE" does, point stdout at devnull so the exit's flush cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except (AnnfleetError, FileNotFoundError) as exc:
         print(f"annfleet {args.command}: {exc}", file=sys.stderr)
         return 2

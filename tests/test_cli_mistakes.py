@@ -61,6 +61,25 @@ def test_query_with_a_bad_recent_list_is_a_usage_error() -> None:
     _fails_clearly(done, "argument --recent: '50,x': expected comma-separated integer item ids")
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path, unbuffered: str) -> None:
+    """`annfleet status | head -1`: before, a BrokenPipeError traceback (or, with buffered
+    output, "Exception ignored ... BrokenPipeError" at exit)."""
+    config = _ports_config(tmp_path)
+    status = subprocess.Popen(
+        [*ANNFLEET, "status", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": unbuffered},
+    )
+    assert status.stdout is not None
+    status.stdout.close()  # the reader is gone before the first line is written
+    _, err = status.communicate(timeout=60)
+    assert status.returncode == 1
+    assert "BrokenPipe" not in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("command", [["query"], ["engage", "--item", "2"]])
 def test_query_and_engage_without_target_ask_the_configs_router(
     tmp_path: Path, command: list[str]
