@@ -32,6 +32,68 @@ def _kv(text: str) -> dict[str, int]:
     return out
 
 
+# The numeric flags of every bench command, by dest: (least value, whether it may equal it).
+# Checked after parsing (one table instead of a type per flag); a list flag (--ef 100,200,
+# --shards 2,4, --rates ...) has each value checked.
+AT_LEAST = 1, True
+ABOVE_ZERO = 0, False
+NOT_NEGATIVE = 0, True
+# fmt: off
+NUMBER_RULES: dict[str, tuple[float, bool]] = {
+    **dict.fromkeys((
+        "items", "dim", "queries", "k", "concurrency", "processes", "rounds", "client_in_flight",
+        "rate", "top", "step_min_requests", "load_processes", "load_concurrency", "per_service",
+        "batch", "shards",
+    ), AT_LEAST),
+    **dict.fromkeys((
+        "qps", "duration", "timeout", "throughput_seconds", "max_seconds_per_point", "step_s",
+        "load_timeout", "capacity_s", "stop_for", "probe_qps", "rates", "throttle_k",
+        "throughput_recall", "load_recall",
+    ), ABOVE_ZERO),
+    **dict.fromkeys((
+        "clusters", "seed", "ef", "nprobe", "rerank", "cluster_omp_threads", "kill_shard",
+        "stop_shard", "bisect", "warmup", "kill_at", "stop_at", "hang_ms", "overload", "settle",
+        "unloaded_duration", "load_warmup_s", "settle_max_s",
+    ), NOT_NEGATIVE),
+    "replicas": (2, True),
+}
+# fmt: on
+AT_MOST_ONE = ("throughput_recall", "load_recall")
+LIST_AT_LEAST_ONE = ("ef", "nprobe", "rerank")  # as lists: search parameters, no "0 = default"
+
+
+def bad_number(args: argparse.Namespace) -> str | None:
+    """What is wrong with a numeric flag of a bench command (None: nothing)."""
+    for dest, (least, inclusive) in NUMBER_RULES.items():
+        value = getattr(args, dest, None)
+        values = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and dest in LIST_AT_LEAST_ONE:
+            least, inclusive = AT_LEAST
+        for v in values:
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            low_ok = v >= least if inclusive else v > least
+            if not low_ok or v != v or v in (float("inf"), float("-inf")):
+                bound = f">= {least:g}" if inclusive else f"> {least:g}"
+                return f"argument --{dest.replace('_', '-')}: {v!r}: must be {bound}"
+            if dest in AT_MOST_ONE and v > 1:
+                return f"argument --{dest.replace('_', '-')}: {v!r}: a recall must be in (0, 1]"
+    return None
+
+
+def _checked(parser: argparse.ArgumentParser) -> None:
+    """Run the parser's command only when its numeric flags make sense (else: usage, exit 2)."""
+    command = parser.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        problem = bad_number(args)
+        if problem:
+            parser.error(problem)
+        return int(command(args) or 0)
+
+    parser.set_defaults(func=run)
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench = subparsers.add_parser(
         "bench", help="benchmarks: recall vs latency, load, faults, scale, fuzz"
@@ -400,6 +462,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     fz.add_argument("--out", type=Path)
     fz.add_argument("--data-dir", type=Path)
     fz.set_defaults(func=cmd_fuzz)
+    for command in sub.choices.values():
+        _checked(command)
 
 
 # ---------------------------------------------------------------- commands

@@ -195,3 +195,25 @@ def test_load_generator_against_the_tiny_cluster(
 def test_unknown_peer_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "recall-latency", "--peers", "milvus-lite,nope", "--no-progress"]) == 2
     assert "unknown peer 'nope'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["recall-latency", "--items", "0"], "argument --items: 0: must be >= 1"),
+        (["recall-latency", "--ef", "100,0"], "argument --ef: 0: must be >= 1"),
+        (["load", "--qps", "-5"], "argument --qps: -5.0: must be > 0"),
+        (["load", "--duration", "nan"], "argument --duration: nan: must be > 0"),
+        (["faults", "--replicas", "1"], "argument --replicas: 1: must be >= 2"),
+        (["scale", "--load-recall", "1.5"], "a recall must be in (0, 1]"),
+        (["fuzz", "--per-service", "0"], "argument --per-service: 0: must be >= 1"),
+    ],
+)
+def test_numeric_flags_out_of_range_are_usage_errors(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    """Before: `--items 0` died in an IndexError traceback after building nothing."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", *args])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
