@@ -407,7 +407,13 @@ class ClusterConfig:
             (self.shards.max_queue >= 1, "shards.max_queue", ">= 1"),
             (0.0 < self.router.min_coverage <= 1.0, "router.min_coverage", "in (0, 1]"),
             (self.router.oversample >= 1.0, "router.oversample", ">= 1"),
-            (self.router.max_k >= 1 and self.shards.max_k >= 1, "max_k", ">= 1"),
+            (self.router.max_k >= 1, "router.max_k", ">= 1"),
+            (self.shards.max_k >= 1, "shards.max_k", ">= 1"),
+            (self.shards.search_threads >= 1, "shards.search_threads", ">= 1"),
+            (self.router.coalesce_in_flight >= 0, "router.coalesce_in_flight", ">= 0 (0 = off)"),
+            (self.router.user_cache_size >= 0, "router.user_cache_size", ">= 0 (0 = off)"),
+            (self.router.user_cache_ttl_s >= 0, "router.user_cache_ttl_s", ">= 0 (0 = off)"),
+            (self.dataset.seed >= 0, "dataset.seed", ">= 0"),
             (self.router.default_timeout_s > 0, "router.default_timeout_s", "> 0"),
             (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
             (self.router.admin_port >= -1, "router.admin_port", ">= -1"),
@@ -461,6 +467,12 @@ class ClusterConfig:
                 "adaptive or fixed",
             ),
             (self.router.min_in_flight >= 1, "router.min_in_flight", ">= 1"),
+            (
+                self.router.admission != "adaptive"
+                or self.router.min_in_flight <= self.router.max_in_flight,
+                "router.min_in_flight",
+                f"<= router.max_in_flight ({self.router.max_in_flight}) with adaptive admission",
+            ),
             (self.router.latency_tolerance > 1.0, "router.latency_tolerance", "> 1"),
             (self.router.queue_target_s >= 0, "router.queue_target_s", ">= 0 (0 = off)"),
             (self.router.queue_interval_s > 0, "router.queue_interval_s", "> 0"),
@@ -576,12 +588,35 @@ class ClusterConfig:
             ),
             (self.sources.diversity_window >= 1, "sources.diversity_window", ">= 1"),
             (self.sources.diversity_interval_s > 0, "sources.diversity_interval_s", "> 0"),
+            (self.sources.candidate_cache_size >= 0, "sources.candidate_cache_size", ">= 0"),
+            (self.sources.candidate_cache_ttl_s >= 0, "sources.candidate_cache_ttl_s", ">= 0"),
+            (
+                self.sources.co_engagement.live_weight >= 0,
+                "sources.co_engagement.live_weight",
+                ">= 0",
+            ),
+            (
+                self.sources.exploration.max_impressions >= 1,
+                "sources.exploration.max_impressions",
+                ">= 1",
+            ),
+            (self.sources.exploration.seed >= -1, "sources.exploration.seed", ">= -1 (-1 = fresh)"),
+            (self.sources.social.max_followees >= 1, "sources.social.max_followees", ">= 1"),
+            (self.state.max_future_s >= 0, "state.max_future_s", ">= 0"),
+            (self.state.timeout_s > 0, "state.timeout_s", "> 0"),
         ]
+        for name in ("co_engagement", "content", "social"):
+            source = getattr(self.sources, name)
+            checks += [
+                (source.recent >= 1, f"sources.{name}.recent", ">= 1"),
+                (0 < source.recency_decay <= 1, f"sources.{name}.recency_decay", "in (0, 1]"),
+            ]
         for name, s in settings.items():
             checks += [
                 (0.0 <= s.quota <= 1.0, f"sources.{name}.quota", "in [0, 1]"),
                 (s.weight >= 0.0, f"sources.{name}.weight", ">= 0"),
                 (s.budget_ms > 0.0, f"sources.{name}.budget_ms", "> 0"),
+                (s.delay_ms >= 0.0, f"sources.{name}.delay_ms", ">= 0 (0 = off)"),
             ]
         return checks
 
