@@ -95,8 +95,12 @@ class RouterAdminServicer:
         INVALID_ARGUMENT    bundle empty, canary_percent outside [0, 100), grace_s < 0.
         ABORTED             another rollout is running (the message names its holder and
         since when), or a canary is live (Promote or Abort it first).
-        FAILED_PRECONDITION a replica refused Prepare or could not be reached, the router
-        could not load the bundle, or the stable bundle has live updates
+        FAILED_PRECONDITION the bundle is the stable one, has another shard count, or has no
+        user tower or user table where the stable bundle has one (refused
+        before any replica is asked); a replica refused Prepare or could
+        not be reached, the router could not load the bundle (e.g. its
+        tower's output is not its items' dimension), or the stable bundle
+        has live updates
         and `updates` is unspecified: the rollout is aborted, what was
         prepared is released, the old bundle keeps serving; the message
         names the replica and its error.
@@ -110,7 +114,8 @@ class RouterAdminServicer:
         """Flip back to the previous stable bundle while it is still held (within grace_s).
         Status codes:
         OK
-        FAILED_PRECONDITION nothing to roll back to (none, or already released).
+        FAILED_PRECONDITION nothing to roll back to (none, or already released), or a
+        canary is live (Abort it first).
         ABORTED             a rollout is running.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
