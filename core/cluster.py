@@ -40,6 +40,15 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300.0
 MAX_RESTARTS_PER_MINUTE = 5
 REDIS_GRACE_S = 10.0  # a stopping redis-server fsyncs its append-only file
+# Runs a program bound to its parent's life (Linux): argv = parent pid, program, its
+# arguments; 1 = PR_SET_PDEATHSIG, which survives the exec.
+EXEC_BOUND = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("the supervisor is gone before its redis-server started")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -215,7 +224,14 @@ class RedisChild(Child):
         ]  # fmt: skip
 
     def command(self) -> list[str]:
-        return [self.binary, *self.args]
+        """redis-server, on Linux bound to this process's life: a stub sets
+        ``PR_SET_PDEATHSIG`` (SIGTERM: redis syncs its append-only file and exits) and execs
+        it, the setting surviving the exec, so a supervisor killed with SIGKILL leaves no
+        redis behind. (It fires when the *thread* that started the child ends: the
+        supervisor's main thread, which starts and restarts every child.)"""
+        if not sys.platform.startswith("linux"):
+            return [self.binary, *self.args]
+        return [sys.executable, "-c", EXEC_BOUND, str(os.getpid()), self.binary, *self.args]
 
     def health(self, timeout: float) -> str:
         return "SERVING" if redis_ping(self.target, timeout) else "DOWN"

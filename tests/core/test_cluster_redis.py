@@ -193,3 +193,36 @@ def test_start_redis_without_the_binary_is_a_clear_error(
     assert "not installed" in done.stderr
     with pytest.raises(ConfigError, match="config_path"):  # the router reads state.url there
         LocalCluster(small_bundle.path, load_config(config_path))
+
+
+def test_redis_stops_when_up_is_killed_with_sigkill(
+    small_bundle: Bundle, tmp_path: Path, ups: list[Up]
+) -> None:
+    """The shards and router watch their supervisor (--supervisor-pid); redis-server, not
+    ours, is bound to it with PR_SET_PDEATHSIG. Before: it ran on, holding state.url's port."""
+    redis_binary()
+    ups.append(Up(redis_config(tmp_path, small_bundle)))
+    up = ups[-1]
+    up.wait_for("router listening on")
+    started = children(tmp_path / "data")
+    redis = started["redis"]
+    assert redis_ping(str(redis["target"]))
+    up.process.kill()
+    up.process.wait(timeout=30)
+    deadline = time.monotonic() + 20
+    pids = [int(c["pid"]) for c in started.values()]  # type: ignore[call-overload]
+    while (left := [p for p in pids if alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:  # not to outlive a failed test
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"left running: {left}"
+    assert not redis_ping(str(redis["target"]))
+
+
+def alive(pid: int) -> bool:
+    """Running (not a zombie: the killed supervisor's children are reaped by init)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
