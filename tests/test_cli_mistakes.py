@@ -61,6 +61,18 @@ def test_query_with_a_bad_recent_list_is_a_usage_error() -> None:
     _fails_clearly(done, "argument --recent: '50,x': expected comma-separated integer item ids")
 
 
+@pytest.mark.parametrize("command", [["up"], ["status"], ["query", "--user", "1"]])
+def test_a_config_value_out_of_range_is_a_usage_error_naming_its_path(
+    tmp_path: Path, command: list[str], reaped: None
+) -> None:
+    """Before: shards.search_threads 0 ran with 1 thread, a negative cache size was a cache
+    that was silently off, min_in_flight above max_in_flight was silently clamped."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nshards: {{search_threads: 0}}\n")
+    done = run(*command, "--config", str(config), timeout=60)
+    _fails_clearly(done, f"{config}: shards.search_threads must be >= 1")
+
+
 @pytest.mark.parametrize("unbuffered", ["1", ""])
 def test_output_into_a_closed_pipe_is_not_a_traceback(tmp_path: Path, unbuffered: str) -> None:
     """`annfleet status | head -1`: before, a BrokenPipeError traceback (or, with buffered

@@ -8,10 +8,12 @@ import pytest
 import yaml
 
 from annfleet.config import (
+    SOURCE_RULES,
     ClusterConfig,
     DatasetConfig,
     IndexConfig,
     SearchConfig,
+    SourcesConfig,
     load_config,
     redis_loopback,
 )
@@ -84,8 +86,32 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ("state:\n  timeout_s: 0\n", "state.timeout_s must be > 0"),
         ("shards: 3\n", "shards must be a mapping"),
         ("a: [\n", "not valid YAML"),
-        ("sources:\n  trending: {quota: 1.0}\n", "sum of enabled sources' quota must be <= 1"),
+        (
+            "sources:\n  trending: {quota: 1.0}\n",
+            "sources.<name>.quota summed over the enabled sources must be <= 1, got 1.02",
+        ),
         ("sources:\n  ann: {budget_ms: 0}\n", "sources.ann.budget_ms must be > 0"),
+        ("router:\n  user_cache_ttl_s: -1\n", "router.user_cache_ttl_s must be >= 0"),
+        ("sources:\n  candidate_cache_size: -1\n", "sources.candidate_cache_size must be >= 0"),
+        (
+            "router:\n  overload_min_in_flight: 64\n",
+            "router.overload_min_in_flight must be <= router.min_in_flight (32) with adaptive",
+        ),
+        ("dataset:\n  seed: -1\n", "dataset.seed must be >= 0"),
+        ("state:\n  max_future_s: -1\n", "state.max_future_s must be >= 0"),
+        ("sources:\n  popular: {delay_ms: -1}\n", "sources.popular.delay_ms must be >= 0"),
+        ("sources:\n  trending: {half_life_s: 0}\n", "sources.trending.half_life_s must be > 0"),
+        (
+            "sources:\n  co_engagement: {recency_decay: 1.5}\n",
+            "sources.co_engagement.recency_decay must be in (0, 1]",
+        ),
+        (
+            "sources:\n  co_engagement: {live_weight: -0.1}\n",
+            "sources.co_engagement.live_weight must be >= 0",
+        ),
+        ("sources:\n  exploration: {seed: -2}\n", "sources.exploration.seed must be >= 0, or -1"),
+        ("sources:\n  social: {max_followees: 0}\n", "sources.social.max_followees must be >= 1"),
+        ("sources:\n  ann: {weight: .nan}\n", "sources.ann.weight must be >= 0"),
         ("sources:\n  trendy: {}\n", "unknown key 'sources.trendy'"),
         (
             "sources:\n  social: {enabled: true}\n",
@@ -107,6 +133,23 @@ def test_errors_name_the_key_and_the_file(tmp_path: Path, text: str, message: st
         load_config(path)
     assert message in str(info.value)
     assert str(path) in str(info.value)
+
+
+def test_every_numeric_source_setting_has_a_range() -> None:
+    """A knob added to a source gets a rule in SOURCE_RULES (checked on every source)."""
+    knobs = {
+        f.name
+        for source in SourcesConfig().settings().values()
+        for f in dataclasses.fields(source)
+        if f.type in ("int", "float")
+    }
+    assert knobs == set(SOURCE_RULES)
+
+
+def test_fixed_admission_does_not_check_the_adaptive_floors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("router: {admission: fixed, max_in_flight: 8}\n")
+    assert load_config(path).router.max_in_flight == 8
 
 
 def test_a_yaml_syntax_error_points_at_the_file_line_and_column(tmp_path: Path) -> None:
