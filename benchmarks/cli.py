@@ -15,12 +15,23 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def _numbers(text: str, kind: type[int] | type[float], expected: str) -> list[Any]:
+    """'100,200' -> [100, 200]; anything else is a usage error saying what was expected."""
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}, e.g. 100,200")
+    return values
+
+
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
+    return _numbers(text, int, "comma-separated integers")
 
 
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x]
+    return _numbers(text, float, "comma-separated numbers")
 
 
 def _kv(text: str) -> dict[str, int]:
@@ -28,7 +39,13 @@ def _kv(text: str) -> dict[str, int]:
     out = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        out[key.strip()] = int(value)
+        try:
+            out[key.strip()] = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: expected NAME=INTEGER pairs, comma-separated, e.g. m=32,"
+                "ef_construction=200"
+            ) from None
     return out
 
 

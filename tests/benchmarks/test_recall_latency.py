@@ -207,6 +207,11 @@ def test_unknown_peer_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         (["faults", "--replicas", "1"], "argument --replicas: 1: must be >= 2"),
         (["scale", "--load-recall", "1.5"], "a recall must be in (0, 1]"),
         (["fuzz", "--per-service", "0"], "argument --per-service: 0: must be >= 1"),
+        # list and NAME=VALUE flags: was "invalid _kv value", or an empty list that ran
+        (["recall-latency", "--ef", "100,x"], "argument --ef: '100,x': expected comma-separated"),
+        (["recall-latency", "--shards", ""], "argument --shards: '': expected comma-separated"),
+        (["scale", "--rates", "5,fast"], "argument --rates: '5,fast': expected comma-separated"),
+        (["scale", "--build", "nlist=x"], "argument --build: 'nlist=x': expected NAME=INTEGER"),
     ],
 )
 def test_numeric_flags_out_of_range_are_usage_errors(
