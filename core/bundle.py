@@ -161,9 +161,15 @@ class Bundle:
             return None
         ids = self.load_array(users["ids"])
         vectors = self.load_array(users["vectors"])
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim or len(ids) != len(vectors):
+        if vectors.ndim != 2 or len(ids) != len(vectors):
             raise BundleError(
-                f"bundle {self.id}: user table has shape {vectors.shape}, expected (*, {self.dim})"
+                f"bundle {self.id}: user table has vectors of shape {vectors.shape} for "
+                f"{len(ids)} ids, expected ({len(ids)}, {self.dim})"
+            )
+        if vectors.shape[1] != self.dim:
+            raise BundleError(
+                f"bundle {self.id}: its user table's vectors are {vectors.shape[1]}-d, its "
+                f"items are {self.dim}-d (Retrieve's queries would not fit the index)"
             )
         return ids, vectors
 

@@ -154,6 +154,7 @@ def _rollout(
         canary_percent=args.canary or 0.0,
         holder=_holder(),
         updates=UPDATES[args.updates or ""],
+        force=args.force,
     )
     status = admin_pb2.RolloutStatus()
     missing: set[int] = set()
@@ -208,7 +209,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="with --promote: promote even below router.recall_floor or without recall samples",
+        help="with --promote: promote even below router.recall_floor or without recall samples; "
+        "with --bundle: roll out a bundle without user tower or user table over one with "
+        "(Search only: every Retrieve is then NOT_FOUND)",
     )
     p.add_argument(
         "--min-recall",

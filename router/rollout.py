@@ -1,11 +1,14 @@
 """Two-phase bundle rollout, driven by the router over the shards' admin ports.
 
-prepare on every replica of every shard -> the router loads the bundle's tower and tables
--> atomic flip of the router's state (``RetrievalService.state`` is replaced as a whole; a
-request keeps the state object it started with, and every shard RPC pins that state's
-bundle id, so requests in flight finish on the old bundle) -> commit on the shards -> the
-old bundle is released after ``router.release_grace_s``; until then ``rollback`` flips back
-at once. Any prepare failure aborts: what this rollout prepared is released and the old
+A bundle the cluster cannot serve is refused first (``incompatibility``: shard count, users
+embeddable) -> the router loads the bundle's tower and tables (a tower whose output is not
+its items' dimension, or a user table of another dimension, is refused here, before any
+replica is asked) -> prepare on every replica of every shard -> atomic flip of the router's
+state (``RetrievalService.state`` is replaced as a whole; a request keeps the state object
+it started with, and every shard RPC pins that state's bundle id, so requests in flight
+finish on the old bundle) -> commit on the shards -> the old bundle is released after
+``router.release_grace_s``; until then ``rollback`` flips back at once. A refusal changes
+nothing; any prepare failure aborts: what this rollout prepared is released and the old
 bundle keeps serving. One rollout at a time; each step is persisted (``rollout_state``).
 """
 
@@ -132,6 +135,39 @@ async def warm_embeddings(
             await asyncio.sleep(0)  # requests run between slices of the puts
         cache.put(user_id, key, vector)
     return len(entries)
+
+
+def incompatibility(stable: Bundle, new: Bundle, *, search_only: bool = False) -> str:
+    """Why the cluster serving ``stable`` cannot serve ``new`` (from the manifests alone),
+    or "". ``search_only``: a bundle that cannot embed users is fine (``force``). What the
+    new bundle's own parts must agree on (its user tower's or table's dimension and its
+    items') is checked when the router loads it."""
+    if new.num_shards != stable.num_shards:
+        return f"it has {new.num_shards} shards, this cluster has {stable.num_shards}"
+    if stable.embeds_users and not new.embeds_users and not search_only:
+        return (
+            f"it has no user tower or user table, {stable.id} has: after the flip every "
+            "Retrieve would fail (NOT_FOUND: unknown user); to serve Search only with it, "
+            "roll it out with force (annfleet rollout --force)"
+        )
+    return ""
+
+
+def _refused(new_id: str, stable_id: str, why: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"bundle {new_id} refused before any replica prepared it, {stable_id} keeps serving: {why}"
+    )
+
+
+def describe_users(bundle: Bundle) -> str:
+    """How a bundle embeds users, for the ROUTER_LOAD progress message."""
+    if "user_tower" in bundle.manifest:
+        how = "user tower"
+    elif bundle.manifest.get("users"):
+        how = "user table"
+    else:
+        return f"{bundle.dim}-d items, no user tower or table: Search only"
+    return f"{how} and items {bundle.dim}-d"
 
 
 def _ref(state: RouterState) -> BundleRef:
@@ -440,17 +476,9 @@ class RolloutController:
         new_id = manifest.id
         if new_id == old.bundle.id:
             raise FailedPrecondition(f"bundle {new_id} is already the stable bundle")
-        if manifest.num_shards != old.bundle.num_shards:
-            raise BundleError(
-                f"bundle {new_id} has {manifest.num_shards} shards, this cluster has "
-                f"{old.bundle.num_shards}"
-            )
-        if old.bundle.embeds_users and not manifest.embeds_users:
-            raise FailedPrecondition(
-                f"bundle {new_id} has no user tower or user table, {old.bundle.id} has: "
-                f"after the flip every Retrieve would fail (NOT_FOUND: unknown user); "
-                f"{old.bundle.id} keeps serving"
-            )
+        problem = incompatibility(old.bundle, manifest, search_only=request.force)
+        if problem:
+            raise _refused(new_id, old.bundle.id, problem)
         replicas = await self.replicas()
         shard_ids = {r.shard_id for r in replicas}
         if shard_ids != set(range(old.bundle.num_shards)):
@@ -465,14 +493,30 @@ class RolloutController:
             for r, info in zip(replicas, infos, strict=True)
             if any(b.bundle_id == new_id for b in info.bundles)
         }
+
+        # 1. ROUTER_LOAD, before any replica is asked: the bundle's router files, verified,
+        # its user tower loaded and warmed up (its output must be the items' dimension).
+        loaded = time.monotonic()
+        new = await self._load(old, path, new_id)
+        yield progress(
+            admin_pb2.PHASE_ROUTER_LOAD,
+            f"router loaded {new_id} ({describe_users(new.bundle)}) in "
+            f"{time.monotonic() - loaded:.2f}s",
+        )
         if self.previous is not None:  # an older bundle still held: it goes now
             self._cancel_release()
             await self.release_previous()
-        self._note("rollout", bundle_id=new_id, holder=self.holder, replacing=old.bundle.id)
+        self._note(
+            "rollout",
+            bundle_id=new_id,
+            holder=self.holder,
+            replacing=old.bundle.id,
+            force=request.force,
+        )
         target = BundleRef(new_id, str(path))
         self.persist(target=target, phase="prepare")
 
-        # 1. PREPARE everywhere, one progress message per replica as each finishes.
+        # 2. PREPARE everywhere, one progress message per replica as each finishes.
         prepared: list[AdminReplica] = []
         failure: AnnfleetError | None = None
 
@@ -517,33 +561,7 @@ class RolloutController:
                 f"rollout of {new_id} aborted, {old.bundle.id} keeps serving: {failure}"
             )
 
-        # 2. ROUTER_LOAD: the bundle's router files, verified, and its user tower.
-        try:
-            bundle = await loop.run_in_executor(self.executor, open_router_bundle, path)
-            if bundle.id != new_id:
-                raise BundleError(
-                    f"bundle at {path} changed during the rollout ({new_id} -> {bundle.id})"
-                )
-            new = await loop.run_in_executor(self.executor, with_bundle, old, bundle, self.config)
-        except Exception as exc:
-            await self._abort(new_id, prepared, held_before, str(exc))
-            raise FailedPrecondition(
-                f"rollout of {new_id} aborted, {old.bundle.id} keeps serving: the router could "
-                f"not load the bundle: {exc}"
-            ) from exc
-        warm_started = time.monotonic()
-        try:
-            warmed = await warm_embeddings(
-                old, new, self.config.rollout_warm_users, self.executor, request.canary_percent
-            )
-            warm = (
-                f"; {warmed} user embeddings of recently served users cached "
-                f"({(time.monotonic() - warm_started) * 1e3:.0f} ms)"
-            )
-        except Exception as exc:  # a cold cache is slower, not wrong: the rollout goes on
-            log.warning("rollout of %s: user embeddings not warmed: %s", new_id, exc)
-            warm = f"; user embeddings not warmed: {exc}"
-        yield progress(admin_pb2.PHASE_ROUTER_LOAD, f"router loaded {new_id}{warm}")
+        # 3. CARRY_UPDATES of the stable bundle, or not.
         if request.updates == admin_pb2.UPDATES_CARRY:
             try:
                 carried = await self._carry(old.bundle.id, new_id, replicas)
@@ -578,6 +596,8 @@ class RolloutController:
                 else "no live updates to carry",
             )
 
+        # Just before the flip (or the canary): the users served most recently, embedded.
+        warm = await self._warm(old, new, request.canary_percent)
         if request.canary_percent > 0:  # a canary: stable untouched, no commit on shards
             self.service.canary = Canary(new, request.canary_percent)
             self._note("canary", bundle_id=new_id, percent=request.canary_percent)
@@ -586,14 +606,14 @@ class RolloutController:
             yield progress(
                 admin_pb2.PHASE_FLIP,
                 f"{request.canary_percent:g}% of users on {new_id} (canary), the rest on "
-                f"{old.bundle.id}",
+                f"{old.bundle.id}{warm}",
             )
             yield progress(
                 admin_pb2.PHASE_DONE, f"canary {new_id} live", status=await self.status(False)
             )
             return
 
-        # 3. FLIP: new requests get the new state; requests in flight keep the old one.
+        # 4. FLIP: new requests get the new state; requests in flight keep the old one.
         if self.service.state is not old:
             await self._abort(new_id, prepared, held_before, "the router state changed")
             raise Aborted("the router's bundle changed during the rollout; aborted")
@@ -603,9 +623,9 @@ class RolloutController:
         self.previous_release_at = time.time() + grace
         self._note("flip", bundle_id=new_id, previous=old.bundle.id)
         self.persist(target=target, phase="commit")
-        yield progress(admin_pb2.PHASE_FLIP, f"router serves {new_id} (was {old.bundle.id})")
+        yield progress(admin_pb2.PHASE_FLIP, f"router serves {new_id} (was {old.bundle.id}){warm}")
 
-        # 4. COMMIT on the shards (what a request that pins no bundle gets).
+        # 5. COMMIT on the shards (what a request that pins no bundle gets).
         failures = await self._on_all("Commit", new_id, replicas)
         self._schedule_release(grace)
         message = f"{new_id} serving; {old.bundle.id} released in {grace:g}s unless rolled back"
@@ -614,6 +634,38 @@ class RolloutController:
         self.holder, self.started_at = "", 0.0  # done: the status below shows no rollout
         self.persist()
         yield progress(admin_pb2.PHASE_DONE, message, status=await self.status(describe=False))
+
+    async def _load(self, old: RouterState, path: Path, new_id: str) -> RouterState:
+        """The router's state for the bundle at ``path`` (nothing is asked of a replica and
+        nothing is released): refused with FailedPrecondition when it cannot be loaded."""
+        loop = asyncio.get_running_loop()
+        try:
+            bundle = await loop.run_in_executor(self.executor, open_router_bundle, path)
+            if bundle.id != new_id:
+                raise BundleError(
+                    f"bundle at {path} changed during the rollout ({new_id} -> {bundle.id})"
+                )
+            return await loop.run_in_executor(self.executor, with_bundle, old, bundle, self.config)
+        except Exception as exc:
+            self._note("refused", bundle_id=new_id, reason=str(exc))
+            log.warning("rollout of %s refused: %s", new_id, exc)
+            raise _refused(new_id, old.bundle.id, f"the router cannot load it: {exc}") from exc
+
+    async def _warm(self, old: RouterState, new: RouterState, canary_percent: float) -> str:
+        """Cache ``new``'s embeddings of the users served most recently, just before the
+        flip; what was done, as the end of the flip's progress message."""
+        started = time.monotonic()
+        try:
+            warmed = await warm_embeddings(
+                old, new, self.config.rollout_warm_users, self.executor, canary_percent
+            )
+        except Exception as exc:  # a cold cache is slower, not wrong: the rollout goes on
+            log.warning("rollout of %s: user embeddings not warmed: %s", new.bundle.id, exc)
+            return f"; user embeddings not warmed: {exc}"
+        return (
+            f"; {warmed} user embeddings of recently served users cached "
+            f"({(time.monotonic() - started) * 1e3:.0f} ms)"
+        )
 
     def _check_updates(
         self, policy: int, stable_id: str, infos: Sequence[shard_pb2.ShardInfo]

@@ -6,6 +6,7 @@ port 0; the cache is observed through ``annfleet_router_cache_lookups``)."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from annfleet.router.main import RouterServer, start_router
 from annfleet.router.tower import TowerEmbedder
 from annfleet.router.users import RequestContext
 from annfleet.router.variants import user_bucket
+from annfleet.server.builder import build_bundle
 from annfleet.server.main import ShardServer, start_shard_server
 from annfleet.v1 import admin_pb2, admin_pb2_grpc
 
@@ -137,8 +139,8 @@ def test_rollout_warms_the_new_bundles_embedding_cache(
             assert client.retrieve(user, 10, recent_items=recent, timestamp=WHEN).bundle_id == a.id
 
         progress = fleet.rollout(b.path)
-        loaded = [p.message for p in progress if p.phase == admin_pb2.PHASE_ROUTER_LOAD]
-        assert f"{len(SERVED)} user embeddings of recently served users cached" in loaded[0]
+        flip = [p.message for p in progress if p.phase == admin_pb2.PHASE_FLIP]
+        assert f"{len(SERVED)} user embeddings of recently served users cached" in flip[0]
 
         # The cache holds, under the new bundle, the new tower's embedding of every served
         # (user, context): what a request would have computed, not the old tower's.
@@ -178,8 +180,8 @@ def test_a_canary_warms_only_its_own_users(fleet: Fleet, towers: tuple[Bundle, B
     progress = fleet.rollout(b.path, percent=50)
     canary = {u for u in users if user_bucket(u)[0] < 50}
     assert 0 < len(canary) < len(users)
-    loaded = [p.message for p in progress if p.phase == admin_pb2.PHASE_ROUTER_LOAD]
-    assert f"{len(canary)} user embeddings of recently served users cached" in loaded[0]
+    flip = [p.message for p in progress if p.phase == admin_pb2.PHASE_FLIP]
+    assert f"{len(canary)} user embeddings of recently served users cached" in flip[0]
     context = RequestContext((), WHEN)
     warmed = {u for u in users if fleet.cached(u, b.id, context) is not None}
     assert warmed == canary
@@ -202,3 +204,98 @@ def test_a_tower_whose_output_is_not_the_item_dim_is_refused_at_load(
                        rf"\({small_bundle.dim},\), the bundle's items are "
                        rf"{small_bundle.dim + 1}-d"):  # fmt: skip
         TowerEmbedder(Bundle.open(dest)).warm_up()
+
+
+class Doubled(torch.nn.Module):
+    """A user tower of twice the dimension: [v, v] / sqrt(2) of the inner tower's v (unit
+    norm kept, inner products with doubled items unchanged)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, user: torch.Tensor, recent: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+        v = self.inner(user, recent, time)
+        return torch.cat([v, v], dim=-1) / math.sqrt(2.0)
+
+
+def doubled_items(bundle: Bundle, dest: Path, *, double_tower: bool) -> Bundle:
+    """``bundle`` rebuilt with its item and user vectors doubled to 2 * dim ([v, v] /
+    sqrt(2)), its tables, and its user tower as it is (``double_tower`` False: a new item
+    model beside the old tower) or doubled too (a new model of another dimension)."""
+    ids = np.concatenate(
+        [np.load(bundle.shard_dir(s) / "ids.npy") for s in range(bundle.num_shards)]
+    )
+    vectors = np.concatenate(
+        [np.load(bundle.shard_dir(s) / "vectors.npy") for s in range(bundle.num_shards)]
+    )
+    user_ids, user_vectors = bundle.users() or (None, None)
+    assert user_vectors is not None
+    tower = bundle.path / "user_tower.pt"
+    if double_tower:
+        tower = dest.parent / "doubled_tower.pt"
+        torch.jit.script(Doubled(torch.jit.load(str(bundle.path / "user_tower.pt")))).save(
+            str(tower)
+        )
+    tables = {name: bundle.table(name) for name in bundle.manifest.get("tables", {})}
+    return build_bundle(
+        dest,
+        ids,
+        np.concatenate([vectors, vectors], axis=1) / np.sqrt(2.0),
+        num_shards=bundle.num_shards,
+        index_type="flat",
+        index_params={},
+        user_ids=user_ids,
+        user_vectors=np.concatenate([user_vectors, user_vectors], axis=1) / np.sqrt(2.0),
+        tables=tables,
+        files={"user_tower.pt": tower},
+        extra={"user_tower": bundle.manifest["user_tower"]},
+        progress=False,
+    )
+
+
+def test_new_items_beside_a_tower_of_the_old_dimension_are_refused_before_any_replica(
+    fleet: Fleet, towers: tuple[Bundle, Bundle], tmp_path: Path
+) -> None:
+    """Before: every replica prepared the bundle, then the router's load failed (or, without
+    the warm-up check, every Retrieve sent 16-d queries to a 32-d index)."""
+    a, _ = towers
+    new = doubled_items(a, tmp_path / "new", double_tower=False)
+    with grpc.insecure_channel(f"127.0.0.1:{fleet.router.admin_port}") as channel:
+        stub = admin_pb2_grpc.RouterAdminStub(channel)
+        request = admin_pb2.RolloutRequest(bundle=str(new.path), holder="test")
+        phases = []
+        with pytest.raises(grpc.RpcError) as err:
+            for progress in stub.Rollout(request, metadata=AUTH, timeout=60):
+                phases.append(progress.phase)
+        status = stub.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = err.value.details() or ""
+    for part in (
+        f"bundle {new.id} refused before any replica prepared it, {a.id} keeps serving",
+        f"the user tower outputs vectors of shape ({a.dim},), the bundle's items are {2 * a.dim}-d",
+    ):
+        assert part in details, details
+    assert phases == []
+    assert (status.stable_bundle_id, status.rollout_holder) == (a.id, "")
+    assert [set(r.held_bundle_ids) for r in status.replicas] == [{a.id}] * a.num_shards
+    with Client(fleet.target, timeout=30) as client:
+        assert client.retrieve(1, 10, timestamp=WHEN).bundle_id == a.id
+
+
+def test_a_new_dimension_with_its_own_tower_rolls_out(
+    fleet: Fleet, towers: tuple[Bundle, Bundle], tmp_path: Path
+) -> None:
+    a, _ = towers
+    new = doubled_items(a, tmp_path / "new", double_tower=True)
+    progress = fleet.rollout(new.path)
+    assert progress[0].phase == admin_pb2.PHASE_ROUTER_LOAD
+    assert f"user tower and items {2 * a.dim}-d" in progress[0].message
+    assert progress[-1].status.stable_bundle_id == new.id
+    with Client(fleet.target, timeout=30) as client:
+        before = client.retrieve(1, 10, timestamp=WHEN)
+        fleet.rollback()
+        old = client.retrieve(1, 10, timestamp=WHEN)
+    # The same model in twice the dimension: the same inner products, the same candidates.
+    assert (before.bundle_id, old.bundle_id) == (new.id, a.id)
+    assert list(before.ids) == list(old.ids)

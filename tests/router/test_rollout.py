@@ -7,6 +7,7 @@ mixing bundles (a new user tower with old items, or shards of two versions) is v
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -21,7 +22,7 @@ import pytest
 from support import LoopThread
 
 from annfleet.auth import metadata
-from annfleet.bundle import Bundle
+from annfleet.bundle import MANIFEST, Bundle, content_id, sha256_file
 from annfleet.client import AnnfleetError as ClientError
 from annfleet.client import Client
 from annfleet.config import RouterConfig, ShardsConfig
@@ -297,39 +298,17 @@ def _corrupt_copy(bundle: Bundle, dest: Path) -> Path:
     return dest
 
 
-@pytest.mark.parametrize("kind", ["corrupt", "missing", "wrong-shard-count", "no-users"])
+@pytest.mark.parametrize("kind", ["corrupt", "missing"])
 def test_failed_prepare_aborts_and_nothing_changes(
     fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path, kind: str
 ) -> None:
+    """A bundle no replica can prepare aborts the rollout. (One the cluster cannot serve is
+    refused before any replica is asked: test_a_bundle_the_cluster_cannot_serve_is_refused_...)"""
     a, b = bundles
     if kind == "corrupt":
         path = _corrupt_copy(b, tmp_path / "corrupt")
-    elif kind == "missing":
-        path = tmp_path / "no-such-bundle"
-    elif kind == "no-users":  # before: rolled out, then every Retrieve was NOT_FOUND
-        cat = make_catalogue(500, 16, clusters=4, users=5, seed=3)
-        path = build_bundle(
-            tmp_path / "items-only",
-            cat.ids,
-            cat.vectors,
-            num_shards=SHARDS,
-            index_type="flat",
-            index_params={},
-            progress=False,
-        ).path
     else:
-        cat = make_catalogue(500, 16, clusters=4, users=5, seed=3)
-        path = build_bundle(
-            tmp_path / "two",
-            cat.ids,
-            cat.vectors,
-            num_shards=2,
-            index_type="flat",
-            index_params={},
-            user_ids=cat.user_ids,
-            user_vectors=cat.user_vectors,
-            progress=False,
-        ).path
+        path = tmp_path / "no-such-bundle"
     with pytest.raises(grpc.RpcError) as err:
         fleet.rollout(path)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -337,8 +316,6 @@ def test_failed_prepare_aborts_and_nothing_changes(
     expected = {
         "corrupt": ["aborted", f"{a.id} keeps serving", "shard 1", "checksum mismatch"],
         "missing": [str(path)],
-        "wrong-shard-count": ["has 2 shards", f"has {SHARDS}"],
-        "no-users": ["has no user tower or user table", "every Retrieve would fail"],
     }[kind]
     assert all(part in details for part in expected), details
     # Nothing changed: A serves, no replica holds anything else, the router answers from A.
@@ -757,3 +734,202 @@ def test_rollout_with_replicas_prepares_every_replica_and_keeps_the_replica_grou
         assert time.monotonic() < deadline, statuses()
         time.sleep(0.05)
     assert a.id != b.id
+
+
+# ---------------------------------------------------------------------------- compatibility
+# A rollout of a bundle the cluster cannot serve is refused before any replica prepares it,
+# and the serving bundle (and the rollback target) stay as they were; a bundle that changes
+# the dimension or the metric along with its own user table is rolled out.
+DIM = 16  # the fleet's bundles' dimension
+
+
+def _catalogue_bundle(dest: Path, dim: int, *, metric: str = "ip", shards: int = SHARDS) -> Bundle:
+    """A bundle of ``dim``-d items with a user table of the same dimension."""
+    cat = make_catalogue(600, dim, clusters=4, users=50, seed=dim)
+    return build_bundle(
+        dest,
+        cat.ids + 7 * 10**8,
+        cat.vectors,
+        num_shards=shards,
+        index_type="flat",
+        index_params={},
+        metric=metric,
+        user_ids=cat.user_ids,
+        user_vectors=cat.user_vectors,
+        progress=False,
+    )
+
+
+def _with_user_vectors(bundle: Bundle, dest: Path, vectors: np.ndarray) -> Path:
+    """A copy of ``bundle`` whose user table holds ``vectors`` (a stale table of another
+    model beside new items: what the builder refuses, assembled by hand), its manifest's
+    checksums and id updated so that it passes every sha256 check."""
+    shutil.copytree(bundle.path, dest)
+    rel = bundle.manifest["users"]["vectors"]
+    np.save(dest / rel, vectors.astype(np.float32))
+    manifest = json.loads((dest / MANIFEST).read_text())
+    manifest["files"][rel] = sha256_file(dest / rel)
+    manifest["bundle_id"] = content_id(manifest)
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
+def _rollout_until_refused(fleet: Fleet, path: Path) -> tuple[grpc.RpcError, list[int]]:
+    """The rollout's error and the phases it reported before it."""
+    request = admin_pb2.RolloutRequest(bundle=str(path), holder="test")
+    phases: list[int] = []
+    with pytest.raises(grpc.RpcError) as err:
+        for progress in fleet.admin.Rollout(request, metadata=AUTH, timeout=60):
+            phases.append(progress.phase)
+    return err.value, phases
+
+
+def assert_serving(fleet: Fleet, stable: str, previous: str = "") -> None:
+    """``stable`` serves everywhere, replicas hold nothing new, no rollout is running."""
+    held = {stable, previous} - {""}
+    assert [{h.bundle_id for h in i.bundles} for i in fleet.describe()] == [held] * SHARDS
+    assert all(i.bundle_id == stable for i in fleet.describe())
+    status = fleet.admin.Status(admin_pb2.StatusRequest(), metadata=AUTH, timeout=10)
+    assert (status.stable_bundle_id, status.previous_bundle_id, status.rollout_holder) == (
+        stable,
+        previous,
+        "",
+    )
+    with Client(fleet.target, timeout=10) as client:
+        assert client.retrieve(3, 10).bundle_id == stable
+        query = np.ones(DIM, np.float32)
+        assert client.search(query, 5).bundle_id == stable
+
+
+@pytest.mark.parametrize("kind", ["stale-user-table", "no-users", "two-shards"])
+def test_a_bundle_the_cluster_cannot_serve_is_refused_before_any_replica_prepares(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path, kind: str
+) -> None:
+    """B is rolled out first, so A is held as the rollback target: a refusal keeps both."""
+    a, b = bundles
+    assert fleet.rollout(b.path)[-1].phase == admin_pb2.PHASE_DONE
+    if kind == "stale-user-table":  # new 32-d items, the user table of the 16-d model
+        new = _catalogue_bundle(tmp_path / "new", 2 * DIM)
+        stale = np.random.default_rng(0).standard_normal((50, DIM))
+        path = _with_user_vectors(new, tmp_path / "stale", stale)
+        expected = [f"its user table's vectors are {DIM}-d, its items are {2 * DIM}-d"]
+    elif kind == "no-users":
+        cat = make_catalogue(600, DIM, clusters=4, users=5, seed=4)
+        path = build_bundle(
+            tmp_path / "items-only",
+            cat.ids,
+            cat.vectors,
+            num_shards=SHARDS,
+            index_type="flat",
+            index_params={},
+            progress=False,
+        ).path
+        expected = ["has no user tower or user table", "every Retrieve would fail"]
+    else:
+        path = _catalogue_bundle(tmp_path / "two", DIM, shards=2).path
+        expected = [f"it has 2 shards, this cluster has {SHARDS}"]
+    refused = Bundle.open(path, verify=False).id
+    error, phases = _rollout_until_refused(fleet, path)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = error.details() or ""
+    head = f"bundle {refused} refused before any replica prepared it, {b.id} keeps serving"
+    assert all(part in details for part in [head, *expected]), details
+    assert admin_pb2.PHASE_PREPARE not in phases
+    assert_serving(fleet, b.id, previous=a.id)
+    # The rollback target is still there: nothing already loaded was lost.
+    fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+    with Client(fleet.target, timeout=10) as client:
+        assert client.retrieve(3, 10).bundle_id == a.id
+
+
+def test_the_cli_names_the_refused_bundle_and_what_differs(
+    fleet: Fleet,
+    bundles: tuple[Bundle, Bundle],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from annfleet.cli import main
+
+    a, _ = bundles
+    new = _catalogue_bundle(tmp_path / "new", 2 * DIM)
+    stale = np.random.default_rng(1).standard_normal((50, DIM))
+    path = _with_user_vectors(new, tmp_path / "stale", stale)
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    admin = f"127.0.0.1:{fleet.router.admin_port}"
+    code = main(["rollout", "--router", admin, "--token-file", str(token), "--bundle", str(path)])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert captured.err.startswith("annfleet rollout: FAILED_PRECONDITION: bundle ")
+    assert f"{a.id} keeps serving" in captured.err
+    assert f"user table's vectors are {DIM}-d, its items are {2 * DIM}-d" in captured.err
+    assert "] prepare " not in captured.out
+    assert_serving(fleet, a.id)
+
+
+def test_force_rolls_out_a_bundle_without_users_for_search_only(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from annfleet.cli import main
+
+    cat = make_catalogue(600, DIM, clusters=4, users=5, seed=5)
+    items_only = build_bundle(
+        tmp_path / "items-only",
+        cat.ids,
+        cat.vectors,
+        num_shards=SHARDS,
+        index_type="flat",
+        index_params={},
+        progress=False,
+    )
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    admin = f"127.0.0.1:{fleet.router.admin_port}"
+    base = ["rollout", "--router", admin, "--token-file", str(token), "--bundle"]
+    assert main([*base, str(items_only.path)]) == 1
+    assert "roll it out with force (annfleet rollout --force)" in capsys.readouterr().err
+    assert main([*base, str(items_only.path), "--force"]) == 0
+    out = capsys.readouterr().out
+    assert f"router loaded {items_only.id} ({DIM}-d items, no user tower or table" in out
+    assert f"stable  {items_only.id}" in out
+    with Client(fleet.target, timeout=10) as client:
+        assert client.search(cat.vectors[0], 5).bundle_id == items_only.id
+        with pytest.raises(ClientError) as err:
+            client.retrieve(3, 10)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("dim", "metric"), [(2 * DIM, "ip"), (DIM, "l2")])
+def test_a_new_dimension_or_metric_with_its_own_user_table_rolls_out(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path, dim: int, metric: str
+) -> None:
+    """Compatibility is between the new bundle's own parts, not between old and new: its
+    user table embeds users of its items' dimension, the router merges by its metric."""
+    a, _ = bundles
+    new = _catalogue_bundle(tmp_path / "new", dim, metric=metric)
+    progress = fleet.rollout(new.path)
+    assert progress[0].phase == admin_pb2.PHASE_ROUTER_LOAD
+    assert f"user table and items {dim}-d" in progress[0].message
+    assert progress[-1].status.stable_bundle_id == new.id
+    items = {
+        int(i): np.load(new.shard_dir(s) / "vectors.npy")[n]
+        for s in range(SHARDS)
+        for n, i in enumerate(np.load(new.shard_dir(s) / "ids.npy"))
+    }
+    ids = np.array(sorted(items))
+    vectors = np.stack([items[int(i)] for i in ids])
+    query = np.random.default_rng(2).standard_normal(dim).astype(np.float32)
+    exact = vectors @ query if metric == "ip" else -((vectors - query) ** 2).sum(1)
+    with Client(fleet.target, timeout=10) as client:
+        retrieved = client.retrieve(3, 10)
+        assert retrieved.bundle_id == new.id and set(retrieved.ids) <= set(items)
+        # Merged across the shards by the new bundle's metric: the exact top 10.
+        found = client.search(query, 10)
+        assert found.bundle_id == new.id
+        assert list(np.asarray(found.ids).ravel()) == list(ids[np.argsort(-exact)[:10]])
+        if dim != DIM:  # clients' queries must follow the new dimension
+            with pytest.raises(ClientError) as err:
+                client.search(np.ones(DIM, np.float32), 5)
+            assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert progress[-1].status.previous_bundle_id == a.id

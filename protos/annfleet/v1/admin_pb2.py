@@ -24,37 +24,37 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nnfleet/v1/admin.proto\x12\x0b\x61nnfleet.v1\"\x86\x01\n\x0eRolloutRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x02 \x01(\x01\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12+\n\x07updates\x18\x05 \x01(\x0e\x32\x1a.annfleet.v1.UpdatesPolicy\"\xd3\x01\n\x0fRolloutProgress\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.annfleet.v1.RolloutPhase\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\telapsed_s\x18\x06 \x01(\x01\x12*\n\x06status\x18\x07 \x01(\x0b\x32\x1a.annfleet.v1.RolloutStatus\x12\x13\n\x0bmissing_ids\x18\x08 \x03(\x03\"\x11\n\x0fRollbackRequest\"3\n\x0ePromoteRequest\x12\x12\n\nmin_recall\x18\x01 \x01(\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x0e\n\x0c\x41\x62ortRequest\"&\n\rStatusRequest\x12\x15\n\rskip_replicas\x18\x01 \x01(\x08\";\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x85\x01\n\x0eReplicaBundles\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10\x61\x63tive_bundle_id\x18\x04 \x01(\t\x12\x17\n\x0fheld_bundle_ids\x18\x05 \x03(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"n\n\x0bRecallGauge\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06recall\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x0e\n\x06merged\x18\x06 \x01(\x08\"\x97\x02\n\rRolloutStatus\x12\x18\n\x10stable_bundle_id\x18\x01 \x01(\t\x12&\n\x08variants\x18\x02 \x03(\x0b\x32\x14.annfleet.v1.Variant\x12\x1a\n\x12previous_bundle_id\x18\x03 \x01(\t\x12\x1b\n\x13previous_release_at\x18\x04 \x01(\x01\x12\x16\n\x0erollout_holder\x18\x05 \x01(\t\x12\x1a\n\x12rollout_started_at\x18\x06 \x01(\x01\x12-\n\x08replicas\x18\x07 \x03(\x0b\x32\x1b.annfleet.v1.ReplicaBundles\x12(\n\x06recall\x18\x08 \x03(\x0b\x32\x18.annfleet.v1.RecallGauge*M\n\rUpdatesPolicy\x12\x17\n\x13UPDATES_UNSPECIFIED\x10\x00\x12\x11\n\rUPDATES_CARRY\x10\x01\x12\x10\n\x0cUPDATES_DROP\x10\x02*\x88\x01\n\x0cRolloutPhase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PREPARE\x10\x01\x12\x15\n\x11PHASE_ROUTER_LOAD\x10\x02\x12\x17\n\x13PHASE_CARRY_UPDATES\x10\x03\x12\x0e\n\nPHASE_FLIP\x10\x04\x12\x0e\n\nPHASE_DONE\x10\x05\x32\xe1\x02\n\x0bRouterAdmin\x12\x46\n\x07Rollout\x12\x1b.annfleet.v1.RolloutRequest\x1a\x1c.annfleet.v1.RolloutProgress0\x01\x12\x44\n\x08Rollback\x12\x1c.annfleet.v1.RollbackRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12\x42\n\x07Promote\x12\x1b.annfleet.v1.PromoteRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12>\n\x05\x41\x62ort\x12\x19.annfleet.v1.AbortRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12@\n\x06Status\x12\x1a.annfleet.v1.StatusRequest\x1a\x1a.annfleet.v1.RolloutStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nnfleet/v1/admin.proto\x12\x0b\x61nnfleet.v1\"\x95\x01\n\x0eRolloutRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x02 \x01(\x01\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12+\n\x07updates\x18\x05 \x01(\x0e\x32\x1a.annfleet.v1.UpdatesPolicy\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"\xd3\x01\n\x0fRolloutProgress\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.annfleet.v1.RolloutPhase\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\telapsed_s\x18\x06 \x01(\x01\x12*\n\x06status\x18\x07 \x01(\x0b\x32\x1a.annfleet.v1.RolloutStatus\x12\x13\n\x0bmissing_ids\x18\x08 \x03(\x03\"\x11\n\x0fRollbackRequest\"3\n\x0ePromoteRequest\x12\x12\n\nmin_recall\x18\x01 \x01(\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x0e\n\x0c\x41\x62ortRequest\"&\n\rStatusRequest\x12\x15\n\rskip_replicas\x18\x01 \x01(\x08\";\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x85\x01\n\x0eReplicaBundles\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10\x61\x63tive_bundle_id\x18\x04 \x01(\t\x12\x17\n\x0fheld_bundle_ids\x18\x05 \x03(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"n\n\x0bRecallGauge\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06recall\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x0e\n\x06merged\x18\x06 \x01(\x08\"\x97\x02\n\rRolloutStatus\x12\x18\n\x10stable_bundle_id\x18\x01 \x01(\t\x12&\n\x08variants\x18\x02 \x03(\x0b\x32\x14.annfleet.v1.Variant\x12\x1a\n\x12previous_bundle_id\x18\x03 \x01(\t\x12\x1b\n\x13previous_release_at\x18\x04 \x01(\x01\x12\x16\n\x0erollout_holder\x18\x05 \x01(\t\x12\x1a\n\x12rollout_started_at\x18\x06 \x01(\x01\x12-\n\x08replicas\x18\x07 \x03(\x0b\x32\x1b.annfleet.v1.ReplicaBundles\x12(\n\x06recall\x18\x08 \x03(\x0b\x32\x18.annfleet.v1.RecallGauge*M\n\rUpdatesPolicy\x12\x17\n\x13UPDATES_UNSPECIFIED\x10\x00\x12\x11\n\rUPDATES_CARRY\x10\x01\x12\x10\n\x0cUPDATES_DROP\x10\x02*\x88\x01\n\x0cRolloutPhase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PREPARE\x10\x01\x12\x15\n\x11PHASE_ROUTER_LOAD\x10\x02\x12\x17\n\x13PHASE_CARRY_UPDATES\x10\x03\x12\x0e\n\nPHASE_FLIP\x10\x04\x12\x0e\n\nPHASE_DONE\x10\x05\x32\xe1\x02\n\x0bRouterAdmin\x12\x46\n\x07Rollout\x12\x1b.annfleet.v1.RolloutRequest\x1a\x1c.annfleet.v1.RolloutProgress0\x01\x12\x44\n\x08Rollback\x12\x1c.annfleet.v1.RollbackRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12\x42\n\x07Promote\x12\x1b.annfleet.v1.PromoteRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12>\n\x05\x41\x62ort\x12\x19.annfleet.v1.AbortRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12@\n\x06Status\x12\x1a.annfleet.v1.StatusRequest\x1a\x1a.annfleet.v1.RolloutStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'annfleet.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATESPOLICY']._serialized_start=1110
-  _globals['_UPDATESPOLICY']._serialized_end=1187
-  _globals['_ROLLOUTPHASE']._serialized_start=1190
-  _globals['_ROLLOUTPHASE']._serialized_end=1326
+  _globals['_UPDATESPOLICY']._serialized_start=1125
+  _globals['_UPDATESPOLICY']._serialized_end=1202
+  _globals['_ROLLOUTPHASE']._serialized_start=1205
+  _globals['_ROLLOUTPHASE']._serialized_end=1341
   _globals['_ROLLOUTREQUEST']._serialized_start=41
-  _globals['_ROLLOUTREQUEST']._serialized_end=175
-  _globals['_ROLLOUTPROGRESS']._serialized_start=178
-  _globals['_ROLLOUTPROGRESS']._serialized_end=389
-  _globals['_ROLLBACKREQUEST']._serialized_start=391
-  _globals['_ROLLBACKREQUEST']._serialized_end=408
-  _globals['_PROMOTEREQUEST']._serialized_start=410
-  _globals['_PROMOTEREQUEST']._serialized_end=461
-  _globals['_ABORTREQUEST']._serialized_start=463
-  _globals['_ABORTREQUEST']._serialized_end=477
-  _globals['_STATUSREQUEST']._serialized_start=479
-  _globals['_STATUSREQUEST']._serialized_end=517
-  _globals['_VARIANT']._serialized_start=519
-  _globals['_VARIANT']._serialized_end=578
-  _globals['_REPLICABUNDLES']._serialized_start=581
-  _globals['_REPLICABUNDLES']._serialized_end=714
-  _globals['_RECALLGAUGE']._serialized_start=716
-  _globals['_RECALLGAUGE']._serialized_end=826
-  _globals['_ROLLOUTSTATUS']._serialized_start=829
-  _globals['_ROLLOUTSTATUS']._serialized_end=1108
-  _globals['_ROUTERADMIN']._serialized_start=1329
-  _globals['_ROUTERADMIN']._serialized_end=1682
+  _globals['_ROLLOUTREQUEST']._serialized_end=190
+  _globals['_ROLLOUTPROGRESS']._serialized_start=193
+  _globals['_ROLLOUTPROGRESS']._serialized_end=404
+  _globals['_ROLLBACKREQUEST']._serialized_start=406
+  _globals['_ROLLBACKREQUEST']._serialized_end=423
+  _globals['_PROMOTEREQUEST']._serialized_start=425
+  _globals['_PROMOTEREQUEST']._serialized_end=476
+  _globals['_ABORTREQUEST']._serialized_start=478
+  _globals['_ABORTREQUEST']._serialized_end=492
+  _globals['_STATUSREQUEST']._serialized_start=494
+  _globals['_STATUSREQUEST']._serialized_end=532
+  _globals['_VARIANT']._serialized_start=534
+  _globals['_VARIANT']._serialized_end=593
+  _globals['_REPLICABUNDLES']._serialized_start=596
+  _globals['_REPLICABUNDLES']._serialized_end=729
+  _globals['_RECALLGAUGE']._serialized_start=731
+  _globals['_RECALLGAUGE']._serialized_end=841
+  _globals['_ROLLOUTSTATUS']._serialized_start=844
+  _globals['_ROLLOUTSTATUS']._serialized_end=1123
+  _globals['_ROUTERADMIN']._serialized_start=1344
+  _globals['_ROUTERADMIN']._serialized_end=1697
 # @@protoc_insertion_point(module_scope)

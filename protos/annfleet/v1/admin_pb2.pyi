@@ -32,18 +32,20 @@ PHASE_FLIP: RolloutPhase
 PHASE_DONE: RolloutPhase
 
 class RolloutRequest(_message.Message):
-    __slots__ = ("bundle", "canary_percent", "grace_s", "holder", "updates")
+    __slots__ = ("bundle", "canary_percent", "grace_s", "holder", "updates", "force")
     BUNDLE_FIELD_NUMBER: _ClassVar[int]
     CANARY_PERCENT_FIELD_NUMBER: _ClassVar[int]
     GRACE_S_FIELD_NUMBER: _ClassVar[int]
     HOLDER_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
     bundle: str
     canary_percent: float
     grace_s: float
     holder: str
     updates: UpdatesPolicy
-    def __init__(self, bundle: _Optional[str] = ..., canary_percent: _Optional[float] = ..., grace_s: _Optional[float] = ..., holder: _Optional[str] = ..., updates: _Optional[_Union[UpdatesPolicy, str]] = ...) -> None: ...
+    force: bool
+    def __init__(self, bundle: _Optional[str] = ..., canary_percent: _Optional[float] = ..., grace_s: _Optional[float] = ..., holder: _Optional[str] = ..., updates: _Optional[_Union[UpdatesPolicy, str]] = ..., force: _Optional[bool] = ...) -> None: ...
 
 class RolloutProgress(_message.Message):
     __slots__ = ("phase", "shard_id", "replica", "target", "message", "elapsed_s", "status", "missing_ids")

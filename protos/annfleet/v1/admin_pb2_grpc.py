@@ -78,14 +78,17 @@ class RouterAdminServicer:
 
     def Rollout(self, request, context):
         """Roll a bundle out, streaming progress:
-        1. PREPARE on every replica of every shard (one message per shard and replica);
-        2. ROUTER_LOAD: the router loads the bundle's user tower and tables;
+        1. ROUTER_LOAD: the router verifies the bundle's own files and loads its user tower
+        (warmed up: its output must be the items' dimension) and tables, before any
+        replica is asked;
+        2. PREPARE on every replica of every shard (one message per shard and replica);
         3. CARRY_UPDATES: live upserts/deletes of the stable bundle are carried over or
         dropped, as `updates` says;
         4. FLIP: canary_percent 0 makes it the stable bundle for every new request at once;
         canary_percent in (0, 100) serves that share of users from it (variant "canary",
         by consistent hashing of the user id). Requests in flight finish on the bundle
-        they started on; no response combines two bundles.
+        they started on; no response combines two bundles. The message says how many
+        recently served users' embeddings were cached for the new bundle.
         5. DONE. The replaced bundle stays held for grace_s (Rollback is instant until then),
         then it is released on every replica.
         The rollout state is persisted next to the data dir, so a restarted shard replica
@@ -95,15 +98,20 @@ class RouterAdminServicer:
         INVALID_ARGUMENT    bundle empty, canary_percent outside [0, 100), grace_s < 0.
         ABORTED             another rollout is running (the message names its holder and
         since when), or a canary is live (Promote or Abort it first).
-        FAILED_PRECONDITION the bundle is the stable one, has another shard count, or has no
-        user tower or user table where the stable bundle has one (refused
-        before any replica is asked); a replica refused Prepare or could
-        not be reached, the router could not load the bundle (e.g. its
-        tower's output is not its items' dimension), or the stable bundle
-        has live updates
-        and `updates` is unspecified: the rollout is aborted, what was
-        prepared is released, the old bundle keeps serving; the message
-        names the replica and its error.
+        FAILED_PRECONDITION refused before any replica is asked (nothing changes, the rollback
+        target stays held): no bundle there, it is the stable one, the
+        stable bundle has live updates and `updates` is unspecified, or a
+        bundle the cluster cannot serve ("bundle B refused before any
+        replica prepared it, A keeps serving: " and why): another shard
+        count, no user tower or user table where the stable bundle has
+        one (unless force), or the router cannot load it (a file fails its sha256, its
+        user tower's output or its user table is not its items'
+        dimension). A new dimension or metric is not refused: what must
+        agree are the new bundle's own parts. Aborted after PREPARE
+        began ("rollout of B aborted, A keeps serving: ..."): a replica
+        refused Prepare or could not be reached, or carrying the updates
+        failed; what was prepared is released; the message names the
+        replica and its error.
         RESOURCE_EXHAUSTED  a replica lacks the memory for the bundle (aborted as above).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -111,7 +119,9 @@ class RouterAdminServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Rollback(self, request, context):
-        """Flip back to the previous stable bundle while it is still held (within grace_s).
+        """Flip back to the previous stable bundle while it is still held (within grace_s); the
+        shards are committed back to it, and the bundle rolled back from is released once
+        requests in flight on it are done (router.default_timeout_s + shard_timeout_s).
         Status codes:
         OK
         FAILED_PRECONDITION nothing to roll back to (none, or already released), or a
