@@ -801,6 +801,20 @@ def assert_serving(fleet: Fleet, stable: str, previous: str = "") -> None:
         assert client.search(query, 5).bundle_id == stable
 
 
+def _items_only(path: Path, seed: int) -> Bundle:
+    """A bundle of items alone: no user tower, no user table."""
+    cat = make_catalogue(600, DIM, clusters=4, users=5, seed=seed)
+    return build_bundle(
+        path,
+        cat.ids,
+        cat.vectors,
+        num_shards=SHARDS,
+        index_type="flat",
+        index_params={},
+        progress=False,
+    )
+
+
 @pytest.mark.parametrize("kind", ["stale-user-table", "no-users", "two-shards"])
 def test_a_bundle_the_cluster_cannot_serve_is_refused_before_any_replica_prepares(
     fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path, kind: str
@@ -814,16 +828,7 @@ def test_a_bundle_the_cluster_cannot_serve_is_refused_before_any_replica_prepare
         path = _with_user_vectors(new, tmp_path / "stale", stale)
         expected = [f"its user table's vectors are {DIM}-d, its items are {2 * DIM}-d"]
     elif kind == "no-users":
-        cat = make_catalogue(600, DIM, clusters=4, users=5, seed=4)
-        path = build_bundle(
-            tmp_path / "items-only",
-            cat.ids,
-            cat.vectors,
-            num_shards=SHARDS,
-            index_type="flat",
-            index_params={},
-            progress=False,
-        ).path
+        path = _items_only(tmp_path / "items-only", seed=4).path
         expected = ["has no user tower or user table", "every Retrieve would fail"]
     else:
         path = _catalogue_bundle(tmp_path / "two", DIM, shards=2).path
@@ -873,16 +878,7 @@ def test_force_rolls_out_a_bundle_without_users_for_search_only(
 ) -> None:
     from annfleet.cli import main
 
-    cat = make_catalogue(600, DIM, clusters=4, users=5, seed=5)
-    items_only = build_bundle(
-        tmp_path / "items-only",
-        cat.ids,
-        cat.vectors,
-        num_shards=SHARDS,
-        index_type="flat",
-        index_params={},
-        progress=False,
-    )
+    items_only = _items_only(tmp_path / "items-only", seed=5)
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     admin = f"127.0.0.1:{fleet.router.admin_port}"
@@ -894,7 +890,8 @@ def test_force_rolls_out_a_bundle_without_users_for_search_only(
     assert f"router loaded {items_only.id} ({DIM}-d items, no user tower or table" in out
     assert f"stable  {items_only.id}" in out
     with Client(fleet.target, timeout=10) as client:
-        assert client.search(cat.vectors[0], 5).bundle_id == items_only.id
+        query = np.random.default_rng(5).standard_normal(DIM).astype(np.float32)
+        assert client.search(query, 5).bundle_id == items_only.id
         with pytest.raises(ClientError) as err:
             client.retrieve(3, 10)
         assert err.value.code == grpc.StatusCode.NOT_FOUND
