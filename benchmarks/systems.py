@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -278,12 +277,6 @@ class QdrantEdgePeer(System):
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _console_script(dist: str, script: str, *args: str) -> list[str]:
     """argv running a package's console script (with ``args``) with this interpreter.
 
@@ -374,8 +367,10 @@ class MilvusLitePeer(System):
         super().__init__()
         from pymilvus import MilvusClient
 
+        from annfleet.cluster import free_port
+
         self.dir = Path(tempfile.mkdtemp(prefix="annfleet-milvus-"))
-        port = _free_port()
+        port = free_port()
         argv = _console_script(
             "milvus-lite",
             "milvus-lite",
@@ -537,6 +532,8 @@ class ChromaPeer(System):
         import chromadb
         from chromadb.config import Settings
 
+        from annfleet.cluster import free_port
+
         self._chromadb = chromadb
         self._settings = Settings(
             anonymized_telemetry=False,
@@ -544,7 +541,7 @@ class ChromaPeer(System):
             chroma_http_max_keepalive_connections=256,
         )
         self.dir = Path(tempfile.mkdtemp(prefix="annfleet-chroma-"))
-        self.port = _free_port()
+        self.port = free_port()
         argv = _console_script(
             "chromadb",
             "chroma",

@@ -66,8 +66,9 @@ def ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that a child server can listen on a moment later.
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A port that a child server can listen on a moment later; with ``count``, the first
+    of that many consecutive ones (a config's ``base_port`` for several shards).
 
     Picked at random *below* the ephemeral range and checked free: a port-0 bind or an
     outgoing connection (gRPC clients make many) never lands there, so nothing takes it
@@ -77,12 +78,16 @@ def free_port(host: str = "127.0.0.1") -> int:
     """
     low, _ = ephemeral_range()
     first = max(1024, low - PICKED_SPAN)
-    for _ in range(256):
-        port = _random.randrange(first, low) if low > first else 0
-        if port and port not in _picked and port_free(host, port):
-            _picked.add(port)
+    for _ in range(256 if low - count >= first else 0):
+        port = _random.randrange(first, low - count + 1)
+        block = range(port, port + count)
+        if _picked.isdisjoint(block) and all(port_free(host, p) for p in block):
+            _picked.update(block)
             return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    if count > 1:
+        raise ClusterError(f"no {count} consecutive free ports in [{first}, {low}) on {host}")
+    family = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM)[0][0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

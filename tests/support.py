@@ -20,6 +20,7 @@ import numpy as np
 import uvloop
 
 from annfleet.bundle import Bundle
+from annfleet.cluster import free_port
 from annfleet.config import (
     AnnSourceConfig,
     CoEngagementSourceConfig,
@@ -320,9 +321,7 @@ class RedisServer:
         import subprocess
         import time
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()  # below the ephemeral range: no client takes it
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process = subprocess.Popen(
             [

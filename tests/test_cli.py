@@ -86,15 +86,13 @@ def test_build_bundle_from_npy(tmp_path: Path) -> None:
 @pytest.fixture
 def small_config(tmp_path: Path) -> Path:
     config = tmp_path / "cluster.yaml"
-    shard_base = free_port()
-    while shard_base > 65000:
-        shard_base = free_port()
+    shard_base = free_port(count=2)  # base_port + 1 too: 2 shards
     config.write_text(f"""
 data_dir: {tmp_path / "data"}
 dataset: {{kind: synthetic, items: 4000, dim: 16, clusters: 16, users: 50}}
 index: {{type: hnsw, m: 8, ef_construction: 40}}
 shards: {{count: 2, base_port: {shard_base}, metrics_base_port: -1, grace_s: 1.0,
-          admin_base_port: {free_port()}}}
+          admin_base_port: {free_port(count=2)}}}
 router: {{port: {free_port()}, metrics_port: {free_port()}, grace_s: 1.0,
           admin_port: {free_port()}, recall_sample_rate: 1.0,
           recall_max_per_s: 0, recall_max_share: 0}}

@@ -146,7 +146,7 @@ def _ports_config(tmp_path: Path) -> Path:
     config = tmp_path / "c.yaml"
     config.write_text(
         f"data_dir: {tmp_path / 'data'}\n"
-        f"shards: {{base_port: {free_port()}, metrics_base_port: -1, admin_base_port: -1,"
+        f"shards: {{base_port: {free_port(count=2)}, metrics_base_port: -1, admin_base_port: -1,"
         " grace_s: 0.5}\n"
         f"router: {{port: {free_port()}, metrics_port: -1, admin_port: -1, grace_s: 0.5}}\n"
     )
@@ -281,6 +281,17 @@ def _gone_within(pids_of: str, seconds: float) -> list[int]:
     return left
 
 
+def _up(config: Path, bundle: Path) -> subprocess.Popen[str]:
+    """`annfleet up` started, its output (stdout and stderr) read line by line."""
+    return subprocess.Popen(
+        [*ANNFLEET, "up", "--config", str(config), "--bundle", str(bundle)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 def test_up_killed_with_sigkill_leaves_no_server_behind(tmp_path: Path, reaped: None) -> None:
     """Before: `kill -9` of the supervisor left its shards and router up for good, holding
     the ports, and the next `up` refused to start."""
@@ -289,25 +300,28 @@ def test_up_killed_with_sigkill_leaves_no_server_behind(tmp_path: Path, reaped: 
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
     )
     config = _ports_config(tmp_path)
-    up = subprocess.Popen(
-        [*ANNFLEET, "up", "--config", str(config), "--bundle", str(bundle.path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    up = _up(config, bundle.path)
     try:
         wait_for_line(up, "Ctrl-C stops the cluster", timeout=120)
         children = [p for p in _processes_naming(str(bundle.path)) if p != up.pid]
         assert len(children) == 3  # two shards and the router
+        record = json.loads((tmp_path / "data" / "cluster.json").read_text())
     finally:
         up.kill()  # SIGKILL: the supervisor cannot stop them
         up.communicate(timeout=30)
     # each notices within 0.5 s and drains for grace_s (0.5 s)
     assert _gone_within(str(bundle.path), 15) == []
-    router_port = yaml.safe_load(config.read_text())["router"]["port"]
-    with socket.create_server(("127.0.0.1", router_port)):  # its port is free again
-        pass
+    for child in record["children"]:  # every port is free again
+        with socket.create_server(("127.0.0.1", int(child["target"].rsplit(":", 1)[1]))):
+            pass
+    # and a second `up` on the same data dir and ports starts
+    again = _up(config, bundle.path)
+    try:
+        wait_for_line(again, "Ctrl-C stops the cluster", timeout=120)
+    finally:
+        again.send_signal(signal.SIGTERM)
+        rest = again.communicate(timeout=60)[0]
+    assert again.returncode == 0, rest
 
 
 def test_up_beside_processes_that_lost_their_supervisor_names_them(

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
 import pytest
 
 from annfleet import cluster
-from annfleet.cluster import ephemeral_range, free_port, port_free
+from annfleet.cluster import LocalCluster, ephemeral_range, free_port, health_status, port_free
+from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig
+from annfleet.errors import ClusterError
+from annfleet.server.builder import build_bundle
+from annfleet.synthetic import make_catalogue
 
 
 def test_picked_ports_are_below_the_ephemeral_range_free_and_never_repeated() -> None:
@@ -36,6 +41,52 @@ def test_a_port_in_use_is_not_picked(monkeypatch: pytest.MonkeyPatch) -> None:
         # Both handed out or in use: a port-0 pick, still one a server can listen on.
         fallback = free_port()
         assert fallback not in (taken, other) and port_free("127.0.0.1", fallback)
+
+
+def test_a_block_of_ports_is_consecutive_free_and_never_handed_out_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``count``: a config's base_port for several shards, every port of it checked and kept
+    from later picks. With the span narrowed to 8 ports, a block of 5 leaves 3 single
+    picks; then no block of 2 is left (an error), and a single pick falls back to port 0."""
+    low, _ = ephemeral_range()
+    monkeypatch.setattr(cluster, "PICKED_SPAN", 8)
+    monkeypatch.setattr(cluster, "_picked", set())
+    span = range(low - 8, low)
+    if not all(port_free("127.0.0.1", p) for p in span):
+        pytest.skip(f"ports in [{span.start}, {span.stop}) are in use on this machine")
+    base = free_port(count=5)
+    block = range(base, base + 5)
+    assert block.start >= span.start and block.stop <= span.stop
+    singles = {free_port() for _ in range(3)}
+    assert singles == set(span) - set(block)
+    message = f"no 2 consecutive free ports in [{span.start}, {low})"
+    with pytest.raises(ClusterError, match=re.escape(message)):
+        free_port(count=2)
+    assert free_port() >= low  # a port-0 pick: in the ephemeral range, but free
+
+
+def test_a_local_cluster_listens_on_picked_ports(tmp_path: Path) -> None:
+    """Every port of a LocalCluster on free ports (shards, router, metrics, admin) lies
+    below the ephemeral range, and the cluster starts and serves."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    config = ClusterConfig(
+        data_dir=str(tmp_path / "data"),
+        shards=ShardsConfig(grace_s=0.5),
+        router=RouterConfig(grace_s=0.5),
+    )
+    low, _ = ephemeral_range()
+    with LocalCluster(bundle.path, config, metrics=True, log_dir=tmp_path / "logs") as running:
+        addresses = [c.target for c in running.children]
+        addresses += [c.admin_target for c in running.children if c.admin_target]
+        ports = [int(a.rsplit(":", 1)[1]) for a in addresses]
+        ports += [c.metrics_port for c in running.children if c.metrics_port is not None]
+        assert len(ports) == len(set(ports)) >= 6, ports  # 3 servers and their metrics
+        assert all(p < low for p in ports), (low, ports)
+        assert health_status(running.router_target) == "SERVING"
 
 
 def test_no_readable_range_means_linux_default(

@@ -35,9 +35,7 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 
 
 def redis_config(tmp_path: Path, bundle: Bundle, redis_server: str = "redis-server") -> Path:
-    shard_base = free_port()
-    while shard_base > 65000:
-        shard_base = free_port()
+    shard_base = free_port(count=2)  # base_port + 1 too: 2 shards
     path = tmp_path / "redis.yaml"
     path.write_text(f"""
 bundle: {bundle.path}

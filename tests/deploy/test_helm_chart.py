@@ -8,7 +8,6 @@ import argparse
 import dataclasses
 import re
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 from conftest import BIG_VALUES, CHART, Render, by_kind, one, run_helm, shard_sets
 
 from annfleet.cli import build_parser
+from annfleet.cluster import free_port
 from annfleet.config import ClusterConfig, load_config, parse_shard_map
 
 kubernetes_validate = pytest.importorskip(
@@ -402,9 +402,7 @@ def test_the_redis_pods_flags_are_ones_redis_server_accepts(render: Render, tmp_
     sts = one(render(), "StatefulSet", "rel-annfleet-redis")
     assert container(sts)["command"] == ["redis-server"]
     flags = flag_pairs(container(sts)["args"])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     flags.update({"--port": str(port), "--bind": "127.0.0.1", "--dir": str(tmp_path)})
     server = subprocess.Popen(
         [binary, *[x for pair in flags.items() for x in pair]],
