@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, Render, by_kind, shard_sets
+from deploy_support import REPO, Render, by_kind, shard_sets
 
 from annfleet import capacity
 from annfleet.capacity import GIB, plan

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import BIG_VALUES, CHART, Render, by_kind, one, run_helm, shard_sets
+from deploy_support import BIG_VALUES, CHART, Render, by_kind, one, run_helm, shard_sets
 
 from annfleet.cli import build_parser
 from annfleet.cluster import free_port

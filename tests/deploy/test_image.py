@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, find_tool
+from deploy_support import REPO, find_tool
 
 from annfleet.bundle import Bundle
 from annfleet.cluster import free_port

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import CHART, REPO, find_tool
+from deploy_support import CHART, REPO, find_tool
 
 DASHBOARD = REPO / "deploy" / "grafana" / "annfleet.json"
 ALERTS = CHART / "files" / "alerts.yaml"
