@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def bad_number(args: argparse.Namespace) -> str | None:
             if not isinstance(v, int | float) or isinstance(v, bool):
                 continue
             low_ok = v >= least if inclusive else v > least
-            if not low_ok or v != v or v in (float("inf"), float("-inf")):
+            if not low_ok or not math.isfinite(v):
                 bound = f">= {least:g}" if inclusive else f"> {least:g}"
                 return f"argument --{dest.replace('_', '-')}: {v!r}: must be {bound}"
             if dest in AT_MOST_ONE and v > 1:

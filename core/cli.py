@@ -453,7 +453,7 @@ def _router_target(args: argparse.Namespace, config: ClusterConfig) -> str:
     the config's data dir (cluster.json); else the config's router.host:port."""
     if args.target:
         return str(args.target)
-    from annfleet.cluster import running_cluster
+    from annfleet.cluster import host_port, running_cluster
 
     running = running_cluster(config) or {}
     for child in running.get("children", []):
@@ -462,7 +462,7 @@ def _router_target(args: argparse.Namespace, config: ClusterConfig) -> str:
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
         config.router.host, config.router.host
     )
-    return f"[{host}]:{config.router.port}" if ":" in host else f"{host}:{config.router.port}"
+    return host_port(host, config.router.port)
 
 
 def cmd_query(args: argparse.Namespace) -> int:

@@ -57,6 +57,11 @@ _picked: set[int] = set()  # handed out by this process: never twice
 _random = random.Random()
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` to connect to, an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def ephemeral_range() -> tuple[int, int]:
     """The kernel's range for port-0 binds and outgoing connections' local ports."""
     try:
@@ -211,8 +216,7 @@ class RedisChild(Child):
     """The cluster's own ``redis-server`` (``state.start_redis``): the live state store."""
 
     def __init__(self, binary: str, host: str, port: int, data_dir: Path, log_path: Path) -> None:
-        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        super().__init__("redis", [], target, None, log_path)
+        super().__init__("redis", [], host_port(host, port), None, log_path)
         self.binary = binary
         self.data_dir = data_dir
         self.args = [

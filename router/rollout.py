@@ -161,12 +161,9 @@ def _refused(new_id: str, stable_id: str, why: str) -> FailedPrecondition:
 
 def describe_users(bundle: Bundle) -> str:
     """How a bundle embeds users, for the ROUTER_LOAD progress message."""
-    if "user_tower" in bundle.manifest:
-        how = "user tower"
-    elif bundle.manifest.get("users"):
-        how = "user table"
-    else:
+    if not bundle.embeds_users:
         return f"{bundle.dim}-d items, no user tower or table: Search only"
+    how = "user tower" if "user_tower" in bundle.manifest else "user table"
     return f"{how} and items {bundle.dim}-d"
 
 

@@ -247,6 +247,17 @@ def test_rollout_promote_min_recall_outside_0_1_is_a_usage_error(value: str) -> 
     )
 
 
+def _up(config: Path, bundle: Path) -> subprocess.Popen[str]:
+    """`annfleet up` started, its output (stdout and stderr) read line by line."""
+    return subprocess.Popen(
+        [*ANNFLEET, "up", "--config", str(config), "--bundle", str(bundle)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_up_interrupted_while_starting_stops_its_processes(
     tmp_path: Path, signum: signal.Signals, reaped: None
@@ -258,13 +269,7 @@ def test_up_interrupted_while_starting_stops_its_processes(
     bundle = build_bundle(
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
     )
-    up = subprocess.Popen(
-        [*ANNFLEET, "up", "--config", str(_ports_config(tmp_path)), "--bundle", str(bundle.path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    up = _up(_ports_config(tmp_path), bundle.path)
     wait_for_line(up, "starting 2 shards", timeout=60)  # the children are being started
     up.send_signal(signum)
     rest = up.communicate(timeout=60)[0]
@@ -279,17 +284,6 @@ def _gone_within(pids_of: str, seconds: float) -> list[int]:
     while (left := _processes_naming(pids_of)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
-
-
-def _up(config: Path, bundle: Path) -> subprocess.Popen[str]:
-    """`annfleet up` started, its output (stdout and stderr) read line by line."""
-    return subprocess.Popen(
-        [*ANNFLEET, "up", "--config", str(config), "--bundle", str(bundle)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
 
 
 def test_up_killed_with_sigkill_leaves_no_server_behind(tmp_path: Path, reaped: None) -> None:
