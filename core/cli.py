@@ -23,6 +23,7 @@ from annfleet.config import (
     ClusterConfig,
     DatasetConfig,
     IndexConfig,
+    host_port,
     load_config,
     parse_shard_map,
     replica_port,
@@ -453,7 +454,7 @@ def _router_target(args: argparse.Namespace, config: ClusterConfig) -> str:
     the config's data dir (cluster.json); else the config's router.host:port."""
     if args.target:
         return str(args.target)
-    from annfleet.cluster import host_port, running_cluster
+    from annfleet.cluster import running_cluster
 
     running = running_cluster(config) or {}
     for child in running.get("children", []):

@@ -29,7 +29,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
-from annfleet.config import ClusterConfig, format_shard_map, redis_loopback, replica_port
+from annfleet.config import (
+    ClusterConfig,
+    format_shard_map,
+    host_port,
+    redis_loopback,
+    replica_port,
+)
 from annfleet.errors import ClusterError, ConfigError
 from annfleet.rollout_state import BundleRef, RolloutState, write_state
 from annfleet.rollout_state import state_file as rollout_state_file
@@ -55,11 +61,6 @@ EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 PICKED_SPAN = 16384  # ports below the ephemeral range that free_port picks from
 _picked: set[int] = set()  # handed out by this process: never twice
 _random = random.Random()
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port`` to connect to, an IPv6 literal in brackets."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -358,10 +359,10 @@ class LocalCluster:
                             str(admin),
                             *(admin_args if admin >= 0 else []),
                         ],
-                        f"{shards_cfg.host}:{port}",
+                        host_port(shards_cfg.host, port),
                         metrics_port if metrics_port >= 0 else None,
                         self.log_dir / f"{name}.log",
-                        f"{shards_cfg.host}:{admin}" if admin >= 0 else "",
+                        host_port(shards_cfg.host, admin) if admin >= 0 else "",
                         shard=i,
                         replica=r,
                     )
@@ -376,7 +377,7 @@ class LocalCluster:
         self.router_admin_target = ""
         if router_cfg.admin_port >= 0 and self.admin_token_source:
             port = router_cfg.admin_port if fixed_ports else free_port(router_cfg.host)
-            self.router_admin_target = f"{router_cfg.host}:{port}"
+            self.router_admin_target = host_port(router_cfg.host, port)
             router_admin = ["--admin-port", str(port), *admin_args]
             router_admin += ["--shard-admins", ",".join(s.admin_target for s in self.shards)]
         self.router = Child(
@@ -394,7 +395,7 @@ class LocalCluster:
                 str(router_metrics),
                 *(router_admin or ["--admin-port", "-1"]),
             ],
-            f"{router_cfg.host}:{router_port}",
+            host_port(router_cfg.host, router_port),
             router_metrics if router_metrics >= 0 else None,
             self.log_dir / "router.log",
             self.router_admin_target,
@@ -451,12 +452,12 @@ class LocalCluster:
         busy = []
         for child in self.children:
             host = child.target.rsplit(":", 1)[0].strip("[]")
-            ports = [("", child.target), ("metrics ", f"{host}:{child.metrics_port or 0}")]
-            ports.append(("admin ", child.admin_target or f"{host}:0"))
+            ports = [("", child.target), ("metrics ", host_port(host, child.metrics_port or 0))]
+            ports.append(("admin ", child.admin_target or host_port(host, 0)))
             for what, address in ports:
                 port = int(address.rsplit(":", 1)[1])
                 if port > 0 and not port_free(host, port):
-                    busy.append(f"{host}:{port} ({child.name} {what}port)")
+                    busy.append(f"{host_port(host, port)} ({child.name} {what}port)")
         return busy
 
     def start(self, timeout: float = READY_TIMEOUT_S) -> LocalCluster:

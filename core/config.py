@@ -708,6 +708,11 @@ def load_config(path: Path | str | None = None) -> ClusterConfig:
     return config.validate(str(path))
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` to bind or connect to, an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def redis_loopback(url: str) -> tuple[str, int] | None:
     """(host, port) of a ``redis://`` url on a loopback host (localhost, 127.0.0.0/8, ::1)
     with an explicit port, else None (what ``state.start_redis`` can start a server for)."""

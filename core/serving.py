@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from annfleet.arrays import GRPC_OPTIONS
 from annfleet.client.channels import tls_credentials
-from annfleet.config import TlsConfig
+from annfleet.config import TlsConfig, host_port
 from annfleet.errors import ConfigError, ListenError, status_of
 from annfleet.metrics import LATENCY, REQUESTS
 from annfleet.web import HttpPort, StatusSource, serve_http
@@ -362,16 +362,17 @@ async def start_server(
         [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     credentials = server_credentials(tls)
+    address = host_port(host, port)
     try:
         if credentials is None:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = server.add_insecure_port(address)
         else:
-            bound = server.add_secure_port(f"{host}:{port}", credentials)
+            bound = server.add_secure_port(address, credentials)
     except RuntimeError:  # grpc: "Failed to bind to address ..."
         bound = 0
     if bound == 0:
         raise ListenError(
-            f"cannot listen on {host}:{port} ({service_names[0] if service_names else 'gRPC'}):"
+            f"cannot listen on {address} ({service_names[0] if service_names else 'gRPC'}):"
             " the port is in use (another cluster or process?) or the host is not an address "
             "of this machine; stop that process or choose another port"
         )
@@ -382,7 +383,7 @@ async def start_server(
     except OSError as exc:
         await server.stop(0)
         raise ListenError(
-            f"cannot listen on {host}:{metrics_port} (metrics): {exc.strerror}; stop the "
+            f"cannot listen on {host_port(host, metrics_port)} (metrics): {exc.strerror}; stop the "
             "process using it or choose another metrics port (-1 = off)"
         ) from exc
     return handle
@@ -427,7 +428,7 @@ async def serve_until_signal(
 ) -> None:
     """Start a server, run it until SIGTERM/SIGINT, then drain for ``grace`` seconds."""
     server = await start
-    log.info("%s listening on %s:%d", name, host, server.port)
+    log.info("%s listening on %s", name, host_port(host, server.port))
     await wait_for_signal()
     log.info("%s draining (up to %.1fs)", name, grace)
     await server.stop(grace)

@@ -13,6 +13,7 @@ import asyncio
 import html
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
@@ -21,6 +22,8 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from annfleet.config import host_port
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,10 @@ class _Server(ThreadingHTTPServer):
     source: StatusSource | None = None
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class HttpPort:
     """A started HTTP port; ``source`` may be set (or replaced) at any time."""
 
@@ -128,10 +135,11 @@ def serve_http(
     """Serve /metrics and /status on ``port`` (0 = a free port, < 0 = off)."""
     if port < 0:
         return None
-    server = _Server((host, port), _Handler)
+    ipv6 = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0] == socket.AF_INET6
+    server = (_Server6 if ipv6 else _Server)((host, port), _Handler)
     server.source = source
     handle = HttpPort(server)
-    log.info("metrics on http://%s:%d/metrics, status on /status", host, handle.port)
+    log.info("metrics on http://%s/metrics, status on /status", host_port(host, handle.port))
     return handle
 
 

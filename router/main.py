@@ -16,7 +16,7 @@ import grpc
 
 from annfleet.auth import BearerTokenInterceptor
 from annfleet.bundle import Bundle
-from annfleet.config import RouterConfig, SourcesConfig, StateConfig, TlsConfig
+from annfleet.config import RouterConfig, SourcesConfig, StateConfig, TlsConfig, host_port
 from annfleet.errors import BundleError, ConfigError
 from annfleet.gcpolicy import freeze_startup_objects, observe_pauses
 from annfleet.rollout_state import stable_bundle
@@ -184,7 +184,7 @@ async def start_router(
         status=status,
     )
     scatter: Scatter | None = None
-    status.address = f"{host}:{server.port}"
+    status.address = host_port(host, server.port)
     try:
         loop = asyncio.get_running_loop()
         bundle = await loop.run_in_executor(executor, load_router_bundle, Path(bundle_path))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from annfleet.auth import BearerTokenInterceptor
-from annfleet.config import SearchConfig, ShardsConfig, TlsConfig
+from annfleet.config import SearchConfig, ShardsConfig, TlsConfig, host_port
 from annfleet.errors import ConfigError, FailedPrecondition
 from annfleet.gcpolicy import freeze_startup_objects, observe_pauses
 from annfleet.server.admin import ShardAdminService
@@ -128,7 +128,7 @@ class ShardServer:
             tls=tls,
             status=status,
         )
-        status.address = f"{host}:{server.port}"
+        status.address = host_port(host, server.port)
         admin_grpc = None
         if admin_port >= 0:
             assert admin_token

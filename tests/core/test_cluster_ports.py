@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from annfleet import cluster
+from annfleet.client import Client
 from annfleet.cluster import LocalCluster, ephemeral_range, free_port, health_status, port_free
 from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig
 from annfleet.errors import ClusterError
@@ -98,3 +100,44 @@ def test_no_readable_range_means_linux_default(
     garbled.write_text("not numbers\n")
     monkeypatch.setattr(cluster, "EPHEMERAL_RANGE_FILE", garbled)
     assert ephemeral_range() == (32768, 60999)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+def test_a_local_cluster_on_ipv6_loopback(tmp_path: Path) -> None:
+    """Shards and router on ``::1``: every address the cluster hands out has the literal in
+    brackets, the router reaches its shards, and the metrics ports serve over IPv6."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    config = ClusterConfig(
+        data_dir=str(tmp_path / "data"),
+        shards=ShardsConfig(host="::1", grace_s=0.5),
+        router=RouterConfig(host="::1", grace_s=0.5),
+    )
+    with LocalCluster(bundle.path, config, metrics=True, log_dir=tmp_path / "logs") as running:
+        addresses = [c.target for c in running.children]
+        addresses += [c.admin_target for c in running.children if c.admin_target]
+        assert all(re.fullmatch(r"\[::1\]:\d+", a) for a in addresses), addresses
+        assert health_status(running.router_target) == "SERVING"
+        with Client(running.router_target, retries=0) as client:
+            result = client.search(cat.vectors[7], 5, timeout=5.0)
+        assert int(result.ids[0, 0]) == int(cat.ids[7])
+        assert result.coverage.shards_answered == 2
+        for child in running.children:
+            assert child.metrics_port
+            url = f"http://[::1]:{child.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as page:
+                assert b"annfleet_" in page.read()
+        busy = running.busy_ports()  # all taken (by this cluster), named as HOST:PORT
+        assert len(busy) == 3 * 3, busy  # 3 servers: port, metrics port, admin port
+        assert all(b.startswith("[::1]:") for b in busy), busy
