@@ -9,7 +9,10 @@ it started with, and every shard RPC pins that state's bundle id, so requests in
 finish on the old bundle) -> commit on the shards -> the old bundle is released after
 ``router.release_grace_s``; until then ``rollback`` flips back at once. A refusal changes
 nothing; any prepare failure aborts: what this rollout prepared is released and the old
-bundle keeps serving. One rollout at a time; each step is persisted (``rollout_state``).
+bundle keeps serving, with the rollback target it had (an earlier rollout's bundle stays held
+through the prepare, and goes after the commit; only a replica with no room for the new bundle
+beside it has it released first). One rollout at a time; each step is persisted
+(``rollout_state``).
 """
 
 from __future__ import annotations
@@ -198,6 +201,7 @@ class RolloutController:
         self._release: asyncio.Task[None] | None = None
         self._history: list[dict[str, object]] = []
         self._aborted: asyncio.Task[None] | None = None
+        self._target_id = ""  # the bundle a running rollout prepares
         self.recall = RecallMonitor(config, self.replicas, token)
         if state_path is not None:
             persisted = read_state(state_path)
@@ -393,13 +397,27 @@ class RolloutController:
         if previous is None:
             return
         self.previous, self.previous_release_at = None, 0.0
-        current = self.service.state
-        if current is not None and current.bundle.id != previous.bundle.id:
-            await self._on_all("Release", previous.bundle.id, await self.replicas())
-            self.recall.forget(previous.bundle.id)
-            self._note("released", bundle_id=previous.bundle.id)
-            log.info("released bundle %s on every shard replica", previous.bundle.id)
+        await self._release_unused(previous.bundle.id)
         self.persist()
+
+    def _in_use(self) -> set[str]:
+        """Bundles the replicas must keep: stable, canary, rollback target, rollout target."""
+        canary, current = self.service.canary, self.service.state
+        return {
+            current.bundle.id if current else "",
+            canary.state.bundle.id if canary else "",
+            self.previous.bundle.id if self.previous else "",
+            self._target_id,
+        } - {""}
+
+    async def _release_unused(self, bundle_id: str) -> None:
+        """Release ``bundle_id`` on every replica, unless it is still in use."""
+        if bundle_id in self._in_use():
+            return
+        await self._on_all("Release", bundle_id, await self.replicas())
+        self.recall.forget(bundle_id)
+        self._note("released", bundle_id=bundle_id)
+        log.info("released bundle %s on every shard replica", bundle_id)
 
     # ------------------------------------------------------------------ rollout
     def _claim(self, holder: str) -> None:
@@ -444,7 +462,7 @@ class RolloutController:
             async for progress in self._rollout(request, path):
                 yield progress
         finally:
-            self.holder, self.started_at = "", 0.0
+            self.holder, self.started_at, self._target_id = "", 0.0, ""
             self.persist()
 
     async def _rollout(
@@ -500,9 +518,7 @@ class RolloutController:
             f"router loaded {new_id} ({describe_users(new.bundle)}) in "
             f"{time.monotonic() - loaded:.2f}s",
         )
-        if self.previous is not None:  # an older bundle still held: it goes now
-            self._cancel_release()
-            await self.release_previous()
+        self._target_id = new_id
         self._note(
             "rollout",
             bundle_id=new_id,
@@ -513,45 +529,49 @@ class RolloutController:
         target = BundleRef(new_id, str(path))
         self.persist(target=target, phase="prepare")
 
-        # 2. PREPARE everywhere, one progress message per replica as each finishes.
+        # 2. PREPARE everywhere, one progress message per replica as each finishes. The
+        # rollback target (an older bundle still held) stays held unless a replica has no
+        # room for the new bundle beside it: then it is released and those replicas retried.
         prepared: list[AdminReplica] = []
         failure: AnnfleetError | None = None
-
-        async def prepare(replica: AdminReplica) -> tuple[AdminReplica, BaseException | None]:
-            try:
-                await self._call(
-                    replica,
-                    lambda stub: stub.Prepare(
-                        shard_pb2.PrepareRequest(
-                            bundle=str(path), expect_num_shards=old.bundle.num_shards
-                        ),
-                        metadata=metadata(self.token),
-                        timeout=PREPARE_TIMEOUT_S,
-                    ),
+        pending = list(replicas)
+        while pending:
+            no_room: list[AdminReplica] = []
+            calls = [self._prepare(r, path, new_id, old.bundle.num_shards) for r in pending]
+            for done in asyncio.as_completed(calls):
+                replica, error = await done
+                if error is None:
+                    prepared.append(replica)
+                elif isinstance(error, ResourceExhausted) and self._room_to_make(new_id):
+                    no_room.append(replica)
+                elif failure is None:
+                    failure = error
+                if error is None:
+                    outcome = "prepared"
+                elif replica in no_room:
+                    outcome = f"no room beside the rollback target: {error}"
+                else:
+                    outcome = f"failed: {error}"
+                yield progress(
+                    admin_pb2.PHASE_PREPARE,
+                    outcome,
+                    shard_id=replica.shard_id,
+                    replica=replica.replica,
+                    target=replica.target,
                 )
-            except grpc.aio.AioRpcError as exc:
-                return replica, _rpc_error(replica, f"Prepare {new_id}", exc)
-            except Exception as exc:
-                return replica, exc
-            return replica, None
-
-        for done in asyncio.as_completed([prepare(r) for r in replicas]):
-            replica, error = await done
-            if error is None:
-                prepared.append(replica)
-            elif failure is None:
-                failure = (
-                    error
-                    if isinstance(error, AnnfleetError)
-                    else FailedPrecondition(f"{replica.target}: Prepare {new_id}: {error!r}")
+            pending = []
+            if no_room and failure is None:
+                assert self.previous is not None
+                dropped = self.previous.bundle.id
+                self._cancel_release()
+                await self.release_previous()
+                yield progress(
+                    admin_pb2.PHASE_PREPARE,
+                    f"released the rollback target {dropped} to make room for {new_id} on "
+                    f"{len(no_room)} replica(s); preparing them again (no rollback to "
+                    f"{dropped} after this rollout)",
                 )
-            yield progress(
-                admin_pb2.PHASE_PREPARE,
-                "prepared" if error is None else f"failed: {error}",
-                shard_id=replica.shard_id,
-                replica=replica.replica,
-                target=replica.target,
-            )
+                pending = no_room
         if failure is not None:
             await self._abort(new_id, prepared, held_before, str(failure))
             raise type(failure)(
@@ -614,6 +634,8 @@ class RolloutController:
         if self.service.state is not old:
             await self._abort(new_id, prepared, held_before, "the router state changed")
             raise Aborted("the router's bundle changed during the rollout; aborted")
+        older = self.previous  # the rollback target until now: released after the commit
+        self._cancel_release()
         self.service.state = new
         self.previous = old
         grace = request.grace_s or self.config.release_grace_s
@@ -624,6 +646,9 @@ class RolloutController:
 
         # 5. COMMIT on the shards (what a request that pins no bundle gets).
         failures = await self._on_all("Commit", new_id, replicas)
+        self._target_id = ""
+        if older is not None:
+            await self._release_unused(older.bundle.id)
         self._schedule_release(grace)
         message = f"{new_id} serving; {old.bundle.id} released in {grace:g}s unless rolled back"
         if failures:
@@ -631,6 +656,31 @@ class RolloutController:
         self.holder, self.started_at = "", 0.0  # done: the status below shows no rollout
         self.persist()
         yield progress(admin_pb2.PHASE_DONE, message, status=await self.status(describe=False))
+
+    async def _prepare(
+        self, replica: AdminReplica, path: Path, new_id: str, num_shards: int
+    ) -> tuple[AdminReplica, AnnfleetError | None]:
+        """Prepare ``path`` on one replica: (replica, None) or (replica, why it failed)."""
+        try:
+            await self._call(
+                replica,
+                lambda stub: stub.Prepare(
+                    shard_pb2.PrepareRequest(bundle=str(path), expect_num_shards=num_shards),
+                    metadata=metadata(self.token),
+                    timeout=PREPARE_TIMEOUT_S,
+                ),
+            )
+        except grpc.aio.AioRpcError as exc:
+            return replica, _rpc_error(replica, f"Prepare {new_id}", exc)
+        except AnnfleetError as exc:
+            return replica, exc
+        except Exception as exc:
+            return replica, FailedPrecondition(f"{replica.target}: Prepare {new_id}: {exc!r}")
+        return replica, None
+
+    def _room_to_make(self, new_id: str) -> bool:
+        """Whether releasing the rollback target would free a replica's memory for ``new_id``."""
+        return self.previous is not None and self.previous.bundle.id != new_id
 
     async def _load(self, old: RouterState, path: Path, new_id: str) -> RouterState:
         """The router's state for the bundle at ``path`` (nothing is asked of a replica and
@@ -803,10 +853,7 @@ class RolloutController:
 
         async def release() -> None:
             await asyncio.sleep(drain)
-            current = self.service.state
-            if current is not None and current.bundle.id != bundle_id:
-                await self._on_all("Release", bundle_id, await self.replicas())
-                self.recall.forget(bundle_id)
+            await self._release_unused(bundle_id)
 
         self._aborted = asyncio.get_running_loop().create_task(release())
         return await self.status(describe=False)

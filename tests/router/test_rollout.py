@@ -26,9 +26,11 @@ from annfleet.bundle import MANIFEST, Bundle, content_id, sha256_file
 from annfleet.client import AnnfleetError as ClientError
 from annfleet.client import Client
 from annfleet.config import RouterConfig, ShardsConfig
+from annfleet.errors import ResourceExhausted
 from annfleet.rollout_state import read_state
 from annfleet.router.main import RouterServer, start_router
 from annfleet.server.builder import build_bundle
+from annfleet.server.holdings import Holdings
 from annfleet.server.main import ShardServer, start_shard_server
 from annfleet.synthetic import make_catalogue
 from annfleet.v1 import admin_pb2, admin_pb2_grpc, shard_pb2, shard_pb2_grpc
@@ -930,3 +932,65 @@ def test_a_new_dimension_or_metric_with_its_own_user_table_rolls_out(
                 client.search(np.ones(DIM, np.float32), 5)
             assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert progress[-1].status.previous_bundle_id == a.id
+
+
+def test_a_failed_prepare_keeps_the_rollback_target(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path
+) -> None:
+    """B replaced A (A held for rollback); a third bundle that fails to prepare on one
+    replica aborts, and A is still held: rollback still works."""
+    a, b = bundles
+    assert fleet.rollout(b.path)[-1].phase == admin_pb2.PHASE_DONE
+    corrupt = _corrupt_copy(_catalogue_bundle(tmp_path / "c", DIM), tmp_path / "corrupt")
+    error, phases = _rollout_until_refused(fleet, corrupt)
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "checksum mismatch" in (error.details() or "")
+    assert admin_pb2.PHASE_PREPARE in phases
+    assert_serving(fleet, b.id, previous=a.id)
+    fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+    with Client(fleet.target, timeout=10) as client:
+        assert client.retrieve(3, 10).bundle_id == a.id
+
+
+def test_a_replica_without_room_beside_the_rollback_target_gets_it_released(
+    fleet: Fleet,
+    bundles: tuple[Bundle, Bundle],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replicas with room for two bundles only: rolling out C while B serves and A is held
+    releases A (reported), prepares C again there, and ends with C serving, B held."""
+    a, b = bundles
+    assert fleet.rollout(b.path)[-1].phase == admin_pb2.PHASE_DONE
+    check = Holdings.check
+
+    def room_for_two(self: Holdings, bundle: Bundle, *args: int) -> int:
+        if len(self.all()) >= 2 and not self.is_held(bundle.id):
+            raise ResourceExhausted(f"shard {self.shard_id}: room for two bundles only")
+        return check(self, bundle, *args)
+
+    monkeypatch.setattr(Holdings, "check", room_for_two)
+    c = _catalogue_bundle(tmp_path / "c", DIM)
+    progress = fleet.rollout(c.path)
+    messages = [p.message for p in progress if p.phase == admin_pb2.PHASE_PREPARE]
+    assert sum("no room beside the rollback target" in m for m in messages) == SHARDS
+    assert any(f"released the rollback target {a.id}" in m for m in messages), messages
+    assert sum(m == "prepared" for m in messages) == SHARDS
+    assert_serving(fleet, c.id, previous=b.id)
+
+
+def test_rolling_out_the_rollback_target_again_keeps_it_loaded(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle]
+) -> None:
+    """A -> B -> A: the replicas already hold A (the rollback target), so its prepare is
+    instant, and the commit leaves A serving with B as the new rollback target."""
+    a, b = bundles
+
+    def loaded_at() -> list[float]:
+        return [h.loaded_at for i in fleet.describe() for h in i.bundles if h.bundle_id == a.id]
+
+    before = loaded_at()
+    assert fleet.rollout(b.path)[-1].phase == admin_pb2.PHASE_DONE
+    assert fleet.rollout(a.path)[-1].phase == admin_pb2.PHASE_DONE
+    assert_serving(fleet, a.id, previous=b.id)
+    assert loaded_at() == before != []  # never released, never loaded again
