@@ -803,6 +803,13 @@ def assert_serving(fleet: Fleet, stable: str, previous: str = "") -> None:
         assert client.search(query, 5).bundle_id == stable
 
 
+def assert_rolls_back_to(fleet: Fleet, bundle_id: str) -> None:
+    """The rollback target ``bundle_id`` is still held: a rollback serves it at once."""
+    fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+    with Client(fleet.target, timeout=10) as client:
+        assert client.retrieve(3, 10).bundle_id == bundle_id
+
+
 def _items_only(path: Path, seed: int) -> Bundle:
     """A bundle of items alone: no user tower, no user table."""
     cat = make_catalogue(600, DIM, clusters=4, users=5, seed=seed)
@@ -843,10 +850,7 @@ def test_a_bundle_the_cluster_cannot_serve_is_refused_before_any_replica_prepare
     assert all(part in details for part in [head, *expected]), details
     assert admin_pb2.PHASE_PREPARE not in phases
     assert_serving(fleet, b.id, previous=a.id)
-    # The rollback target is still there: nothing already loaded was lost.
-    fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
-    with Client(fleet.target, timeout=10) as client:
-        assert client.retrieve(3, 10).bundle_id == a.id
+    assert_rolls_back_to(fleet, a.id)  # nothing already loaded was lost
 
 
 def test_the_cli_names_the_refused_bundle_and_what_differs(
@@ -947,9 +951,7 @@ def test_a_failed_prepare_keeps_the_rollback_target(
     assert "checksum mismatch" in (error.details() or "")
     assert admin_pb2.PHASE_PREPARE in phases
     assert_serving(fleet, b.id, previous=a.id)
-    fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
-    with Client(fleet.target, timeout=10) as client:
-        assert client.retrieve(3, 10).bundle_id == a.id
+    assert_rolls_back_to(fleet, a.id)
 
 
 def test_a_replica_without_room_beside_the_rollback_target_gets_it_released(
