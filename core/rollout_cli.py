@@ -160,13 +160,11 @@ def _rollout(
     missing: set[int] = set()
     for progress in stub.Rollout(request, metadata=auth, timeout=TIMEOUT_S):
         phase = admin_pb2.RolloutPhase.Name(progress.phase).removeprefix("PHASE_").lower()
-        where = (
+        where = (  # a replica's own line (prepare, carry): which one
             f" shard {progress.shard_id} replica {progress.replica} {progress.target}"
-            if progress.phase == admin_pb2.PHASE_PREPARE
+            if progress.target
             else ""
         )
-        if progress.phase == admin_pb2.PHASE_CARRY_UPDATES and progress.target:
-            where = f" shard {progress.shard_id} replica {progress.replica} {progress.target}"
         missing.update(progress.missing_ids)
         line = f"[{progress.elapsed_s:7.2f}s] {phase:<13}{where} {progress.message}"
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)

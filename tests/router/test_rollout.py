@@ -959,9 +959,13 @@ def test_a_replica_without_room_beside_the_rollback_target_gets_it_released(
     bundles: tuple[Bundle, Bundle],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Replicas with room for two bundles only: rolling out C while B serves and A is held
-    releases A (reported), prepares C again there, and ends with C serving, B held."""
+    """Replicas with room for two bundles only: rolling out C (with the CLI) while B serves
+    and A is held releases A (reported), prepares C again there, and ends with C serving,
+    B held."""
+    from annfleet.cli import main
+
     a, b = bundles
     assert fleet.rollout(b.path)[-1].phase == admin_pb2.PHASE_DONE
     check = Holdings.check
@@ -973,11 +977,17 @@ def test_a_replica_without_room_beside_the_rollback_target_gets_it_released(
 
     monkeypatch.setattr(Holdings, "check", room_for_two)
     c = _catalogue_bundle(tmp_path / "c", DIM)
-    progress = fleet.rollout(c.path)
-    messages = [p.message for p in progress if p.phase == admin_pb2.PHASE_PREPARE]
-    assert sum("no room beside the rollback target" in m for m in messages) == SHARDS
-    assert any(f"released the rollback target {a.id}" in m for m in messages), messages
-    assert sum(m == "prepared" for m in messages) == SHARDS
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    admin = f"127.0.0.1:{fleet.router.admin_port}"
+    rollout = ["rollout", "--router", admin, "--token-file", str(token), "--bundle", str(c.path)]
+    assert main(rollout) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "] prepare " in line]
+    replica_lines = [line for line in lines if " shard " in line and " replica " in line]
+    assert sum("no room beside the rollback target" in line for line in replica_lines) == SHARDS
+    assert sum(line.endswith(" prepared") for line in replica_lines) == SHARDS
+    (released,) = [line for line in lines if line not in replica_lines]
+    assert f"released the rollback target {a.id} to make room for {c.id}" in released
     assert_serving(fleet, c.id, previous=b.id)
 
 
