@@ -368,15 +368,16 @@ class LocalCluster:
                     )
                 )
             self.replicas.append(group)
-        router_port = router_cfg.port if fixed_ports else free_port(router_cfg.host)
+        # As for the shards: 0 (a free port) is picked here, -1 (off) stays off.
+        router_port = (router_cfg.port if fixed_ports else 0) or free_port(router_cfg.host)
         if fixed_ports:
-            router_metrics = router_cfg.metrics_port
+            router_metrics = router_cfg.metrics_port or free_port(router_cfg.host)
         else:
             router_metrics = free_port(router_cfg.host) if metrics else -1
         router_admin: list[str] = []
         self.router_admin_target = ""
         if router_cfg.admin_port >= 0 and self.admin_token_source:
-            port = router_cfg.admin_port if fixed_ports else free_port(router_cfg.host)
+            port = (router_cfg.admin_port if fixed_ports else 0) or free_port(router_cfg.host)
             self.router_admin_target = host_port(router_cfg.host, port)
             router_admin = ["--admin-port", str(port), *admin_args]
             router_admin += ["--shard-admins", ",".join(s.admin_target for s in self.shards)]

@@ -91,6 +91,29 @@ def test_a_local_cluster_listens_on_picked_ports(tmp_path: Path) -> None:
         assert health_status(running.router_target) == "SERVING"
 
 
+def test_ports_0_in_the_config_are_free_ports_up_knows(tmp_path: Path) -> None:
+    """`annfleet up` (fixed ports from the config) with every port 0: each is picked by the
+    supervisor, so it can wait for the router and show its addresses (the router's port 0
+    used to reach the router as is: it listened on a port nobody knew, and up waited forever)."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    bundle = build_bundle(
+        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
+    config = ClusterConfig(
+        data_dir=str(tmp_path / "data"),
+        shards=ShardsConfig(base_port=0, metrics_base_port=0, admin_base_port=0, grace_s=0.5),
+        router=RouterConfig(port=0, metrics_port=0, admin_port=0, grace_s=0.5),
+    )
+    with LocalCluster(bundle.path, config, fixed_ports=True, log_dir=tmp_path / "logs") as up:
+        assert health_status(up.router_target) == "SERVING"
+        addresses = [c.target for c in up.children] + [up.router_admin_target]
+        addresses += [c.admin_target for c in up.shards]
+        assert all(int(a.rsplit(":", 1)[1]) > 0 for a in addresses), addresses
+        assert all(c.metrics_port for c in up.children)
+        with Client(up.router_target, retries=0) as client:
+            assert client.search(cat.vectors[3], 3, timeout=5.0).ids[0, 0] == cat.ids[3]
+
+
 def test_no_readable_range_means_linux_default(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
