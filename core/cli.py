@@ -23,7 +23,6 @@ from annfleet.config import (
     ClusterConfig,
     DatasetConfig,
     IndexConfig,
-    host_port,
     load_config,
     parse_shard_map,
     replica_port,
@@ -452,18 +451,9 @@ def _id_list(text: str) -> list[int]:
 def _router_target(args: argparse.Namespace, config: ClusterConfig) -> str:
     """Where query/engage ask: --target; else the router of the local cluster `up` runs from
     the config's data dir (cluster.json); else the config's router.host:port."""
-    if args.target:
-        return str(args.target)
-    from annfleet.cluster import running_cluster
+    from annfleet.cluster import router_address
 
-    running = running_cluster(config) or {}
-    for child in running.get("children", []):
-        if isinstance(child, dict) and child.get("name") == "router" and child.get("target"):
-            return str(child["target"])
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
-        config.router.host, config.router.host
-    )
-    return host_port(host, config.router.port)
+    return str(args.target) if args.target else router_address(config)
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -585,6 +575,7 @@ def _router_recall(config: ClusterConfig, credentials: Any = None) -> str:
 
     from annfleet.auth import client_token, metadata
     from annfleet.client.channels import open_channel
+    from annfleet.cluster import router_address
     from annfleet.rollout_cli import recall_lines
     from annfleet.v1 import admin_pb2, admin_pb2_grpc
 
@@ -594,7 +585,7 @@ def _router_recall(config: ClusterConfig, credentials: Any = None) -> str:
         token = client_token(config)
     except ConfigError:
         return ""
-    target = f"{config.router.host}:{config.router.admin_port}"
+    target = router_address(config, admin=True)
     with open_channel(target, credentials) as channel:
         try:
             status = admin_pb2_grpc.RouterAdminStub(channel).Status(

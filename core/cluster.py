@@ -615,6 +615,21 @@ def running_cluster(config: ClusterConfig) -> dict[str, Any] | None:
     return state if alive_pids(pids) else None
 
 
+LOOPBACK_FOR = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # a wildcard bind's
+
+
+def router_address(config: ClusterConfig, *, admin: bool = False) -> str:
+    """Where to reach the router (``admin``: its RouterAdmin port): the router of the local
+    cluster ``annfleet up`` runs from the config's data dir (``cluster.json``), else the
+    config's ``router.host`` (loopback for a wildcard) and ``port`` / ``admin_port``."""
+    key = "admin_target" if admin else "target"
+    for child in (running_cluster(config) or {}).get("children", []):
+        if isinstance(child, dict) and child.get("name") == "router" and child.get(key):
+            return str(child[key])
+    host = LOOPBACK_FOR.get(config.router.host, config.router.host)
+    return host_port(host, config.router.admin_port if admin else config.router.port)
+
+
 def alive_pids(pids: Sequence[object]) -> list[int]:
     """Those of ``pids`` that name a live annfleet process (not this one)."""
     return [pid for pid in pids if isinstance(pid, int) and _alive(pid)]

@@ -24,6 +24,7 @@ from google.protobuf.json_format import MessageToDict
 
 from annfleet.auth import client_token, metadata
 from annfleet.client.channels import open_channel
+from annfleet.cluster import router_address
 from annfleet.config import load_config
 from annfleet.errors import InvalidArgument
 from annfleet.serving import channel_credentials
@@ -105,7 +106,7 @@ def recall_lines(gauges: Any) -> list[str]:
 def cmd_rollout(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     token = client_token(config, args.token_file)
-    target = args.router or f"{config.router.host}:{config.router.admin_port}"
+    target = args.router or router_address(config, admin=True)
     actions = (args.bundle or args.canary, args.rollback, args.status, args.promote, args.abort)
     if sum(bool(x) for x in actions) != 1:
         raise InvalidArgument(
@@ -190,7 +191,9 @@ def register(sub: Any) -> None:
     p.add_argument("--status", action="store_true", help="what the router and shards serve")
     p.add_argument("--config", help="cluster YAML (router admin port, admin token)")
     p.add_argument(
-        "--router", help="router admin HOST:PORT (default: router.host:router.admin_port)"
+        "--router",
+        help="router admin HOST:PORT (default: that of the local cluster `annfleet up` runs "
+        "from the config's data dir, else router.host:router.admin_port)",
     )
     p.add_argument("--token-file", help="admin token file (default: from the config)")
     p.add_argument(

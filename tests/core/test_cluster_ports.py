@@ -11,8 +11,16 @@ import pytest
 
 from annfleet import cluster
 from annfleet.client import Client
-from annfleet.cluster import LocalCluster, ephemeral_range, free_port, health_status, port_free
-from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig
+from annfleet.cluster import (
+    LocalCluster,
+    ephemeral_range,
+    free_port,
+    health_status,
+    port_free,
+    router_address,
+    state_path,
+)
+from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig, load_config
 from annfleet.errors import ClusterError
 from annfleet.server.builder import build_bundle
 from annfleet.synthetic import make_catalogue
@@ -91,21 +99,37 @@ def test_a_local_cluster_listens_on_picked_ports(tmp_path: Path) -> None:
         assert health_status(running.router_target) == "SERVING"
 
 
-def test_ports_0_in_the_config_are_free_ports_up_knows(tmp_path: Path) -> None:
+def test_ports_0_in_the_config_are_free_ports_up_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """`annfleet up` (fixed ports from the config) with every port 0: each is picked by the
     supervisor, so it can wait for the router and show its addresses (the router's port 0
-    used to reach the router as is: it listened on a port nobody knew, and up waited forever)."""
+    used to reach the router as is: it listened on a port nobody knew, and up waited
+    forever); `status` and `rollout --status` find the router's admin port in cluster.json."""
+    from annfleet.cli import main
+
     cat = make_catalogue(300, 8, clusters=4, users=5)
     bundle = build_bundle(
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
     )
-    config = ClusterConfig(
-        data_dir=str(tmp_path / "data"),
-        shards=ShardsConfig(base_port=0, metrics_base_port=0, admin_base_port=0, grace_s=0.5),
-        router=RouterConfig(port=0, metrics_port=0, admin_port=0, grace_s=0.5),
-    )
-    with LocalCluster(bundle.path, config, fixed_ports=True, log_dir=tmp_path / "logs") as up:
+    config_file = tmp_path / "cluster.yaml"
+    config_file.write_text(f"""
+data_dir: {tmp_path / "data"}
+shards: {{base_port: 0, metrics_base_port: 0, admin_base_port: 0, grace_s: 0.5}}
+router: {{port: 0, metrics_port: 0, admin_port: 0, grace_s: 0.5}}
+""")
+    config = load_config(config_file)
+    state = state_path(config)
+    with LocalCluster(
+        bundle.path, config, fixed_ports=True, log_dir=tmp_path / "logs", state_file=state
+    ) as up:
         assert health_status(up.router_target) == "SERVING"
+        assert router_address(config) == up.router_target
+        assert router_address(config, admin=True) == up.router_admin_target
+        assert main(["status", "--config", str(config_file)]) == 0
+        assert "router admin:" not in capsys.readouterr().out  # (router admin: UNAVAILABLE)
+        assert main(["rollout", "--status", "--config", str(config_file)]) == 0
+        assert f"stable  {bundle.id}" in capsys.readouterr().out
         addresses = [c.target for c in up.children] + [up.router_admin_target]
         addresses += [c.admin_target for c in up.shards]
         assert all(int(a.rsplit(":", 1)[1]) > 0 for a in addresses), addresses
