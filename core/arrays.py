@@ -10,6 +10,7 @@ import threading
 from typing import Literal
 
 import numpy as np
+import numpy.ma  # np.unique imports it on its first call (~20 ms): not a request's
 
 from annfleet.errors import InvalidArgument
 

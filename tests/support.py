@@ -196,6 +196,11 @@ class ObservedShard(shard_pb2_grpc.IndexShardServicer):
         self.seen: list[float | None] = []  # context.time_remaining() of each Search
         self.requests: list[shard_pb2.ShardSearchRequest] = []  # every Search request
 
+    def forget(self) -> None:
+        """Drop the records so far (e.g. a router's warm-up search before it serves)."""
+        self.seen.clear()
+        self.requests.clear()
+
     async def Search(
         self, request: shard_pb2.ShardSearchRequest, context: grpc.aio.ServicerContext
     ) -> shard_pb2.ShardSearchResponse:

@@ -62,6 +62,8 @@ def observed(
         ]
         targets = [f"127.0.0.1:{s.port}" for s in shards]
         router = loop_thread.run(start_router(flat_bundle.path, targets, config))
+        for shard in shards:
+            shard.service.forget()  # the router's warm-up search
         started.append(Observed(shards, router))
         return started[-1]
 

@@ -46,6 +46,9 @@ def hang() -> Iterator[Callable[[ShardServer], None]]:
     release = threading.Event()
 
     def block(server: ShardServer) -> None:
+        # Every search through the executor (none inline on the event loop: the router's
+        # warm-up search measured them as quick), whose threads are all blocked below.
+        server.service.queue.inline_max_s = 0.0
         workers = server.executor._max_workers  # the executor's size
         for _ in range(workers):
             server.executor.submit(release.wait)
@@ -236,3 +239,17 @@ def test_one_replica_left_per_shard_is_not_degraded_none_left_is(
     with Client(cluster.router_target, retries=0) as client:
         result = client.search(catalogue.user_vectors[0], 10, timeout=5.0)
     assert result.coverage.degraded and result.coverage.answered_shard_ids == (0, 2)
+
+
+def test_every_replica_is_warmed_before_the_router_serves(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+) -> None:
+    """Before the first request, the router has opened its search stream to every replica
+    and searched it once (its first search, ~15 ms, used to be the first request's: past the
+    20 ms budget of the non-ANN sources, dropped in `annfleet up`'s sample answer)."""
+    cluster = cluster_factory(flat_bundle, RouterConfig(shard_transport="stream"), replicas=2)
+    replicas = [replica(cluster, i, r) for i in range(3) for r in (0, 1)]
+    assert all(r.streams is not None and r.streams.opened == 1 for r in replicas)
+    open_streams = [len(s.service.streams) for group in cluster.replicas for s in group]
+    assert open_streams == [1] * 6, open_streams  # (the shard's side of each)
