@@ -12,6 +12,7 @@ import argparse
 import grpc
 
 from annfleet.cluster import health_status
+from annfleet.config import host_port
 
 
 def tls_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCredentials:
@@ -25,7 +26,7 @@ def tls_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCrede
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    target = args.target or f"{args.host}:{args.port}"
+    target = args.target or host_port(args.host, args.port)
     credentials = None
     options: list[tuple[str, str]] = []
     if args.ca:

@@ -162,6 +162,8 @@ def _ipv6_loopback() -> bool:
 def test_a_local_cluster_on_ipv6_loopback(tmp_path: Path) -> None:
     """Shards and router on ``::1``: every address the cluster hands out has the literal in
     brackets, the router reaches its shards, and the metrics ports serve over IPv6."""
+    from annfleet.cli import main
+
     cat = make_catalogue(300, 8, clusters=4, users=5)
     bundle = build_bundle(
         tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
@@ -176,6 +178,8 @@ def test_a_local_cluster_on_ipv6_loopback(tmp_path: Path) -> None:
         addresses += [c.admin_target for c in running.children if c.admin_target]
         assert all(re.fullmatch(r"\[::1\]:\d+", a) for a in addresses), addresses
         assert health_status(running.router_target) == "SERVING"
+        port = running.router_target.rsplit(":", 1)[1]
+        assert main(["probe", "--host", "::1", "--port", port]) == 0
         with Client(running.router_target, retries=0) as client:
             result = client.search(cat.vectors[7], 5, timeout=5.0)
         assert int(result.ids[0, 0]) == int(cat.ids[7])
