@@ -355,7 +355,7 @@ def run_blend_eval(
     cluster_config = cluster_config or ClusterConfig()
     data = load_movielens(data_dir)
     split = make_split(data, split_name, validation=validation)
-    queries = build_queries(data, split)
+    queries = build_queries(data, split, config.recent_len)
     rows = query_rows(queries, users)
     offline: dict[str, dict[str, float]] = {}
     train_s = 0.0

@@ -117,7 +117,7 @@ def evaluate_split(
     torch.manual_seed(seed)
     config = replace(config or TwoTowerConfig(), seed=seed)
     split = make_split(data, split_name, validation=validation)
-    queries = build_queries(data, split)
+    queries = build_queries(data, split, config.recent_len)  # the context the tower trains on
     out: dict[str, Any] = {"num_queries": len(queries)}
 
     def run(name: str, fn: Callable[[], np.ndarray]) -> None:
@@ -169,7 +169,7 @@ def cold_start_eval(
     is_cold[cold] = True
     train = split.train & ~is_cold[data.inter_item]
     cold_split = Split(split.name, train, split.test)
-    queries = build_queries(data, cold_split)
+    queries = build_queries(data, cold_split, config.recent_len)
     model = train_two_tower(data, train, config, progress=progress)
     ivecs = served_item_vectors(model, data, train)  # the held-out items: content only
     uvecs = user_vectors(model, queries.user, queries.recent, queries.time)

@@ -9,7 +9,8 @@ available (``full_softmax=False``).
 
 Other options, off by default (tried on validation, see benchmarks/results/eval/TUNING.md and
 README.md there): a weighted logQ correction, one item-id embedding shared by both towers,
-self-attention blocks over the recent items.
+self-attention blocks over the recent items, a bag of the recent items weighted by learned
+per-position weights (``recency_pool``).
 
 By default the towers share no parameters; both outputs are L2-normalised and scored by dot
 product.
@@ -47,8 +48,8 @@ class TwoTowerConfig:
     dim: int = 64
     epochs: int = 10
     batch_size: int = 1024
-    lr: float = 5e-3
-    weight_decay: float = 1e-6
+    lr: float = 1e-2  # peak of the one-cycle schedule (MODEL_VERSION <= 5: 5e-3)
+    weight_decay: float = 1e-5  # Adam's L2 (MODEL_VERSION <= 5: 1e-6)
     temperature: float = 0.1
     logq: bool = True
     logq_weight: float = 1.0  # logits - w * log q: 1 = full correction, 0 = none
@@ -64,10 +65,15 @@ class TwoTowerConfig:
     share_items: bool = False  # user tower's recent items use the item tower's id embedding
     full_softmax: bool = True  # softmax over the whole catalogue instead of in-batch samples
     mask_user_items: bool = True  # (full softmax) the user's other train items are no negatives
-    context_shift: int = 8  # context ends up to this many interactions before the target
+    context_shift: int = 4  # context ends up to this many interactions before the target
+    # (MODEL_VERSION <= 5: 8; with lr 1e-2 and weight_decay 1e-5, validation R@50 of the pair
+    # +0.02: benchmarks/results/eval/TUNING.md round 6)
     shift_frac: float = 0.0  # ... or up to this share of the user's train interactions if more
     hidden: int = 256
     blocks: int = 0  # self-attention blocks over the recent-item sequence (0 = pooling only)
+    recency_pool: bool = False  # a fourth bag of the recent items: a softmax over learned
+    # per-position weights (starts as the mean; learns how fast older items fade). Tried in
+    # round 6: validation R@50 of one member 0.472 vs 0.479 (TUNING.md), so off
     heads: int = 2
     dropout: float = 0.1  # dropout inside the self-attention blocks
     members: int = 2  # independently seeded two-towers served as one (vectors concatenated)
@@ -108,6 +114,15 @@ class SelfAttentionBlock(nn.Module):
         return x + self.drop(self.ff(self.norm2(x)))
 
 
+def recency_bag(logits: Tensor, items: Tensor, valid: Tensor) -> Tensor:
+    """logits (L,) one weight per position, items (B, L, s), valid (B, L) float 0/1 ->
+    (B, s): the valid items weighted by the softmax of their positions' logits (all equal:
+    the mean of the valid items; a row with none: zeros)."""
+    w = logits[None, :].expand(items.shape[0], -1).masked_fill(valid == 0, -1e9)
+    w = torch.softmax(w, dim=1) * valid
+    return (w[:, :, None] * items).sum(1)
+
+
 class UserTower(nn.Module):
     """(user (B, 5), recent (B, L), time (B, 4)) int64 -> (B, dim) float32, L2-normalised."""
 
@@ -123,6 +138,7 @@ class UserTower(nn.Module):
         blocks: int = 0,
         heads: int = 2,
         dropout: float = 0.1,
+        recency_pool: bool = False,
     ) -> None:
         super().__init__()
         self.user_id = nn.Embedding(num_users + 1, 32, padding_idx=0)
@@ -143,7 +159,13 @@ class UserTower(nn.Module):
         self.query = nn.Linear(side, s)
         self.key = nn.Linear(s, s)
         self.blocks = nn.ModuleList([SelfAttentionBlock(s, heads, dropout) for _ in range(blocks)])
-        self.mlp = nn.Sequential(nn.Linear(side + 3 * s, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        # recency_pool: one learned logit per position (empty when off: same model as before)
+        self.recency_pool = recency_pool
+        self.recency = nn.Parameter(torch.zeros(recent_len if recency_pool else 0))
+        bags = 4 if recency_pool else 3
+        self.mlp = nn.Sequential(
+            nn.Linear(side + bags * s, hidden), nn.ReLU(), nn.Linear(hidden, dim)
+        )
 
     def forward(self, user: Tensor, recent: Tensor, time: Tensor) -> Tensor:
         side = torch.cat(
@@ -181,7 +203,10 @@ class UserTower(nn.Module):
         attended = (weights[:, :, None] * items).sum(1)
         mean = (items * valid[:, :, None]).sum(1) / n_valid.clamp(min=1.0)
         last = items[:, -1, :]
-        out = self.mlp(torch.cat([side, attended, mean, last], dim=1))
+        bags = [side, attended, mean, last]
+        if self.recency_pool:
+            bags.append(recency_bag(self.recency[self.recent_len - length :], items, valid))
+        out = self.mlp(torch.cat(bags, dim=1))
         return F.normalize(out, dim=1)
 
 
@@ -254,6 +279,7 @@ class TwoTower(nn.Module):
             config.blocks,
             config.heads,
             config.dropout,
+            config.recency_pool,
         )
         self.item = ItemTower(
             data.num_items, data.item_genres.shape[1], config.dim, config.hidden, config.fine_year

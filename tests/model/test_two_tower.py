@@ -20,6 +20,7 @@ from annfleet.model.two_tower import (
     full_softmax_loss,
     items_without_interactions,
     logq_correction,
+    recency_bag,
     sampled_softmax_logits,
     sampled_softmax_loss,
     served_item_vectors,
@@ -360,3 +361,33 @@ def test_an_item_with_no_interactions_is_served_from_its_content(movielens: Movi
     other = next(int(i) for i in untrained if not np.array_equal(genres[i], genres[held]))
     assert not np.allclose(served[held], served[other], atol=1e-3)
     assert np.isclose(np.linalg.norm(served[held]), 1.0, atol=1e-5)
+
+
+def test_recency_bag_weights_the_valid_items_by_their_positions() -> None:
+    items = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    valid = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 1.0]])
+    mean = recency_bag(torch.zeros(3), items, valid)  # equal logits: the mean of valid items
+    assert torch.allclose(mean[0], items[0, 1:].mean(0))
+    assert torch.allclose(mean[1], items[1].mean(0))
+    last = recency_bag(torch.tensor([0.0, 0.0, 50.0]), items, valid)  # all weight on the newest
+    assert torch.allclose(last, items[:, 2], atol=1e-4)
+    none = recency_bag(torch.zeros(3), items, torch.zeros(2, 3))
+    assert torch.equal(none, torch.zeros(2, 4))
+
+
+def test_recency_pool_is_off_by_default_and_scripts(movielens: MovieLens, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    plain = TwoTower(movielens, TwoTowerConfig(dim=8))
+    assert plain.user.recency.numel() == 0
+    side = plain.user.query.in_features  # the user's and the request's own features
+    assert plain.user.mlp[0].in_features == side + 3 * 64
+    model = TwoTower(movielens, TwoTowerConfig(dim=8, recency_pool=True)).eval()
+    assert model.user.recency.shape == (TwoTowerConfig().recent_len,)
+    assert model.user.mlp[0].in_features == side + 4 * 64
+    with torch.no_grad():
+        model.user.recency.copy_(torch.linspace(-1.0, 1.0, model.user.recent_len))
+    path = tmp_path / "tower.pt"
+    torch.jit.script(model.user).save(str(path))
+    q = build_queries(movielens, per_user_split(movielens))
+    inputs = (torch.from_numpy(q.user), torch.from_numpy(q.recent), torch.from_numpy(q.time))
+    with torch.no_grad():
+        assert torch.allclose(model.user(*inputs), torch.jit.load(str(path))(*inputs), atol=1e-5)

@@ -1,0 +1,20 @@
+#!/bin/bash
+# testq.sh: the round's test runs (test.py), each started when fewer than two trainings of
+# this round (validation member.py or test.py) run; output test/<split>-s<seed>[-cold].json
+cd "$(dirname "$0")"
+export PYTHONPATH=/work/wt/tune6/build/typecheck
+PY=/work/wt/tune6/.venv/bin/python
+OV='{"context_shift":4,"lr":0.01,"weight_decay":1e-05}'
+running() { pgrep -f 'round6/(validation/member|test/test)\.py' | wc -l; }
+start() {  # out-name args...
+  while [ "$(running)" -ge 2 ]; do sleep 5; done
+  echo "$1 before: $(uptime)" >> uptime.txt
+  (nice -n 10 $PY "$PWD/test.py" "$OV" "${@:2}" > "$1.json" 2> "$1.err"; echo "$1 after:  $(uptime)" >> uptime.txt) &
+  sleep 5
+}
+start per_user-s0 per_user 0 two_tower two_tower_ann
+start per_user-s1 per_user 1 two_tower two_tower_ann
+start per_user-s2 per_user 2 two_tower two_tower_ann
+start global-s0 global 0 two_tower two_tower_ann cold_start
+start per_user-s0-cold per_user 0 cold_start
+wait
