@@ -264,7 +264,7 @@ class CoEngagementSourceConfig(SourceSettings):
     """Item-item neighbours (bundle table + live co-engagement) of the user's recent items."""
 
     quota: float = 0.0
-    weight: float = 1.25
+    weight: float = 0.5  # MODEL_VERSION 4's blend: 1.25 (the ANN was weaker)
     recent: int = 10  # the user's last N items are expanded
     recency_decay: float = 0.8  # weight of the i-th most recent item: decay ** i
     live_weight: float = 0.1  # live pair count c adds live_weight * log1p(c) to the cosine
@@ -285,7 +285,7 @@ class ExplorationSourceConfig(SourceSettings):
     """Thompson sampling over Beta(clicks + 1, impressions - clicks + 1), low-impression items."""
 
     quota: float = 0.02
-    weight: float = 0.0
+    weight: float = 0.05  # MODEL_VERSION 4's blend: 0 (the quota alone)
     max_impressions: int = 100  # items with at least this many impressions are not explored
     pool: int = 2000  # items sampled from the catalogue per request (all when smaller)
     seed: int = 0  # -1 = fresh entropy
@@ -328,7 +328,7 @@ class SourcesConfig:
     # as rrf with the score from fitted per-source rank tables (sources.fusion), "quota" =
     # fixed slots filled in weight order, then backfill.
     blend: str = "rrf"
-    rrf_c: float = 120.0
+    rrf_c: float = 60.0  # MODEL_VERSION 4's blend: 120
     depth: int = 200  # rrf, learned: each source is asked max(k, depth) candidates
     # blend "learned": the fitted fusion's parameters, a JSON file (relative paths: from the
     # config file's directory); see router/blend.py Fusion and the README's blend section.
