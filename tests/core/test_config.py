@@ -272,7 +272,7 @@ def test_redis_loopback() -> None:
         assert redis_loopback(url) is None
 
 
-def test_shipped_global_sources_config_changes_two_weights_only() -> None:
+def test_shipped_global_sources_config_changes_weights_and_rrf_c_only() -> None:
     config = load_config(REPO / "deploy" / "sources-global.yaml")
     default = ClusterConfig()
     sources = default.sources
@@ -282,5 +282,7 @@ def test_shipped_global_sources_config_changes_two_weights_only() -> None:
             sources,
             co_engagement=dataclasses.replace(sources.co_engagement, weight=0.25),
             trending=dataclasses.replace(sources.trending, weight=0.5),
+            exploration=dataclasses.replace(sources.exploration, weight=0.0),
+            rrf_c=120.0,
         ),
     )
