@@ -277,8 +277,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     from annfleet.cluster import LocalCluster, remove_state, running_cluster, state_path
 
     # Until the cluster is up (training, building, starting), SIGTERM interrupts as Ctrl-C
-    # does: what was started is stopped, and main exits 130 without a traceback.
+    # does: what was started is stopped, and main exits 130 without a traceback. SIGINT too
+    # when `up` was started in the background of a script, whose shell ignores SIGINT for it
+    # (and Python then leaves it ignored): `kill -INT` must still stop the cluster.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     config = _config(args)
     if args.port is not None:
         config = dataclasses.replace(

@@ -248,13 +248,17 @@ def test_rollout_promote_min_recall_outside_0_1_is_a_usage_error(value: str) -> 
 
 
 def _up(config: Path, bundle: Path) -> subprocess.Popen[str]:
-    """`annfleet up` started, its output (stdout and stderr) read line by line."""
+    """`annfleet up` started, its output (stdout and stderr) read line by line; with SIGINT
+    ignored, as a shell starts a background job of a script (`annfleet up &`): `up` must
+    still stop on it (before, the failure of the interrupted-up test in a backgrounded
+    `make test`)."""
     return subprocess.Popen(
         [*ANNFLEET, "up", "--config", str(config), "--bundle", str(bundle)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
     )
 
 
