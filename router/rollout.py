@@ -542,15 +542,12 @@ class RolloutController:
                 replica, error = await done
                 if error is None:
                     prepared.append(replica)
+                    outcome = "prepared"
                 elif isinstance(error, ResourceExhausted) and self._room_to_make(new_id):
                     no_room.append(replica)
-                elif failure is None:
-                    failure = error
-                if error is None:
-                    outcome = "prepared"
-                elif replica in no_room:
                     outcome = f"no room beside the rollback target: {error}"
                 else:
+                    failure = failure or error
                     outcome = f"failed: {error}"
                 yield progress(
                     admin_pb2.PHASE_PREPARE,
