@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from annfleet import cluster
+from annfleet.bundle import Bundle
 from annfleet.client import Client
 from annfleet.cluster import (
     LocalCluster,
@@ -23,7 +24,17 @@ from annfleet.cluster import (
 from annfleet.config import ClusterConfig, RouterConfig, ShardsConfig, load_config
 from annfleet.errors import ClusterError
 from annfleet.server.builder import build_bundle
-from annfleet.synthetic import make_catalogue
+from annfleet.synthetic import Catalogue, make_catalogue
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Catalogue, Bundle]:
+    """A small catalogue and its flat bundle of 2 shards, for the clusters started here."""
+    cat = make_catalogue(300, 8, clusters=4, users=5)
+    path = tmp_path_factory.mktemp("two-shards") / "b"
+    return cat, build_bundle(
+        path, cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
+    )
 
 
 def test_picked_ports_are_below_the_ephemeral_range_free_and_never_repeated() -> None:
@@ -76,13 +87,12 @@ def test_a_block_of_ports_is_consecutive_free_and_never_handed_out_again(
     assert free_port() >= low  # a port-0 pick: in the ephemeral range, but free
 
 
-def test_a_local_cluster_listens_on_picked_ports(tmp_path: Path) -> None:
+def test_a_local_cluster_listens_on_picked_ports(
+    tmp_path: Path, two_shards: tuple[Catalogue, Bundle]
+) -> None:
     """Every port of a LocalCluster on free ports (shards, router, metrics, admin) lies
     below the ephemeral range, and the cluster starts and serves."""
-    cat = make_catalogue(300, 8, clusters=4, users=5)
-    bundle = build_bundle(
-        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
-    )
+    _, bundle = two_shards
     config = ClusterConfig(
         data_dir=str(tmp_path / "data"),
         shards=ShardsConfig(grace_s=0.5),
@@ -100,7 +110,7 @@ def test_a_local_cluster_listens_on_picked_ports(tmp_path: Path) -> None:
 
 
 def test_ports_0_in_the_config_are_free_ports_up_knows(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, two_shards: tuple[Catalogue, Bundle], capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`annfleet up` (fixed ports from the config) with every port 0: each is picked by the
     supervisor, so it can wait for the router and show its addresses (the router's port 0
@@ -108,10 +118,7 @@ def test_ports_0_in_the_config_are_free_ports_up_knows(
     forever); `status` and `rollout --status` find the router's admin port in cluster.json."""
     from annfleet.cli import main
 
-    cat = make_catalogue(300, 8, clusters=4, users=5)
-    bundle = build_bundle(
-        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
-    )
+    cat, bundle = two_shards
     config_file = tmp_path / "cluster.yaml"
     config_file.write_text(f"""
 data_dir: {tmp_path / "data"}
@@ -159,15 +166,14 @@ def _ipv6_loopback() -> bool:
 
 
 @pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
-def test_a_local_cluster_on_ipv6_loopback(tmp_path: Path) -> None:
+def test_a_local_cluster_on_ipv6_loopback(
+    tmp_path: Path, two_shards: tuple[Catalogue, Bundle]
+) -> None:
     """Shards and router on ``::1``: every address the cluster hands out has the literal in
     brackets, the router reaches its shards, and the metrics ports serve over IPv6."""
     from annfleet.cli import main
 
-    cat = make_catalogue(300, 8, clusters=4, users=5)
-    bundle = build_bundle(
-        tmp_path / "b", cat.ids, cat.vectors, num_shards=2, index_type="flat", progress=False
-    )
+    cat, bundle = two_shards
     config = ClusterConfig(
         data_dir=str(tmp_path / "data"),
         shards=ShardsConfig(host="::1", grace_s=0.5),
