@@ -451,12 +451,15 @@ def _id_list(text: str) -> list[int]:
         ) from None
 
 
-def _router_target(args: argparse.Namespace, config: ClusterConfig) -> str:
-    """Where query/engage ask: --target; else the router of the local cluster `up` runs from
-    the config's data dir (cluster.json); else the config's router.host:port."""
+def _router(args: argparse.Namespace) -> tuple[str, Any]:
+    """Where query/engage ask and over what: --target, else the router of the local cluster
+    `up` runs from the config's data dir (cluster.json), else the config's router.host:port;
+    the channel credentials of --ca/--cert/--key, else of the --config's tls section."""
     from annfleet.cluster import router_address
 
-    return str(args.target) if args.target else router_address(config)
+    config = load_config(args.config)
+    credentials = _credentials(args, config if args.config else None)
+    return (str(args.target) if args.target else router_address(config)), credentials
 
 
 def cmd_query(args: argparse.Namespace) -> int:
@@ -465,9 +468,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     recent = args.recent or []
     try:
-        config = load_config(args.config)
-        credentials = _credentials(args, config if args.config else None)
-        target = _router_target(args, config)
+        target, credentials = _router(args)
         with Client(target, timeout=args.timeout, credentials=credentials) as client:
             result = client.retrieve(args.user, args.k, recent_items=recent, include_titles=True)
     except ClientError as exc:
@@ -513,9 +514,7 @@ def cmd_engage(args: argparse.Namespace) -> int:
 
     event = Engagement(args.user, args.item, args.type, args.timestamp, args.country)
     try:
-        config = load_config(args.config)
-        credentials = _credentials(args, config if args.config else None)
-        target = _router_target(args, config)
+        target, credentials = _router(args)
         with Client(target, timeout=args.timeout, credentials=credentials) as client:
             applied = client.record_engagement([event])
     except ClientError as exc:
