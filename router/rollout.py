@@ -456,6 +456,11 @@ class RolloutController:
                 f"canary {canary.state.bundle.id} is live ({canary.percent:g}% of users): "
                 "promote or abort it first"
             )
+        if canary is None and percent > 0 and not request.bundle:
+            raise FailedPrecondition(
+                f"no canary is live: a share alone ({percent:g}%) moves a live canary; "
+                "give a bundle to start one"
+            )
         path = bundle_path(request.bundle)
         self._claim(request.holder)
         try:

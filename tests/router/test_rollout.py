@@ -533,6 +533,10 @@ def test_canary_abort_returns_everyone_to_stable(
     fleet: Fleet, bundles: tuple[Bundle, Bundle]
 ) -> None:
     a, b = bundles
+    with pytest.raises(grpc.RpcError) as err:  # a share alone needs a live canary
+        fleet.rollout("", canary_percent=50)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "no canary is live" in err.value.details()
     fleet.rollout(b.path, canary_percent=50)
     assert {bid for _, bid, _ in _variants(fleet, range(1, 51)).values()} == {a.id, b.id}
     fleet.admin.Abort(admin_pb2.AbortRequest(), metadata=AUTH, timeout=10)
