@@ -4,7 +4,7 @@ Each id goes to its shard (``splitmix64(id) mod num_shards`` of the active bundl
 every replica of that shard, pinned to the bundle the shards serve when the command starts,
 so a concurrent bundle switch cannot split one update over two bundles. Updates are
 idempotent: when a replica fails, the command says so and exits 1; running it again
-converges.
+converges (unless every failure is a refusal, which the same command meets again: it says so).
 """
 
 from __future__ import annotations
@@ -109,12 +109,25 @@ class Fleet:
                 yield shard, rows[start : start + BATCH_ROWS]
 
 
+# codes a shard answers for a request it will refuse again, unchanged, on a second run
+REFUSED = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAUTHENTICATED,
+    }
+)
+
+
 @dataclass
 class Tally:
     counts: dict[tuple[int, str], dict[str, int]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(int))
     )
     failures: list[str] = field(default_factory=list)
+    codes: set[grpc.StatusCode] = field(default_factory=set)
     searchable: dict[tuple[int, str], int] = field(default_factory=dict)
 
     def add(self, shard: int, target: str, reply: shard_pb2.UpdateResponse) -> None:
@@ -157,6 +170,7 @@ def _update(fleet: Fleet, ids: np.ndarray, request_for: Any, method: str) -> Tal
                 tally.failures.append(
                     f"shard {shard} {replica.target}: {exc.code().name}: {exc.details()}"
                 )
+                tally.codes.add(exc.code())
                 continue
             tally.add(shard, replica.target, reply)
     return tally
@@ -259,11 +273,21 @@ def cmd_items(args: argparse.Namespace) -> int:
     if tally.failures:
         print(
             f"annfleet items {args.action}: {len(tally.failures)} replica call(s) failed; "
-            "updates are idempotent: run the command again",
+            + _next_step(tally.codes),
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _next_step(codes: set[grpc.StatusCode]) -> str:
+    """What to do about the failed replica calls: a refused request changed nothing on its
+    replica and fails again as it is; anything else may pass on a second run."""
+    if codes == {grpc.StatusCode.NOT_FOUND}:
+        return "--missing-ok skips ids a shard does not have (nothing changed on those replicas)"
+    if codes <= REFUSED:
+        return "the request was refused as it is (nothing changed on those replicas): fix it"
+    return "updates are idempotent: run the command again"
 
 
 def register(sub: Any) -> None:

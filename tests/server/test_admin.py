@@ -433,63 +433,22 @@ def test_items_client_routes_ids_to_every_shard(
         token_file.write_text(TOKEN + "\n")
         targets = ",".join(s.admin_target for s in shards)
         common = ["--targets", targets, "--token-file", str(token_file)]
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "annfleet.cli",
-                "items",
-                "delete",
-                "--ids",
-                str(tmp_path / "ids.npy"),
-                *common,
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        done = items("delete", "--ids", str(tmp_path / "ids.npy"), *common, "--json")
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         assert sum(r["deleted"] for r in summary["replicas"]) == 10
         for s in shards:
             assert not np.isin(s.query(vectors[:10], k=5)[1], ids[:10]).any()
-        again = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "annfleet.cli",
-                "items",
-                "delete",
-                "--ids",
-                f"{ids[0]},{ids[1]}",
-                *common,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = items("delete", "--ids", f"{ids[0]},{ids[1]}", *common)
         assert again.returncode == 1 and "NOT_FOUND" in again.stderr
+        assert "--missing-ok skips ids" in again.stderr  # the way out, not "run it again"
+        np.save(tmp_path / "wide.npy", np.ones((1, 33), np.float32))
+        wide = items("upsert", "--ids", "5", "--vectors", str(tmp_path / "wide.npy"), *common)
+        assert wide.returncode == 1 and "INVALID_ARGUMENT" in wide.stderr
+        assert "refused as it is" in wide.stderr and "run the command again" not in wide.stderr
         wrong = token_file.with_name("wrong")
         wrong.write_text("nope\n")
-        refused = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "annfleet.cli",
-                "items",
-                "delete",
-                "--ids",
-                "1",
-                "--targets",
-                targets,
-                "--token-file",
-                str(wrong),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        refused = items("delete", "--ids", "1", "--targets", targets, "--token-file", str(wrong))
         assert refused.returncode == 2 and "PERMISSION_DENIED" in refused.stderr
         # One shard's delete: the other shards got nothing to do.
         fleet = Fleet.connect([s.admin_target for s in shards], TOKEN)
