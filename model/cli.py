@@ -24,16 +24,33 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="directory with ml-100k.{inter,item,user} (default: the recbole wheel's)",
     )
     p.add_argument(
-        "--dim", type=int, default=64, help="embedding dimension per ensemble member (default 64)"
+        "--dim",
+        type=positive_int,
+        default=64,
+        help="embedding dimension per ensemble member (default 64)",
     )
-    p.add_argument("--epochs", type=int, default=None, help="two-tower epochs (default: tuned)")
+    p.add_argument(
+        "--epochs", type=positive_int, default=None, help="two-tower epochs (default: tuned)"
+    )
     p.add_argument(
         "--members",
-        type=int,
+        type=positive_int,
         default=None,
         help="independently seeded two-towers served as one (default: tuned)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide tqdm progress bars")
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count that must be >= 1 (a usage error otherwise, before any data
+    is loaded or a model trained)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -75,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=None,
         help="seeds that also train the cold-start model (default: all --seeds)",
     )
-    e.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    e.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
     e.add_argument(
         "--models",
         nargs="+",
@@ -133,7 +150,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="--served: the bundle the router serves (checked: split and answering bundle "
         "id); --blend: serve this bundle (an --export-bundle of this split) instead of training",
     )
-    b.add_argument("--users", type=int, default=None, help="only the first N test users")
+    b.add_argument("--users", type=positive_int, default=None, help="only the first N test users")
     b.add_argument("--config", type=Path, default=None, help="cluster YAML: sources, router")
     b.add_argument("--shards", type=int, default=2, help="--blend: item shards (default 2)")
     b.add_argument(
@@ -161,8 +178,6 @@ def _config(args: argparse.Namespace, seed: int = 0):  # type: ignore[no-untyped
     if args.epochs is not None:
         cfg = replace(cfg, epochs=args.epochs)
     if args.members is not None:
-        if args.members < 1:
-            raise SystemExit("--members must be at least 1")
         cfg = replace(cfg, members=args.members)
     return cfg
 

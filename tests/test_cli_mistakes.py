@@ -377,6 +377,22 @@ def test_train_refuses_bad_output_arguments_before_training(
     assert "two-tower:" not in done.stderr  # before: minutes of training, then the error
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--out", "x", "--epochs", "0"],  # was a traceback from the LR schedule
+        ["train", "--out", "x", "--dim", "0"],  # was minutes of training a 0-wide model
+        ["train", "--out", "x", "--members", "-1"],
+        ["eval", "--threads", "0"],
+        ["eval", "--blend", "--users", "0"],
+    ],
+)
+def test_model_counts_below_one_are_usage_errors(args: list[str]) -> None:
+    done = run(*args)
+    _fails_clearly(done, "expected an integer >= 1")
+    assert "loaded 100000 interactions" not in done.stderr  # refused before any data
+
+
 def test_eval_served_by_a_router_that_is_not_there_says_so() -> None:
     done = run("eval", "--served", f"127.0.0.1:{free_port()}", "--users", "2", "--no-progress")
     _fails_clearly(done, "annfleet eval: UNAVAILABLE: failed to connect", code=1)

@@ -29,5 +29,5 @@ def test_members_sets_the_ensemble_size_and_the_served_width() -> None:
     cfg = cli._config(_parse(["train", "--out", "x", "--members", "3", "--dim", "16"]), seed=4)
     assert (cfg.members, cfg.dim, cfg.out_dim, cfg.seed) == (3, 16, 48, 4)
     assert [cfg.member_seed(j) for j in range(3)] == [4, 1004, 2004]
-    with pytest.raises(SystemExit, match="at least 1"):
-        cli._config(_parse(["eval", "--members", "0"]))
+    with pytest.raises(SystemExit):  # a usage error at parse time (test_cli_mistakes.py)
+        _parse(["eval", "--members", "0"])
