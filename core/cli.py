@@ -470,7 +470,14 @@ def cmd_query(args: argparse.Namespace) -> int:
     try:
         target, credentials = _router(args)
         with Client(target, timeout=args.timeout, credentials=credentials) as client:
-            result = client.retrieve(args.user, args.k, recent_items=recent, include_titles=True)
+            result = client.retrieve(
+                args.user,
+                args.k,
+                recent_items=recent,
+                exclude=args.exclude or [],
+                include_titles=True,
+                country=args.country,
+            )
     except ClientError as exc:
         print(f"annfleet query: {exc.code.name}: {exc.details}", file=sys.stderr)
         return 1
@@ -788,11 +795,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("query", help="ask the router for a user's candidates")
-    p.add_argument("--user", type=int, required=True)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--user", type=int, required=True, help="user id")
+    p.add_argument("--k", type=int, default=10, help="candidates to return (default 10)")
     p.add_argument(
         "--recent", type=_id_list, help="comma-separated recent item ids (context), e.g. 50,181"
     )
+    p.add_argument(
+        "--exclude", type=_id_list, help="comma-separated item ids never to return, e.g. 50,181"
+    )
+    p.add_argument("--country", default="", help="context country (regional trending), e.g. US")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--target",

@@ -160,6 +160,12 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
             run("query", "--user", "1", "--k", "7", "--json", "--target", target).stdout
         )
         assert first["item_id"] not in [c["item_id"] for c in after["candidates"]]
+        top2 = [c["item_id"] for c in after["candidates"][:2]]
+        excluded = run("query", "--user", "1", "--k", "7", "--json", "--target", target,
+                       "--exclude", ",".join(map(str, top2)), "--country", "US")  # fmt: skip
+        assert excluded.returncode == 0, excluded.stderr
+        rest = [c["item_id"] for c in json.loads(excluded.stdout)["candidates"]]
+        assert len(rest) == 7 and not set(top2) & set(rest)
         bad = run("engage", "--user", "1", "--item", "-7", "--target", target)
         assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
         assert "events[0]: unknown item id -7" in bad.stderr
