@@ -549,7 +549,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for child in state["children"]:
         status = child_health(child, credentials)
         worst = max(worst, 0 if status == "SERVING" else 1)
-        if child.get("role") == "redis":
+        if status != "SERVING" and "restart_at" in child:
+            left = max(0.0, child["restart_at"] - time.time())
+            held = f"crash loop: next start in {left:.0f}s (why: {child['log']})"
+        elif child.get("role") == "redis":
             held = f"state store {config.state.url}, data in {child.get('data', '?')}"
         elif child["name"].startswith("shard"):
             held = _shard_bundle(child["target"], credentials)

@@ -44,7 +44,10 @@ from annfleet.serving import channel_credentials
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
-MAX_RESTARTS_PER_MINUTE = 5
+MAX_RESTARTS_PER_MINUTE = 5  # immediate restarts; beyond them a child waits (backoff)
+CRASH_BACKOFF_S = 10.0  # the first wait of a crash-looping child, doubled per death ...
+CRASH_BACKOFF_MAX_S = 300.0  # ... up to this (as Kubernetes' CrashLoopBackOff)
+CRASH_RESET_S = 60.0  # a child that ran this long before it died starts afresh
 REDIS_GRACE_S = 10.0  # a stopping redis-server fsyncs its append-only file
 # Runs a program bound to its parent's life (Linux): argv = parent pid, program, its
 # arguments; 1 = PR_SET_PDEATHSIG, which survives the exec.
@@ -134,7 +137,10 @@ class Child:
     shard: int | None = None  # shard id of a shard process
     replica: int | None = None  # its replica number
     process: subprocess.Popen[bytes] | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: list[float] = field(default_factory=list)  # monotonic times of its deaths
+    crash_level: int = 0  # deaths in its current crash loop beyond the immediate restarts
+    restart_at: float | None = None  # a death seen: when it may start again (monotonic)
+    started_at: float = 0.0  # monotonic
     log_start: int = 0  # where this run's output begins in log_path (it is appended to)
 
     def command(self) -> list[str]:
@@ -146,6 +152,7 @@ class Child:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.monotonic()
         with self.log_path.open("ab") as out:
             self.log_start = out.tell()
             self.process = subprocess.Popen(
@@ -493,19 +500,26 @@ class LocalCluster:
             self.redis.stop(REDIS_GRACE_S)
 
     def restart_dead(self) -> list[str]:
-        """Restart children that exited; return a line per restart. Raises on crash loops."""
-        notes = []
+        """Restart children that exited; return a line per restart or postponed restart.
+
+        A child is restarted at once up to ``MAX_RESTARTS_PER_MINUTE`` deaths within a
+        minute; beyond that it crash-loops (e.g. its bundle files are gone) and waits
+        ``CRASH_BACKOFF_S``, doubled per further death up to ``CRASH_BACKOFF_MAX_S``, while
+        the others keep serving: a broken shard costs its coverage (or, with replicas,
+        nothing), not the cluster. A child that ran ``CRASH_RESET_S`` before it died starts
+        afresh."""
+        notes: list[str] = []
         for child in self.children:
             code = child.exited()
             if code is None:
                 continue
             now = time.monotonic()
-            child.restarts = [t for t in child.restarts if now - t < 60] + [now]
-            if len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
-                raise ClusterError(
-                    f"{child.name} died {len(child.restarts)} times within a minute; giving up. "
-                    f"Last lines of {child.log_path}:\n{child.log_tail()}"
-                )
+            restart_at = child.restart_at
+            if restart_at is None:  # a death not seen before
+                restart_at = child.restart_at = self._schedule(child, code, now, notes)
+            if now < restart_at:
+                continue
+            child.restart_at = None
             old_pid = child.pid
             child.start()
             notes.append(
@@ -515,6 +529,28 @@ class LocalCluster:
         if notes:
             self._write_state()  # `annfleet status` shows the new pids
         return notes
+
+    @staticmethod
+    def _schedule(child: Child, code: int, now: float, notes: list[str]) -> float:
+        """Count a death; return when the child may start again (a note when it must wait)."""
+        if now - child.started_at >= CRASH_RESET_S:
+            child.crash_level = 0
+        child.restarts = [t for t in child.restarts if now - t < 60] + [now]
+        if child.crash_level or len(child.restarts) > MAX_RESTARTS_PER_MINUTE:
+            child.crash_level += 1
+        delay = (
+            min(CRASH_BACKOFF_MAX_S, CRASH_BACKOFF_S * 2 ** (child.crash_level - 1))
+            if child.crash_level
+            else 0.0
+        )
+        if delay:
+            notes.append(
+                f"{child.name} (pid {child.pid}) exited with code {code}, "
+                f"{len(child.restarts)} deaths within a minute: restarting it in {delay:g}s "
+                f"(the others keep serving). Last lines of {child.log_path}:\n"
+                f"{child.log_tail()}"
+            )
+        return now + delay
 
     def describe(self) -> dict[str, object]:
         return {
@@ -537,6 +573,12 @@ class LocalCluster:
                     else None,
                     **({"admin_target": c.admin_target} if c.admin_target else {}),
                     **({"data": str(c.data_dir)} if isinstance(c, RedisChild) else {}),
+                    # crash-looping: when its next start is due (wall clock)
+                    **(
+                        {"restart_at": time.time() + c.restart_at - time.monotonic()}
+                        if c.restart_at is not None
+                        else {}
+                    ),
                 }
                 for c in self.children
             ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from support import catalogue_bundle
 
+from annfleet import cluster as cluster_module
 from annfleet.bundle import Bundle
 from annfleet.client import Client
 from annfleet.cluster import LocalCluster
@@ -87,3 +89,54 @@ def test_replicas_sigstop_kill_and_the_state_file(small_bundle: Bundle, tmp_path
             assert pid == victim.pid != old_pid
             victim.wait_ready(120)
             assert all(complete(client, user) for _ in range(10))
+
+
+def test_a_crash_looping_shard_backs_off_while_the_rest_keep_serving(
+    small_bundle: Bundle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard that cannot start again (its bundle files gone) is restarted five times at
+    once, then after a doubling wait; the router and the other shard keep answering (it
+    used to stop the whole cluster), and once the files are back the shard serves again."""
+    monkeypatch.setattr(cluster_module, "CRASH_BACKOFF_S", 1.0)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(small_bundle.path, bundle)
+    config = ClusterConfig(
+        data_dir=str(tmp_path / "data"),
+        shards=ShardsConfig(grace_s=1.0),
+        router=RouterConfig(grace_s=1.0),
+    )
+    cluster = LocalCluster(bundle, config, log_dir=tmp_path / "logs")
+    users = small_bundle.users()
+    assert users is not None
+    user = int(users[0][0])
+
+    def notes_until(text: str) -> list[str]:
+        notes: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any(text in note for note in notes):
+            assert time.monotonic() < deadline, notes
+            notes += cluster.restart_dead()
+            time.sleep(0.05)
+        return notes
+
+    with cluster, Client(cluster.router_target, retries=0) as client:
+        broken = cluster.replicas[1][0]
+        others = [c for c in cluster.children if c is not broken]
+        bundle.rename(tmp_path / "gone")  # its restarts cannot load the bundle
+        os.kill(broken.pid, signal.SIGKILL)
+        waiting = next(n for n in notes_until("restarting it in 1s") if "restarting it" in n)
+        assert "6 deaths within a minute" in waiting and "no bundle at" in waiting
+        assert "restarting it in 2s" in "".join(notes_until("restarting it in 2s"))
+        waiting_child = next(c for c in cluster.describe()["children"] if c["pid"] == broken.pid)  # type: ignore[attr-defined]
+        assert waiting_child["restart_at"] <= time.time() + 2.0  # what `annfleet status` shows
+        assert all(c.exited() is None for c in others)
+        answer = client.retrieve(user, 10, timeout=5.0)
+        assert answer.coverage.shards_answered == 1 and answer.coverage.degraded
+
+        (tmp_path / "gone").rename(bundle)  # mended: the next restart serves again
+        notes_until("restarted as pid")
+        broken.wait_ready(60)
+        deadline = time.monotonic() + 30
+        while not complete(client, user):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
