@@ -24,6 +24,36 @@ def test_unavailable_is_retried_a_bounded_number_of_times() -> None:
     assert 0.15 <= elapsed < 3.0
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("", "target: empty"),
+        ("  ", "target: empty"),
+        ("127.0.0.1:99999", "port '99999' is not in 1..65535"),  # gRPC dialled 34463
+        ("127.0.0.1:0", "port '0' is not in 1..65535"),
+        ("localhost:http", "port 'http' is not in 1..65535"),
+        ("router", "expected HOST:PORT"),  # gRPC would dial port 443
+        ("::1", "expected HOST:PORT or [IPV6]:PORT"),
+    ],
+)
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_malformed_target_is_the_clients_invalid_argument(
+    target: str, message: str, aio: bool
+) -> None:
+    from annfleet.client import AsyncClient
+
+    with pytest.raises(InvalidArgument, match=message.replace("[", r"\[").replace(".", r"\.")):
+        if aio:
+            AsyncClient(target)
+        else:
+            Client(target)
+
+
+@pytest.mark.parametrize("target", ["[::1]:50051", "unix:/tmp/annfleet.sock", "dns:///h:1"])
+def test_well_formed_targets_and_grpc_uris_are_accepted(target: str) -> None:
+    Client(target).close()  # no connection is made until a call
+
+
 def test_invalid_argument_is_not_retried(cluster_factory, flat_bundle) -> None:  # type: ignore[no-untyped-def]
     cluster = cluster_factory(flat_bundle)
     with Client(cluster.router_target, timeout=5, retries=5) as client:
