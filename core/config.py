@@ -747,6 +747,14 @@ def parse_shard_map(text: str) -> list[list[str]]:
         raise ConfigError(
             f"shard map {text!r}: expected HOST:PORT[|HOST:PORT...] per shard, comma-separated"
         )
+    from annfleet.client.channels import check_target
+    from annfleet.client.errors import InvalidArgument
+
+    for target in (t for replicas in shards for t in replicas):
+        try:
+            check_target(target)
+        except InvalidArgument as exc:
+            raise ConfigError(f"shard map {text!r}: {exc.details}") from exc
     return shards
 
 

@@ -20,6 +20,7 @@ from support import Cluster, LoopThread
 from annfleet.bundle import Bundle
 from annfleet.client import AsyncClient, Client
 from annfleet.config import RouterConfig, parse_shard_map
+from annfleet.errors import ConfigError
 from annfleet.router.replicas import Replica
 from annfleet.server.main import ShardServer, start_shard_server
 from annfleet.synthetic import Catalogue
@@ -84,6 +85,10 @@ def assert_full(outcomes: list[object], shards: int = 3) -> None:
 def test_shard_map_syntax() -> None:
     assert parse_shard_map("h:1|h:2,h:3|h:4") == [["h:1", "h:2"], ["h:3", "h:4"]]
     assert parse_shard_map("h:1,h:2,") == [["h:1"], ["h:2"]]  # the old syntax: one each
+    assert parse_shard_map("[::1]:1|dns:///h:2") == [["[::1]:1", "dns:///h:2"]]
+    for bad, why in (("h:1,h:99999", "port '99999' is not in 1..65535"), ("h", "HOST:PORT")):
+        with pytest.raises(ConfigError, match=why):
+            parse_shard_map(bad)
 
 
 @pytest.mark.parametrize("transport", ["unary", "stream"])
