@@ -26,7 +26,14 @@ def tls_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCrede
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
+    from annfleet.client import AnnfleetError
+    from annfleet.client.channels import check_target
+
     target = args.target or host_port(args.host, args.port)
+    try:
+        check_target(target)  # gRPC would dial --port 99999 as 34463
+    except AnnfleetError as exc:
+        raise SystemExit(f"annfleet probe: {exc.details}") from exc
     credentials = None
     options: list[tuple[str, str]] = []
     if args.ca:

@@ -119,6 +119,19 @@ def test_a_timeout_that_is_not_positive_is_a_usage_error(args: list[str]) -> Non
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["probe", "--port", "99999"],  # before: "DOWN", having dialled port 34463
+        ["query", "--user", "1", "--target", "127.0.0.1:99999"],
+        ["engage", "--user", "1", "--item", "2", "--target", "127.0.0.1:99999"],
+    ],
+)
+def test_a_port_beyond_65535_is_named_not_dialled_modulo_65536(args: list[str]) -> None:
+    done = run(*args)
+    _fails_clearly(done, "port '99999' is not in 1..65535", code=1)
+
+
+@pytest.mark.parametrize(
     ("flags", "message"),
     [
         (["--m", "1"], "hnsw index parameter m must be an integer >= 2, got 1"),
