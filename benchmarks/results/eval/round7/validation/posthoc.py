@@ -28,5 +28,13 @@ base = u @ v.T
 BETAS = [float(b) for b in os.environ.get("BETAS", "-0.01,0,0.005,0.01,0.02,0.04").split(",")]
 for beta in BETAS:
     m = evaluate_scores(base + beta * prior[None, :], queries)
-    print(json.dumps({"seed": seed, "members": names, "pop_beta": beta,
-                      **{a: round(float(b), 4) for a, b in m.items() if a != "num_queries"}}))
+    print(
+        json.dumps(
+            {
+                "seed": seed,
+                "members": names,
+                "pop_beta": beta,
+                **{a: round(float(b), 4) for a, b in m.items() if a != "num_queries"},
+            }
+        )
+    )

@@ -24,9 +24,6 @@ for tag in by_cfg:
         if not ms:
             continue
         p = pair.get((tag, seed))
-        ps = (
-            f"{p['recall@10']:.4f} / {p['recall@50']:.4f} / {p['recall@100']:.4f} / {p['ndcg@50']:.4f}"
-            if p
-            else "-"
-        )
+        keys = ("recall@10", "recall@50", "recall@100", "ndcg@50")
+        ps = " / ".join(f"{p[k]:.4f}" for k in keys) if p else "-"
         print(f"| {tag} | {seed} | {ms} | {ps} |")
