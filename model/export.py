@@ -56,7 +56,7 @@ from annfleet.server.builder import build_bundle, check_out
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "two_tower_movielens100k"
-MODEL_VERSION = "6"
+MODEL_VERSION = "7"
 NEIGHBOURS = 20
 USER_COLUMNS: list[str] = list(cast(dict[str, Any], USER_TOWER_INPUTS["user"])["columns"])
 RECENT_WINDOW_DAYS = 7

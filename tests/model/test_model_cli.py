@@ -25,7 +25,7 @@ def test_the_cli_lists_the_models_and_splits_evaluate_runs() -> None:
 
 def test_members_sets_the_ensemble_size_and_the_served_width() -> None:
     default = cli._config(_parse(["train", "--out", "x"]))
-    assert default.members == 2 and default.out_dim == 128  # the tuned default: 2 x 64
+    assert default.members == 3 and default.out_dim == 192  # the tuned default: 3 x 64
     cfg = cli._config(_parse(["train", "--out", "x", "--members", "3", "--dim", "16"]), seed=4)
     assert (cfg.members, cfg.dim, cfg.out_dim, cfg.seed) == (3, 16, 48, 4)
     assert [cfg.member_seed(j) for j in range(3)] == [4, 1004, 2004]
