@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from annfleet.auth import default_token_path, ensure_token_file, read_token
 from annfleet.bundle import Bundle
+from annfleet.client.channels import check_target
 from annfleet.config import (
     ClusterConfig,
     format_shard_map,
@@ -109,7 +110,9 @@ def health_status(
     credentials: grpc.ChannelCredentials | None = None,
     options: Sequence[tuple[str, Any]] = (),
 ) -> str:
-    """ "SERVING", "NOT_SERVING", ... or "DOWN" when the process does not answer."""
+    """ "SERVING", "NOT_SERVING", ... or "DOWN" when the process does not answer; the
+    client's InvalidArgument for a target that is not HOST:PORT (``check_target``)."""
+    check_target(target)
     channel = (
         grpc.secure_channel(target, credentials, options=options)
         if credentials is not None

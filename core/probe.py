@@ -27,22 +27,20 @@ def tls_credentials(ca: str, cert: str = "", key: str = "") -> grpc.ChannelCrede
 
 def cmd_probe(args: argparse.Namespace) -> int:
     from annfleet.client import AnnfleetError
-    from annfleet.client.channels import check_target
 
     target = args.target or host_port(args.host, args.port)
-    try:
-        check_target(target)  # gRPC would dial --port 99999 as 34463
-    except AnnfleetError as exc:
-        raise SystemExit(f"annfleet probe: {exc.details}") from exc
     credentials = None
     options: list[tuple[str, str]] = []
     if args.ca:
         credentials = tls_credentials(args.ca, args.cert, args.key)
         if args.server_name:
             options.append(("grpc.ssl_target_name_override", args.server_name))
-    status = health_status(
-        target, args.timeout, service=args.service, credentials=credentials, options=options
-    )
+    try:  # a malformed target (gRPC would dial --port 99999 as 34463) is named
+        status = health_status(
+            target, args.timeout, service=args.service, credentials=credentials, options=options
+        )
+    except AnnfleetError as exc:
+        raise SystemExit(f"annfleet probe: {exc.details}") from exc
     print(f"{target} {args.service or '(overall)'}: {status}")
     return 0 if status == "SERVING" else 1
 
