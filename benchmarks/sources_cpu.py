@@ -29,6 +29,16 @@ from typing import Any
 import numpy as np
 
 
+def bundle_history(bundle: Any) -> Callable[[int], tuple[int, ...]] | None:
+    """The bundle's record of each user's last items, as the router feeds it to the sources;
+    None in a checkout from before they had it (``UserHistory``)."""
+    try:
+        from annfleet.router.service import UserHistory
+    except ImportError:
+        return None
+    return UserHistory.load(bundle).of
+
+
 def _cpu_us(fn: Callable[[], Any], n: int) -> float:
     """Thread CPU µs per call of ``fn`` over ``n`` calls."""
     start = time.thread_time()
@@ -78,9 +88,9 @@ def measure(
     sources = build_sources(config, bundle, state, embed=embed, search=search)
     seen = SeenItems.load(bundle)
     caches = RouterCaches(RouterConfig(), config)
-    generator = CandidateGenerator(
-        bundle.id, sources, state, caches, bundle_seen=seen.of, diversity=None
-    )
+    history_of = bundle_history(bundle)
+    known: dict[str, Any] = {"bundle_history": history_of} if history_of else {}
+    generator = CandidateGenerator(bundle.id, sources, state, caches, bundle_seen=seen.of, **known)
     ctx = RequestContext((), 0, "", "")
     exclude = no_ids = np.empty(0, np.int64)
     far = time.monotonic() + 3600.0
@@ -89,7 +99,8 @@ def measure(
     for user in users.tolist():
         u = _run(state.user(user))
         excl = generator.exclusions(user, u, (), exclude, np.empty(0, np.int64))
-        request = SourceRequest(user, ctx, k, far, excl, None)
+        history: dict[str, Any] = {"history": history_of(user)} if history_of else {}
+        request = SourceRequest(user, ctx, k, far, excl, None, **history)
         outcomes = {s.name: Outcome(s.name, _run(s.fetch(request))) for s in sources.sources}
         prepared.append((user, u, request, outcomes))
 

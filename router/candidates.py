@@ -149,6 +149,7 @@ class CandidateGenerator:
         caches: RouterCaches,
         *,
         bundle_seen: Callable[[int], np.ndarray] | None = None,
+        bundle_history: Callable[[int], tuple[int, ...]] | None = None,
         filter_seen: bool = True,
         recent_len: int = 50,
         diversity: DiversityMonitor | None = None,
@@ -158,6 +159,7 @@ class CandidateGenerator:
         self.state = state
         self.caches = caches
         self.bundle_seen = bundle_seen
+        self.bundle_history = bundle_history
         self.filter_seen = filter_seen
         self.recent_len = recent_len
         self.diversity = diversity
@@ -260,7 +262,10 @@ class CandidateGenerator:
             return replace(cached, cached=True, sources_done=0.0, budget_end=0.0)
         excl = self.exclusions(user_id, user, recent, exclude, blocked)
         blender = self.sources.blender
-        request = SourceRequest(user_id, context, blender.asked(k), deadline, excl, params, *timing)
+        history = self.bundle_history(user_id) if self.bundle_history is not None else ()
+        request = SourceRequest(
+            user_id, context, blender.asked(k), deadline, excl, params, *timing, history=history
+        )
         outcomes = await run_sources(self.sources.sources, request)
         for outcome in outcomes.values():
             if isinstance(outcome.error, CALLER_ERRORS):

@@ -76,6 +76,50 @@ class SeenItems:
         return self.ids[self.offsets[row] : self.offsets[row + 1]]
 
 
+@dataclass(frozen=True)
+class UserHistory:
+    """Each known user's last items as the bundle recorded them at training (the user tower's
+    ``user_recent`` table: dense item indices, right-aligned, 0-padded), as item ids: what the
+    item-to-item sources start from before the user engages live (``SourceRequest.history``).
+    """
+
+    row: dict[int, int]
+    recent: np.ndarray  # (U, L) int64 dense 1-based item indices, 0 = none
+    item_ids: np.ndarray  # (N,) int64: index i is item_ids[i - 1]
+
+    @classmethod
+    def load(cls, bundle: Bundle) -> UserHistory:
+        """The bundle's tables (the names the user tower's spec gives, else the defaults); a
+        bundle without them, or with tables that do not fit together, has no history."""
+        names = bundle.manifest.get("user_tower", {}).get("tables", {})
+        users = bundle.table(names.get("users", "user_features"))
+        recent = bundle.table(names.get("recent", "user_recent"))
+        item_ids = bundle.table(names.get("item_ids", "item_ids"))
+        none = cls({}, np.zeros((0, 0), np.int64), np.empty(0, np.int64))
+        if users is None or recent is None or item_ids is None:
+            return none
+        users, recent = np.asarray(users), np.asarray(recent)
+        fits = (
+            users.ndim == 2
+            and recent.ndim == 2
+            and len(users) == len(recent)
+            and (recent.size == 0 or 0 <= recent.min() <= recent.max() <= len(item_ids))
+        )
+        if not fits:
+            log.warning("bundle %s: user_recent does not fit its user and item tables", bundle.id)
+            return none
+        rows = {int(u): i for i, u in enumerate(users[:, 0])}
+        return cls(rows, recent.astype(np.int64), np.asarray(item_ids, np.int64))
+
+    def of(self, user_id: int) -> tuple[int, ...]:
+        """Item ids, oldest first; empty for a user the bundle does not know."""
+        row = self.row.get(int(user_id))
+        if row is None:
+            return ()
+        index = self.recent[row]
+        return tuple(self.item_ids[index[index > 0] - 1].tolist())
+
+
 @dataclass
 class SourcesEnv:
     """What every bundle's sources share in one router process: the sources config, the
@@ -209,6 +253,7 @@ class RouterState:
             env.store,
             env.caches,
             bundle_seen=seen.of,
+            bundle_history=UserHistory.load(bundle).of,
             filter_seen=config.filter_seen,
             recent_len=env.state_config.recent_len,
             diversity=env.diversity,

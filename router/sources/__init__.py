@@ -57,6 +57,16 @@ class SourceRequest:
     # most ``return_max_share`` of it (``router.return_time_max_share``)
     return_time: float = 0.0
     return_max_share: float = 0.0
+    # the user's last items as the bundle recorded them at training (oldest first; empty for
+    # a user it does not know): a user with no live engagement yet still has a history
+    history: tuple[int, ...] = ()
+
+    @property
+    def recent_items(self) -> tuple[int, ...]:
+        """What the item-to-item sources start from: the bundle's history, then the live and
+        the request's recent items (``context.recent_item_ids``), most recent last; an item
+        may repeat (``last_unique`` keeps its latest place)."""
+        return self.history + self.context.recent_item_ids
 
     @property
     def now(self) -> float:

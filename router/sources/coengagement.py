@@ -3,7 +3,8 @@
 Neighbours come from the bundle (``coengagement_ids`` / ``coengagement_scores``: per row of
 ``item_ids``, the most co-engaged items by cosine, -1 padded) and from live co-engagement in
 the state store (``RecordEngagement`` counts, for each engaged item, the user's previous
-items as its neighbours and back). For the user's last ``recent`` items r (recency weight
+items as its neighbours and back). For the user's last ``recent`` items r (the bundle's
+record of them, then live and the request's: ``SourceRequest.recent_items``; recency weight
 ``recency_decay ** i`` for the i-th most recent), item j scores
 ``sum_r w_r * (cosine(r, j) + live_weight * log1p(live_count(r, j)))``; the recent items
 themselves and the excluded ones are left out.
@@ -20,6 +21,7 @@ from annfleet.router.sources import (
     ItemTable,
     Source,
     SourceRequest,
+    isin_sorted,
     last_unique,
     recency_weights,
     top_k,
@@ -58,26 +60,28 @@ class CoEngagementSource(Source):
         return cls(settings, state, items, ids, scores)
 
     async def fetch(self, request: SourceRequest) -> Candidates:
-        recent = last_unique(request.context.recent_item_ids, self.config.recent)
+        recent = last_unique(request.recent_items, self.config.recent)
         if not recent:
             return Candidates.empty()
         weights = recency_weights(len(recent), self.config.recency_decay)
-        score: dict[int, float] = {}
+        # Every (neighbour, gain) pair in order, the bundle's then the live ones, summed per
+        # neighbour at once (np.bincount adds in that order, as a running sum would).
         rows = self.items.rows(recent)
-        for w, row in zip(weights, rows, strict=True):
-            if row < 0:
-                continue
-            for j, s in zip(self.neighbour_ids[row], self.neighbour_scores[row], strict=True):
-                if j >= 0:
-                    score[int(j)] = score.get(int(j), 0.0) + w * float(s)
+        known = rows >= 0
+        neighbours = [self.neighbour_ids[rows[known]].ravel()]
+        scores = self.neighbour_scores[rows[known]].astype(np.float64)
+        gains = [(weights[known][:, None] * scores).ravel()]
         live = await self.state.co_engaged(recent)
         for w, r in zip(weights, recent, strict=True):
-            for j, count in live.get(r, {}).items():
-                score[j] = score.get(j, 0.0) + w * self.config.live_weight * float(np.log1p(count))
-        for r in recent:
-            score.pop(r, None)
-        if not score:
+            counts = live.get(r)
+            if counts:
+                neighbours.append(np.fromiter(counts, np.int64, len(counts)))
+                seen_together = np.fromiter(counts.values(), np.float64, len(counts))
+                gains.append(w * self.config.live_weight * np.log1p(seen_together))
+        every, gain = np.concatenate(neighbours), np.concatenate(gains)
+        keep = (every >= 0) & ~isin_sorted(every, np.unique(np.asarray(recent, np.int64)))
+        ids, inverse = np.unique(every[keep], return_inverse=True)
+        if not len(ids):
             return Candidates.empty()
-        ids = np.fromiter(score, np.int64, len(score))
-        values = np.fromiter(score.values(), np.float64, len(score))
-        return top_k(ids, values, request.k, request.exclude)
+        totals = np.bincount(inverse, weights=gain[keep], minlength=len(ids))
+        return top_k(ids, totals, request.k, request.exclude)

@@ -4,7 +4,8 @@ an item with no interaction at all is as reachable as any other).
 Features are the bundle's item feature table named by ``manifest["item_features"]``
 (``content_table``, else ``table``: MovieLens genres multi-hot plus a release-year one-hot),
 rows aligned with ``item_ids``, L2-normalised here. The user's profile is the recency
-weighted sum of the rows of their last ``recent`` items; item j scores the cosine between its
+weighted sum of the rows of their last ``recent`` items (``SourceRequest.recent_items``: the
+bundle's record of them, then live and the request's); item j scores the cosine between its
 row and the profile. Ties go to the smaller id.
 """
 
@@ -55,7 +56,7 @@ class ContentSource(Source):
         return cls(settings, items, features)
 
     async def fetch(self, request: SourceRequest) -> Candidates:
-        recent = last_unique(request.context.recent_item_ids, self.config.recent)
+        recent = last_unique(request.recent_items, self.config.recent)
         rows = self.items.rows(recent)
         weights = recency_weights(len(recent), self.config.recency_decay)[rows >= 0]
         rows = rows[rows >= 0]

@@ -11,7 +11,12 @@ import numpy as np
 from annfleet.bundle import Bundle, shard_dirname
 from annfleet.config import RouterConfig, SourcesConfig
 from annfleet.router.caches import RouterCaches
-from annfleet.router.candidates import CandidateGenerator, build_sources, cached_embedder
+from annfleet.router.candidates import (
+    CandidateGenerator,
+    SourceSet,
+    build_sources,
+    cached_embedder,
+)
 from annfleet.router.engagement import Event, record_engagement
 from annfleet.router.sources import Candidates, SourceRequest
 from annfleet.router.state import MemoryState
@@ -55,24 +60,30 @@ def brute_force_searcher(bundle: Bundle):  # type: ignore[no-untyped-def]
     return search
 
 
-def test_every_source_serves_and_an_engaged_item_never_comes_back(small_bundle: Bundle) -> None:
-    from annfleet.router.service import SeenItems
-
+def bundle_sources(bundle: Bundle) -> tuple[SourceSet, MemoryState, RouterCaches]:
+    """Every default source over ``bundle`` (the ANN by brute force), a fresh memory state."""
     state = MemoryState()
     caches = RouterCaches(RouterConfig(), SourcesConfig())
-    caches.bundle_changed(small_bundle.id)
-    users = PrecomputedUsers(*small_bundle.users())  # type: ignore[misc]
+    caches.bundle_changed(bundle.id)
+    users = PrecomputedUsers(*bundle.users())  # type: ignore[misc]
 
     async def embed(user_id: int, ctx: RequestContext) -> np.ndarray:
         return users.embed(user_id, ctx)
 
     sources = build_sources(
         SourcesConfig(),
-        small_bundle,
+        bundle,
         state,
-        embed=cached_embedder(caches.embeddings, small_bundle.id, embed),
-        search=brute_force_searcher(small_bundle),
+        embed=cached_embedder(caches.embeddings, bundle.id, embed),
+        search=brute_force_searcher(bundle),
     )
+    return sources, state, caches
+
+
+def test_every_source_serves_and_an_engaged_item_never_comes_back(small_bundle: Bundle) -> None:
+    from annfleet.router.service import SeenItems
+
+    sources, state, caches = bundle_sources(small_bundle)
     assert sources.names() == [
         "ann",
         "trending",
@@ -127,5 +138,52 @@ def test_every_source_serves_and_an_engaged_item_never_comes_back(small_bundle: 
             SourceRequest(2, RequestContext(country="US"), 5, time.monotonic() + 10)
         )
         assert hot.ids[0] == engaged
+
+    asyncio.run(go())
+
+
+def test_a_known_user_without_live_engagement_starts_from_the_bundles_history(
+    small_bundle: Bundle,
+) -> None:
+    """A freshly started router has no live state: the item-to-item sources start from the
+    bundle's record of the user's last items (the tower's user_recent), as they would from
+    the same items recorded live or sent in the request."""
+    from annfleet.router.service import SeenItems, UserHistory
+
+    history = UserHistory.load(small_bundle)
+    user, k = 1, 60
+    users = small_bundle.table("user_features")
+    recent = small_bundle.table("user_recent")[int(np.flatnonzero(users[:, 0] == user)[0])]
+    expected = small_bundle.table("item_ids")[recent[recent > 0] - 1]
+    assert history.of(user) == tuple(expected.tolist()) and len(expected) > 0
+    assert history.of(10**9) == ()  # a user the bundle does not know
+
+    sources, state, caches = bundle_sources(small_bundle)
+    seen = SeenItems.load(small_bundle)
+    far = time.monotonic() + 10
+    nothing = np.empty(0, np.int64)
+
+    async def go() -> None:
+        without = await CandidateGenerator(
+            small_bundle.id, sources, state, caches, bundle_seen=seen.of
+        ).retrieve(user, RequestContext(), k, nothing, far)
+        assert without.counts.get("co_engagement", 0) == without.counts.get("content", 0) == 0
+        fresh = RouterCaches(RouterConfig(), SourcesConfig())  # not the list cached above
+        with_history = await CandidateGenerator(
+            small_bundle.id, sources, state, fresh, bundle_seen=seen.of, bundle_history=history.of
+        ).retrieve(user, RequestContext(), k, nothing, far)
+        assert not with_history.cached
+        assert len(with_history.ids) == k and not with_history.dropped
+        assert with_history.counts["co_engagement"] > 0 and with_history.counts["content"] > 0
+        assert not np.isin(with_history.ids, seen.of(user)).any()
+        for source in sources.sources:
+            if source.name in ("co_engagement", "content"):
+                from_history = await source.fetch(
+                    SourceRequest(user, RequestContext(), k, far, history=history.of(user))
+                )
+                sent = RequestContext(recent_item_ids=history.of(user))
+                from_request = await source.fetch(SourceRequest(user, sent, k, far))
+                assert len(from_history.ids) > 0, source.name
+                np.testing.assert_array_equal(from_history.ids, from_request.ids)
 
     asyncio.run(go())
