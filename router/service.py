@@ -101,6 +101,7 @@ class UserHistory:
         users, recent = np.asarray(users), np.asarray(recent)
         fits = (
             users.ndim == 2
+            and users.shape[1] > 0
             and recent.ndim == 2
             and len(users) == len(recent)
             and (recent.size == 0 or 0 <= recent.min() <= recent.max() <= len(item_ids))

@@ -4,7 +4,9 @@ the blend keeping k full, and an engaged item never coming back."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -187,3 +189,21 @@ def test_a_known_user_without_live_engagement_starts_from_the_bundles_history(
                 np.testing.assert_array_equal(from_history.ids, from_request.ids)
 
     asyncio.run(go())
+
+
+def test_a_history_table_that_does_not_fit_gives_no_history(
+    small_bundle: Bundle, tmp_path: Path
+) -> None:
+    """A user_recent table naming items the bundle does not have, or of the wrong shape,
+    is no history (the sources start from live and request items), not a failure."""
+    from annfleet.router.service import UserHistory
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(small_bundle.path, copy)
+    rel = small_bundle.manifest["tables"]["user_recent"]
+    recent = np.load(copy / rel, allow_pickle=False)
+    for bad in (recent + len(small_bundle.table("item_ids")), recent[:-1], recent[:, 0]):
+        np.save(copy / rel, bad)
+        assert UserHistory.load(Bundle.open(copy, verify=False)).of(1) == ()
+    np.save(copy / rel, recent)
+    assert UserHistory.load(Bundle.open(copy, verify=False)).of(1) != ()
