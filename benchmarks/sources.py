@@ -16,7 +16,10 @@ ratios compare like with like on a shared box. The candidate cache is off in eve
 
 Targets: ``all`` p50 <= 1.3x ``ann-only`` p50 (same run); with one source hanging, p99 <=
 that source's budget + 2 ms. After each hanging variant, sample answers are checked for
-the hanging source in ``dropped_sources``.
+the hanging source in ``dropped_sources``, and every variant's for the sources that served
+candidates: a source with a weight or quota that served none in any sampled ``all`` answer
+is reported idle (the p50 ratio then compares fewer working sources: before `3e4dede`
+co_engagement and content were idle here, the bundle's users having no recent items).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,18 +72,23 @@ def _bundle(args: argparse.Namespace) -> Path:
     return default_bundle(load_config(args.config))
 
 
-def _dropped(target: str, users: np.ndarray, k: int) -> dict[str, int]:
-    """How many of SAMPLE_ANSWERS answers dropped each source, and why (the reason's head)."""
+def _sample(target: str, users: np.ndarray, k: int) -> tuple[dict[str, int], dict[str, int]]:
+    """Of SAMPLE_ANSWERS answers: how many dropped each source, and why (the reason's head);
+    and how many each source served at least one candidate in."""
     from annfleet.client import Client
 
-    counts: dict[str, int] = {}
+    dropped: dict[str, int] = {}
+    served: dict[str, int] = {}
     with Client(target, timeout=5.0) as client:
         for user in users[:SAMPLE_ANSWERS]:
             result = client.retrieve(int(user), k)
             for name, why in result.dropped_sources.items():
                 key = f"{name}: {why.split(':')[0]}"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
+                dropped[key] = dropped.get(key, 0) + 1
+            for name, n in result.source_counts.items():
+                if n > 0:
+                    served[name] = served.get(name, 0) + 1
+    return dropped, served
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -125,13 +134,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     users,
                     dict(cluster.pids),
                 )
-                dropped = _dropped(cluster.router_target, users, args.k)
-            runs.append({"round": rnd, "variant": name, "dropped": dropped, **result})
-    return summarise(runs, args.hang, budget)
+                dropped, served = _sample(cluster.router_target, users, args.k)
+            runs.append(
+                {"round": rnd, "variant": name, "dropped": dropped, "served": served, **result}
+            )
+    every = load_config(work / "all.yaml").sources.settings()
+    weighted = [n for n, s in every.items() if s.enabled and (s.weight > 0 or s.quota > 0)]
+    return summarise(runs, args.hang, budget, weighted)
 
 
-def summarise(runs: list[dict[str, Any]], hang: str, budget_ms: float) -> dict[str, Any]:
-    """Per-run rows, per-variant medians over rounds, and the two targets."""
+def summarise(
+    runs: list[dict[str, Any]], hang: str, budget_ms: float, weighted: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Per-run rows, per-variant medians over rounds, and the two targets. ``weighted``: the
+    ``all`` variant's sources with a weight or a quota; those that served no candidate in
+    any sampled ``all`` answer are ``idle`` (the ratio then measures fewer sources at work:
+    e.g. co_engagement with no recent items to start from)."""
     rows = [
         {
             "round": r["round"],
@@ -153,12 +171,14 @@ def summarise(runs: list[dict[str, Any]], hang: str, budget_ms: float) -> dict[s
         }
         for v in variants
     }
+    served = {n for r in runs if r["variant"] == "all" for n in r.get("served", {})}
     hang_name = f"hang-{hang}"
     ratio = med["all"]["p50_ms"] / med["ann-only"]["p50_ms"]
     return {
         "rows": rows,
         "median_over_rounds": med,
         "all_over_ann_only_p50": round(ratio, 3),
+        "idle": [n for n in weighted if n not in served],
         "hang": {
             "source": hang,
             "budget_ms": budget_ms,
@@ -177,6 +197,12 @@ def lines(result: dict[str, Any]) -> list[str]:
         report.format_table(rows, list(rows[0])),
         f"all sources p50 / ann-only p50 = {result['all_over_ann_only_p50']} (target <= 1.3), "
         "medians over rounds",
+        (
+            f"idle in every sampled 'all' answer: {', '.join(result['idle'])} (these did no "
+            "work in this run)"
+            if result.get("idle")
+            else "every weighted source served candidates in the sampled 'all' answers"
+        ),
         f"{hang['source']} hanging: p99 {hang['p99_ms']} ms vs budget {hang['budget_ms']:g} "
         f"+ 2 = {hang['limit_ms']:g} ms (all sources, none hanging: p99 {hang['all_p99_ms']} ms)",
     ]

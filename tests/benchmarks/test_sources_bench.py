@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from annfleet.benchmarks.sources import summarise, variant_configs
+from annfleet.benchmarks.sources import lines, summarise, variant_configs
 from annfleet.config import ClusterConfig, SourcesConfig, load_config
 
 
@@ -36,11 +36,14 @@ def test_variants_turn_off_every_other_source_or_hang_one_and_never_cache(
     assert base["sources"] == {"trending": {"budget_ms": 30.0}}  # the base is not modified
 
 
-def _run(variant: str, rnd: int, p50: float, p99: float) -> dict[str, Any]:
+def _run(
+    variant: str, rnd: int, p50: float, p99: float, served: dict[str, int] | None = None
+) -> dict[str, Any]:
     return {
         "round": rnd,
         "variant": variant,
         "dropped": {},
+        "served": served or {},
         "achieved_qps": 30.0,
         "p50_ms": p50,
         "p95_ms": p99,
@@ -69,3 +72,20 @@ def test_summary_takes_medians_over_rounds_and_states_both_targets() -> None:
         "all_p99_ms": 25.0,
     }
     assert len(result["rows"]) == 6
+
+
+def test_a_weighted_source_that_served_nothing_in_the_all_samples_is_reported_idle() -> None:
+    weighted = ["ann", "trending", "co_engagement", "content", "exploration"]
+    runs = [
+        _run("ann-only", 0, 10.0, 20.0, {"ann": 20}),
+        _run("all", 0, 11.0, 21.0, {"ann": 20, "trending": 20, "exploration": 3}),
+        _run("hang-content", 0, 21.0, 21.5, {"ann": 20, "co_engagement": 4}),
+        _run("all", 1, 11.0, 21.0, {"ann": 20, "content": 1}),
+    ]
+    result = summarise(runs, "content", 20.0, weighted)
+    # content served in one 'all' sample; co_engagement only in another variant's
+    assert result["idle"] == ["co_engagement"]
+    idle_line = "idle in every sampled 'all' answer: co_engagement"
+    assert any(idle_line in line for line in lines(result))
+    busy = summarise(runs[:3], "content", 20.0, ["ann", "trending"])
+    assert busy["idle"] == []
