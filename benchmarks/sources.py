@@ -109,7 +109,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.hang not in names or args.hang == "ann":
         raise SystemExit(f"--hang: one of {', '.join(n for n in names if n != 'ann')}")
     configs = variant_configs(base or {}, names, args.hang, args.hang_ms)
-    budget = getattr(load_config(args.config).sources, args.hang).budget_ms
+    configured = load_config(args.config).sources  # the 'all' variant's sources
+    budget = getattr(configured, args.hang).budget_ms
     work = Path(tempfile.mkdtemp(prefix="annfleet-bench-sources-"))
     spec = LoadSpec(
         target="",
@@ -138,8 +139,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             runs.append(
                 {"round": rnd, "variant": name, "dropped": dropped, "served": served, **result}
             )
-    every = load_config(work / "all.yaml").sources.settings()
-    weighted = [n for n, s in every.items() if s.enabled and (s.weight > 0 or s.quota > 0)]
+    weighted = [
+        n for n, s in configured.settings().items() if s.enabled and (s.weight > 0 or s.quota > 0)
+    ]
     return summarise(runs, args.hang, budget, weighted)
 
 
