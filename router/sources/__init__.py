@@ -127,10 +127,13 @@ def isin_sorted(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
 
 
 def first_not_in(ids: np.ndarray, n: int, sorted_ids: np.ndarray) -> np.ndarray:
-    """The first ``n`` of ``ids`` not in ``sorted_ids`` (e,) sorted unique, order kept:
-    only the first n + e of ``ids`` are looked at (at most e of them are excluded)."""
+    """Positions in ``ids`` of its first ``n`` entries not in ``sorted_ids`` (e,) sorted
+    unique, in order: only the first n + e of ``ids`` are looked at (at most e of them are
+    excluded)."""
     head = ids[: n + len(sorted_ids)]
-    return head[~isin_sorted(head, sorted_ids)][:n] if len(sorted_ids) else head[:n]
+    if not len(sorted_ids):
+        return np.arange(len(head), dtype=np.int64)
+    return np.flatnonzero(~isin_sorted(head, sorted_ids))[:n]
 
 
 def top_k(
@@ -186,6 +189,16 @@ class ItemTable:
         rows = self.rows(ids)
         mask[rows[rows >= 0]] = True
         return mask
+
+    def top_k(self, scores: np.ndarray, k: int, *excluded: np.ndarray) -> Candidates:
+        """``top_k`` over the whole catalogue (``scores`` (N,) aligned with the rows), the
+        ``excluded`` ids (any order; unknown ids ignored) left out by their rows: a few
+        lookups instead of a membership test of the best k + e candidates."""
+        scores = np.array(scores, np.float32)
+        for ids in excluded:
+            rows = self.rows(ids)
+            scores[rows[rows >= 0]] = -np.inf
+        return top_k(self.ids, scores, k)
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ItemTable:

@@ -22,7 +22,6 @@ from annfleet.router.sources import (
     SourceRequest,
     last_unique,
     recency_weights,
-    top_k,
 )
 
 
@@ -67,5 +66,4 @@ class ContentSource(Source):
         if norm == 0.0:
             return Candidates.empty()
         scores = self.features @ (profile / norm).astype(np.float32)
-        exclude = np.union1d(request.exclude, np.asarray(recent, np.int64))
-        return top_k(self.items.ids, scores, request.k, exclude)
+        return self.items.top_k(scores, request.k, request.exclude, np.asarray(recent, np.int64))

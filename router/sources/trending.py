@@ -106,9 +106,10 @@ class ScopeCounts:
         by_id = np.argsort(self.ids)
         self._sorted_ids, self._sorted_logs = self.ids[by_id], self.logs[by_id]
 
-    def top(self, n: int, exclude: np.ndarray) -> np.ndarray:
-        """The first ``n`` ranked ids not in ``exclude`` (sorted unique)."""
-        return first_not_in(self.ids, n, exclude)
+    def top(self, n: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` ranked ids not in ``exclude`` (sorted unique), with their L."""
+        at = first_not_in(self.ids, n, exclude)
+        return self.ids[at], self.logs[at]
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """(n,) float64 L of ``ids``, -inf where the seed has none."""
@@ -183,7 +184,9 @@ class TrendingSource(Source):
         key = self.key(scope)
         live_ids, live_logs = await self.state.trending_top(key, n + len(exclude))
         seed = self.seeds.get(scope)
-        seed_ids = seed.top(n, exclude) if seed is not None else EMPTY_IDS
+        seed_ids, seed_logs = seed.top(n, exclude) if seed is not None else (EMPTY_IDS, EMPTY_IDS)
+        if not len(live_ids):  # nothing live in this scope: the seed's top as it ranks them
+            return seed_ids, seed_logs.astype(np.float64)
         ids = np.union1d(live_ids, seed_ids)  # sorted unique
         if len(exclude):
             ids = ids[~isin_sorted(ids, exclude)]

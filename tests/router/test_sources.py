@@ -278,9 +278,9 @@ def test_isin_sorted_equals_np_isin_on_both_paths() -> None:
 
 def test_first_not_in_keeps_order_and_looks_only_at_the_head() -> None:
     ids = np.array([9, 4, 7, 1, 8, 2, 6], np.int64)
-    assert first_not_in(ids, 3, np.array([4, 7], np.int64)).tolist() == [9, 1, 8]
-    assert first_not_in(ids, 3, np.empty(0, np.int64)).tolist() == [9, 4, 7]
-    assert first_not_in(ids, 10, np.array([1, 2, 6, 7, 8, 9], np.int64)).tolist() == [4]
+    assert ids[first_not_in(ids, 3, np.array([4, 7], np.int64))].tolist() == [9, 1, 8]
+    assert ids[first_not_in(ids, 3, np.empty(0, np.int64))].tolist() == [9, 4, 7]
+    assert ids[first_not_in(ids, 10, np.array([1, 2, 6, 7, 8, 9], np.int64))].tolist() == [4]
 
 
 def test_top_k_equals_a_full_sort() -> None:
@@ -301,6 +301,22 @@ def test_top_k_equals_a_full_sort() -> None:
         assert got.ids.tolist() == [i for _, i in want]
         assert got.scores.tolist() == [-s for s, _ in want]
         assert got.ids.dtype == np.int64 and got.scores.dtype == np.float32
+
+
+def test_item_table_top_k_leaves_out_excluded_rows_as_top_k_does() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        n = int(rng.integers(1, 60))
+        table = ItemTable(rng.permutation(np.arange(100, 100 + n)).astype(np.int64))
+        scores = rng.integers(0, 6, n).astype(np.float32)  # many ties
+        a = rng.integers(95, 100 + n + 5, int(rng.integers(0, 15)))  # some ids unknown
+        b = rng.integers(95, 100 + n + 5, int(rng.integers(0, 4)))
+        k = int(rng.integers(1, 20))
+        got = table.top_k(scores, k, a, b)
+        want = top_k(table.ids, scores, k, np.union1d(a, b).astype(np.int64))
+        assert got.ids.tolist() == want.ids.tolist()
+        assert got.scores.tolist() == want.scores.tolist()
+    assert scores.min() >= 0  # the caller's scores are not written to
 
 
 def test_item_table_row_mask() -> None:
