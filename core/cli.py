@@ -402,10 +402,12 @@ def _print_candidates(result: Any) -> None:
     for name, why in sorted(result.dropped_sources.items()):
         print(f"dropped: {name} ({why})")
     titles = result.titles or ("",) * len(result.ids)
+    joined = ["+".join(names) for names in result.sources_per_candidate]
+    width = max((len(j) for j in joined), default=0)  # the titles line up
     for rank, (item, score, names, title) in enumerate(
-        zip(result.ids, result.scores, result.sources_per_candidate, titles, strict=True), 1
+        zip(result.ids, result.scores, joined, titles, strict=True), 1
     ):
-        print(f"  {rank:>4}  {item:>10}  {score:8.4f}  {'+'.join(names):<24} {title}")
+        print(f"  {rank:>4}  {item:>10}  {score:8.4f}  {names:<{width}}  {title}".rstrip())
 
 
 # ---------------------------------------------------------------------------- query / status

@@ -417,3 +417,29 @@ def test_build_bundle_on_a_file_that_is_not_npy_never_suggests_unpickling(tmp_pa
                "--out", str(tmp_path / "b"))  # fmt: skip
     _fails_clearly(done, "cannot read --vectors", "not a .npy file of numbers", code=1)
     assert "allow_pickle" not in done.stderr  # numpy's advice; annfleet never unpickles
+
+
+def test_query_output_lines_the_titles_up_whatever_the_sources(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from types import SimpleNamespace
+
+    from annfleet.cli import _print_candidates
+
+    names = [("ann",), ("ann", "co_engagement", "content", "exploration", "trending"), ()]
+    result = SimpleNamespace(
+        coverage=SimpleNamespace(shards_answered=4, shards_asked=4, degraded=False),
+        bundle_id="b",
+        source_counts={"ann": 2},
+        dropped_sources={},
+        ids=[7, 8, 9],
+        scores=[0.3, 0.2, 0.1],
+        sources_per_candidate=names,
+        titles=("Alpha", "Beta", "Gamma"),
+    )
+    _print_candidates(result)
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert [line.index(t) for line, t in zip(lines, result.titles, strict=True)] == [
+        lines[0].index("Alpha")
+    ] * 3
+    assert "ann+co_engagement+content+exploration+trending  Beta" in lines[1]
