@@ -3,7 +3,8 @@
 Measured on a running cluster, one query per call, p50 over the same queries:
 
 - ``faiss_one_shard``: ShardIndex.search on shard 0's index loaded in this process, at the
-  per-shard k the router asks for (ceil(k * share * oversample), capped at k);
+  per-shard k the router asks for (``annfleet.merge.per_shard_k`` under the cluster's
+  ``router.topk_probability`` and ``router.oversample``);
 - ``rpc_floor``: IndexShard.Search on shard 0 with k=1 and the cheapest params (RPC +
   (de)serialisation + executor hop, almost no faiss);
 - ``rpc_one_shard``: IndexShard.Search on shard 0 at the real k and params;
@@ -13,13 +14,13 @@ Measured on a running cluster, one query per call, p50 over the same queries:
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 import numpy as np
 
 from annfleet.benchmarks import report
+from annfleet.merge import per_shard_k
 
 
 def _p50(fn: Any, queries: np.ndarray, warmup: int = 20) -> dict[str, float]:
@@ -34,9 +35,7 @@ def _p50(fn: Any, queries: np.ndarray, warmup: int = 20) -> dict[str, float]:
     return {"p50_ms": p["p50_ms"], "p99_ms": p["p99_ms"]}
 
 
-def breakdown(
-    cluster: Any, queries: np.ndarray, k: int, params: dict[str, int], oversample: float = 2.0
-) -> dict[str, Any]:
+def breakdown(cluster: Any, queries: np.ndarray, k: int, params: dict[str, int]) -> dict[str, Any]:
     from annfleet.benchmarks.systems import _cores
     from annfleet.bundle import Bundle
     from annfleet.client import Client, ScatterClient
@@ -45,7 +44,14 @@ def breakdown(
     bundle = Bundle.open(cluster.bundle.path, verify=False)
     shard = bundle.shard(0)
     share = shard["num_items"] / max(1, bundle.manifest.get("num_items", 1))
-    k_shard = min(k, math.ceil(k * share * oversample))
+    router = cluster.config.router  # shard 0 asked for what the cluster's router asks it for
+    k_shard = per_shard_k(
+        k,
+        share,
+        shards=bundle.num_shards,
+        oversample=router.oversample,
+        probability=router.topk_probability,
+    )
     spec = IndexSpec(shard["index"]["type"], shard["index"]["params"])
     index = ShardIndex.load(bundle.shard_dir(0), bundle.metric, spec)
     set_threads(1)

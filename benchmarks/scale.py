@@ -266,10 +266,11 @@ def _router_config(config_path: Path | None) -> RouterConfig:
 
 class BundleInProcess:
     """A bundle's shards loaded in this process and searched as the router searches them:
-    each shard asked for ``per_shard_k(k, share, oversample)`` hits with the same parameters
+    each shard asked for as many hits as the router's ``Scatter.shard_k`` asks for (``router``:
+    its ``topk_probability`` and ``oversample``) with the same parameters
     (the servers' own ``ShardIndex``), the rows merged with the router's ``merge_rows``."""
 
-    def __init__(self, bundle_path: Path, oversample: float) -> None:
+    def __init__(self, bundle_path: Path, router: RouterConfig) -> None:
         from annfleet.bundle import Bundle
         from annfleet.router.scatter import shard_shares
         from annfleet.server.index import IndexSpec, ShardIndex
@@ -283,15 +284,27 @@ class BundleInProcess:
             self.shards.append(ShardIndex.load(bundle.shard_dir(s), bundle.metric, spec))
         shares = shard_shares(bundle)
         self.shares = [shares[s] for s in range(bundle.num_shards)]
-        self.oversample = oversample
+        self.router = router
         self.higher_is_better = higher_is_better(bundle.metric)
+
+    def shard_k(self, k: int, share: float) -> int:
+        """Hits asked of a shard holding ``share`` of the items, as the router asks."""
+        from annfleet.merge import per_shard_k
+
+        return per_shard_k(
+            k,
+            share,
+            shards=len(self.shares),
+            oversample=self.router.oversample,
+            probability=self.router.topk_probability,
+        )
 
     def search(self, queries: np.ndarray, k: int, params: dict[str, int]) -> np.ndarray:
         """queries (nq, d) float32 -> ids (nq, k) int64, -1 padded, best first."""
-        from annfleet.merge import merge_rows, per_shard_k
+        from annfleet.merge import merge_rows
 
         parts = [
-            shard.search(queries, per_shard_k(k, share, self.oversample), **params)
+            shard.search(queries, self.shard_k(k, share), **params)
             for shard, share in zip(self.shards, self.shares, strict=True)
         ]
         ids, _ = merge_rows(
@@ -571,13 +584,11 @@ def slo_under_load(
     else the router's highest-recall point. ``router``: the cluster's router config (its
     oversampling, and its admission, which :func:`settle` waits for after a broken step)."""
     from annfleet.benchmarks.load import LoadSpec, run_load
-    from annfleet.merge import per_shard_k
 
     notes: list[str] = []
     router_rows = [r for r in rows if r["system"] == "router"]
     t0 = time.perf_counter()
-    oversample = router.oversample
-    index = BundleInProcess(bundle, oversample)
+    index = BundleInProcess(bundle, router)
     load_s = time.perf_counter() - t0
     costs: list[dict[str, Any]] = []
     chosen: dict[str, Any] | None
@@ -619,7 +630,7 @@ def slo_under_load(
         time.time() - t_idle
     )
     capacity["load_s"] = load_s
-    capacity["per_shard_k"] = [per_shard_k(k, s, oversample) for s in index.shares]
+    capacity["per_shard_k"] = [index.shard_k(k, s) for s in index.shares]
     del index
     rates = list(cfg.rates) or [
         round(f * capacity["capacity_qps"], 1) for f in DEFAULT_RATE_FRACTIONS

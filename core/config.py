@@ -109,7 +109,12 @@ class RouterConfig:
     port: int = 50051
     metrics_port: int = 9150  # 0 = free port, -1 = off
     min_coverage: float = 0.5  # fraction of shards that must answer, else UNAVAILABLE
-    oversample: float = 2.0  # per-shard k = ceil(k * share * oversample), capped at k
+    # per-shard k: the smallest m such that a shard holds more than m of a query's global
+    # top k with probability at most (1 - topk_probability) / shards (hash placement:
+    # Binomial(k, share)), at least ceil(k * share * oversample), at most k
+    # (``annfleet.merge.per_shard_k``); topk_probability 1 = every shard k
+    topk_probability: float = 0.9999
+    oversample: float = 1.0
     max_k: int = 4096
     max_batch: int = 1024
     # One absolute deadline per request, taken where it enters: the caller's deadline less
@@ -408,6 +413,7 @@ class ClusterConfig:
             (self.shards.max_queue >= 1, "shards.max_queue", ">= 1"),
             (0.0 < self.router.min_coverage <= 1.0, "router.min_coverage", "in (0, 1]"),
             (self.router.oversample >= 1.0, "router.oversample", ">= 1"),
+            (0.5 <= self.router.topk_probability <= 1.0, "router.topk_probability", "in [0.5, 1]"),
             (self.router.max_k >= 1, "router.max_k", ">= 1"),
             (self.shards.max_k >= 1, "shards.max_k", ">= 1"),
             (self.shards.search_threads >= 1, "shards.search_threads", ">= 1"),

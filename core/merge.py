@@ -8,6 +8,7 @@ scatter both merge with it.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -111,6 +112,38 @@ def _pad_to(
     )
 
 
-def per_shard_k(k: int, share: float, oversample: float) -> int:
-    """How many hits to ask one shard for: ceil(k * share * oversample), in [1, k]."""
-    return max(1, min(k, math.ceil(k * share * oversample)))
+def per_shard_k(
+    k: int, share: float, *, shards: int = 1, oversample: float = 1.0, probability: float = 1.0
+) -> int:
+    """How many hits to ask one shard of ``shards`` holding ``share`` of the items for, so that
+    the merge of every shard's answer holds the global top k with probability at least
+    ``probability`` (Vespa's ``top-k-probability``): items are placed on shards by a hash
+    (``annfleet.partition``), so how many of a query's global top k one shard holds is
+    Binomial(k, share); each shard is asked for the smallest m with P(X > m) <= (1 -
+    probability) / shards (a union bound over the shards), at least ceil(k * share *
+    oversample), at most k, at least 1. ``probability`` 1: every shard is asked for k (an
+    exact merge)."""
+    if probability >= 1.0 or share >= 1.0:
+        return k
+    floor = math.ceil(k * share * oversample - 1e-9)
+    cut = binomial_cut(k, round(share, 9), (1.0 - probability) / max(shards, 1))
+    return max(1, min(k, max(floor, cut)))
+
+
+@functools.lru_cache(maxsize=4096)
+def binomial_cut(n: int, p: float, eps: float) -> int:
+    """The smallest m in [0, n] with P(Binomial(n, p) > m) <= eps (exact tail, summed from
+    the top in log space: no underflow at n in the thousands)."""
+    if p <= 0.0:
+        return 0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    head = math.lgamma(n + 1)
+    tail, m = 0.0, n  # tail = P(X > m)
+    while m > 0:
+        log_mass = head - math.lgamma(m + 1) - math.lgamma(n - m + 1)
+        mass = math.exp(log_mass + m * log_p + (n - m) * log_q)
+        if tail + mass > eps:
+            break
+        tail += mass
+        m -= 1
+    return m

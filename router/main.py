@@ -220,7 +220,9 @@ async def start_router(
         groups = [
             ReplicaGroup(i, replicas, config, credentials) for i, replicas in enumerate(targets)
         ]
-        scatter = Scatter(groups, bundle, config.oversample, config.shard_timeout_s)
+        scatter = Scatter(
+            groups, bundle, config.oversample, config.shard_timeout_s, config.topk_probability
+        )
         for group in groups:
             group.start()
         if freeze_gc:

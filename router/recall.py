@@ -9,7 +9,7 @@ was answered from (its ``RouterState``), asks every shard for
   request's search params, k = ``router.recall_k`` from every shard),
 - its exact top-k (``ShardAdmin.ExactSearch``: Flat over exactly the vectors Search sees),
 - and the router's merged top-k as a live request gets it (``Scatter.search``, per-shard k
-  from ``router.oversample``),
+  from ``router.topk_probability``),
 
 then records recall@k per shard (shard ANN vs shard exact) and per bundle (merged ANN vs the
 merge of the shards' exact top-k). A gauge is the mean of the last ``router.recall_window``

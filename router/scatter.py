@@ -141,6 +141,7 @@ class Scatter:
         bundle: Bundle,
         oversample: float,
         attempt_cap: float,
+        topk_probability: float = 1.0,
     ) -> None:
         self.groups = {g.shard_id: g for g in groups}
         if sorted(self.groups) != list(range(bundle.num_shards)):
@@ -153,11 +154,29 @@ class Scatter:
         self.shares = shard_shares(bundle)
         self.oversample = oversample
         self.attempt_cap = attempt_cap
+        self.topk_probability = topk_probability
 
     def for_bundle(self, bundle: Bundle) -> Scatter:
         """The same shard connections (replica groups, their health and hedging state)
         serving ``bundle``."""
-        return Scatter(list(self.groups.values()), bundle, self.oversample, self.attempt_cap)
+        return Scatter(
+            list(self.groups.values()),
+            bundle,
+            self.oversample,
+            self.attempt_cap,
+            self.topk_probability,
+        )
+
+    def shard_k(self, k: int, shard_id: int) -> int:
+        """How many hits shard ``shard_id`` is asked for when the merge wants k
+        (``annfleet.merge.per_shard_k``: ``router.topk_probability``, ``router.oversample``)."""
+        return per_shard_k(
+            k,
+            self.shares[shard_id],
+            shards=len(self.shares),
+            oversample=self.oversample,
+            probability=self.topk_probability,
+        )
 
     async def _one(
         self, group: ReplicaGroup, request: shard_pb2.ShardSearchRequest, deadline: float
@@ -200,7 +219,7 @@ class Scatter:
         tasks: dict[int, asyncio.Task[Hits]] = {}
         for shard_id in self.groups if shards is None else shards:
             group = self.groups[shard_id]
-            kk = k if full_k else per_shard_k(k, self.shares[shard_id], self.oversample)
+            kk = k if full_k else self.shard_k(k, shard_id)
             request = requests.get(kk)
             if request is None:
                 request = requests[kk] = shard_pb2.ShardSearchRequest(

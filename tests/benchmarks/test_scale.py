@@ -150,7 +150,8 @@ def test_scale_open_loop_end_to_end(tmp_path: Path) -> None:
         assert all(s["slo_met"] for s in steps) and len(steps) == len(rates)
     cap = ol["inprocess"]
     assert cap["capacity_qps"] == max(cap["faiss_threads_qps"], cap["python_threads_qps"]) > 0
-    assert cap["per_shard_k"] == [100, 100]  # ceil(100 x ~0.5 x 2), capped at k
+    # as the router asks (topk_probability 0.9999 over 2 shards: ~69 each), not k each
+    assert all(50 <= m < 100 for m in cap["per_shard_k"]), cap["per_shard_k"]
     assert 0.9 <= cap["recall"] <= 1.0  # the same shards, params and merge as the router
     assert math.isclose(ol["ratio_to_inprocess"], ol["max_sustained_qps"] / cap["capacity_qps"])
     assert cap["cpu_ms_per_query"] > 0 and all(s["server_cpu_ms_per_query"] > 0 for s in steps)

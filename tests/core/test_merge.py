@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 from hypothesis import given, settings
@@ -98,9 +99,31 @@ def test_merge_rows_pads() -> None:
     assert math.isinf(out_scores[1, 0]) and out_scores[1, 0] < 0
 
 
-def test_per_shard_k() -> None:
-    assert per_shard_k(100, 0.25, 2.0) == 50
-    assert per_shard_k(100, 0.25, 4.0) == 100
-    assert per_shard_k(100, 0.25, 10.0) == 100  # never more than k
-    assert per_shard_k(1, 0.01, 1.0) == 1  # never zero
-    assert per_shard_k(10, 0.3, 1.5) == math.ceil(10 * 0.3 * 1.5)
+def _tail(k: int, share: Fraction, m: int) -> Fraction:
+    """P(Binomial(k, share) > m), exactly."""
+    terms = (math.comb(k, i) * share**i * (1 - share) ** (k - i) for i in range(m + 1, k + 1))
+    return sum(terms, Fraction(0))
+
+
+def test_per_shard_k_is_the_smallest_count_the_probability_allows() -> None:
+    for shards, k, probability in [(4, 10, 0.9999), (4, 100, 0.9999), (2, 100, 0.999),
+                                   (8, 60, 0.99), (3, 37, 0.9999)]:  # fmt: skip
+        share = 1 / shards
+        m = per_shard_k(k, share, shards=shards, probability=probability)
+        eps = Fraction(1 - probability).limit_denominator(10**9) / shards
+        assert _tail(k, Fraction(1, shards), m) <= eps * (1 + Fraction(1, 10**6))
+        assert _tail(k, Fraction(1, shards), m - 1) > eps * (1 - Fraction(1, 10**6))
+        assert math.ceil(k * share) <= m <= k
+        assert m * shards >= k  # the shards together always have k to merge
+
+
+def test_per_shard_k_bounds() -> None:
+    assert per_shard_k(100, 0.25, shards=4, probability=1.0) == 100  # exact merge
+    assert per_shard_k(100, 0.25, shards=4, oversample=4.0, probability=0.9999) == 100
+    assert per_shard_k(100, 0.25, shards=4, oversample=3.0, probability=0.9999) == 75  # floor
+    assert per_shard_k(100, 1.0, shards=1, probability=0.9) == 100  # one shard holds it all
+    assert per_shard_k(1, 0.001, shards=1000, probability=0.9999) == 1  # never zero
+    assert per_shard_k(4096, 0.25, shards=4, probability=0.9999) < 4096 // 3  # large k: cheap
+    # A lower probability never asks for more.
+    ks = [per_shard_k(1000, 0.25, shards=4, probability=p) for p in (0.5, 0.9, 0.99, 0.9999)]
+    assert ks == sorted(ks) and ks[0] >= 250

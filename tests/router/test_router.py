@@ -45,12 +45,31 @@ def test_flat_cluster_equals_exact_search(
     assert np.array_equal(direct.ids, expected_ids)
 
 
+def test_default_per_shard_k_keeps_small_k_exact(
+    cluster_factory,
+    flat_bundle: Bundle,  # type: ignore[no-untyped-def]
+    catalogue: Catalogue,
+) -> None:
+    # The default router asks each shard for fewer than k (router.topk_probability): at
+    # k = 10 over 3 shards, 9 each (a fixed 2x oversampling asked 7, and lost a true top-10
+    # hit whenever a shard held 8 or more of them: ~1% of queries; it fails here).
+    cluster = cluster_factory(flat_bundle, RouterConfig())
+    queries = catalogue.user_vectors[:300]
+    with Client(cluster.router_target, timeout=10) as client:
+        for k in (10, 100):
+            expected_ids, expected_scores = exact_topk(catalogue.vectors, catalogue.ids, queries, k)
+            result = client.search(queries, k)
+            # the same k items in every row (near-equal scores may swap places in float32)
+            assert np.array_equal(np.sort(result.ids, axis=1), np.sort(expected_ids, axis=1)), k
+            assert np.allclose(result.scores, expected_scores, atol=1e-5)
+
+
 def test_hnsw_cluster_recall_at_100(
     cluster_factory,
     hnsw_bundle: Bundle,  # type: ignore[no-untyped-def]
     catalogue: Catalogue,
 ) -> None:
-    cluster = cluster_factory(hnsw_bundle)  # default oversample 2.0
+    cluster = cluster_factory(hnsw_bundle)  # default topk_probability: per-shard k < k
     queries = catalogue.user_vectors[:200]
     expected_ids, _ = exact_topk(catalogue.vectors, catalogue.ids, queries, 100)
     with Client(cluster.router_target, timeout=10) as client:
@@ -65,7 +84,9 @@ def test_shard_down_gives_degraded_answer_with_k_full(
     flat_bundle: Bundle,  # type: ignore[no-untyped-def]
     catalogue: Catalogue,
 ) -> None:
-    cluster = cluster_factory(flat_bundle, RouterConfig(min_coverage=0.5, oversample=1.0))
+    # Each shard asked for about its share of k (the median), so two survivors are short.
+    router = RouterConfig(min_coverage=0.5, oversample=1.0, topk_probability=0.5)
+    cluster = cluster_factory(flat_bundle, router)
     cluster.stop_shard(1)
     shard1 = set(np.load(flat_bundle.shard_dir(1) / "ids.npy").tolist())
     queries = catalogue.user_vectors[:5]
