@@ -32,6 +32,7 @@ import numpy as np
 
 from annfleet.arrays import load_npy
 from annfleet.errors import BundleError, InvalidArgument
+from annfleet.partition import SCHEME
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -93,6 +94,13 @@ class Bundle:
             raise BundleError(
                 f"{manifest_path}: content does not match bundle_id {manifest['bundle_id']} "
                 "(the manifest was edited after the build)"
+            )
+        scheme = dict(manifest["partitioning"] or {}).get("scheme")
+        if scheme != SCHEME:
+            raise BundleError(
+                f"{manifest_path}: partitioning scheme {scheme!r} is not supported: items "
+                f"must be placed on shards by {SCHEME!r} (the router routes exclusions and "
+                "live upserts, and sizes each shard's part of k, by it)"
             )
         bundle = cls(path, manifest)
         if verify:

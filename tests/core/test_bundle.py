@@ -107,6 +107,19 @@ def test_missing_file_and_edited_manifest(tmp_path: Path) -> None:
         Bundle.open(tmp_path / "nowhere")
 
 
+def test_a_bundle_placed_by_another_scheme_is_refused(tmp_path: Path) -> None:
+    ids, vectors = small()
+    bundle = build_bundle(
+        tmp_path / "b", ids, vectors, num_shards=2, index_type="flat", progress=False
+    )
+    manifest = json.loads((bundle.path / "manifest.json").read_text())
+    manifest["partitioning"]["scheme"] = "by-category"  # another builder's, consistently hashed
+    manifest["bundle_id"] = content_id(manifest)
+    (bundle.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="partitioning scheme 'by-category' is not supported"):
+        Bundle.open(bundle.path)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
