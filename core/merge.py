@@ -130,18 +130,37 @@ def per_shard_k(
     return max(1, min(k, max(floor, cut)))
 
 
+# Terms of the tail below eps * e**-40 are skipped: fewer than n of them, together < n * eps *
+# 4e-18, far below what the cut can resolve.
+SKIP_LOG = 40.0
+
+
 @functools.lru_cache(maxsize=4096)
 def binomial_cut(n: int, p: float, eps: float) -> int:
-    """The smallest m in [0, n] with P(Binomial(n, p) > m) <= eps (exact tail, summed from
-    the top in log space: no underflow at n in the thousands)."""
+    """The smallest m in [0, n] with P(Binomial(n, p) > m) <= eps: the tail summed down in log
+    space (no underflow at n in the thousands) from where its terms become noticeable (found by
+    bisection past the mode: ~0.2 ms at n = 4096 instead of ~4 ms summing from n)."""
     if p <= 0.0:
         return 0
+    if p >= 1.0:
+        return n
     log_p, log_q = math.log(p), math.log1p(-p)
     head = math.lgamma(n + 1)
-    tail, m = 0.0, n  # tail = P(X > m)
+
+    def log_mass(m: int) -> float:
+        return head - math.lgamma(m + 1) - math.lgamma(n - m + 1) + m * log_p + (n - m) * log_q
+
+    floor = math.log(eps) - SKIP_LOG if eps > 0.0 else -math.inf
+    lo, hi = min(n, math.floor((n + 1) * p)), n  # the mode; terms fall past it
+    while lo < hi:  # the largest m past the mode whose term is still above the floor
+        mid = (lo + hi + 1) // 2
+        if log_mass(mid) >= floor:
+            lo = mid
+        else:
+            hi = mid - 1
+    tail, m = 0.0, lo  # tail = P(X > m), the skipped terms left out
     while m > 0:
-        log_mass = head - math.lgamma(m + 1) - math.lgamma(n - m + 1)
-        mass = math.exp(log_mass + m * log_p + (n - m) * log_q)
+        mass = math.exp(log_mass(m))
         if tail + mass > eps:
             break
         tail += mass

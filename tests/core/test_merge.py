@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from annfleet.merge import merge_rows, merge_topk, per_shard_k
+from annfleet.merge import binomial_cut, merge_rows, merge_topk, per_shard_k
 
 
 def reference(ids: np.ndarray, scores: np.ndarray, k: int, higher: bool) -> list[int]:
@@ -115,6 +115,24 @@ def test_per_shard_k_is_the_smallest_count_the_probability_allows() -> None:
         assert _tail(k, Fraction(1, shards), m - 1) > eps * (1 - Fraction(1, 10**6))
         assert math.ceil(k * share) <= m <= k
         assert m * shards >= k  # the shards together always have k to merge
+
+
+def test_binomial_cut_equals_the_tail_summed_from_the_top() -> None:
+    def summed(n: int, p: float, eps: float) -> int:  # every term, from m = n down
+        tail, m = 0.0, n
+        while m > 0:
+            log_mass = math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1)
+            mass = math.exp(log_mass + m * math.log(p) + (n - m) * math.log1p(-p))
+            if tail + mass > eps:
+                break
+            tail += mass
+            m -= 1
+        return m
+
+    for n in (1, 7, 100, 999, 4096):
+        for p in (0.001, 0.1, 0.25, 1 / 3, 0.5, 0.9):
+            for eps in (0.25, 1e-3, 2.5e-5, 1e-12):
+                assert binomial_cut(n, p, eps) == summed(n, p, eps), (n, p, eps)
 
 
 def test_per_shard_k_bounds() -> None:
