@@ -24,11 +24,12 @@ import numpy as np
 from annfleet.arrays import F32, I64, npy_error, to_bytes
 from annfleet.auth import client_token, metadata
 from annfleet.client.channels import open_channel
+from annfleet.cluster import router_address
 from annfleet.config import ClusterConfig, load_config
 from annfleet.errors import ConfigError, FailedPrecondition, InvalidArgument
 from annfleet.partition import shard_of
 from annfleet.serving import channel_credentials
-from annfleet.v1 import shard_pb2, shard_pb2_grpc
+from annfleet.v1 import admin_pb2, admin_pb2_grpc, shard_pb2, shard_pb2_grpc
 
 BATCH_ROWS = 8192
 TIMEOUT_S = 60.0
@@ -136,16 +137,30 @@ class Tally:
             counts[key] += getattr(reply, key)
         self.searchable[(shard, target)] = reply.bundle.num_items
 
+    # the router's blocked set after this command (``block_on_router``), None: not asked
+    router: dict[str, Any] | None = None
+
     def print(self, fleet: Fleet, keys: Sequence[str], as_json: bool) -> None:
         if as_json:
             rows = [
                 {"shard": s, "target": t, **dict(c), "searchable": self.searchable.get((s, t))}
                 for (s, t), c in sorted(self.counts.items())
             ]
-            summary = {"bundle_id": fleet.bundle_id, "replicas": rows, "failures": self.failures}
+            summary = {
+                "bundle_id": fleet.bundle_id,
+                "replicas": rows,
+                "router": self.router,
+                "failures": self.failures,
+            }
             print(json.dumps(summary, indent=2))
             return
         print(f"bundle {fleet.bundle_id}, {fleet.num_shards} shards")
+        if self.router is not None:
+            how = "unblocked" if self.router["unblock"] else "blocked from Retrieve"
+            print(
+                f"  router {self.router['target']}: {self.router['ids']} ids {how} "
+                f"({self.router['blocked']} blocked in all)"
+            )
         for (shard, target), counts in sorted(self.counts.items()):
             done = ", ".join(f"{counts[k]} {k}" for k in keys)
             print(
@@ -203,6 +218,39 @@ def delete(fleet: Fleet, ids: np.ndarray, missing_ok: bool = False) -> Tally:
     )
 
 
+BLOCK_BATCH = 10_000  # ids per RouterAdmin.Block call
+
+
+def block_on_router(
+    tally: Tally,
+    target: str,
+    token: str,
+    credentials: grpc.ChannelCredentials | None,
+    ids: np.ndarray,
+    unblock: bool,
+) -> None:
+    """RouterAdmin.Block for ``ids`` (unblock: let them back); the outcome goes to ``tally``
+    (``tally.router``, or a failure naming the router)."""
+    try:
+        with open_channel(target, credentials) as channel:
+            stub = admin_pb2_grpc.RouterAdminStub(channel)
+            blocked = 0
+            for start in range(0, len(ids), BLOCK_BATCH):
+                request = admin_pb2.BlockRequest(
+                    item_ids=ids[start : start + BLOCK_BATCH].tolist(), unblock=unblock
+                )
+                reply = stub.Block(request, metadata=metadata(token), timeout=TIMEOUT_S)
+                blocked = int(reply.blocked)
+    except grpc.RpcError as exc:
+        tally.failures.append(
+            f"router {target}: {exc.code().name}: {exc.details()} (--router HOST:PORT names "
+            "the router's admin address; --no-router skips it)"
+        )
+        tally.codes.add(exc.code())
+        return
+    tally.router = {"target": target, "ids": len(ids), "unblock": unblock, "blocked": blocked}
+
+
 # ---------------------------------------------------------------------------- targets
 def admin_targets(config: ClusterConfig) -> list[str]:
     """Every shard replica's admin address: from the running local cluster's state file."""
@@ -256,7 +304,13 @@ def cmd_items(args: argparse.Namespace) -> int:
     ids = _ids(args.ids)
     if len(ids) == 0:
         raise InvalidArgument("--ids: no ids given")
-    fleet = Fleet.connect(targets, token, args.bundle_id or "", channel_credentials(config.tls))
+    if args.targets and not (args.router or args.no_router):  # checked before any change
+        raise InvalidArgument(
+            "--targets names the shards: name their router too (--router HOST:PORT, its admin "
+            "address, where deleted ids are blocked from Retrieve), or --no-router"
+        )
+    credentials = channel_credentials(config.tls)
+    fleet = Fleet.connect(targets, token, args.bundle_id or "", credentials)
     try:
         if args.action == "upsert":
             vectors = _load_array(args.vectors, "--vectors", F32, 2)
@@ -269,10 +323,16 @@ def cmd_items(args: argparse.Namespace) -> int:
             keys = ("deleted", "missing")
     finally:
         fleet.close()
+    # The router's other Retrieve sources know nothing of the shards' deletes: a deleted id is
+    # blocked there (even if a shard call failed: it must not be served meanwhile); an
+    # upserted one is let back once every replica has it.
+    if not args.no_router and (args.action == "delete" or not tally.failures):
+        router = args.router or router_address(config, admin=True)
+        block_on_router(tally, router, token, credentials, ids, args.action == "upsert")
     tally.print(fleet, keys, args.json)
     if tally.failures:
         print(
-            f"annfleet items {args.action}: {len(tally.failures)} replica call(s) failed; "
+            f"annfleet items {args.action}: {len(tally.failures)} call(s) failed; "
             + _next_step(tally.codes),
             file=sys.stderr,
         )
@@ -295,7 +355,7 @@ def register(sub: Any) -> None:
     actions = p.add_subparsers(dest="action", required=True)
     for action, help_text in (
         ("upsert", "insert or replace items: searchable at once, kept across restarts"),
-        ("delete", "delete items: never returned again"),
+        ("delete", "delete items: never returned again (Search, Retrieve)"),
     ):
         q = actions.add_parser(action, help=help_text)
         q.add_argument(
@@ -310,6 +370,15 @@ def register(sub: Any) -> None:
         q.add_argument("--config", help="cluster YAML (data dir, admin token)")
         q.add_argument(
             "--targets", help="shard admin HOST:PORTs, comma-separated (default: the local cluster)"
+        )
+        q.add_argument(
+            "--router",
+            help="router admin HOST:PORT, where deleted ids are blocked from Retrieve and "
+            "upserted ones let back (default: the local cluster's, else "
+            "router.host:router.admin_port)",
+        )
+        q.add_argument(
+            "--no-router", action="store_true", help="change the shards only, not the router"
         )
         q.add_argument("--token-file", help="admin token file (default: from the config)")
         q.add_argument("--bundle-id", help="the bundle to change (default: the active one)")

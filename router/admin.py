@@ -1,7 +1,9 @@
-"""RouterAdmin: the router's control plane (rollout, rollback, status) on its admin port.
+"""RouterAdmin: the router's control plane (rollout, rollback, status, blocked items) on its
+admin port.
 
 Served behind the bearer-token interceptor (``annfleet.auth``); a thin edge over
-``rollout.RolloutController``: protobuf in and out, exceptions -> status codes.
+``rollout.RolloutController`` and the state store's blocked set: protobuf in and out,
+exceptions -> status codes.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from annfleet.errors import status_of
+from annfleet.errors import InvalidArgument, status_of
 from annfleet.metrics import REQUESTS
 from annfleet.router.rollout import RolloutController
+from annfleet.router.state import StateStore
 from annfleet.serving import rpc
 from annfleet.v1 import admin_pb2, admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+MAX_BLOCK_IDS = 100_000  # ids in one Block call
+
 
 class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
-    def __init__(self, controller: RolloutController) -> None:
+    def __init__(self, controller: RolloutController, state: StateStore) -> None:
         self.controller = controller
+        self.state = state
 
     async def Rollout(
         self, request: admin_pb2.RolloutRequest, context: grpc.aio.ServicerContext
@@ -64,3 +70,17 @@ class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
         self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RolloutStatus:
         return await self.controller.status(describe=not request.skip_replicas)
+
+    @rpc("RouterAdmin")
+    async def Block(
+        self, request: admin_pb2.BlockRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.BlockResponse:
+        """Block (or unblock) items from Retrieve in the state store; the blocked set's size
+        after. Unavailable (state store down) passes through as UNAVAILABLE."""
+        ids = list(request.item_ids)
+        if not ids or len(ids) > MAX_BLOCK_IDS:
+            raise InvalidArgument(f"item_ids: 1 to {MAX_BLOCK_IDS} ids expected, got {len(ids)}")
+        if min(ids) < 0:
+            raise InvalidArgument(f"item_ids: ids must be >= 0, got {min(ids)}")
+        await self.state.set_blocked(ids, blocked=not request.unblock)
+        return admin_pb2.BlockResponse(blocked=len(await self.state.blocked()))

@@ -245,7 +245,12 @@ async def start_router(
         if admin_port >= 0:
             assert admin_token
             admin_grpc = await start_server(
-                [(admin_pb2_grpc.add_RouterAdminServicer_to_server, RouterAdminService(rollouts))],
+                [
+                    (
+                        admin_pb2_grpc.add_RouterAdminServicer_to_server,
+                        RouterAdminService(rollouts, store),
+                    )
+                ],
                 ADMIN_SERVICE_NAMES,
                 host=host,
                 port=admin_port,

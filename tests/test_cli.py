@@ -212,6 +212,7 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         )  # fmt: skip
         assert upserted.returncode == 0, upserted.stderr
         assert "1 inserted" in upserted.stdout
+        assert "1 ids unblocked (0 blocked in all)" in upserted.stdout  # the router, too
         with Client(target) as client:
             assert client.search(vector, 1).ids[0, 0] == new_id
         status = run("status", "--config", str(small_config))
@@ -241,6 +242,12 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
             assert client.search(vector, 1).ids[0, 0] == new_id
         deleted = run("items", "delete", "--config", str(small_config), "--ids", str(new_id))
         assert deleted.returncode == 0, deleted.stderr
+        # ... and blocked on the router, so no Retrieve source serves it either
+        assert "1 ids blocked from Retrieve (1 blocked in all)" in deleted.stdout
+        for user in ("1", "2", "3"):
+            listed = json.loads(run("query", "--user", user, "--k", "50", "--json",
+                                    "--target", target).stdout)  # fmt: skip
+            assert new_id not in [c["item_id"] for c in listed["candidates"]]
         with Client(target) as client:
             assert new_id not in client.search(vector, 10).ids[0]
     finally:

@@ -271,3 +271,51 @@ def test_a_malformed_fusion_file_fails_the_routers_start_naming_it(
     finally:
         for shard in shards:
             loop_thread.run(shard.stop(0))
+
+
+def test_a_blocked_item_leaves_every_source_until_unblocked(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+) -> None:
+    """RouterAdmin.Block (what `annfleet items delete` calls): a blocked id is never served,
+    whichever source has it (here: live trending), and comes back when unblocked."""
+    import grpc
+
+    from annfleet.auth import metadata
+    from annfleet.v1 import admin_pb2, admin_pb2_grpc
+
+    token = "block-test-token"
+    no_ann = replace(SourcesConfig(), ann=AnnSourceConfig(enabled=False))  # the others serve
+    cluster = cluster_factory(
+        flat_bundle, ROUTER, sources=patient(no_ann), admin_port=0, admin_token=token
+    )
+    alice, bob = int(catalogue.user_ids[0]), int(catalogue.user_ids[1])
+    hot = [int(i) for i in catalogue.ids[-3:]]
+    with (
+        Client(cluster.router_target, timeout=10) as client,
+        grpc.insecure_channel(f"127.0.0.1:{cluster.router.admin_port}") as channel,
+    ):
+        admin = admin_pb2_grpc.RouterAdminStub(channel)
+        auth = metadata(token)
+        client.record_engagement([Engagement(bob, item, "like") for item in hot])
+        got = client.retrieve(alice, 40)
+        by_id = dict(zip(got.ids.tolist(), got.sources_per_candidate, strict=True))
+        assert all("trending" in by_id.get(item, ()) for item in hot), by_id
+        reply = admin.Block(admin_pb2.BlockRequest(item_ids=hot[:2]), metadata=auth)
+        assert reply.blocked == 2
+        for _ in range(3):
+            result = client.retrieve(alice, 40)
+            assert not set(hot[:2]) & set(result.ids.tolist())
+            assert hot[2] in result.ids.tolist() and len(result.ids) == 40
+        reply = admin.Block(admin_pb2.BlockRequest(item_ids=hot[:1], unblock=True), metadata=auth)
+        assert reply.blocked == 1
+        back = client.retrieve(alice, 40).ids.tolist()
+        assert hot[0] in back and hot[1] not in back
+        for bad in (admin_pb2.BlockRequest(), admin_pb2.BlockRequest(item_ids=[-5])):
+            with pytest.raises(grpc.RpcError) as refused:
+                admin.Block(bad, metadata=auth)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as anonymous:
+            admin.Block(admin_pb2.BlockRequest(item_ids=[1]))
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED

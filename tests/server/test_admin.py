@@ -433,6 +433,12 @@ def test_items_client_routes_ids_to_every_shard(
         token_file.write_text(TOKEN + "\n")
         targets = ",".join(s.admin_target for s in shards)
         common = ["--targets", targets, "--token-file", str(token_file)]
+        # Shards only here: with --targets the router must be named too, or skipped; asked
+        # before anything changes.
+        no_router = items("delete", "--ids", str(tmp_path / "ids.npy"), *common)
+        assert no_router.returncode == 2 and "--no-router" in no_router.stderr
+        assert all(s.describe().bundles[0].deleted_items == 0 for s in shards)
+        common.append("--no-router")
         done = items("delete", "--ids", str(tmp_path / "ids.npy"), *common, "--json")
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
@@ -448,7 +454,9 @@ def test_items_client_routes_ids_to_every_shard(
         assert "refused as it is" in wide.stderr and "run the command again" not in wide.stderr
         wrong = token_file.with_name("wrong")
         wrong.write_text("nope\n")
-        refused = items("delete", "--ids", "1", "--targets", targets, "--token-file", str(wrong))
+        refused = items(
+            "delete", "--ids", "1", *common[:2], "--no-router", "--token-file", str(wrong)
+        )
         assert refused.returncode == 2 and "PERMISSION_DENIED" in refused.stderr
         # One shard's delete: the other shards got nothing to do.
         fleet = Fleet.connect([s.admin_target for s in shards], TOKEN)

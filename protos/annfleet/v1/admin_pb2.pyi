@@ -150,3 +150,17 @@ class RolloutStatus(_message.Message):
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaBundles]
     recall: _containers.RepeatedCompositeFieldContainer[RecallGauge]
     def __init__(self, stable_bundle_id: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., previous_bundle_id: _Optional[str] = ..., previous_release_at: _Optional[float] = ..., rollout_holder: _Optional[str] = ..., rollout_started_at: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaBundles, _Mapping]]] = ..., recall: _Optional[_Iterable[_Union[RecallGauge, _Mapping]]] = ...) -> None: ...
+
+class BlockRequest(_message.Message):
+    __slots__ = ("item_ids", "unblock")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCK_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[int]
+    unblock: bool
+    def __init__(self, item_ids: _Optional[_Iterable[int]] = ..., unblock: _Optional[bool] = ...) -> None: ...
+
+class BlockResponse(_message.Message):
+    __slots__ = ("blocked",)
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    blocked: int
+    def __init__(self, blocked: _Optional[int] = ...) -> None: ...

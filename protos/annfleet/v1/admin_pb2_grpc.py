@@ -65,6 +65,11 @@ class RouterAdminStub:
                 request_serializer=annfleet_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
                 response_deserializer=annfleet_dot_v1_dot_admin__pb2.RolloutStatus.FromString,
                 _registered_method=True)
+        self.Block = channel.unary_unary(
+                '/annfleet.v1.RouterAdmin/Block',
+                request_serializer=annfleet_dot_v1_dot_admin__pb2.BlockRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_admin__pb2.BlockResponse.FromString,
+                _registered_method=True)
 
 
 class RouterAdminServicer:
@@ -167,6 +172,24 @@ class RouterAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Block(self, request, context):
+        """Block items from Retrieve (unblock = false) or let them back (unblock = true): a blocked
+        id is left out by the blender whichever source returned it (trending, co-engagement,
+        content, exploration, popular and the ANN alike). `annfleet items delete` blocks the ids
+        it deletes on the shards (the shards' own filter covers Search and the ANN source;
+        the other sources draw from the bundle's tables and live state), `items upsert`
+        unblocks the ids it writes. Kept in the router's state store: shared by every router
+        on Redis and kept over a restart there; a memory store's set goes with the router, as
+        its live engagement does. Idempotent.
+        Status codes:
+        OK                  the response counts the blocked set after the change.
+        INVALID_ARGUMENT    no ids, more than 100000, or an id < 0.
+        UNAVAILABLE         the state store cannot be reached (nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +217,11 @@ def add_RouterAdminServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=annfleet_dot_v1_dot_admin__pb2.StatusRequest.FromString,
                     response_serializer=annfleet_dot_v1_dot_admin__pb2.RolloutStatus.SerializeToString,
+            ),
+            'Block': grpc.unary_unary_rpc_method_handler(
+                    servicer.Block,
+                    request_deserializer=annfleet_dot_v1_dot_admin__pb2.BlockRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_admin__pb2.BlockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -337,6 +365,33 @@ class RouterAdmin:
             '/annfleet.v1.RouterAdmin/Status',
             annfleet_dot_v1_dot_admin__pb2.StatusRequest.SerializeToString,
             annfleet_dot_v1_dot_admin__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Block(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.RouterAdmin/Block',
+            annfleet_dot_v1_dot_admin__pb2.BlockRequest.SerializeToString,
+            annfleet_dot_v1_dot_admin__pb2.BlockResponse.FromString,
             options,
             channel_credentials,
             insecure,
