@@ -130,15 +130,14 @@ class Tally:
     failures: list[str] = field(default_factory=list)
     codes: set[grpc.StatusCode] = field(default_factory=set)
     searchable: dict[tuple[int, str], int] = field(default_factory=dict)
+    # the router's blocked set after this command (``block_on_router``), None: not asked
+    router: dict[str, Any] | None = None
 
     def add(self, shard: int, target: str, reply: shard_pb2.UpdateResponse) -> None:
         counts = self.counts[(shard, target)]
         for key in ("inserted", "replaced", "deleted", "missing"):
             counts[key] += getattr(reply, key)
         self.searchable[(shard, target)] = reply.bundle.num_items
-
-    # the router's blocked set after this command (``block_on_router``), None: not asked
-    router: dict[str, Any] | None = None
 
     def print(self, fleet: Fleet, keys: Sequence[str], as_json: bool) -> None:
         if as_json:
