@@ -26,10 +26,11 @@ if _version_not_supported:
 
 
 class RouterAdminStub:
-    """The router's control plane: two-phase bundle rollouts, canaries (variants), rollback and
-    status. Served on its own port (router.admin_port), never on the serving port, with the
-    same rule as ShardAdmin: every call carries `authorization: Bearer <token>` metadata; a
-    call without it gets UNAUTHENTICATED, one with a wrong token PERMISSION_DENIED (every RPC).
+    """The router's control plane: two-phase bundle rollouts, canaries (variants), rollback,
+    status, and items blocked from Retrieve. Served on its own port (router.admin_port),
+    never on the serving port, with the same rule as ShardAdmin: every call carries
+    `authorization: Bearer <token>` metadata; a call without it gets UNAUTHENTICATED, one with
+    a wrong token PERMISSION_DENIED (every RPC).
     Every RPC also answers INVALID_ARGUMENT to a payload that does not parse as its request
     message and RESOURCE_EXHAUSTED to a message over 64 MiB.
     """
@@ -73,10 +74,11 @@ class RouterAdminStub:
 
 
 class RouterAdminServicer:
-    """The router's control plane: two-phase bundle rollouts, canaries (variants), rollback and
-    status. Served on its own port (router.admin_port), never on the serving port, with the
-    same rule as ShardAdmin: every call carries `authorization: Bearer <token>` metadata; a
-    call without it gets UNAUTHENTICATED, one with a wrong token PERMISSION_DENIED (every RPC).
+    """The router's control plane: two-phase bundle rollouts, canaries (variants), rollback,
+    status, and items blocked from Retrieve. Served on its own port (router.admin_port),
+    never on the serving port, with the same rule as ShardAdmin: every call carries
+    `authorization: Bearer <token>` metadata; a call without it gets UNAUTHENTICATED, one with
+    a wrong token PERMISSION_DENIED (every RPC).
     Every RPC also answers INVALID_ARGUMENT to a payload that does not parse as its request
     message and RESOURCE_EXHAUSTED to a message over 64 MiB.
     """
@@ -232,10 +234,11 @@ def add_RouterAdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RouterAdmin:
-    """The router's control plane: two-phase bundle rollouts, canaries (variants), rollback and
-    status. Served on its own port (router.admin_port), never on the serving port, with the
-    same rule as ShardAdmin: every call carries `authorization: Bearer <token>` metadata; a
-    call without it gets UNAUTHENTICATED, one with a wrong token PERMISSION_DENIED (every RPC).
+    """The router's control plane: two-phase bundle rollouts, canaries (variants), rollback,
+    status, and items blocked from Retrieve. Served on its own port (router.admin_port),
+    never on the serving port, with the same rule as ShardAdmin: every call carries
+    `authorization: Bearer <token>` metadata; a call without it gets UNAUTHENTICATED, one with
+    a wrong token PERMISSION_DENIED (every RPC).
     Every RPC also answers INVALID_ARGUMENT to a payload that does not parse as its request
     message and RESOURCE_EXHAUSTED to a message over 64 MiB.
     """
