@@ -153,6 +153,8 @@ class MemoryState(StateStore):
         self._clicks: Counter[int] = Counter()
         self._co: dict[int, Counter[int]] = {}
         self._blocked: set[int] = set()
+        # the set as a sorted array, built when it changes: every Retrieve reads it
+        self._blocked_ids = EMPTY_IDS
         self._last_ts: dict[int, int] = {}
 
     async def user(self, user_id: int) -> UserState:
@@ -188,13 +190,14 @@ class MemoryState(StateStore):
         return {i: dict(self._co[i]) for i in items if self._co.get(i)}
 
     async def blocked(self) -> np.ndarray:
-        return np.array(sorted(self._blocked), np.int64)
+        return self._blocked_ids
 
     async def set_blocked(self, ids: Iterable[int], blocked: bool = True) -> None:
         if blocked:
             self._blocked.update(int(i) for i in ids)
         else:
             self._blocked.difference_update(int(i) for i in ids)
+        self._blocked_ids = np.array(sorted(self._blocked), np.int64)
 
     async def apply(self, update: StateUpdate) -> None:
         # No await below: nothing else runs on the loop while a batch is applied.
