@@ -304,8 +304,9 @@ def test_chunked_paced_exact_search_returns_the_one_call_hits(
     loop_thread: LoopThread, flat_bundle: Bundle
 ) -> None:
     """shards.exact_chunk_items / exact_duty: an exact search scanned in chunks (fewer rows
-    than k, not a divisor of the shard's size) with pauses answers exactly what one faiss call
-    over every row does, ids and scores, excluded ids honoured."""
+    than k, not a divisor of the shard's size) with pauses answers what one faiss call over
+    every row does: the same ids, the same scores to float32 rounding (BLAS picks kernels by
+    matrix shape, so a chunk's sums may round differently), excluded ids honoured."""
     ids = np.load(flat_bundle.shard_dir(0) / "ids.npy")
     vectors = np.load(flat_bundle.shard_dir(0) / "vectors.npy")
     assert len(ids) % 97 and len(ids) > 150
@@ -321,7 +322,13 @@ def test_chunked_paced_exact_search_returns_the_one_call_hits(
         finally:
             loop_thread.run(server.stop(0))
     whole, chunked = replies
-    assert chunked.ids == whole.ids and chunked.scores == whole.scores
+    assert chunked.ids == whole.ids
+    np.testing.assert_allclose(
+        decode_rows(chunked.scores, F32, 3, 150, name="scores"),
+        decode_rows(whole.scores, F32, 3, 150, name="scores"),
+        rtol=1e-6,
+        atol=1e-6,
+    )
     got = decode_rows(chunked.ids, I64, 3, 150, name="ids")
     kept = ~np.isin(ids, exclude)
     truth = np.argsort(-(queries @ vectors[kept].T), axis=1, kind="stable")[:, :150]
