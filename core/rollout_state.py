@@ -8,14 +8,13 @@ the stable bundle named here (not the one on its command line), and so does the 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from annfleet.errors import ConfigError
+from annfleet.files import replace_durably
 
 FILE_NAME = "rollout.json"
 
@@ -100,16 +99,7 @@ def read_state(path: Path) -> RolloutState | None:
 def write_state(path: Path, state: RolloutState) -> None:
     """Atomically replace ``path`` (a reader sees the old or the new file, never half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(state.to_json())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_durably(path, lambda f: f.write(state.to_json().encode()))
 
 
 def also_held(path: Path | None) -> list[Path]:

@@ -46,6 +46,7 @@ import numpy as np
 
 from annfleet.arrays import load_npy
 from annfleet.errors import BundleError, InvalidArgument, NotFound, ResourceExhausted
+from annfleet.files import replace_durably, save_npy_durable
 from annfleet.merge import merge_rows
 from annfleet.partition import shard_of
 from annfleet.server.index import ExactPacing, ShardIndex, exact_search
@@ -74,16 +75,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _save(path: Path, array: np.ndarray) -> None:
-    """Write a .npy durably: temp file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
 
 
 class UpdateLog:
@@ -156,12 +147,7 @@ class UpdateLog:
                 json.dumps(self._write_segments(seq, op, ids, vectors), sort_keys=True)
                 for seq, (op, ids, vectors) in enumerate(records, start=1)
             ]
-            tmp = self.path.with_name(LOG_NAME + ".tmp")
-            with tmp.open("wb") as f:
-                f.write("\n".join(lines).encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self.path)
+            replace_durably(self.path, lambda f: f.write("\n".join(lines).encode() + b"\n"))
             _fsync_dir(self.directory)
         except BaseException:
             self.generation = generation - 1
@@ -180,10 +166,10 @@ class UpdateLog:
         name = f"g{self.generation:04d}-{seq:08d}" if self.generation else f"{seq:08d}"
         record: dict[str, Any] = {"seq": seq, "op": op, "count": len(ids), "time": time.time()}
         record["ids"] = f"{name}-ids.npy"
-        _save(self.directory / record["ids"], ids)
+        save_npy_durable(self.directory / record["ids"], ids)
         if vectors is not None:
             record["vectors"] = f"{name}-vectors.npy"
-            _save(self.directory / record["vectors"], vectors)
+            save_npy_durable(self.directory / record["vectors"], vectors)
         return record
 
     def size_bytes(self) -> int:
