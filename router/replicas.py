@@ -12,7 +12,9 @@ shard call:
   each scored by (outstanding calls + 1) x the larger of its peak-EWMA latency (Finagle's
   "P2C + peak EWMA") and the age of its oldest unanswered call, so a slow replica gets less
   traffic and a hung one none a few milliseconds after it stops answering;
-- **retry**: UNAVAILABLE, RESOURCE_EXHAUSTED, FAILED_PRECONDITION (another bundle held)
+- **retry**: UNAVAILABLE, RESOURCE_EXHAUSTED, FAILED_PRECONDITION (another bundle held),
+  CANCELLED by the replica (a server that stops cancels every call in flight; the router's
+  own cancellations, a lost hedge or a passed deadline, end an attempt's task instead)
   or an attempt cut at ``shard_timeout_s`` is retried at once on another replica, inside
   the request's deadline, at most ``shard_attempts`` attempts in all; a replica that failed
   so is ejected for a moment (outlier ejection);
@@ -70,6 +72,7 @@ RETRYABLE = frozenset(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.CANCELLED,  # by the replica: its server stopped with the call in flight
     }
 )
 HEDGE_BURST = 10.0  # hedge tokens a shard can save up
@@ -314,8 +317,8 @@ class ReplicaGroup:
             if code == grpc.StatusCode.DEADLINE_EXCEEDED and not expired:
                 replica.latency.observe(now - started, now)
                 replica.eject(now, f"no answer within shard_timeout_s {attempt_cap}s")
-            elif code == grpc.StatusCode.UNAVAILABLE:
-                replica.eject(now, f"UNAVAILABLE: {exc.details()}")
+            elif code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                replica.eject(now, f"{code.name}: {exc.details()}")
             raise ShardFailure(
                 code.name, f"{code.name} from {replica.target}: {exc.details()}", expired
             ) from exc

@@ -188,11 +188,13 @@ def start_cluster(
 
 class ObservedShard(shard_pb2_grpc.IndexShardServicer):
     """A real shard service (delegated to) that records the deadline each Search arrives
-    with and can answer late (``delay`` seconds, on the event loop: a slow but live process)."""
+    with and can answer late (``delay`` seconds, on the event loop: a slow but live process)
+    or end each Search with ``abort`` (a status code: what a stopping server's calls get)."""
 
     def __init__(self, inner: ShardService) -> None:
         self.inner = inner
         self.delay = 0.0
+        self.abort: grpc.StatusCode | None = None
         self.seen: list[float | None] = []  # context.time_remaining() of each Search
         self.requests: list[shard_pb2.ShardSearchRequest] = []  # every Search request
 
@@ -208,6 +210,8 @@ class ObservedShard(shard_pb2_grpc.IndexShardServicer):
         self.requests.append(request)
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.abort is not None:
+            await context.abort(self.abort, "the server is stopping")
         return await self.inner.Search(request, context)
 
     async def SearchStream(
