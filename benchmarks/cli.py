@@ -284,6 +284,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "router.queue_target_s); both: each throttled phase with it, then without (A/B)",
     )
     ld.add_argument(
+        "--generator-nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="N",
+        help="--overload --generator client: run the throttled client's load processes at "
+        "nice N (0-19; the probe stays at 0): callers that do not share the servers' cores, "
+        "as in a deployment, on a box where they must",
+    )
+    ld.add_argument(
         "--cooperative-only",
         action="store_true",
         help="--overload --generator client: only the throttled client's overload phases "

@@ -52,6 +52,7 @@ class LoadSpec:
     record: bool = False  # keep every request's outcome (time series, e.g. `bench faults`)
     throttle_k: float = 0.0  # > 0: the client's adaptive throttle with this k (0: off)
     report_timeout: bool = True  # the client sends annfleet-timeout-ms (queue-time shedding)
+    nice: int = 0  # > 0: the load processes lower their CPU priority by this much (os.nice)
 
 
 @dataclass
@@ -175,6 +176,8 @@ async def _worker_async(
 def _worker(
     spec: LoadSpec, queries: np.ndarray, user_ids: np.ndarray, seed: int, start_at: float, out: Any
 ) -> None:
+    if spec.nice:
+        os.nice(spec.nice)
     try:
         import uvloop
 

@@ -510,6 +510,7 @@ def run_h2load(args: argparse.Namespace) -> dict[str, Any]:
                 throttle_k=throttle_k,
                 report_timeout=report,
                 record=True,
+                nice=args.generator_nice,
             )
             start_at = time.time() + 3.0 + 0.5 * args.processes  # spawns and imports
             sampler = overload_series.RouterSampler(target, lambda: router_admission(metrics_port))

@@ -67,7 +67,7 @@ def measure(
     from annfleet.router.candidates import CandidateGenerator, build_sources
     from annfleet.router.service import SeenItems
     from annfleet.router.sources import Candidates, SourceRequest
-    from annfleet.router.state import MemoryState
+    from annfleet.router.state import Blocked, MemoryState
     from annfleet.router.users import RequestContext
 
     bundle = Bundle.open(bundle_path, verify=False)
@@ -92,13 +92,13 @@ def measure(
     known: dict[str, Any] = {"bundle_history": history_of} if history_of else {}
     generator = CandidateGenerator(bundle.id, sources, state, caches, bundle_seen=seen.of, **known)
     ctx = RequestContext((), 0, "", "")
-    exclude = no_ids = np.empty(0, np.int64)
+    exclude = np.empty(0, np.int64)
     far = time.monotonic() + 3600.0
 
     prepared = []
     for user in users.tolist():
         u = _run(state.user(user))
-        excl = generator.exclusions(user, u, (), exclude, np.empty(0, np.int64))
+        excl = generator.exclusions(user, u, (), exclude, Blocked())
         history: dict[str, Any] = {"history": history_of(user)} if history_of else {}
         request = SourceRequest(user, ctx, k, far, excl, None, **history)
         outcomes = {s.name: Outcome(s.name, _run(s.fetch(request))) for s in sources.sources}
@@ -112,7 +112,7 @@ def measure(
         return lambda p: _run(source.fetch(p[2]))
 
     stages: dict[str, Callable[[Any], Any]] = {
-        "exclusions": lambda p: generator.exclusions(p[0], p[1], (), exclude, no_ids),
+        "exclusions": lambda p: generator.exclusions(p[0], p[1], (), exclude, Blocked()),
         **{f"fetch {s.name}": fetch_of(s) for s in sources.sources},
         "blend_outcomes": lambda p: blend_outcomes(sources.sources, p[3], k, p[2].exclude),
     }

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from annfleet.arrays import F32, I64, npy_error, to_bytes
+from annfleet.arrays import F32, I64, decode_ids, npy_error, to_bytes
 from annfleet.auth import client_token, metadata
 from annfleet.client.channels import open_channel
 from annfleet.cluster import router_address
@@ -155,11 +155,7 @@ class Tally:
             return
         print(f"bundle {fleet.bundle_id}, {fleet.num_shards} shards")
         if self.router is not None:
-            how = "unblocked" if self.router["unblock"] else "blocked from Retrieve"
-            print(
-                f"  router {self.router['target']}: {self.router['ids']} ids {how} "
-                f"({self.router['blocked']} blocked in all)"
-            )
+            print(f"  {self.router_line()}")
         for (shard, target), counts in sorted(self.counts.items()):
             done = ", ".join(f"{counts[k]} {k}" for k in keys)
             print(
@@ -168,6 +164,14 @@ class Tally:
             )
         for failure in self.failures:
             print(f"  FAILED {failure}", file=sys.stderr)
+
+    def router_line(self) -> str:
+        assert self.router is not None
+        how = "unblocked" if self.router["unblock"] else "blocked from Retrieve"
+        return (
+            f"router {self.router['target']}: {self.router['ids']} ids {how} "
+            f"({self.router['blocked']} blocked in all)"
+        )
 
 
 def _update(fleet: Fleet, ids: np.ndarray, request_for: Any, method: str) -> Tally:
@@ -227,9 +231,10 @@ def block_on_router(
     credentials: grpc.ChannelCredentials | None,
     ids: np.ndarray,
     unblock: bool,
+    hint: str = "--router HOST:PORT names the router's admin address; --no-router skips it",
 ) -> None:
     """RouterAdmin.Block for ``ids`` (unblock: let them back); the outcome goes to ``tally``
-    (``tally.router``, or a failure naming the router)."""
+    (``tally.router``, or a failure naming the router and ``hint``)."""
     try:
         with open_channel(target, credentials) as channel:
             stub = admin_pb2_grpc.RouterAdminStub(channel)
@@ -241,10 +246,7 @@ def block_on_router(
                 reply = stub.Block(request, metadata=metadata(token), timeout=TIMEOUT_S)
                 blocked = int(reply.blocked)
     except grpc.RpcError as exc:
-        tally.failures.append(
-            f"router {target}: {exc.code().name}: {exc.details()} (--router HOST:PORT names "
-            "the router's admin address; --no-router skips it)"
-        )
+        tally.failures.append(f"router {target}: {exc.code().name}: {exc.details()} ({hint})")
         tally.codes.add(exc.code())
         return
     tally.router = {"target": target, "ids": len(ids), "unblock": unblock, "blocked": blocked}
@@ -339,6 +341,73 @@ def cmd_items(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_blocked(args: argparse.Namespace) -> int:
+    """items block / unblock / blocked: the router's blocked set alone; the shards unchanged."""
+    config = load_config(args.config)
+    token = client_token(config, args.token_file)
+    credentials = channel_credentials(config.tls)
+    router = args.router or router_address(config, admin=True)
+    if args.action == "blocked":
+        return _list_blocked(router, token, credentials, args.limit, args.json)
+    ids = _ids(args.ids)
+    if len(ids) == 0:
+        raise InvalidArgument("--ids: no ids given")
+    tally = Tally()
+    hint = "--router HOST:PORT names the router's admin address"
+    block_on_router(tally, router, token, credentials, ids, args.action == "unblock", hint)
+    if tally.failures:
+        print(f"annfleet items {args.action}: {tally.failures[0]}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(tally.router, indent=2))
+    else:
+        print(tally.router_line())
+        if args.action == "block":
+            print("Search still finds them: `annfleet items delete` removes items from the shards")
+    return 0
+
+
+def _list_blocked(
+    router: str,
+    token: str,
+    credentials: grpc.ChannelCredentials | None,
+    limit: int,
+    as_json: bool,
+) -> int:
+    try:
+        with open_channel(router, credentials) as channel:
+            reply = admin_pb2_grpc.RouterAdminStub(channel).Blocked(
+                admin_pb2.BlockedRequest(limit=limit), metadata=metadata(token), timeout=TIMEOUT_S
+            )
+    except grpc.RpcError as exc:
+        print(
+            f"annfleet items blocked: router {router}: {exc.code().name}: {exc.details()}",
+            file=sys.stderr,
+        )
+        return 1
+    ids = decode_ids(reply.item_ids, name="item_ids").tolist()
+    if as_json:
+        print(json.dumps({"router": router, "count": reply.count, "item_ids": ids}, indent=2))
+        return 0
+    print(f"router {router}: {reply.count} items blocked from Retrieve")
+    for item in ids:
+        print(f"  {item}")
+    if len(ids) < reply.count:
+        print(f"  ... and {reply.count - len(ids)} more (--limit 0 lists every one)")
+    return 0
+
+
+def id_limit(text: str) -> int:
+    """argparse type of --limit: a count of ids >= 0 (0 = every one), within uint32."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of ids >= 0 (0 = all)")
+    return value
+
+
 def _next_step(codes: set[grpc.StatusCode]) -> str:
     """What to do about the failed replica calls: a refused request changed nothing on its
     replica and fails again as it is; anything else may pass on a second run."""
@@ -350,7 +419,10 @@ def _next_step(codes: set[grpc.StatusCode]) -> str:
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("items", help="upsert or delete catalogue items live (admin port)")
+    p = sub.add_parser(
+        "items",
+        help="upsert or delete catalogue items live, or block them from Retrieve (admin ports)",
+    )
     actions = p.add_subparsers(dest="action", required=True)
     for action, help_text in (
         ("upsert", "insert or replace items: searchable at once, kept across restarts"),
@@ -383,3 +455,26 @@ def register(sub: Any) -> None:
         q.add_argument("--bundle-id", help="the bundle to change (default: the active one)")
         q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(func=cmd_items)
+    for action, help_text in (
+        ("block", "block items from Retrieve on the router (Search and the shards unchanged)"),
+        ("unblock", "let blocked items back into Retrieve"),
+        ("blocked", "list the items blocked from Retrieve"),
+    ):
+        q = actions.add_parser(action, help=help_text)
+        if action == "blocked":
+            q.add_argument(
+                "--limit", type=id_limit, default=1000, help="ids listed, smallest first; 0 = all"
+            )
+        else:
+            q.add_argument(
+                "--ids", required=True, help="item ids: int64 .npy file or comma-separated list"
+            )
+        q.add_argument("--config", help="cluster YAML (data dir, admin token)")
+        q.add_argument(
+            "--router",
+            help="router admin HOST:PORT (default: the local cluster's, else "
+            "router.host:router.admin_port)",
+        )
+        q.add_argument("--token-file", help="admin token file (default: from the config)")
+        q.add_argument("--json", action="store_true", help="print JSON")
+        q.set_defaults(func=cmd_blocked)

@@ -590,7 +590,7 @@ def _router_recall(config: ClusterConfig, credentials: Any = None) -> str:
     from annfleet.auth import client_token, metadata
     from annfleet.client.channels import open_channel
     from annfleet.cluster import router_address
-    from annfleet.rollout_cli import recall_lines
+    from annfleet.rollout_cli import blocked_line, recall_lines
     from annfleet.v1 import admin_pb2, admin_pb2_grpc
 
     if config.router.admin_port < 0:
@@ -613,6 +613,7 @@ def _router_recall(config: ClusterConfig, credentials: Any = None) -> str:
         if len(status.variants) > 1
     ]
     lines += recall_lines(status.recall) or ["live recall: no sample yet"]
+    lines += [blocked_line(status)] if status.blocked_items else []
     return "".join(f"\n{'':<12}{line}" for line in lines)
 
 
@@ -744,6 +745,7 @@ def cmd_serve_router(args: argparse.Namespace) -> int:
         admin_token=token,
         shard_admin_targets=[t for t in (args.shard_admins or "").split(",") if t],
         rollout_state=Path(args.rollout_state) if args.rollout_state else None,
+        blocked_file=Path(args.blocked_file) if args.blocked_file else None,
         sources=cluster.sources,
         state=cluster.state,
         freeze_gc=True,
@@ -902,6 +904,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--shard-admins",
                 help="comma-separated ShardAdmin HOST:PORTs of every shard replica (rollouts)",
+            )
+            p.add_argument(
+                "--blocked-file",
+                help="with state.backend memory: the .npy where the blocked items (RouterAdmin."
+                "Block, `items delete`) are kept over a restart (`annfleet up`: "
+                "<data dir>/blocked-items.npy); a file that is not one refuses the start",
             )
         p.set_defaults(func=func)
 

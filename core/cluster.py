@@ -50,6 +50,7 @@ CRASH_BACKOFF_S = 10.0  # the first wait of a crash-looping child, doubled per d
 CRASH_BACKOFF_MAX_S = 300.0  # ... up to this (as Kubernetes' CrashLoopBackOff)
 CRASH_RESET_S = 60.0  # a child that ran this long before it died starts afresh
 REDIS_GRACE_S = 10.0  # a stopping redis-server fsyncs its append-only file
+BLOCKED_FILE = "blocked-items.npy"  # in the data dir: the router's blocked items (memory state)
 # Runs a program bound to its parent's life (Linux): argv = parent pid, program, its
 # arguments; 1 = PR_SET_PDEATHSIG, which survives the exec.
 EXEC_BOUND = """\
@@ -304,6 +305,7 @@ class LocalCluster:
         config_path: Path | None = None,
         rollout_state: Path | None = None,
         state_file: Path | None = None,
+        blocked_file: Path | None = None,
     ) -> None:
         self.config = config or ClusterConfig()
         self.bundle = Bundle.open(bundle_path, verify=False)
@@ -314,6 +316,10 @@ class LocalCluster:
             rollout_state_file(self.config.data_path()) if fixed_ports else None
         )
         self.state_file = state_file
+        # Where the router's in-memory state store keeps the blocked items: likewise.
+        self.blocked_file = blocked_file or (
+            self.config.data_path() / BLOCKED_FILE if fixed_ports else None
+        )
         shards_cfg, router_cfg = self.config.shards, self.config.router
         if self.config.state.start_redis and not config_path:
             raise ConfigError(
@@ -405,6 +411,7 @@ class LocalCluster:
                 "--metrics-port",
                 str(router_metrics),
                 *(router_admin or ["--admin-port", "-1"]),
+                *(["--blocked-file", str(self.blocked_file)] if self.blocked_file else []),
             ],
             host_port(router_cfg.host, router_port),
             router_metrics if router_metrics >= 0 else None,

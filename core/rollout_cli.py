@@ -75,6 +75,8 @@ def print_status(status: admin_pb2.RolloutStatus, out: Any = None) -> None:
         print(f"variant {v.name:<7} {v.bundle_id} {v.percent:g}% of users", file=out)
     for line in recall_lines(status.recall):
         print(line, file=out)
+    if status.blocked_items:
+        print(blocked_line(status), file=out)
     for r in status.replicas:
         where = f"shard {r.shard_id} replica {r.replica} {r.target}"
         if r.error:
@@ -82,6 +84,11 @@ def print_status(status: admin_pb2.RolloutStatus, out: Any = None) -> None:
         else:
             held = ", ".join(b for b in r.held_bundle_ids if b != r.active_bundle_id)
             print(f"  {where}: active {r.active_bundle_id}; held {held or '-'}", file=out)
+
+
+def blocked_line(status: admin_pb2.RolloutStatus) -> str:
+    n = status.blocked_items
+    return f"blocked from Retrieve: {n} item{'s' if n != 1 else ''} (annfleet items delete)"
 
 
 def recall_lines(gauges: Any) -> list[str]:

@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from annfleet.errors import InvalidArgument, status_of
+from annfleet.arrays import I64, to_bytes
+from annfleet.errors import InvalidArgument, Unavailable, status_of
 from annfleet.metrics import REQUESTS
 from annfleet.router.rollout import RolloutController
 from annfleet.router.state import StateStore
@@ -69,7 +70,13 @@ class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
     async def Status(
         self, request: admin_pb2.StatusRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.RolloutStatus:
-        return await self.controller.status(describe=not request.skip_replicas)
+        reply = await self.controller.status(describe=not request.skip_replicas)
+        try:
+            blocked = await self.state.blocked()
+        except Unavailable:
+            blocked = self.state.last_blocked()
+        reply.blocked_items = len(blocked.ids)
+        return reply
 
     @rpc("RouterAdmin")
     async def Block(
@@ -83,4 +90,13 @@ class RouterAdminService(admin_pb2_grpc.RouterAdminServicer):
         if min(ids) < 0:
             raise InvalidArgument(f"item_ids: ids must be >= 0, got {min(ids)}")
         await self.state.set_blocked(ids, blocked=not request.unblock)
-        return admin_pb2.BlockResponse(blocked=len(await self.state.blocked()))
+        return admin_pb2.BlockResponse(blocked=len((await self.state.blocked()).ids))
+
+    @rpc("RouterAdmin")
+    async def Blocked(
+        self, request: admin_pb2.BlockedRequest, context: grpc.aio.ServicerContext
+    ) -> admin_pb2.BlockedItems:
+        """How many items are blocked and the smallest ``limit`` of them (0: all)."""
+        ids = (await self.state.blocked()).ids
+        shown = ids[: request.limit] if request.limit else ids
+        return admin_pb2.BlockedItems(count=len(ids), item_ids=to_bytes(shown, I64))

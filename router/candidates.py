@@ -23,7 +23,7 @@ from annfleet.errors import AnnfleetError, DeadlineExceeded, InvalidArgument, No
 from annfleet.router.blend import Blend, Blender, blend_outcomes, run_sources
 from annfleet.router.caches import RouterCaches, UserCache
 from annfleet.router.diversity import DiversityMonitor
-from annfleet.router.sources import ItemTable, Source, SourceRequest, last_unique
+from annfleet.router.sources import ItemTable, Source, SourceRequest, last_unique, union_sorted
 from annfleet.router.sources.ann import AnnSource, EmbedFn, SearchFn
 from annfleet.router.sources.coengagement import CoEngagementSource
 from annfleet.router.sources.content import ContentSource
@@ -31,13 +31,19 @@ from annfleet.router.sources.exploration import ExplorationSource
 from annfleet.router.sources.popular import PopularSource
 from annfleet.router.sources.social import FileFollowGraph, FollowGraph, SocialSource
 from annfleet.router.sources.trending import TrendingSource
-from annfleet.router.state import StateStore, UserState
+from annfleet.router.state import Blocked, StateStore, UserState
 from annfleet.router.users import RequestContext
 
 log = logging.getLogger(__name__)
 
 # Failures of a source that are the request's fault: they fail the request, not the source.
 CALLER_ERRORS = (NotFound, InvalidArgument)
+# Blocked ids the sources (and the shards) are given to leave out, at most: a larger blocked
+# set (a bulk `items delete`) is left to the blender's filter alone, so that a request does
+# not carry it to every source and shard (each source's cut grows with its exclusions, and
+# the shards already leave deleted items out). A source that returned blocked ids then
+# delivers fewer, and the blender's backfill from the others keeps k full.
+BLOCKED_PUSHDOWN_MAX = 4096
 
 
 @dataclass
@@ -168,13 +174,14 @@ class CandidateGenerator:
             diversity.register(bundle_id, sources.items, content.features if content else None)
             weakref.finalize(self, diversity.release, bundle_id)
 
-    async def _user(self, user_id: int) -> tuple[UserState, np.ndarray, str]:
-        """Live state and blocked items; a state store that is down degrades to neither."""
+    async def _user(self, user_id: int) -> tuple[UserState, Blocked, str]:
+        """Live state and blocked items; a state store that is down degrades to no live
+        state and the blocked items as last read."""
         try:
-            return await self.state.user(user_id), await self.state.blocked(), ""
+            return (*await self.state.user_and_blocked(user_id), "")
         except Unavailable as exc:
             log.warning("serving without live state: %s", exc)
-            return UserState(), np.empty(0, np.int64), str(exc)
+            return UserState(), self.state.last_blocked(), str(exc)
 
     def exclusions(
         self,
@@ -182,11 +189,17 @@ class CandidateGenerator:
         user: UserState,
         recent: tuple[int, ...],
         exclude: np.ndarray,
-        blocked: np.ndarray,
+        blocked: Blocked,
     ) -> np.ndarray:
         """(e,) int64 sorted unique: request exclude_ids, blocked, and with ``filter_seen``
         the user's seen items (bundle table + live) and recent items."""
-        parts = [np.asarray(exclude, np.int64), blocked]
+        return union_sorted(self.own_exclusions(user_id, user, recent, exclude), blocked.ids)
+
+    def own_exclusions(
+        self, user_id: int, user: UserState, recent: tuple[int, ...], exclude: np.ndarray
+    ) -> np.ndarray:
+        """The request's and the user's exclusions (``exclusions`` without the blocked)."""
+        parts = [np.asarray(exclude, np.int64)]
         if self.filter_seen:
             parts += [user.seen, np.asarray(recent, np.int64)]
             if self.bundle_seen is not None:
@@ -255,16 +268,18 @@ class CandidateGenerator:
             context.device,
             recent,
             user.version,
-            blocked.tobytes(),
+            blocked.version,
         )
         cached = self.caches.candidates.get(user_id, key)
         if cached is not None:
             return replace(cached, cached=True, sources_done=0.0, budget_end=0.0)
-        excl = self.exclusions(user_id, user, recent, exclude, blocked)
+        own = self.own_exclusions(user_id, user, recent, exclude)
+        excl = union_sorted(own, blocked.ids)
+        pushed = excl if len(blocked.ids) <= BLOCKED_PUSHDOWN_MAX else own
         blender = self.sources.blender
         history = self.bundle_history(user_id) if self.bundle_history is not None else ()
         request = SourceRequest(
-            user_id, context, blender.asked(k), deadline, excl, params, *timing, history=history
+            user_id, context, blender.asked(k), deadline, pushed, params, *timing, history=history
         )
         outcomes = await run_sources(self.sources.sources, request)
         for outcome in outcomes.values():

@@ -147,6 +147,7 @@ async def start_router(
     admin_token: str | None = None,
     shard_admin_targets: Sequence[str] = (),
     rollout_state: Path | None = None,
+    blocked_file: Path | None = None,
     sources: SourcesConfig | None = None,
     state: StateConfig | None = None,
     graph: FollowGraph | None = None,
@@ -157,6 +158,7 @@ async def start_router(
     ``admin_port`` >= 0 (0 = a free port) also serves RouterAdmin there (it needs
     ``admin_token``, and ``shard_admin_targets`` to roll out). With ``rollout_state``, the
     stable bundle it names wins over ``bundle_path``, and every rollout step is written to it.
+    ``blocked_file``: where the in-memory state store keeps the blocked items over a restart.
 
     ``shard_targets``: one entry per shard, in shard order: its replicas' addresses.
     ``sources`` / ``state``: the candidate sources of Retrieve and their live state store
@@ -173,7 +175,7 @@ async def start_router(
     bundle_path = stable_bundle(rollout_state) or Path(bundle_path)
     executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="router")
     try:
-        store = await open_state(state)
+        store = await open_state(state, blocked_file)
     except BaseException:
         executor.shutdown(wait=False)
         raise

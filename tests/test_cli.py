@@ -244,6 +244,26 @@ def test_up_query_status_and_clean_stop(small_config: Path, tmp_path: Path) -> N
         assert deleted.returncode == 0, deleted.stderr
         # ... and blocked on the router, so no Retrieve source serves it either
         assert "1 ids blocked from Retrieve (1 blocked in all)" in deleted.stdout
+        # kept in the data dir, so a restarted router blocks it still (test_retrieve_sources)
+        kept = np.load(tmp_path / "data" / "blocked-items.npy", allow_pickle=False)
+        assert kept.tolist() == [new_id]
+        status = run("status", "--config", str(small_config))
+        assert "blocked from Retrieve: 1 item (annfleet items delete)" in status.stdout
+        listed = run("items", "blocked", "--config", str(small_config), "--json")
+        assert listed.returncode == 0, listed.stderr
+        assert json.loads(listed.stdout)["item_ids"] == [new_id]
+        # The router's set alone: block another item, list both, let it back.
+        other = first["item_id"]
+        blocked = run("items", "block", "--config", str(small_config), "--ids", str(other))
+        assert blocked.returncode == 0, blocked.stderr
+        assert "1 ids blocked from Retrieve (2 blocked in all)" in blocked.stdout
+        assert "Search still finds them" in blocked.stdout
+        listed = run("items", "blocked", "--config", str(small_config), "--limit", "1")
+        assert f"2 items blocked from Retrieve\n  {min(new_id, other)}\n  ... and 1 more" in (
+            listed.stdout
+        )
+        unblocked = run("items", "unblock", "--config", str(small_config), "--ids", str(other))
+        assert "1 ids unblocked (1 blocked in all)" in unblocked.stdout
         for user in ("1", "2", "3"):
             listed = json.loads(run("query", "--user", user, "--k", "50", "--json",
                                     "--target", target).stdout)  # fmt: skip

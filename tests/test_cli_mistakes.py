@@ -118,6 +118,12 @@ def test_a_timeout_that_is_not_positive_is_a_usage_error(args: list[str]) -> Non
     _fails_clearly(done, "argument --timeout:", "expected a number of seconds > 0")
 
 
+@pytest.mark.parametrize("limit", ["-1", "x", str(2**32)])
+def test_items_blocked_limit_out_of_range_is_a_usage_error(limit: str) -> None:
+    done = run("items", "blocked", "--limit", limit, "--router", "127.0.0.1:1")
+    _fails_clearly(done, "argument --limit:", "expected a number of ids >= 0")
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -126,6 +126,19 @@ def isin_sorted(ids: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
     return np.asarray(sorted_ids[pos] == ids)
 
 
+def union_sorted(small: np.ndarray, big: np.ndarray) -> np.ndarray:
+    """(m,) int64 sorted unique: the union of ``small`` (any order) and ``big`` (sorted
+    unique), without sorting ``big`` again (the blocked set, up to 100,000s of ids): the
+    new ids are inserted at their places, O(len(big)) and no sort."""
+    small = np.unique(np.asarray(small, np.int64))
+    if not len(big) or not len(small):
+        return small if not len(big) else big
+    pos = np.searchsorted(big, small)
+    new = big[np.minimum(pos, len(big) - 1)] != small
+    new |= pos == len(big)
+    return np.insert(big, pos[new], small[new])
+
+
 def first_not_in(ids: np.ndarray, n: int, sorted_ids: np.ndarray) -> np.ndarray:
     """Positions in ``ids`` of its first ``n`` entries not in ``sorted_ids`` (e,) sorted
     unique, in order: only the first n + e of ``ids`` are looked at (at most e of them are

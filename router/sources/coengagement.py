@@ -73,11 +73,10 @@ class CoEngagementSource(Source):
         gains = [(weights[known][:, None] * scores).ravel()]
         live = await self.state.co_engaged(recent)
         for w, r in zip(weights, recent, strict=True):
-            counts = live.get(r)
-            if counts:
-                neighbours.append(np.fromiter(counts, np.int64, len(counts)))
-                seen_together = np.fromiter(counts.values(), np.float64, len(counts))
-                gains.append(w * self.config.live_weight * np.log1p(seen_together))
+            got = live.get(r)
+            if got is not None:
+                neighbours.append(got.ids)
+                gains.append(w * self.config.live_weight * np.log1p(got.counts.astype(np.float64)))
         every, gain = np.concatenate(neighbours), np.concatenate(gains)
         keep = (every >= 0) & ~isin_sorted(every, np.unique(np.asarray(recent, np.int64)))
         ids, inverse = np.unique(every[keep], return_inverse=True)

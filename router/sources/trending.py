@@ -13,6 +13,13 @@ Two parts add up: the **seed**, computed when the bundle loads from its
 digit, ``CA`` for Canada) and ``country:<CC>`` (the request's / event's country). A request
 is answered from its region (country if the context has one, else the user's zip region),
 then from ``global`` for the rest of k.
+
+In a scope, the candidates are the live part's top m not excluded and the seed's top n not
+excluded, each scored by its whole count (seed + live); the best n of them are returned. The
+live top is read in steps, m = n + min(e, n) first (e: the request's exclusions), doubled
+while fewer than n of it are not excluded, up to n + e: a user's exclusions (seen items,
+blocked ones) rarely sit in the top, so a request does not read thousands of live entries
+for them.
 """
 
 from __future__ import annotations
@@ -177,12 +184,26 @@ class TrendingSource(Source):
             (self.key(s), int(item_id), x) for s in event_scopes(user_id, country, self.regions)
         ]
 
+    async def _live_top(
+        self, key: str, n: int, exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, bool]:
+        """The live part's top m (module doc): ids, L, and whether the scope holds more."""
+        full = n + len(exclude)
+        m = n + min(len(exclude), n)
+        while True:
+            ids, logs = await self.state.trending_top(key, m)
+            if len(ids) < m or m >= full:
+                return ids, logs, len(ids) >= m
+            if len(exclude) == 0 or np.count_nonzero(~isin_sorted(ids, exclude)) >= n:
+                return ids, logs, True
+            m = min(full, 2 * m)
+
     async def _scope(
         self, scope: str, n: int, exclude: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` of seed + live in one scope (from the union of each part's top)."""
         key = self.key(scope)
-        live_ids, live_logs = await self.state.trending_top(key, n + len(exclude))
+        live_ids, live_logs, cut = await self._live_top(key, n, exclude)
         seed = self.seeds.get(scope)
         seed_ids, seed_logs = seed.top(n, exclude) if seed is not None else (EMPTY_IDS, EMPTY_IDS)
         if not len(live_ids):  # nothing live in this scope: the seed's top as it ranks them
@@ -199,7 +220,7 @@ class TrendingSource(Source):
             there = ids[at] == live_ids
             known[at[there]] = True
             live[at[there]] = live_logs[there]
-        if (~known).any() and len(live_ids) >= n + len(exclude):
+        if (~known).any() and cut:
             # The live top was cut: read the live part of the seed's items too.
             live[~known] = await self.state.trending_scores(key, ids[~known])
         seeded = seed.lookup(ids) if seed is not None else np.full(len(ids), -math.inf)

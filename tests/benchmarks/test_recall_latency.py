@@ -180,6 +180,7 @@ def test_load_generator_against_the_tiny_cluster(
             warmup=0.2,
             processes=1,
             k=K,
+            nice=3,  # --generator-nice: the load process lowers its priority, and runs
         )
         result = run_load(spec, queries, None, dict(cluster.pids))
     # Performance is not asserted: on a busy box the open loop may fall behind its schedule,
@@ -205,6 +206,7 @@ def test_unknown_peer_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> No
         (["load", "--qps", "-5"], "argument --qps: -5.0: must be > 0"),
         (["load", "--duration", "nan"], "argument --duration: nan: must be > 0"),
         (["faults", "--replicas", "1"], "argument --replicas: 1: must be >= 2"),
+        (["load", "--generator-nice", "20"], "argument --generator-nice: invalid choice: 20"),
         (["scale", "--load-recall", "1.5"], "a recall must be in (0, 1]"),
         (["fuzz", "--per-service", "0"], "argument --per-service: 0: must be >= 1"),
         # list and NAME=VALUE flags: was "invalid _kv value", or an empty list that ran

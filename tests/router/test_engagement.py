@@ -70,7 +70,8 @@ def test_engagement_updates_every_part(make_store: Callable[[], StateStore]) -> 
         imp, clk = await store.posteriors(np.array([10, 20, 30, 40]))
         assert imp.tolist() == [0, 0, 1, 1] and clk.tolist() == [1, 1, 1, 0]
         # co-engagement with the user's previous 2 items, both ways.
-        assert await store.co_engaged([10, 20, 30]) == {
+        live = await store.co_engaged([10, 20, 30])
+        assert {i: n.as_dict() for i, n in live.items()} == {
             10: {20: 1, 30: 1},
             20: {10: 1, 30: 1},
             30: {10: 1, 20: 1},

@@ -4,9 +4,11 @@ engagement recorded on one router is what a new router on the same redis-server 
 from __future__ import annotations
 
 import itertools
+import shutil
 from pathlib import Path
 
-from support import RedisServer, patient
+import pytest
+from support import ANN_ONLY, RedisServer, patient
 
 from annfleet.bundle import Bundle
 from annfleet.client import Client, Engagement
@@ -74,3 +76,33 @@ def test_a_restarted_router_serves_by_the_engagement_the_first_one_recorded(
         trending = client.retrieve(carol, k)
         got = dict(zip(trending.ids.tolist(), trending.sources_per_candidate, strict=True))
         assert all("trending" in got.get(i, ()) for i in [*seen, *bobs]), trending.source_counts
+
+
+def test_redis_down_keeps_the_blocked_items_the_router_last_read(
+    cluster_factory,  # type: ignore[no-untyped-def]
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+    tmp_path: Path,
+) -> None:
+    """With the state store down, Retrieve serves without live state but still leaves out the
+    blocked items as last read (a blocked item is never served because redis went away)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (tests/install-deps.sh installs it)")
+    server = RedisServer(binary, str(tmp_path))
+    try:
+        state = StateConfig(backend="redis", url=server.url, timeout_s=0.5)
+        cluster = cluster_factory(flat_bundle, RouterConfig(), sources=ANN_ONLY, state=state)
+        alice = int(catalogue.user_ids[6])
+        with Client(cluster.router_target, timeout=10) as client:
+            top = [int(i) for i in client.retrieve(alice, 20).ids[:2]]
+            cluster.lt.run(cluster.router.service.state.env.store.set_blocked(top))
+            blocked = client.retrieve(alice, 20)
+            assert not set(top) & set(blocked.ids.tolist()) and len(blocked.ids) == 20
+            server.close()
+            down = client.retrieve(alice, 21)  # another k: not the cached list of 20
+            assert "state" in down.dropped_sources, down.dropped_sources
+            assert not set(top) & set(down.ids.tolist())
+            assert down.ids[:20].tolist() == blocked.ids.tolist()
+    finally:
+        server.close()

@@ -5,10 +5,13 @@ moves trending and the social source), and a source past its budget dropped with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,9 +27,10 @@ from annfleet.config import (
     SourcesConfig,
     TrendingSourceConfig,
 )
+from annfleet.errors import ConfigError
 from annfleet.names import SOURCE_NAMES
 from annfleet.partition import shard_of
-from annfleet.router.main import start_router
+from annfleet.router.main import RouterServer, start_router
 from annfleet.server.main import start_shard_server
 from annfleet.synthetic import Catalogue
 
@@ -169,30 +173,39 @@ def test_a_hanging_source_is_dropped_past_its_budget_and_k_stays_full(
     assert np.isin(items, without_ann[0].ids).sum() >= 15  # trending filled in
 
 
-def test_exclusions_go_to_the_shards_that_own_them_and_k_is_not_inflated(
-    loop_thread: LoopThread, flat_bundle: Bundle, catalogue: Catalogue
-) -> None:
-    shards = [
-        loop_thread.run(start_observed_shard(flat_bundle, i)) for i in range(flat_bundle.num_shards)
-    ]
+@contextlib.contextmanager
+def observed_ann_router(
+    loop_thread: LoopThread, bundle: Bundle
+) -> Iterator[tuple[list[Any], RouterServer]]:
+    """Observed shards (their Search requests recorded) behind an ANN-only router."""
+    shards = [loop_thread.run(start_observed_shard(bundle, i)) for i in range(bundle.num_shards)]
     targets = [f"127.0.0.1:{s.port}" for s in shards]
     router = loop_thread.run(
-        start_router(flat_bundle.path, targets, RouterConfig(oversample=3.0), sources=ANN_ONLY)
+        start_router(bundle.path, targets, RouterConfig(oversample=3.0), sources=ANN_ONLY)
     )
-    user, k = int(catalogue.user_ids[6]), 20
     try:
-        with Client(f"127.0.0.1:{router.port}", timeout=10) as client:
-            plain = client.retrieve(user, k)
-            engaged = [int(i) for i in plain.ids[:5]]
-            client.record_engagement([(user, item) for item in engaged])
-            exclude = [int(i) for i in plain.ids[5:8]]
-            for shard in shards:
-                shard.service.requests.clear()
-            got = client.retrieve(user, k, exclude=exclude)
+        yield shards, router
     finally:
         loop_thread.run(router.stop(0))
         for shard in shards:
             loop_thread.run(shard.stop(0))
+
+
+def test_exclusions_go_to_the_shards_that_own_them_and_k_is_not_inflated(
+    loop_thread: LoopThread, flat_bundle: Bundle, catalogue: Catalogue
+) -> None:
+    user, k = int(catalogue.user_ids[6]), 20
+    with (
+        observed_ann_router(loop_thread, flat_bundle) as (shards, router),
+        Client(f"127.0.0.1:{router.port}", timeout=10) as client,
+    ):
+        plain = client.retrieve(user, k)
+        engaged = [int(i) for i in plain.ids[:5]]
+        client.record_engagement([(user, item) for item in engaged])
+        exclude = [int(i) for i in plain.ids[5:8]]
+        for shard in shards:
+            shard.service.requests.clear()
+        got = client.retrieve(user, k, exclude=exclude)
     dropped = np.array(engaged + exclude, np.int64)
     keep = ~np.isin(catalogue.ids, dropped)
     expected, _ = exact_topk(
@@ -206,6 +219,44 @@ def test_exclusions_go_to_the_shards_that_own_them_and_k_is_not_inflated(
             dropped[owner == i].tolist()
         )
         assert request.k == k  # per-shard k (oversample 3 over 3 shards), not k + 8
+
+
+def test_a_blocked_set_past_the_pushdown_limit_stays_out_without_going_to_the_shards(
+    loop_thread: LoopThread,
+    flat_bundle: Bundle,
+    catalogue: Catalogue,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past BLOCKED_PUSHDOWN_MAX (2 here instead of 4096) the blocked ids are not sent to
+    the sources and shards, only the request's own exclusions are; the blender still leaves
+    every blocked id out, and k stays full: the ANN (asked for k here: depth 0) delivers the
+    rest of its exact top k, the popular backfill the others."""
+    from annfleet.router import candidates
+
+    monkeypatch.setattr(candidates, "BLOCKED_PUSHDOWN_MAX", 2)
+    user, k = int(catalogue.user_ids[7]), 20
+    with (
+        observed_ann_router(loop_thread, flat_bundle) as (shards, router),
+        Client(f"127.0.0.1:{router.port}", timeout=10) as client,
+    ):
+        plain = client.retrieve(user, k)
+        blocked = [int(i) for i in plain.ids[:5]]  # past the limit of 2
+        exclude = [int(i) for i in plain.ids[5:7]]
+        store = router.service.state.env.store  # type: ignore[union-attr]
+        loop_thread.run(store.set_blocked(blocked))
+        for shard in shards:
+            shard.service.requests.clear()
+        got = client.retrieve(user, k, exclude=exclude)
+    dropped = np.array(blocked + exclude, np.int64)
+    keep = ~np.isin(catalogue.ids, dropped)
+    expected, _ = exact_topk(
+        catalogue.vectors[keep], catalogue.ids[keep], catalogue.user_vectors[7:8], k
+    )
+    assert len(got.ids) == k and not set(blocked) & set(got.ids.tolist())
+    assert got.ids[: k - 5].tolist() == expected[0][: k - 5].tolist()  # the ANN's, in order
+    assert got.source_counts == {"ann": k - 5, "popular": 5}
+    sent = [decode_ids(r.exclude_ids).tolist() for shard in shards for r in shard.service.requests]
+    assert sorted(i for ids in sent for i in ids) == sorted(exclude)  # only the request's own
 
 
 def test_the_learned_blend_through_the_router(
@@ -277,18 +328,27 @@ def test_a_blocked_item_leaves_every_source_until_unblocked(
     cluster_factory,  # type: ignore[no-untyped-def]
     flat_bundle: Bundle,
     catalogue: Catalogue,
+    loop_thread: LoopThread,
+    tmp_path: Path,
 ) -> None:
     """RouterAdmin.Block (what `annfleet items delete` calls): a blocked id is never served,
-    whichever source has it (here: live trending), and comes back when unblocked."""
+    whichever source has it (here: live trending), and comes back when unblocked. The
+    in-memory store keeps the blocked set in its file: a restarted router still blocks it."""
     import grpc
 
     from annfleet.auth import metadata
     from annfleet.v1 import admin_pb2, admin_pb2_grpc
 
     token = "block-test-token"
-    no_ann = replace(SourcesConfig(), ann=AnnSourceConfig(enabled=False))  # the others serve
+    no_ann = patient(replace(SourcesConfig(), ann=AnnSourceConfig(enabled=False)))
+    blocked_file = tmp_path / "blocked-items.npy"
     cluster = cluster_factory(
-        flat_bundle, ROUTER, sources=patient(no_ann), admin_port=0, admin_token=token
+        flat_bundle,
+        ROUTER,
+        sources=no_ann,
+        admin_port=0,
+        admin_token=token,
+        blocked_file=blocked_file,
     )
     alice, bob = int(catalogue.user_ids[0]), int(catalogue.user_ids[1])
     hot = [int(i) for i in catalogue.ids[-3:]]
@@ -304,6 +364,12 @@ def test_a_blocked_item_leaves_every_source_until_unblocked(
         assert all("trending" in by_id.get(item, ()) for item in hot), by_id
         reply = admin.Block(admin_pb2.BlockRequest(item_ids=hot[:2]), metadata=auth)
         assert reply.blocked == 2
+        status = admin.Status(admin_pb2.StatusRequest(skip_replicas=True), metadata=auth)
+        assert status.blocked_items == 2
+        listed = admin.Blocked(admin_pb2.BlockedRequest(limit=1), metadata=auth)
+        assert listed.count == 2 and decode_ids(listed.item_ids).tolist() == [min(hot[:2])]
+        listed = admin.Blocked(admin_pb2.BlockedRequest(), metadata=auth)
+        assert decode_ids(listed.item_ids).tolist() == sorted(hot[:2])
         for _ in range(3):
             result = client.retrieve(alice, 40)
             assert not set(hot[:2]) & set(result.ids.tolist())
@@ -319,3 +385,30 @@ def test_a_blocked_item_leaves_every_source_until_unblocked(
         with pytest.raises(grpc.RpcError) as anonymous:
             admin.Block(admin_pb2.BlockRequest(item_ids=[1]))
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # Another router on the same shards and file (a restarted one, its live state gone):
+    # when the hot items trend again, hot[1] is still blocked and nothing else is.
+    assert np.load(blocked_file, allow_pickle=False).tolist() == [hot[1]]
+    again = loop_thread.run(
+        start_router(
+            flat_bundle.path,
+            cluster.shard_targets,
+            ROUTER,
+            sources=no_ann,
+            blocked_file=blocked_file,
+        )
+    )
+    try:
+        with Client(f"127.0.0.1:{again.port}", timeout=10) as client:
+            client.record_engagement([Engagement(bob, item, "like") for item in hot])
+            result = client.retrieve(alice, 40)
+            assert hot[1] not in result.ids.tolist() and len(result.ids) == 40
+            assert {hot[0], hot[2]} <= set(result.ids.tolist())
+    finally:
+        loop_thread.run(again.stop(0))
+    # A file that is not a list of ids refuses the start: the router cannot tell what to block.
+    blocked_file.write_bytes(b"not a npy file")
+    with pytest.raises(ConfigError, match=r"blocked items file .*blocked-items\.npy"):
+        loop_thread.run(
+            start_router(flat_bundle.path, cluster.shard_targets, blocked_file=blocked_file)
+        )

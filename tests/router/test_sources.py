@@ -342,7 +342,7 @@ def test_exploration_never_shown_items_draw_uniformly_and_excluded_stay_out() ->
 
 def test_trending_merges_seed_and_live_tops_as_defined() -> None:
     rng = np.random.default_rng(5)
-    for _ in range(40):
+    for _ in range(120):
         n_seed = int(rng.integers(1, 40))
         events = np.stack(
             [rng.integers(0, 25, n_seed), rng.integers(0, 100, n_seed), np.full(n_seed, 7)],
@@ -361,17 +361,24 @@ def test_trending_merges_seed_and_live_tops_as_defined() -> None:
         ]
         updates = [u for i, t, w in live for u in source.updates(99, "", i, w, t)]
         asyncio.run(state.apply(StateUpdate(trending=updates)))
-        exclude = sorted(set(rng.integers(0, 25, int(rng.integers(0, 6))).tolist()))
+        exclude = sorted(set(rng.integers(0, 25, int(rng.integers(0, 14))).tolist()))
         k = int(rng.integers(1, 12))
         got = fetch(source, request(user=99, k=k, now=100, exclude=exclude))
-        # The definition: candidates = the live top k + e and the seed's top k not excluded
+        # The definition: candidates = the live top m and the seed's top k not excluded
         # (the union of each part's top, not the exact top of the sum), less the excluded;
-        # each scored by its whole decayed count (seed + live).
+        # each scored by its whole decayed count (seed + live). m = k + min(e, k), doubled
+        # while fewer than k of the live top m are not excluded, up to k + e.
         seed_events = [(int(i), float(t), 1.0) for i, t, _ in events]
         total = {i: decayed_log2(seed_events + live, i, 100) for i, _, _ in seed_events + live}
         seed_l = {i: decayed_log2(seed_events, i, 100) for i, _, _ in seed_events}
         live_l = {i: decayed_log2(live, i, 100) for i, _, _ in live}
-        live_top = sorted(live_l, key=lambda i: (-live_l[i], i))[: k + len(exclude)]
+        live_rank = sorted(live_l, key=lambda i: (-live_l[i], i))
+        m = k + min(len(exclude), k)
+        while len(live_rank) > m < k + len(exclude):
+            if sum(i not in exclude for i in live_rank[:m]) >= k:
+                break
+            m = min(k + len(exclude), 2 * m)
+        live_top = live_rank[:m]
         seed_top = [i for i in sorted(seed_l, key=lambda i: (-seed_l[i], i)) if i not in exclude]
         candidates = (set(live_top) | set(seed_top[:k])) - set(exclude)
         ranked = sorted(candidates, key=lambda i: (-total[i], i))[:k]

@@ -7,6 +7,7 @@ import itertools
 import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
@@ -16,8 +17,17 @@ from hypothesis import strategies as st
 from support import RedisServer
 
 from annfleet.config import StateConfig
-from annfleet.errors import Unavailable
-from annfleet.router.state import RedisState, StateStore, StateUpdate, log2_add
+from annfleet.errors import AnnfleetError, ConfigError, Unavailable
+from annfleet.router import state
+from annfleet.router.state import (
+    TOP_CACHE_MAX,
+    MemoryState,
+    RedisState,
+    StateStore,
+    StateUpdate,
+    TrendScope,
+    log2_add,
+)
 
 T = TypeVar("T")
 _prefixes = itertools.count()
@@ -36,6 +46,7 @@ def test_user_state_round_trip(make_store: Callable[[], StateStore]) -> None:
         store = make_store()
         assert (await store.user(7)).recent == ()
         await store.apply(update(recent={7: [1, 2, 3]}, seen={7: {1, 2, 3}}))
+        assert (await store.user(7)).seen.tolist() == [1, 2, 3]
         await store.apply(update(recent={7: [4, 2, 5]}, seen={7: {5}}))
         user = await store.user(7)
         # 2 moved to its latest place, at most recent_len=4 kept, most recent last.
@@ -94,10 +105,15 @@ def test_posteriors_co_engagement_and_blocked(make_store: Callable[[], StateStor
         await store.apply(update(impressions=Counter({1: 2})))
         imp, clk = await store.posteriors(np.array([1, 2, 3]))
         assert imp.tolist() == [5, 1, 0] and clk.tolist() == [1, 0, 0]
-        assert await store.co_engaged([1, 2, 4]) == {1: {2: 2, 3: 1}, 2: {1: 2}}
+        live = await store.co_engaged([1, 2, 4])
+        assert {i: n.as_dict() for i, n in live.items()} == {1: {2: 2, 3: 1}, 2: {1: 2}}
+        assert live[1].ids.tolist() == [2, 3]  # ascending ids, counts beside them
+        await store.apply(update(co_engagement=Counter({(1, 2): 1, (1, 0): 4})))
+        again = await store.co_engaged([1, 2])  # a changed item is read anew, the other kept
+        assert again[1].as_dict() == {0: 4, 2: 3, 3: 1} and again[2].as_dict() == {1: 2}
         await store.set_blocked([9, 4])
         await store.set_blocked([4], blocked=False)
-        assert (await store.blocked()).tolist() == [9]
+        assert (await store.blocked()).ids.tolist() == [9]
         await store.close()
 
     run(go())
@@ -163,3 +179,140 @@ def test_lookup_matches_a_dict_get_per_id(values: dict[int, int], ids: list[int]
     assert got.tolist() == [values.get(i, -1) for i in ids]
     floats = lookup({k: v / 3 for k, v in values.items()}, arr, -np.inf, np.float64)
     assert floats.tolist() == [values[i] / 3 if i in values else -np.inf for i in ids]
+
+
+def test_blocked_version_moves_with_the_set_only(make_store: Callable[[], StateStore]) -> None:
+    """The version (the candidate-cache key's part) changes with every change of the set,
+    another store over the same data (redis: another router) sees the change, and an
+    unchanged set is not read again (the same object comes back)."""
+
+    async def go() -> None:
+        store, other = make_store(), make_store()
+        empty = await store.blocked()
+        assert empty.ids.tolist() == [] and store.last_blocked() is empty
+        await store.set_blocked([9, 4, 9])
+        first = await other.blocked()
+        assert first.ids.tolist() == [4, 9] and first.version != empty.version
+        assert await other.blocked() is first and other.last_blocked() is first
+        await other.set_blocked([4], blocked=False)
+        second = await store.blocked()
+        assert second.ids.tolist() == [9] and second.version not in (first.version, "")
+        await store.set_blocked([9, 4], blocked=True)
+        await store.set_blocked([4], blocked=False)
+        assert (await other.blocked()).ids.tolist() == [9]
+        await store.close()
+        await other.close()
+
+    run(go())
+
+
+def test_user_and_blocked_is_user_and_blocked(make_store: Callable[[], StateStore]) -> None:
+    """The one read every Retrieve starts with (one round trip on redis) says what the two
+    reads say, before and after the blocked set moves."""
+
+    async def go() -> None:
+        store, other = make_store(), make_store()
+        await store.apply(update(recent={3: [7, 8]}, seen={3: {7, 8}}, last_ts={3: 99}))
+        for change in ([5, 1], [2]):
+            await other.set_blocked(change)
+            user, blocked = await store.user_and_blocked(3)
+            alone = await store.user(3)
+            assert (user.recent, user.version, user.last_ts) == (alone.recent, alone.version, 99)
+            assert user.seen.tolist() == alone.seen.tolist() == [7, 8]
+            assert blocked.ids.tolist() == (await other.blocked()).ids.tolist()
+            assert blocked is await store.blocked()  # unchanged: not read again
+        nobody = (await store.user_and_blocked(4))[0]
+        assert (nobody.recent, nobody.version, len(nobody.seen)) == ((), 0, 0)
+        await store.close()
+        await other.close()
+
+    run(go())
+
+
+def test_memory_blocked_file_round_trip_and_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "blocked-items.npy"
+
+    async def go() -> None:
+        store = MemoryState(blocked_file=path)
+        assert (await store.blocked()).ids.tolist() == [] and not path.exists()
+        await store.set_blocked([30, 10, 20])
+        await store.set_blocked([20], blocked=False)
+        assert np.load(path, allow_pickle=False).tolist() == [10, 30]
+        again = MemoryState(blocked_file=path)  # a restarted router
+        assert (await again.blocked()).ids.tolist() == [10, 30]
+        # A write that fails changes nothing, in memory or on disk.
+        path.unlink()
+        path.mkdir()  # os.replace cannot put a file there
+        with pytest.raises(AnnfleetError, match=r"cannot write .*nothing changed"):
+            await again.set_blocked([40])
+        assert (await again.blocked()).ids.tolist() == [10, 30]
+        path.rmdir()
+
+    run(go())
+    for content, message in [
+        (b"garbage", "not a readable .npy"),
+        (None, r"holds a float64 array of shape \(2,\), not \(n,\) integer item ids"),
+    ]:
+        if content is None:
+            np.save(path, np.array([1.5, 2.0]))
+        else:
+            path.write_bytes(content)
+        with pytest.raises(ConfigError, match=message):
+            MemoryState(blocked_file=path)
+    with pytest.raises(ConfigError, match=r"its directory .* does not exist"):
+        MemoryState(blocked_file=tmp_path / "gone" / "blocked-items.npy")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("add"), st.integers(0, 40), st.sampled_from([-1.0, 0.0, 0.5, 3.0])),
+            st.tuples(st.just("top"), st.integers(1, 20), st.just(0.0)),
+        ),
+        max_size=150,
+    )
+)
+def test_trend_scope_top_is_a_full_sort_whatever_the_order_of_events(
+    steps: list[tuple[str, int, float]],
+) -> None:
+    """The in-memory trending top, kept up to date event by event, is always what sorting
+    the whole scope by (-L, id) gives (ties included: weights repeat). A top of 4 to 16
+    entries here, so a scope of up to 41 items fills it, and a top of 17+ is sorted."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(state, "TOP_CACHE_MIN", 4)
+        patch.setattr(state, "TOP_CACHE_MAX", 16)
+        scope = TrendScope()
+        for op, value, x in steps:
+            if op == "add":
+                scope.add(value, x)
+                continue
+            ids, logs = scope.top(value)
+            every = sorted(scope.logs.items(), key=lambda kv: (-kv[1], kv[0]))[:value]
+            assert ids.tolist() == [i for i, _ in every]
+            assert logs.tolist() == [v for _, v in every]
+
+
+def test_trend_scope_top_past_the_cache_and_a_large_scope() -> None:
+    scope = TrendScope()
+    rng = np.random.default_rng(3)
+    items = rng.choice(10**7, 20_000, replace=False)
+    for item, x in zip(items.tolist(), np.round(rng.random(20_000) * 8).tolist(), strict=True):
+        scope.add(item, x)  # few distinct L: many ties at every cut
+    expect = sorted(scope.logs.items(), key=lambda kv: (-kv[1], kv[0]))
+    for n in (1, 300, TOP_CACHE_MAX + 1, 20_000, 30_000):
+        assert scope.top(n)[0].tolist() == [i for i, _ in expect[:n]]
+    scope.add(int(expect[-1][0]), 20.0)  # the last item jumps to the front
+    assert scope.top(5)[0].tolist()[0] == expect[-1][0]
+
+
+@given(
+    st.lists(st.integers(-50, 50), max_size=30),
+    st.lists(st.integers(-50, 50), max_size=60),
+)
+def test_union_sorted_is_union1d(small: list[int], big: list[int]) -> None:
+    from annfleet.router.sources import union_sorted
+
+    big_sorted = np.unique(np.array(big, np.int64))
+    got = union_sorted(np.array(small, np.int64), big_sorted)
+    assert got.dtype == np.int64
+    assert got.tolist() == np.union1d(small, big_sorted).astype(np.int64).tolist()

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nnfleet/v1/admin.proto\x12\x0b\x61nnfleet.v1\"\x95\x01\n\x0eRolloutRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x02 \x01(\x01\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12+\n\x07updates\x18\x05 \x01(\x0e\x32\x1a.annfleet.v1.UpdatesPolicy\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"\xd3\x01\n\x0fRolloutProgress\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.annfleet.v1.RolloutPhase\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\telapsed_s\x18\x06 \x01(\x01\x12*\n\x06status\x18\x07 \x01(\x0b\x32\x1a.annfleet.v1.RolloutStatus\x12\x13\n\x0bmissing_ids\x18\x08 \x03(\x03\"\x11\n\x0fRollbackRequest\"3\n\x0ePromoteRequest\x12\x12\n\nmin_recall\x18\x01 \x01(\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x0e\n\x0c\x41\x62ortRequest\"&\n\rStatusRequest\x12\x15\n\rskip_replicas\x18\x01 \x01(\x08\";\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x85\x01\n\x0eReplicaBundles\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10\x61\x63tive_bundle_id\x18\x04 \x01(\t\x12\x17\n\x0fheld_bundle_ids\x18\x05 \x03(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"n\n\x0bRecallGauge\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06recall\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x0e\n\x06merged\x18\x06 \x01(\x08\"\x97\x02\n\rRolloutStatus\x12\x18\n\x10stable_bundle_id\x18\x01 \x01(\t\x12&\n\x08variants\x18\x02 \x03(\x0b\x32\x14.annfleet.v1.Variant\x12\x1a\n\x12previous_bundle_id\x18\x03 \x01(\t\x12\x1b\n\x13previous_release_at\x18\x04 \x01(\x01\x12\x16\n\x0erollout_holder\x18\x05 \x01(\t\x12\x1a\n\x12rollout_started_at\x18\x06 \x01(\x01\x12-\n\x08replicas\x18\x07 \x03(\x0b\x32\x1b.annfleet.v1.ReplicaBundles\x12(\n\x06recall\x18\x08 \x03(\x0b\x32\x18.annfleet.v1.RecallGauge\"1\n\x0c\x42lockRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0f\n\x07unblock\x18\x02 \x01(\x08\" \n\rBlockResponse\x12\x0f\n\x07\x62locked\x18\x01 \x01(\x04*M\n\rUpdatesPolicy\x12\x17\n\x13UPDATES_UNSPECIFIED\x10\x00\x12\x11\n\rUPDATES_CARRY\x10\x01\x12\x10\n\x0cUPDATES_DROP\x10\x02*\x88\x01\n\x0cRolloutPhase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PREPARE\x10\x01\x12\x15\n\x11PHASE_ROUTER_LOAD\x10\x02\x12\x17\n\x13PHASE_CARRY_UPDATES\x10\x03\x12\x0e\n\nPHASE_FLIP\x10\x04\x12\x0e\n\nPHASE_DONE\x10\x05\x32\xa1\x03\n\x0bRouterAdmin\x12\x46\n\x07Rollout\x12\x1b.annfleet.v1.RolloutRequest\x1a\x1c.annfleet.v1.RolloutProgress0\x01\x12\x44\n\x08Rollback\x12\x1c.annfleet.v1.RollbackRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12\x42\n\x07Promote\x12\x1b.annfleet.v1.PromoteRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12>\n\x05\x41\x62ort\x12\x19.annfleet.v1.AbortRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12@\n\x06Status\x12\x1a.annfleet.v1.StatusRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12>\n\x05\x42lock\x12\x19.annfleet.v1.BlockRequest\x1a\x1a.annfleet.v1.BlockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61nnfleet/v1/admin.proto\x12\x0b\x61nnfleet.v1\"\x95\x01\n\x0eRolloutRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\t\x12\x16\n\x0e\x63\x61nary_percent\x18\x02 \x01(\x01\x12\x0f\n\x07grace_s\x18\x03 \x01(\x01\x12\x0e\n\x06holder\x18\x04 \x01(\t\x12+\n\x07updates\x18\x05 \x01(\x0e\x32\x1a.annfleet.v1.UpdatesPolicy\x12\r\n\x05\x66orce\x18\x06 \x01(\x08\"\xd3\x01\n\x0fRolloutProgress\x12(\n\x05phase\x18\x01 \x01(\x0e\x32\x19.annfleet.v1.RolloutPhase\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\x0f\n\x07replica\x18\x03 \x01(\r\x12\x0e\n\x06target\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x11\n\telapsed_s\x18\x06 \x01(\x01\x12*\n\x06status\x18\x07 \x01(\x0b\x32\x1a.annfleet.v1.RolloutStatus\x12\x13\n\x0bmissing_ids\x18\x08 \x03(\x03\"\x11\n\x0fRollbackRequest\"3\n\x0ePromoteRequest\x12\x12\n\nmin_recall\x18\x01 \x01(\x01\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x0e\n\x0c\x41\x62ortRequest\"&\n\rStatusRequest\x12\x15\n\rskip_replicas\x18\x01 \x01(\x08\";\n\x07Variant\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\x0f\n\x07percent\x18\x03 \x01(\x01\"\x85\x01\n\x0eReplicaBundles\x12\x10\n\x08shard_id\x18\x01 \x01(\r\x12\x0f\n\x07replica\x18\x02 \x01(\r\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x18\n\x10\x61\x63tive_bundle_id\x18\x04 \x01(\t\x12\x17\n\x0fheld_bundle_ids\x18\x05 \x03(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"n\n\x0bRecallGauge\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x10\n\x08shard_id\x18\x02 \x01(\r\x12\t\n\x01k\x18\x03 \x01(\r\x12\x0e\n\x06recall\x18\x04 \x01(\x01\x12\x0f\n\x07samples\x18\x05 \x01(\x04\x12\x0e\n\x06merged\x18\x06 \x01(\x08\"\xae\x02\n\rRolloutStatus\x12\x18\n\x10stable_bundle_id\x18\x01 \x01(\t\x12&\n\x08variants\x18\x02 \x03(\x0b\x32\x14.annfleet.v1.Variant\x12\x1a\n\x12previous_bundle_id\x18\x03 \x01(\t\x12\x1b\n\x13previous_release_at\x18\x04 \x01(\x01\x12\x16\n\x0erollout_holder\x18\x05 \x01(\t\x12\x1a\n\x12rollout_started_at\x18\x06 \x01(\x01\x12-\n\x08replicas\x18\x07 \x03(\x0b\x32\x1b.annfleet.v1.ReplicaBundles\x12(\n\x06recall\x18\x08 \x03(\x0b\x32\x18.annfleet.v1.RecallGauge\x12\x15\n\rblocked_items\x18\t \x01(\x04\"1\n\x0c\x42lockRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\x03\x12\x0f\n\x07unblock\x18\x02 \x01(\x08\" \n\rBlockResponse\x12\x0f\n\x07\x62locked\x18\x01 \x01(\x04\"\x1f\n\x0e\x42lockedRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"/\n\x0c\x42lockedItems\x12\r\n\x05\x63ount\x18\x01 \x01(\x04\x12\x10\n\x08item_ids\x18\x02 \x01(\x0c*M\n\rUpdatesPolicy\x12\x17\n\x13UPDATES_UNSPECIFIED\x10\x00\x12\x11\n\rUPDATES_CARRY\x10\x01\x12\x10\n\x0cUPDATES_DROP\x10\x02*\x88\x01\n\x0cRolloutPhase\x12\x15\n\x11PHASE_UNSPECIFIED\x10\x00\x12\x11\n\rPHASE_PREPARE\x10\x01\x12\x15\n\x11PHASE_ROUTER_LOAD\x10\x02\x12\x17\n\x13PHASE_CARRY_UPDATES\x10\x03\x12\x0e\n\nPHASE_FLIP\x10\x04\x12\x0e\n\nPHASE_DONE\x10\x05\x32\xe4\x03\n\x0bRouterAdmin\x12\x46\n\x07Rollout\x12\x1b.annfleet.v1.RolloutRequest\x1a\x1c.annfleet.v1.RolloutProgress0\x01\x12\x44\n\x08Rollback\x12\x1c.annfleet.v1.RollbackRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12\x42\n\x07Promote\x12\x1b.annfleet.v1.PromoteRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12>\n\x05\x41\x62ort\x12\x19.annfleet.v1.AbortRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12@\n\x06Status\x12\x1a.annfleet.v1.StatusRequest\x1a\x1a.annfleet.v1.RolloutStatus\x12>\n\x05\x42lock\x12\x19.annfleet.v1.BlockRequest\x1a\x1a.annfleet.v1.BlockResponse\x12\x41\n\x07\x42locked\x12\x1b.annfleet.v1.BlockedRequest\x1a\x19.annfleet.v1.BlockedItemsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'annfleet.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPDATESPOLICY']._serialized_start=1210
-  _globals['_UPDATESPOLICY']._serialized_end=1287
-  _globals['_ROLLOUTPHASE']._serialized_start=1290
-  _globals['_ROLLOUTPHASE']._serialized_end=1426
+  _globals['_UPDATESPOLICY']._serialized_start=1315
+  _globals['_UPDATESPOLICY']._serialized_end=1392
+  _globals['_ROLLOUTPHASE']._serialized_start=1395
+  _globals['_ROLLOUTPHASE']._serialized_end=1531
   _globals['_ROLLOUTREQUEST']._serialized_start=41
   _globals['_ROLLOUTREQUEST']._serialized_end=190
   _globals['_ROLLOUTPROGRESS']._serialized_start=193
@@ -54,11 +54,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECALLGAUGE']._serialized_start=731
   _globals['_RECALLGAUGE']._serialized_end=841
   _globals['_ROLLOUTSTATUS']._serialized_start=844
-  _globals['_ROLLOUTSTATUS']._serialized_end=1123
-  _globals['_BLOCKREQUEST']._serialized_start=1125
-  _globals['_BLOCKREQUEST']._serialized_end=1174
-  _globals['_BLOCKRESPONSE']._serialized_start=1176
-  _globals['_BLOCKRESPONSE']._serialized_end=1208
-  _globals['_ROUTERADMIN']._serialized_start=1429
-  _globals['_ROUTERADMIN']._serialized_end=1846
+  _globals['_ROLLOUTSTATUS']._serialized_end=1146
+  _globals['_BLOCKREQUEST']._serialized_start=1148
+  _globals['_BLOCKREQUEST']._serialized_end=1197
+  _globals['_BLOCKRESPONSE']._serialized_start=1199
+  _globals['_BLOCKRESPONSE']._serialized_end=1231
+  _globals['_BLOCKEDREQUEST']._serialized_start=1233
+  _globals['_BLOCKEDREQUEST']._serialized_end=1264
+  _globals['_BLOCKEDITEMS']._serialized_start=1266
+  _globals['_BLOCKEDITEMS']._serialized_end=1313
+  _globals['_ROUTERADMIN']._serialized_start=1534
+  _globals['_ROUTERADMIN']._serialized_end=2018
 # @@protoc_insertion_point(module_scope)

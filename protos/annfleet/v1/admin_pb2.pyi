@@ -132,7 +132,7 @@ class RecallGauge(_message.Message):
     def __init__(self, bundle_id: _Optional[str] = ..., shard_id: _Optional[int] = ..., k: _Optional[int] = ..., recall: _Optional[float] = ..., samples: _Optional[int] = ..., merged: _Optional[bool] = ...) -> None: ...
 
 class RolloutStatus(_message.Message):
-    __slots__ = ("stable_bundle_id", "variants", "previous_bundle_id", "previous_release_at", "rollout_holder", "rollout_started_at", "replicas", "recall")
+    __slots__ = ("stable_bundle_id", "variants", "previous_bundle_id", "previous_release_at", "rollout_holder", "rollout_started_at", "replicas", "recall", "blocked_items")
     STABLE_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +141,7 @@ class RolloutStatus(_message.Message):
     ROLLOUT_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     RECALL_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_ITEMS_FIELD_NUMBER: _ClassVar[int]
     stable_bundle_id: str
     variants: _containers.RepeatedCompositeFieldContainer[Variant]
     previous_bundle_id: str
@@ -149,7 +150,8 @@ class RolloutStatus(_message.Message):
     rollout_started_at: float
     replicas: _containers.RepeatedCompositeFieldContainer[ReplicaBundles]
     recall: _containers.RepeatedCompositeFieldContainer[RecallGauge]
-    def __init__(self, stable_bundle_id: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., previous_bundle_id: _Optional[str] = ..., previous_release_at: _Optional[float] = ..., rollout_holder: _Optional[str] = ..., rollout_started_at: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaBundles, _Mapping]]] = ..., recall: _Optional[_Iterable[_Union[RecallGauge, _Mapping]]] = ...) -> None: ...
+    blocked_items: int
+    def __init__(self, stable_bundle_id: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[Variant, _Mapping]]] = ..., previous_bundle_id: _Optional[str] = ..., previous_release_at: _Optional[float] = ..., rollout_holder: _Optional[str] = ..., rollout_started_at: _Optional[float] = ..., replicas: _Optional[_Iterable[_Union[ReplicaBundles, _Mapping]]] = ..., recall: _Optional[_Iterable[_Union[RecallGauge, _Mapping]]] = ..., blocked_items: _Optional[int] = ...) -> None: ...
 
 class BlockRequest(_message.Message):
     __slots__ = ("item_ids", "unblock")
@@ -164,3 +166,17 @@ class BlockResponse(_message.Message):
     BLOCKED_FIELD_NUMBER: _ClassVar[int]
     blocked: int
     def __init__(self, blocked: _Optional[int] = ...) -> None: ...
+
+class BlockedRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class BlockedItems(_message.Message):
+    __slots__ = ("count", "item_ids")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    item_ids: bytes
+    def __init__(self, count: _Optional[int] = ..., item_ids: _Optional[bytes] = ...) -> None: ...

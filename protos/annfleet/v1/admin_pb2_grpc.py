@@ -71,6 +71,11 @@ class RouterAdminStub:
                 request_serializer=annfleet_dot_v1_dot_admin__pb2.BlockRequest.SerializeToString,
                 response_deserializer=annfleet_dot_v1_dot_admin__pb2.BlockResponse.FromString,
                 _registered_method=True)
+        self.Blocked = channel.unary_unary(
+                '/annfleet.v1.RouterAdmin/Blocked',
+                request_serializer=annfleet_dot_v1_dot_admin__pb2.BlockedRequest.SerializeToString,
+                response_deserializer=annfleet_dot_v1_dot_admin__pb2.BlockedItems.FromString,
+                _registered_method=True)
 
 
 class RouterAdminServicer:
@@ -181,12 +186,27 @@ class RouterAdminServicer:
         it deletes on the shards (the shards' own filter covers Search and the ANN source;
         the other sources draw from the bundle's tables and live state), `items upsert`
         unblocks the ids it writes. Kept in the router's state store: shared by every router
-        on Redis and kept over a restart there; a memory store's set goes with the router, as
-        its live engagement does. Idempotent.
+        on Redis and kept over a restart there; the memory store keeps it in a file when the
+        router has one (serve-router --blocked-file; `annfleet up`: the data dir's
+        blocked-items.npy), else it goes with the router, as its live engagement does. While
+        Redis is down, Retrieve leaves out the blocked set as the router last read it.
+        Idempotent.
         Status codes:
         OK                  the response counts the blocked set after the change.
         INVALID_ARGUMENT    no ids, more than 100000, or an id < 0.
         UNAVAILABLE         the state store cannot be reached (nothing changed).
+        INTERNAL            the memory store's file could not be written (nothing changed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Blocked(self, request, context):
+        """The items blocked from Retrieve, from the state store: how many, and the smallest
+        `limit` ids (`annfleet items blocked`).
+        Status codes:
+        OK
+        UNAVAILABLE         the state store cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -224,6 +244,11 @@ def add_RouterAdminServicer_to_server(servicer, server):
                     servicer.Block,
                     request_deserializer=annfleet_dot_v1_dot_admin__pb2.BlockRequest.FromString,
                     response_serializer=annfleet_dot_v1_dot_admin__pb2.BlockResponse.SerializeToString,
+            ),
+            'Blocked': grpc.unary_unary_rpc_method_handler(
+                    servicer.Blocked,
+                    request_deserializer=annfleet_dot_v1_dot_admin__pb2.BlockedRequest.FromString,
+                    response_serializer=annfleet_dot_v1_dot_admin__pb2.BlockedItems.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +420,33 @@ class RouterAdmin:
             '/annfleet.v1.RouterAdmin/Block',
             annfleet_dot_v1_dot_admin__pb2.BlockRequest.SerializeToString,
             annfleet_dot_v1_dot_admin__pb2.BlockResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Blocked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/annfleet.v1.RouterAdmin/Blocked',
+            annfleet_dot_v1_dot_admin__pb2.BlockedRequest.SerializeToString,
+            annfleet_dot_v1_dot_admin__pb2.BlockedItems.FromString,
             options,
             channel_credentials,
             insecure,
