@@ -274,14 +274,20 @@ def _already_running(running: dict[str, Any], config: ClusterConfig, path: Path)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from annfleet.cluster import LocalCluster, remove_state, running_cluster, state_path
+    from annfleet.cluster import (
+        LocalCluster,
+        interrupt,
+        remove_state,
+        running_cluster,
+        state_path,
+    )
 
     # Until the cluster is up (training, building, starting), SIGTERM interrupts as Ctrl-C
     # does: what was started is stopped, and main exits 130 without a traceback. SIGINT too
     # when `up` was started in the background of a script, whose shell ignores SIGINT for it
     # (and Python then leaves it ignored): `kill -INT` must still stop the cluster.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     config = _config(args)
     if args.port is not None:
         config = dataclasses.replace(
@@ -959,10 +965,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"annfleet {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,38 @@ if os.getppid() != int(sys.argv[1]):
     sys.exit("the supervisor is gone before its redis-server started")
 os.execv(sys.argv[2], sys.argv[2:])
 """
+
+
+_deferring = 0  # depth of interrupts_deferred() sections running
+_deferred = False  # an interrupt arrived inside one
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """A handler for SIGINT / SIGTERM while a cluster starts: KeyboardInterrupt, held until
+    the end of an :func:`interrupts_deferred` section if one is running."""
+    global _deferred
+    if _deferring:
+        _deferred = True
+        return
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """A section :func:`interrupt` does not cut: an interrupt that arrives in it is raised at
+    its end. Starting a child is one: a KeyboardInterrupt inside ``Popen`` (after the fork)
+    or before its result is kept would leave a process running that nothing stops."""
+    global _deferring, _deferred
+    _deferring += 1
+    try:
+        yield
+    finally:
+        _deferring -= 1
+        pending = _deferred and not _deferring
+        if pending:
+            _deferred = False
+    if pending:
+        raise KeyboardInterrupt
 
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
@@ -157,7 +189,7 @@ class Child:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.started_at = time.monotonic()
-        with self.log_path.open("ab") as out:
+        with self.log_path.open("ab") as out, interrupts_deferred():
             self.log_start = out.tell()
             self.process = subprocess.Popen(
                 self.command(),
