@@ -364,6 +364,10 @@ class StateConfig:
     url: str = "redis://127.0.0.1:6379/0"  # redis only
     prefix: str = "annfleet:"  # redis key prefix
     recent_len: int = 50  # recent items kept per user
+    # Live co-engagement neighbours served per item: the most co-engaged ones. Each item keeps
+    # at most twice this many counts; past that, the least co-engaged are dropped (so a
+    # popular item's live neighbours, and the time to read them, stay bounded).
+    co_neighbours: int = 256
     max_future_s: float = 300.0  # engagement timestamps later than now + this are refused
     timeout_s: float = 0.05  # redis: socket timeout of one call
     # `annfleet up` starts its own redis-server (before the router; watched, restarted and
@@ -606,6 +610,7 @@ class ClusterConfig:
             (self.sources.candidate_cache_size >= 0, "sources.candidate_cache_size", ">= 0"),
             (self.sources.candidate_cache_ttl_s >= 0, "sources.candidate_cache_ttl_s", ">= 0"),
             (self.state.max_future_s >= 0, "state.max_future_s", ">= 0"),
+            (self.state.co_neighbours >= 1, "state.co_neighbours", ">= 1"),
             (self.state.timeout_s > 0, "state.timeout_s", "> 0"),
         ]
         for name, source in settings.items():

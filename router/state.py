@@ -10,7 +10,11 @@ What is kept (item and user ids are the bundle's int64 ids; nothing depends on a
   ``2 ** (L - now / half_life)``: one number per item, updated with a log-add, never
   rescanned, and ranking by L ranks by decayed count at any time;
 * exploration posteriors: impressions and clicks per item;
-* live co-engagement: per item, counts of items engaged right after it by the same user;
+* live co-engagement: per item, counts of items engaged right after it by the same user,
+  bounded: the ``co_neighbours`` most co-engaged are served, and an item keeps at most twice
+  that many counts (past that the least co-engaged are dropped: the counts of a popular item
+  are approximate, heavy-hitter style, and reading them costs the same after a year of
+  traffic as after a day);
 * blocked items (never served), with a version that changes whenever they do (the
   candidate-cache key carries it). A store that is down serves the blocked set it last read;
   the in-memory store can keep its set in a file (``blocked_file``), so a blocked item stays
@@ -22,6 +26,7 @@ Writes come in one :class:`StateUpdate` per engagement batch and are applied ato
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import uuid
@@ -78,6 +83,11 @@ class Neighbours:
     def of(cls, counts: Mapping[int, int]) -> Neighbours:
         ids, values = by_key(counts, np.int64)
         return cls(frozen(ids), frozen(values))
+
+    @classmethod
+    def top(cls, counts: Counter[int], n: int) -> Neighbours:
+        """The ``n`` largest of ``counts`` (all of them if there are no more)."""
+        return cls.of(counts if len(counts) <= n else dict(counts.most_common(n)))
 
     def as_dict(self) -> dict[int, int]:
         return dict(zip(self.ids.tolist(), self.counts.tolist(), strict=True))
@@ -297,8 +307,14 @@ class MemoryState(StateStore):
     """This process only (what ``make up`` uses): lost on restart and not shared, except the
     blocked items when ``blocked_file`` is given (read at start, rewritten at every change)."""
 
-    def __init__(self, recent_len: int = 50, blocked_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        recent_len: int = 50,
+        blocked_file: Path | None = None,
+        co_neighbours: int = StateConfig.co_neighbours,
+    ) -> None:
         self.recent_len = recent_len
+        self.co_neighbours = co_neighbours
         self._recent: dict[int, list[int]] = {}
         self._seen: dict[int, set[int]] = {}
         self._seen_arrays: dict[int, np.ndarray] = {}  # user() answers, until the set changes
@@ -314,6 +330,7 @@ class MemoryState(StateStore):
             frozen(read_blocked_file(blocked_file)) if blocked_file else EMPTY_IDS, "m0"
         )
         self._blocked_changes = 0
+        self._blocked_change = asyncio.Lock()
         self._last_ts: dict[int, int] = {}
 
     async def user(self, user_id: int) -> UserState:
@@ -353,7 +370,7 @@ class MemoryState(StateStore):
         for item in items:
             got = self._co_arrays.get(item)
             if got is None and self._co.get(item):  # built once per change of the item's counts
-                got = self._co_arrays[item] = Neighbours.of(self._co[item])
+                got = self._co_arrays[item] = Neighbours.top(self._co[item], self.co_neighbours)
             if got is not None:
                 out[item] = got
         return out
@@ -366,23 +383,24 @@ class MemoryState(StateStore):
 
     async def set_blocked(self, ids: Iterable[int], blocked: bool = True) -> None:
         change = np.unique(np.fromiter((int(i) for i in ids), np.int64))
-        current = self._blocked.ids
-        if blocked:
-            new = np.union1d(current, change)
-        else:
-            new = np.setdiff1d(current, change, assume_unique=True)
-        if np.array_equal(new, current):
-            return
-        if self.blocked_file is not None:  # the file first: a failed write changes nothing
-            try:
-                save_npy_durable(self.blocked_file, new)
-            except OSError as exc:
-                raise AnnfleetError(
-                    f"blocked items file {self.blocked_file}: cannot write "
-                    f"({exc.strerror or exc}); nothing changed"
-                ) from exc
-        self._blocked_changes += 1
-        self._blocked = Blocked(frozen(new), f"m{self._blocked_changes}")
+        async with self._blocked_change:  # one change at a time: none is lost to another
+            current = self._blocked.ids
+            if blocked:
+                new = np.union1d(current, change)
+            else:
+                new = np.setdiff1d(current, change, assume_unique=True)
+            if np.array_equal(new, current):
+                return
+            if self.blocked_file is not None:  # the file first: a failed write changes nothing
+                try:  # off the event loop: Retrieve goes on (with the set before) during the fsync
+                    await asyncio.to_thread(save_npy_durable, self.blocked_file, new)
+                except OSError as exc:
+                    raise AnnfleetError(
+                        f"blocked items file {self.blocked_file}: cannot write "
+                        f"({exc.strerror or exc}); nothing changed"
+                    ) from exc
+            self._blocked_changes += 1
+            self._blocked = Blocked(frozen(new), f"m{self._blocked_changes}")
 
     async def apply(self, update: StateUpdate) -> None:
         # No await below: nothing else runs on the loop while a batch is applied.
@@ -405,7 +423,10 @@ class MemoryState(StateStore):
         self._impressions.update(update.impressions)
         self._clicks.update(update.clicks)
         for (a, b), n in update.co_engagement.items():
-            self._co.setdefault(a, Counter())[b] += n
+            counts = self._co.setdefault(a, Counter())
+            counts[b] += n
+            if len(counts) > 2 * self.co_neighbours:  # amortised: a sort per co_neighbours new
+                self._co[a] = Counter(dict(counts.most_common(self.co_neighbours)))
             self._co_arrays.pop(a, None)
 
 
@@ -425,28 +446,59 @@ end
 return #KEYS
 """
 
+# KEYS[1] a co-engagement hash of the old layout (neighbour -> count), KEYS[2] the item's
+# sorted set; ARGV[1] how many counts an item keeps. Adds the hash into the sorted set,
+# deletes it and trims the set, in one step (routers starting together migrate safely).
+_MIGRATE_CO = """
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  redis.call('ZINCRBY', KEYS[2], flat[i + 1], flat[i])
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[1]) + 1))
+return #flat / 2
+"""
+MIGRATION_TIMEOUT_S = 60.0  # socket timeout of the one-time migration's calls
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a redis SCAN MATCH pattern."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
 
 class RedisState(StateStore):
     """Redis: several routers share it and a router restart loses nothing.
 
     Keys (under ``prefix``): ``recent:<user>`` list (newest first), ``seen:<user>`` set,
     ``ver:<user>`` counter, ``trend:<scope>`` sorted set of L, ``imp`` / ``clk`` hashes,
-    ``co:<item>`` hash of neighbour counts, ``blocked`` set and ``blocked:ver`` (a random
-    token set with every change of it: a router reads the set again only when it moved).
+    ``conb:<item>`` sorted set of neighbour counts (trimmed to its ``2 x co_neighbours``
+    largest at every write), ``blocked`` set and ``blocked:ver`` (a random token set with
+    every change of it: a router reads the set again only when it moved).
+
+    Before the counts were bounded, they were ``co:<item>`` hashes: :meth:`migrate` (run by
+    :func:`open_state`) moves those into the sorted sets once per database.
     """
 
     def __init__(
-        self, url: str, *, prefix: str = "annfleet:", recent_len: int = 50, timeout_s: float = 0.05
+        self,
+        url: str,
+        *,
+        prefix: str = "annfleet:",
+        recent_len: int = 50,
+        timeout_s: float = 0.05,
+        co_neighbours: int = StateConfig.co_neighbours,
     ) -> None:
         import redis.asyncio as aioredis
 
         self.url = url
         self.prefix = prefix
         self.recent_len = recent_len
+        self.co_neighbours = co_neighbours
         self._redis: Any = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=max(timeout_s, 1.0)
         )
         self._log2_add = self._redis.register_script(_LOG2_ADD)
+        self._migrate_co = self._redis.register_script(_MIGRATE_CO)
         self._blocked = Blocked()  # as last read
 
     def _k(self, *parts: object) -> str:
@@ -542,12 +594,12 @@ class RedisState(StateStore):
             return {}
         pipe = self._redis.pipeline(transaction=False)
         for i in items:
-            pipe.hgetall(self._k("co", i))
-        maps = await self._run("read co-engagement", pipe.execute())
+            pipe.zrevrange(self._k("conb", i), 0, self.co_neighbours - 1, withscores=True)
+        tops = await self._run("read co-engagement", pipe.execute())
         return {
-            i: Neighbours.of({int(b): int(n) for b, n in m.items()})
-            for i, m in zip(items, maps, strict=True)
-            if m
+            i: Neighbours.of({int(b): int(n) for b, n in top})
+            for i, top in zip(items, tops, strict=True)
+            if top
         }
 
     async def blocked(self) -> Blocked:
@@ -609,8 +661,45 @@ class RedisState(StateStore):
         for item, n in update.clicks.items():
             pipe.hincrby(self._k("clk"), item, n)
         for (a, b), n in update.co_engagement.items():
-            pipe.hincrby(self._k("co", a), b, n)
+            pipe.zincrby(self._k("conb", a), n, b)
+        for a in sorted({a for a, _ in update.co_engagement}):
+            pipe.zremrangebyrank(self._k("conb", a), 0, -(2 * self.co_neighbours + 1))
         await self._run("apply engagement", pipe.execute())
+
+    async def migrate(self) -> int:
+        """Move co-engagement counts kept as ``co:<item>`` hashes (before they were bounded)
+        into the ``conb:<item>`` sorted sets, once per database (``schema:co`` records it);
+        how many items were moved. Idempotent, and safe while other routers do the same.
+
+        A router of the old layout still running beside a migrated one keeps writing hashes
+        that no one reads: roll every router over (their other state is shared as before)."""
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        marker = self._k("schema", "co")
+        slow: Any = aioredis.Redis.from_url(self.url, socket_timeout=MIGRATION_TIMEOUT_S)
+        script = slow.register_script(_MIGRATE_CO)
+        start, moved = len(self._k("co", "")), 0
+        try:
+            if await slow.get(marker) is not None:
+                return 0
+            pattern = glob_escape(self._k("co", "")) + "*"
+            async for key in slow.scan_iter(match=pattern, count=1000, _type="HASH"):
+                item = key.decode()[start:]
+                if item.lstrip("-").isdigit():  # else not an item's hash: left alone
+                    await script(keys=[key, self._k("conb", item)], args=[2 * self.co_neighbours])
+                    moved += 1
+            await slow.set(marker, "conb")
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise Unavailable(
+                f"state store {self.url}: moving co-engagement counts failed after {moved} "
+                f"items: {exc}"
+            ) from exc
+        finally:
+            await slow.aclose()
+        if moved:
+            log.info("state store: co-engagement counts of %d items moved to sorted sets", moved)
+        return moved
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -620,12 +709,17 @@ async def open_state(config: StateConfig, blocked_file: Path | None = None) -> S
     """The configured store; Redis is pinged first (UNAVAILABLE with the URL if it is down).
     ``blocked_file``: where the in-memory store keeps its blocked items (Redis keeps its own)."""
     if config.backend == "memory":
-        return MemoryState(config.recent_len, blocked_file)
+        return MemoryState(config.recent_len, blocked_file, config.co_neighbours)
     store = RedisState(
-        config.url, prefix=config.prefix, recent_len=config.recent_len, timeout_s=config.timeout_s
+        config.url,
+        prefix=config.prefix,
+        recent_len=config.recent_len,
+        timeout_s=config.timeout_s,
+        co_neighbours=config.co_neighbours,
     )
     try:
         await store.ping()
+        await store.migrate()
     except Unavailable:
         await store.close()
         raise

@@ -10,7 +10,8 @@ import asyncio
 import dataclasses
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -320,6 +321,25 @@ def imported_modules(package_dir: Path) -> dict[str, set[str]]:
                 names.update(f"{node.module}.{alias.name}" for alias in node.names)
         found[str(path.relative_to(package_dir))] = names
     return found
+
+
+@contextmanager
+def temporary_redis() -> Iterator[RedisServer]:
+    """A RedisServer in a temporary directory for the length of a ``with`` (the result
+    scripts' servers); exits naming what is missing where redis-server is not installed."""
+    import shutil
+    import sys
+    import tempfile
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed")
+    with tempfile.TemporaryDirectory() as workdir:
+        server = RedisServer(binary, workdir)
+        try:
+            yield server
+        finally:
+            server.close()
 
 
 class RedisServer:

@@ -99,6 +99,7 @@ def test_partial_file_keeps_defaults(tmp_path: Path) -> None:
         ),
         ("dataset:\n  seed: -1\n", "dataset.seed must be >= 0"),
         ("state:\n  max_future_s: -1\n", "state.max_future_s must be >= 0"),
+        ("state:\n  co_neighbours: 0\n", "state.co_neighbours must be >= 1"),
         ("sources:\n  popular: {delay_ms: -1}\n", "sources.popular.delay_ms must be >= 0"),
         ("sources:\n  trending: {half_life_s: 0}\n", "sources.trending.half_life_s must be > 0"),
         (

@@ -119,6 +119,69 @@ def test_posteriors_co_engagement_and_blocked(make_store: Callable[[], StateStor
     run(go())
 
 
+def test_live_co_engagement_keeps_the_most_co_engaged(
+    make_store: Callable[[], StateStore],
+) -> None:
+    """An item's live neighbours are its co_neighbours (3 here) most co-engaged, and it keeps
+    at most twice that many counts, whatever the traffic: a neighbour dropped from the tail
+    starts again from its new events."""
+
+    async def go() -> None:
+        store = make_store()
+        # Item 1 co-engaged with 10..19, count = neighbour - 9 (1 to 10), in one batch and
+        # one pair at a time.
+        await store.apply(update(co_engagement=Counter({(1, b): b - 9 for b in range(10, 15)})))
+        for b in range(15, 20):
+            await store.apply(update(co_engagement=Counter({(1, b): b - 9})))
+        assert (await store.co_engaged([1]))[1].as_dict() == {17: 8, 18: 9, 19: 10}
+        assert await kept(store, 1) <= 6
+        await store.apply(update(co_engagement=Counter({(1, 10): 100, (1, 18): 1})))
+        assert (await store.co_engaged([1]))[1].as_dict() == {10: 100, 18: 10, 19: 10}
+        assert await kept(store, 1) <= 6
+        await store.close()
+
+    run(go())
+
+
+async def kept(store: StateStore, item: int) -> int:
+    """How many live co-engagement counts ``store`` holds for ``item``."""
+    if isinstance(store, MemoryState):
+        return len(store._co[item])
+    assert isinstance(store, RedisState)
+    return int(await store._redis.zcard(store._k("conb", item)))
+
+
+def test_redis_co_engagement_hashes_move_to_sorted_sets_once(redis_server: RedisServer) -> None:
+    """Counts a router kept before they were bounded (``co:<item>`` hashes) are read by the
+    new layout once a store opens: moved into the sorted sets (trimmed), the hashes gone,
+    keys that are not an item's and keys of another prefix (glob characters in it taken
+    literally) untouched, and done once."""
+    import redis.asyncio as aioredis
+
+    prefix = f"mig[{next(_prefixes)}]*:"
+    other = prefix.replace("[", "x").replace("]*", "y")  # what the pattern unescaped matches
+    config = StateConfig(backend="redis", url=redis_server.url, prefix=prefix, co_neighbours=2)
+
+    async def go() -> None:
+        raw = aioredis.Redis.from_url(redis_server.url)
+        await raw.hset(f"{prefix}co:5", mapping={7: 3, 8: 1, 9: 2, 10: 6, 11: 5})
+        await raw.hset(f"{prefix}co:6", mapping={5: 1})
+        await raw.hset(f"{prefix}co:notes", mapping={"a": 1})
+        await raw.hset(f"{other}co:5", mapping={7: 1})
+        store = await state.open_state(config)
+        live = await store.co_engaged([5, 6])
+        assert {i: n.as_dict() for i, n in live.items()} == {5: {10: 6, 11: 5}, 6: {5: 1}}
+        assert await raw.zcard(f"{prefix}conb:5") == 4  # 2 x co_neighbours kept
+        assert not await raw.exists(f"{prefix}co:5", f"{prefix}co:6")
+        assert await raw.exists(f"{prefix}co:notes", f"{other}co:5") == 2
+        await raw.hset(f"{prefix}co:7", mapping={5: 1})  # written after: not moved again
+        assert await store.migrate() == 0 and await raw.exists(f"{prefix}co:7")
+        await store.close()
+        await raw.aclose()
+
+    run(go())
+
+
 def test_redis_state_survives_a_router_restart(redis_server: RedisServer) -> None:
     """A new store (a restarted router, or another router) sees what the first one wrote."""
     prefix = f"restart{next(_prefixes)}:"
@@ -247,6 +310,12 @@ def test_memory_blocked_file_round_trip_and_refusals(tmp_path: Path) -> None:
             await again.set_blocked([40])
         assert (await again.blocked()).ids.tolist() == [10, 30]
         path.rmdir()
+        # Changes made at once (the file written off the event loop) are each kept.
+        await asyncio.gather(*(again.set_blocked([i]) for i in range(40, 60)))
+        await asyncio.gather(*(again.set_blocked([i], blocked=False) for i in range(40, 50)))
+        expected = [10, 30, *range(50, 60)]
+        assert (await again.blocked()).ids.tolist() == expected
+        assert np.load(path, allow_pickle=False).tolist() == expected
 
     run(go())
     for content, message in [

@@ -5,15 +5,13 @@ root: ``python benchmarks/results/redis-state-read/state_read.py`` (needs redis-
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 
 sys.path.insert(0, "tests")
-from support import RedisServer
+from support import temporary_redis
 
 from annfleet.router.state import RedisState, StateUpdate
 
@@ -49,15 +47,8 @@ async def measure(url: str) -> dict[str, list[tuple[float, float]]]:
 
 
 def main() -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    with tempfile.TemporaryDirectory() as workdir:
-        server = RedisServer(binary, workdir)
-        try:
-            results = asyncio.run(measure(server.url))
-        finally:
-            server.close()
+    with temporary_redis() as server:
+        results = asyncio.run(measure(server.url))
     for name, rows in results.items():
         wall = statistics.median(r[0] for r in rows)
         cpu = statistics.median(r[1] for r in rows)

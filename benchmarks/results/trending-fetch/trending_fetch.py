@@ -7,16 +7,14 @@ Run from the repo root with the build to measure on the path (needs redis-server
 from __future__ import annotations
 
 import asyncio
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 sys.path.insert(0, "tests")
-from support import RedisServer
+from support import temporary_redis
 
 from annfleet.config import TrendingSourceConfig
 from annfleet.router.sources import SourceRequest
@@ -55,15 +53,8 @@ async def measure(url: str) -> None:
 
 
 def main() -> None:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        sys.exit("redis-server is not installed")
-    with tempfile.TemporaryDirectory() as workdir:
-        server = RedisServer(binary, workdir)
-        try:
-            asyncio.run(measure(server.url))
-        finally:
-            server.close()
+    with temporary_redis() as server:
+        asyncio.run(measure(server.url))
 
 
 if __name__ == "__main__":
