@@ -184,6 +184,10 @@ class RouterConfig:
     # RouterAdmin (rollout, rollback) on its own port, token needed; 0 = free port, -1 = off.
     admin_port: int = 50052
     release_grace_s: float = 60.0  # a replaced bundle stays held (rollback instant) this long
+    # With several routers over the same shards: how often each asks the shard replicas which
+    # bundle is active, to follow a rollout, rollback or promote run through another router
+    # (needs the shards' admin addresses and the admin token). 0 = off.
+    follow_interval_s: float = 1.0
     # Before the flip, a rollout embeds with the next bundle's tower the user-embedding cache
     # entries of the users most recently served (at most this many entries), so their first
     # requests on the new bundle hit the cache. 0 = off.
@@ -429,6 +433,7 @@ class ClusterConfig:
             (self.shards.admin_base_port >= -1, "shards.admin_base_port", ">= -1"),
             (self.router.admin_port >= -1, "router.admin_port", ">= -1"),
             (self.router.release_grace_s >= 0, "router.release_grace_s", ">= 0"),
+            (self.router.follow_interval_s >= 0, "router.follow_interval_s", ">= 0 (0 = off)"),
             (self.router.rollout_warm_users >= 0, "router.rollout_warm_users", ">= 0"),
             (self.router.tower_threads >= 0, "router.tower_threads", ">= 0"),
             (

@@ -242,6 +242,7 @@ async def start_router(
         )
         await rollouts.restore()
         rollouts.start_recall()
+        rollouts.start_following()
         diversity.start()
         admin_grpc = None
         if admin_port >= 0:

@@ -13,6 +13,15 @@ bundle keeps serving, with the rollback target it had (an earlier rollout's bund
 through the prepare, and goes after the commit; only a replica with no room for the new bundle
 beside it has it released first). One rollout at a time; each step is persisted
 (``rollout_state``).
+
+Several routers over the same shards: one of them runs the rollout (the one the admin call
+reached); every other one **follows** (``router.follow_interval_s``): it asks every replica
+which bundle is active, and once they all name one it neither serves nor is changing, it
+loads that bundle from the path the replicas loaded it from and flips to it, asking nothing
+of the replicas and releasing nothing (the rollout's router does both). So a rollout, a
+rollback or a promote reaches every router well within the release grace, and no router is
+left pinning a bundle the shards let go. A follower keeps the bundle it left for the release
+grace, so following a rollback back to it is instant.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +211,10 @@ class RolloutController:
         self._history: list[dict[str, object]] = []
         self._aborted: asyncio.Task[None] | None = None
         self._target_id = ""  # the bundle a running rollout prepares
+        self._changing = 0  # rollback / promote / abort sections running: no following then
+        self._left: tuple[RouterState, float] | None = None  # the bundle last followed from
+        self._follow_failed = ""  # the bundle a follow last failed to load (said once)
+        self._following: asyncio.Task[None] | None = None
         self.recall = RecallMonitor(config, self.replicas, token)
         if state_path is not None:
             persisted = read_state(state_path)
@@ -684,17 +697,20 @@ class RolloutController:
         """Whether releasing the rollback target would free a replica's memory for ``new_id``."""
         return self.previous is not None and self.previous.bundle.id != new_id
 
-    async def _load(self, old: RouterState, path: Path, new_id: str) -> RouterState:
-        """The router's state for the bundle at ``path`` (nothing is asked of a replica and
-        nothing is released): refused with FailedPrecondition when it cannot be loaded."""
+    async def _load_state(self, old: RouterState, path: Path, bundle_id: str) -> RouterState:
+        """The router's state for bundle ``bundle_id`` at ``path`` (nothing is asked of a
+        replica and nothing is released)."""
         loop = asyncio.get_running_loop()
+        bundle = await loop.run_in_executor(self.executor, open_router_bundle, path)
+        if bundle.id != bundle_id:
+            raise BundleError(f"{path} holds bundle {bundle.id} now, not {bundle_id}")
+        return await loop.run_in_executor(self.executor, with_bundle, old, bundle, self.config)
+
+    async def _load(self, old: RouterState, path: Path, new_id: str) -> RouterState:
+        """:meth:`_load_state` for a rollout: refused with FailedPrecondition when it cannot
+        be loaded."""
         try:
-            bundle = await loop.run_in_executor(self.executor, open_router_bundle, path)
-            if bundle.id != new_id:
-                raise BundleError(
-                    f"bundle at {path} changed during the rollout ({new_id} -> {bundle.id})"
-                )
-            return await loop.run_in_executor(self.executor, with_bundle, old, bundle, self.config)
+            return await self._load_state(old, path, new_id)
         except Exception as exc:
             self._note("refused", bundle_id=new_id, reason=str(exc))
             log.warning("rollout of %s refused: %s", new_id, exc)
@@ -783,7 +799,8 @@ class RolloutController:
         self._note("rollback", bundle_id=previous.bundle.id, from_bundle=current.bundle.id)
         log.info("rolled back from %s to %s", current.bundle.id, previous.bundle.id)
         self.persist()
-        await self._on_all("Commit", previous.bundle.id, await self.replicas())
+        with self._change():
+            await self._on_all("Commit", previous.bundle.id, await self.replicas())
         # The rolled-back bundle drains (requests in flight on it) and is then released.
         self._schedule_release(self.config.default_timeout_s + self.config.shard_timeout_s)
         self.persist()
@@ -825,16 +842,17 @@ class RolloutController:
             samples=samples,
             force=request.force,
         )
-        if self.previous is not None:
-            self._cancel_release()
-            await self.release_previous()
-        self.service.state, self.service.canary = canary.state, None
-        self.previous = old
-        grace = self.config.release_grace_s
-        self.previous_release_at = time.time() + grace
-        self._note("promote", bundle_id=canary.state.bundle.id, previous=old.bundle.id)
-        self.persist()
-        await self._on_all("Commit", canary.state.bundle.id, await self.replicas())
+        with self._change():
+            if self.previous is not None:
+                self._cancel_release()
+                await self.release_previous()
+            self.service.state, self.service.canary = canary.state, None
+            self.previous = old
+            grace = self.config.release_grace_s
+            self.previous_release_at = time.time() + grace
+            self._note("promote", bundle_id=canary.state.bundle.id, previous=old.bundle.id)
+            self.persist()
+            await self._on_all("Commit", canary.state.bundle.id, await self.replicas())
         self._schedule_release(grace)
         self.persist()
         return await self.status(describe=False)
@@ -859,6 +877,74 @@ class RolloutController:
 
         self._aborted = asyncio.get_running_loop().create_task(release())
         return await self.status(describe=False)
+
+    # ------------------------------------------------------------------ following
+    @contextlib.contextmanager
+    def _change(self) -> Iterator[None]:
+        """A section that changes what the router serves and then commits it on the
+        replicas: a follow would read the replicas' old active bundle as a new one."""
+        self._changing += 1
+        try:
+            yield
+        finally:
+            self._changing -= 1
+
+    def _settled(self) -> bool:
+        """Nothing of this router's own is moving: no rollout, canary or commit running."""
+        return not (self.holder or self._changing or self.service.canary is not None)
+
+    def start_following(self) -> None:
+        """Follow other routers' rollouts (module doc), with the shards' admin ports."""
+        interval = self.config.follow_interval_s
+        if self._targets and self.token and interval > 0:
+            self._following = asyncio.get_running_loop().create_task(self._follow_loop(interval))
+
+    async def _follow_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.follow()
+            except AnnfleetError as exc:  # replicas unreachable: asked again next time
+                log.debug("not following the shards: %s", exc)
+
+    async def follow(self) -> str:
+        """Flip to the bundle every shard replica has active, if this router serves another
+        one and nothing of its own is moving; what was done ("" when nothing)."""
+        current = self.service.state
+        if current is None or not self._settled():
+            return ""
+        replicas = await self.replicas()
+        infos = await asyncio.gather(*(self._describe(r) for r in replicas), return_exceptions=True)
+        answered = [i for i in infos if isinstance(i, shard_pb2.ShardInfo) and i.bundle_id]
+        actives = {(i.bundle_id, b.path) for i in answered for b in i.bundles if b.active}
+        shards = {i.shard_id for i in answered}
+        if len(actives) != 1 or len(shards) != current.bundle.num_shards:
+            return ""  # replicas disagree (a rollout or restart under way) or are missing
+        ((bundle_id, path),) = actives
+        if bundle_id == current.bundle.id:
+            return ""
+        left = self._left
+        if left is not None and left[0].bundle.id == bundle_id and left[1] > time.monotonic():
+            new = left[0]  # back to the bundle this router followed from: no load
+        else:
+            try:
+                new = await self._load_state(current, Path(path), bundle_id)
+            except Exception as exc:  # said once per bundle; tried again every interval
+                if bundle_id != self._follow_failed:
+                    self._note("follow-failed", bundle_id=bundle_id, reason=str(exc))
+                    log.warning("cannot follow the shards to bundle %s: %s", bundle_id, exc)
+                self._follow_failed = bundle_id
+                return ""
+        if self.service.state is not current or not self._settled():
+            return ""  # this router's own rollout, rollback or promote began meanwhile
+        self.service.state = new
+        self._left = (current, time.monotonic() + self.config.release_grace_s)
+        self._follow_failed = ""
+        self._note("followed", bundle_id=bundle_id, previous=current.bundle.id)
+        self.persist()
+        message = f"followed the shards from {current.bundle.id} to {bundle_id} ({path})"
+        log.info("%s", message)
+        return message
 
     # ------------------------------------------------------------------ status
     async def status(self, describe: bool = True) -> admin_pb2.RolloutStatus:
@@ -910,6 +996,8 @@ class RolloutController:
 
     async def close(self) -> None:
         self._cancel_release()
+        if self._following is not None:
+            self._following.cancel()
         await self.recall.close()
         self.executor.shutdown(wait=False)
         for r in self._replicas or []:

@@ -144,6 +144,7 @@ class Load:
         self.queries = np.random.default_rng(0).standard_normal((8, dim)).astype(np.float32)
         self.answers: list[tuple[str, np.ndarray]] = []
         self.errors: list[str] = []
+        self.degraded: list[str] = []  # answers missing a shard: the bundles that gave them
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -154,9 +155,13 @@ class Load:
                 if n % 2:
                     r = self.client.retrieve(1 + n % 50, 20)
                     self.answers.append((r.bundle_id, np.asarray(r.ids)))
+                    if r.coverage.degraded:
+                        self.degraded.append(r.bundle_id)
                 else:
                     s = self.client.search(self.queries[n % 8], 20)
                     self.answers.append((s.bundle_id, np.asarray(s.ids).ravel()))
+                    if s.coverage.degraded:
+                        self.degraded.append(s.bundle_id)
             except ClientError as exc:
                 self.errors.append(f"{exc.code.name}: {exc.details}")
             n += 1
@@ -235,6 +240,52 @@ def test_swap_under_load_then_rollback(fleet: Fleet, bundles: tuple[Bundle, Bund
             break
         time.sleep(0.1)
     assert [[h.bundle_id for h in info.bundles] for info in fleet.describe()] == [[a.id]] * SHARDS
+
+
+def test_a_second_router_follows_a_rollout_and_a_rollback_through_the_first(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle]
+) -> None:
+    """Two routers over the same shards (as a Deployment of router pods): a rollout and a
+    rollback run through one; the other follows each, and serves every request in full,
+    through the old bundle's release on the shards (before: once the grace had passed,
+    every answer of the second router missed every shard)."""
+    a, b = bundles
+    second = fleet.lt.run(
+        start_router(
+            a.path,
+            [f"127.0.0.1:{s.port}" for s in fleet.shards],
+            RouterConfig(default_timeout_s=5.0, shard_timeout_s=5.0, follow_interval_s=0.2),
+            admin_token=TOKEN,
+            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in fleet.shards],
+        )
+    )
+    id_sets = {a.id: ids_of(a), b.id: ids_of(b)}
+    try:
+        with Load(f"127.0.0.1:{second.port}", a.dim) as load:
+            load.wait_for(a.id)
+            fleet.rollout(b.path, grace_s=1.0)
+            load.wait_for(b.id)
+            deadline = time.monotonic() + 30  # the first router releases a on the shards
+            while time.monotonic() < deadline and any(len(i.bundles) > 1 for i in fleet.describe()):
+                time.sleep(0.1)
+            assert [[h.bundle_id for h in i.bundles] for i in fleet.describe()] == [[b.id]] * SHARDS
+            mark = len(load.answers)
+            load.wait_for(b.id)  # answers after the release
+            # Rolled out again, then rolled back: the second router goes back at once (it kept
+            # the bundle it left).
+            fleet.rollout(a.path, grace_s=30.0)
+            load.wait_for(a.id)
+            fleet.admin.Rollback(admin_pb2.RollbackRequest(), metadata=AUTH, timeout=10)
+            load.wait_for(b.id)
+        status = fleet.lt.run(second.rollouts.status(describe=False))
+    finally:
+        fleet.lt.run(second.stop(0))
+    assert load.errors == [] and load.degraded == []
+    assert len(load.answers) > mark
+    assert_no_mixing(load.answers, id_sets)
+    assert status.stable_bundle_id == b.id and status.previous_bundle_id == ""
+    events = [(e["event"], e["bundle_id"]) for e in second.rollouts._history]
+    assert events == [("followed", b.id), ("followed", a.id), ("followed", b.id)]
 
 
 def test_rollout_commits_and_releases_after_grace(
