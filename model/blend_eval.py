@@ -237,7 +237,10 @@ class InProcessCluster:
                 targets,
                 self.config.router,
                 sources=sources,
-                state=StateConfig(recent_len=self.config.state.recent_len),
+                state=StateConfig(
+                    recent_len=self.config.state.recent_len,
+                    co_neighbours=self.config.state.co_neighbours,
+                ),
             )
         )
         try:

@@ -212,7 +212,7 @@ class RolloutController:
         self._aborted: asyncio.Task[None] | None = None
         self._target_id = ""  # the bundle a running rollout prepares
         self._changing = 0  # rollback / promote / abort sections running: no following then
-        self._left: tuple[RouterState, float] | None = None  # the bundle last followed from
+        self._left: RouterState | None = None  # the bundle last followed from, for the grace
         self._follow_failed = ""  # the bundle a follow last failed to load (said once)
         self._following: asyncio.Task[None] | None = None
         self.recall = RecallMonitor(config, self.replicas, token)
@@ -907,6 +907,11 @@ class RolloutController:
             except AnnfleetError as exc:  # replicas unreachable: asked again next time
                 log.debug("not following the shards: %s", exc)
 
+    def _forget_left(self, state: RouterState) -> None:
+        """Drop the bundle followed from once its grace is over (its tower and tables)."""
+        if self._left is state:
+            self._left = None
+
     async def follow(self) -> str:
         """Flip to the bundle every shard replica has active, if this router serves another
         one and nothing of its own is moving; what was done ("" when nothing)."""
@@ -924,8 +929,8 @@ class RolloutController:
         if bundle_id == current.bundle.id:
             return ""
         left = self._left
-        if left is not None and left[0].bundle.id == bundle_id and left[1] > time.monotonic():
-            new = left[0]  # back to the bundle this router followed from: no load
+        if left is not None and left.bundle.id == bundle_id:
+            new = left  # back to the bundle this router followed from: no load
         else:
             try:
                 new = await self._load_state(current, Path(path), bundle_id)
@@ -938,7 +943,9 @@ class RolloutController:
         if self.service.state is not current or not self._settled():
             return ""  # this router's own rollout, rollback or promote began meanwhile
         self.service.state = new
-        self._left = (current, time.monotonic() + self.config.release_grace_s)
+        self._left = current
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.config.release_grace_s, self._forget_left, current)
         self._follow_failed = ""
         self._note("followed", bundle_id=bundle_id, previous=current.bundle.id)
         self.persist()
