@@ -438,20 +438,17 @@ def register(sub: Any) -> None:
             q.add_argument(
                 "--missing-ok", action="store_true", help="skip ids a shard does not have"
             )
-        q.add_argument("--config", help="cluster YAML (data dir, admin token)")
+        add_router_admin_args(
+            q,
+            router_help="router admin HOST:PORT, where deleted ids are blocked from Retrieve "
+            "and upserted ones let back",
+        )
         q.add_argument(
             "--targets", help="shard admin HOST:PORTs, comma-separated (default: the local cluster)"
         )
         q.add_argument(
-            "--router",
-            help="router admin HOST:PORT, where deleted ids are blocked from Retrieve and "
-            "upserted ones let back (default: the local cluster's, else "
-            "router.host:router.admin_port)",
-        )
-        q.add_argument(
             "--no-router", action="store_true", help="change the shards only, not the router"
         )
-        q.add_argument("--token-file", help="admin token file (default: from the config)")
         q.add_argument("--bundle-id", help="the bundle to change (default: the active one)")
         q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(func=cmd_items)
@@ -469,12 +466,22 @@ def register(sub: Any) -> None:
             q.add_argument(
                 "--ids", required=True, help="item ids: int64 .npy file or comma-separated list"
             )
-        q.add_argument("--config", help="cluster YAML (data dir, admin token)")
-        q.add_argument(
-            "--router",
-            help="router admin HOST:PORT (default: the local cluster's, else "
-            "router.host:router.admin_port)",
-        )
-        q.add_argument("--token-file", help="admin token file (default: from the config)")
+        add_router_admin_args(q)
         q.add_argument("--json", action="store_true", help="print JSON")
         q.set_defaults(func=cmd_blocked)
+
+
+def add_router_admin_args(
+    parser: argparse.ArgumentParser,
+    *,
+    config_help: str = "cluster YAML (data dir, admin token)",
+    router_help: str = "router admin HOST:PORT",
+) -> None:
+    """--config, --router and --token-file: how a command finds the router's admin port."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument(
+        "--router",
+        help=f"{router_help} (default: that of the local cluster `annfleet up` runs from the "
+        "config's data dir, else router.host:router.admin_port)",
+    )
+    parser.add_argument("--token-file", help="admin token file (default: from the config)")

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
 
+from annfleet.admin_cli import add_router_admin_args
 from annfleet.auth import client_token, metadata
 from annfleet.client.channels import open_channel
 from annfleet.cluster import router_address
@@ -196,13 +197,7 @@ def register(sub: Any) -> None:
         "--rollback", action="store_true", help="flip back to the previous bundle while held"
     )
     p.add_argument("--status", action="store_true", help="what the router and shards serve")
-    p.add_argument("--config", help="cluster YAML (router admin port, admin token)")
-    p.add_argument(
-        "--router",
-        help="router admin HOST:PORT (default: that of the local cluster `annfleet up` runs "
-        "from the config's data dir, else router.host:router.admin_port)",
-    )
-    p.add_argument("--token-file", help="admin token file (default: from the config)")
+    add_router_admin_args(p, config_help="cluster YAML (router admin port, admin token)")
     p.add_argument(
         "--grace", type=float, help="seconds the old bundle stays held (router.release_grace_s)"
     )
