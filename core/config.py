@@ -371,7 +371,7 @@ class StateConfig:
     # Live co-engagement neighbours served per item: the most co-engaged ones. Each item keeps
     # at most twice this many counts; past that, the least co-engaged are dropped (so a
     # popular item's live neighbours, and the time to read them, stay bounded).
-    co_neighbours: int = 256
+    co_neighbours: int = 512
     max_future_s: float = 300.0  # engagement timestamps later than now + this are refused
     timeout_s: float = 0.05  # redis: socket timeout of one call
     # `annfleet up` starts its own redis-server (before the router; watched, restarted and

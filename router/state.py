@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cachetools import TTLCache
 
 from annfleet.arrays import load_npy
 from annfleet.config import StateConfig
@@ -459,6 +460,8 @@ redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[1]) + 1))
 return #flat / 2
 """
 MIGRATION_TIMEOUT_S = 60.0  # socket timeout of the one-time migration's calls
+CO_CACHE_TTL_S = 2.0  # a Redis store keeps items' live neighbours it read this long ...
+CO_CACHE_ITEMS = 8192  # ... for at most this many items (least recently used go first)
 
 
 def glob_escape(text: str) -> str:
@@ -487,6 +490,7 @@ class RedisState(StateStore):
         recent_len: int = 50,
         timeout_s: float = 0.05,
         co_neighbours: int = StateConfig.co_neighbours,
+        co_cache_ttl_s: float = CO_CACHE_TTL_S,
     ) -> None:
         import redis.asyncio as aioredis
 
@@ -499,6 +503,10 @@ class RedisState(StateStore):
         )
         self._log2_add = self._redis.register_script(_LOG2_ADD)
         self._migrate_co = self._redis.register_script(_MIGRATE_CO)
+        # Live neighbours read (None: the item has none), until CO_CACHE_TTL_S has passed or
+        # this router records co-engagement of the item: the items a request's users engaged
+        # with recently are much the same from one request to the next.
+        self._co_cache: TTLCache[int, Neighbours | None] = TTLCache(CO_CACHE_ITEMS, co_cache_ttl_s)
         self._blocked = Blocked()  # as last read
 
     def _k(self, *parts: object) -> str:
@@ -590,17 +598,28 @@ class RedisState(StateStore):
         )
 
     async def co_engaged(self, items: Sequence[int]) -> dict[int, Neighbours]:
-        if not items:
-            return {}
+        out: dict[int, Neighbours] = {}
+        unread = []
+        for item in items:
+            try:
+                got = self._co_cache[item]
+            except KeyError:
+                unread.append(item)
+                continue
+            if got is not None:
+                out[item] = got
+        if not unread:
+            return out
         pipe = self._redis.pipeline(transaction=False)
-        for i in items:
-            pipe.zrevrange(self._k("conb", i), 0, self.co_neighbours - 1, withscores=True)
+        for item in unread:
+            pipe.zrevrange(self._k("conb", item), 0, self.co_neighbours - 1, withscores=True)
         tops = await self._run("read co-engagement", pipe.execute())
-        return {
-            i: Neighbours.of({int(b): int(n) for b, n in top})
-            for i, top in zip(items, tops, strict=True)
-            if top
-        }
+        for item, top in zip(unread, tops, strict=True):
+            got = Neighbours.of({int(b): int(n) for b, n in top}) if top else None
+            self._co_cache[item] = got
+            if got is not None:
+                out[item] = got
+        return out
 
     async def blocked(self) -> Blocked:
         token = await self._run("read blocked", self._redis.get(self._k("blocked", "ver")))
@@ -662,9 +681,12 @@ class RedisState(StateStore):
             pipe.hincrby(self._k("clk"), item, n)
         for (a, b), n in update.co_engagement.items():
             pipe.zincrby(self._k("conb", a), n, b)
-        for a in sorted({a for a, _ in update.co_engagement}):
+        changed = sorted({a for a, _ in update.co_engagement})
+        for a in changed:
             pipe.zremrangebyrank(self._k("conb", a), 0, -(2 * self.co_neighbours + 1))
         await self._run("apply engagement", pipe.execute())
+        for a in changed:  # read anew by this router (others within CO_CACHE_TTL_S)
+            self._co_cache.pop(a, None)
 
     async def migrate(self) -> int:
         """Move co-engagement counts kept as ``co:<item>`` hashes (before they were bounded)

@@ -182,6 +182,31 @@ def test_redis_co_engagement_hashes_move_to_sorted_sets_once(redis_server: Redis
     run(go())
 
 
+def test_redis_keeps_the_neighbours_it_read_briefly(redis_server: RedisServer) -> None:
+    """A Redis store keeps the live co-engagement it read for co_cache_ttl_s: this router's
+    own writes are read at once, another router's once that time has passed."""
+    prefix = f"cocache{next(_prefixes)}:"
+
+    def neighbours(live: dict[int, state.Neighbours]) -> dict[int, dict[int, int]]:
+        return {i: n.as_dict() for i, n in live.items()}
+
+    async def go() -> None:
+        mine = RedisState(redis_server.url, prefix=prefix, timeout_s=2.0, co_cache_ttl_s=0.5)
+        other = RedisState(redis_server.url, prefix=prefix, timeout_s=2.0)
+        await mine.apply(update(co_engagement=Counter({(1, 2): 1})))
+        assert neighbours(await mine.co_engaged([1, 5])) == {1: {2: 1}}  # 5: none yet
+        await other.apply(update(co_engagement=Counter({(1, 2): 1, (5, 6): 1})))
+        assert neighbours(await mine.co_engaged([1, 5])) == {1: {2: 1}}  # as read
+        await mine.apply(update(co_engagement=Counter({(1, 3): 1})))  # its own: read anew
+        assert neighbours(await mine.co_engaged([1, 5])) == {1: {2: 2, 3: 1}}
+        await asyncio.sleep(0.6)
+        assert neighbours(await mine.co_engaged([5])) == {5: {6: 1}}
+        await mine.close()
+        await other.close()
+
+    run(go())
+
+
 def test_redis_state_survives_a_router_restart(redis_server: RedisServer) -> None:
     """A new store (a restarted router, or another router) sees what the first one wrote."""
     prefix = f"restart{next(_prefixes)}:"
