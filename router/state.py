@@ -502,7 +502,6 @@ class RedisState(StateStore):
             url, socket_timeout=timeout_s, socket_connect_timeout=max(timeout_s, 1.0)
         )
         self._log2_add = self._redis.register_script(_LOG2_ADD)
-        self._migrate_co = self._redis.register_script(_MIGRATE_CO)
         # Live neighbours read (None: the item has none), until CO_CACHE_TTL_S has passed or
         # this router records co-engagement of the item: the items a request's users engaged
         # with recently are much the same from one request to the next.
