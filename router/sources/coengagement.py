@@ -3,7 +3,8 @@
 Neighbours come from the bundle (``coengagement_ids`` / ``coengagement_scores``: per row of
 ``item_ids``, the most co-engaged items by cosine, -1 padded) and from live co-engagement in
 the state store (``RecordEngagement`` counts, for each engaged item, the user's previous
-items as its neighbours and back). For the user's last ``recent`` items r (the bundle's
+items as its neighbours and back; the store serves an item's ``state.co_neighbours`` most
+co-engaged). For the user's last ``recent`` items r (the bundle's
 record of them, then live and the request's: ``SourceRequest.recent_items``; recency weight
 ``recency_decay ** i`` for the i-th most recent), item j scores
 ``sum_r w_r * (cosine(r, j) + live_weight * log1p(live_count(r, j)))``; the recent items
