@@ -60,6 +60,12 @@ REPLICA_SERVING = Gauge(
     "1 while the replica's health stream says SERVING, else 0",
     ["shard", "replica"],
 )
+FOLLOWS = Counter(
+    "annfleet_router_follows",
+    "Bundles this router moved to because the shards' replicas all had them active (another "
+    "router ran the rollout, rollback or promote): followed, or failed (it cannot load it)",
+    ["outcome"],
+)
 HEDGES = Counter(
     "annfleet_router_hedges",
     "Hedge decisions: sent, or skipped for lack of budget or of another usable replica",

@@ -53,6 +53,7 @@ from annfleet.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from annfleet.metrics import FOLLOWS
 from annfleet.rollout_state import BundleRef, RolloutState, read_state, write_state
 from annfleet.router.candidates import embedding_key, embedding_key_context
 from annfleet.router.recall import RecallMonitor
@@ -938,6 +939,7 @@ class RolloutController:
                 if bundle_id != self._follow_failed:
                     self._note("follow-failed", bundle_id=bundle_id, reason=str(exc))
                     log.warning("cannot follow the shards to bundle %s: %s", bundle_id, exc)
+                    FOLLOWS.labels("failed").inc()
                 self._follow_failed = bundle_id
                 return ""
         if self.service.state is not current or not self._settled():
@@ -947,6 +949,7 @@ class RolloutController:
         loop = asyncio.get_running_loop()
         loop.call_later(self.config.release_grace_s, self._forget_left, current)
         self._follow_failed = ""
+        FOLLOWS.labels("followed").inc()
         self._note("followed", bundle_id=bundle_id, previous=current.bundle.id)
         self.persist()
         message = f"followed the shards from {current.bundle.id} to {bundle_id} ({path})"

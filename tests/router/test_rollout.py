@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 from support import LoopThread
 
 from annfleet.auth import metadata
@@ -260,6 +261,7 @@ def test_a_second_router_follows_a_rollout_and_a_rollback_through_the_first(
         )
     )
     id_sets = {a.id: ids_of(a), b.id: ids_of(b)}
+    follows_before = followed()
     try:
         with Load(f"127.0.0.1:{second.port}", a.dim) as load:
             load.wait_for(a.id)
@@ -286,6 +288,45 @@ def test_a_second_router_follows_a_rollout_and_a_rollback_through_the_first(
     assert status.stable_bundle_id == b.id and status.previous_bundle_id == ""
     events = [(e["event"], e["bundle_id"]) for e in second.rollouts._history]
     assert events == [("followed", b.id), ("followed", a.id), ("followed", b.id)]
+    assert followed() - follows_before == 3
+
+
+def test_a_router_that_cannot_load_the_shards_bundle_keeps_its_own_and_says_so(
+    fleet: Fleet, bundles: tuple[Bundle, Bundle], tmp_path: Path
+) -> None:
+    """The shards serve a bundle (rolled out through another router) that this router cannot
+    load (gone from its disk): it keeps serving its own, counts the failure once and notes
+    it in its history."""
+    a, b = bundles
+    copy = Path(shutil.copytree(b.path, tmp_path / "b-copy"))
+    second = fleet.lt.run(
+        start_router(
+            a.path,
+            [f"127.0.0.1:{s.port}" for s in fleet.shards],
+            RouterConfig(default_timeout_s=5.0, shard_timeout_s=5.0, follow_interval_s=3600),
+            admin_token=TOKEN,
+            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in fleet.shards],
+        )
+    )
+    try:
+        fleet.rollout(copy, grace_s=30.0)
+        copy.rename(tmp_path / "moved")  # the shards hold it; this router's disk lost it
+        failed = REGISTRY.get_sample_value("annfleet_router_follows_total", {"outcome": "failed"})
+        assert fleet.lt.run(second.rollouts.follow()) == ""
+        assert fleet.lt.run(second.rollouts.follow()) == ""  # counted once, not per try
+        with Client(f"127.0.0.1:{second.port}", timeout=10) as client:
+            assert client.retrieve(3, 10).bundle_id == a.id  # its own, held for the grace
+    finally:
+        fleet.lt.run(second.stop(0))
+    after = REGISTRY.get_sample_value("annfleet_router_follows_total", {"outcome": "failed"})
+    assert (after or 0.0) - (failed or 0.0) == 1
+    assert [e["event"] for e in second.rollouts._history] == ["follow-failed"]
+
+
+def followed() -> float:
+    """annfleet_router_follows_total{outcome="followed"} of this process's routers."""
+    value = REGISTRY.get_sample_value("annfleet_router_follows_total", {"outcome": "followed"})
+    return value or 0.0
 
 
 def test_rollout_commits_and_releases_after_grace(
