@@ -251,15 +251,7 @@ def test_a_second_router_follows_a_rollout_and_a_rollback_through_the_first(
     through the old bundle's release on the shards (before: once the grace had passed,
     every answer of the second router missed every shard)."""
     a, b = bundles
-    second = fleet.lt.run(
-        start_router(
-            a.path,
-            [f"127.0.0.1:{s.port}" for s in fleet.shards],
-            RouterConfig(default_timeout_s=5.0, shard_timeout_s=5.0, follow_interval_s=0.2),
-            admin_token=TOKEN,
-            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in fleet.shards],
-        )
-    )
+    second = another_router(fleet, a, follow_interval_s=0.2)
     id_sets = {a.id: ids_of(a), b.id: ids_of(b)}
     follows_before = followed()
     try:
@@ -299,15 +291,7 @@ def test_a_router_that_cannot_load_the_shards_bundle_keeps_its_own_and_says_so(
     it in its history."""
     a, b = bundles
     copy = Path(shutil.copytree(b.path, tmp_path / "b-copy"))
-    second = fleet.lt.run(
-        start_router(
-            a.path,
-            [f"127.0.0.1:{s.port}" for s in fleet.shards],
-            RouterConfig(default_timeout_s=5.0, shard_timeout_s=5.0, follow_interval_s=3600),
-            admin_token=TOKEN,
-            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in fleet.shards],
-        )
-    )
+    second = another_router(fleet, a, follow_interval_s=3600)  # follows when asked below
     try:
         fleet.rollout(copy, grace_s=30.0)
         copy.rename(tmp_path / "moved")  # the shards hold it; this router's disk lost it
@@ -321,6 +305,22 @@ def test_a_router_that_cannot_load_the_shards_bundle_keeps_its_own_and_says_so(
     after = REGISTRY.get_sample_value("annfleet_router_follows_total", {"outcome": "failed"})
     assert (after or 0.0) - (failed or 0.0) == 1
     assert [e["event"] for e in second.rollouts._history] == ["follow-failed"]
+
+
+def another_router(fleet: Fleet, bundle: Bundle, follow_interval_s: float) -> RouterServer:
+    """A second router over the fleet's shards (their admin ports and token: it follows),
+    no admin port of its own, on ``bundle``."""
+    return fleet.lt.run(
+        start_router(
+            bundle.path,
+            [f"127.0.0.1:{s.port}" for s in fleet.shards],
+            RouterConfig(
+                default_timeout_s=5.0, shard_timeout_s=5.0, follow_interval_s=follow_interval_s
+            ),
+            admin_token=TOKEN,
+            shard_admin_targets=[f"127.0.0.1:{s.admin_port}" for s in fleet.shards],
+        )
+    )
 
 
 def followed() -> float:
