@@ -698,12 +698,12 @@ class RedisState(StateStore):
         from redis.exceptions import RedisError
 
         marker = self._k("schema", "co")
+        if await self._run("read schema", self._redis.get(marker)) is not None:
+            return 0  # every start but the first: no second connection
         slow: Any = aioredis.Redis.from_url(self.url, socket_timeout=MIGRATION_TIMEOUT_S)
         script = slow.register_script(_MIGRATE_CO)
         start, moved = len(self._k("co", "")), 0
         try:
-            if await slow.get(marker) is not None:
-                return 0
             pattern = glob_escape(self._k("co", "")) + "*"
             async for key in slow.scan_iter(match=pattern, count=1000, _type="HASH"):
                 item = key.decode()[start:]
